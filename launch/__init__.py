@@ -1,0 +1,1 @@
+"""Launching pretrain/finetune jobs locally and on clusters; imports neither torch nor DeepSpeed."""

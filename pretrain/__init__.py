@@ -1,0 +1,1 @@
+"""Pretraining: config, model, data, DeepSpeed engine, trainer, checkpoints, monitoring."""

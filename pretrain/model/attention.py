@@ -1,0 +1,329 @@
+"""Self- and cross-attention (multi-head, grouped-query, multi-query), the kernels behind them, and
+the KV cache for incremental decoding.
+
+A stack builds one ``AttentionContext`` per forward from what constrains attention (causality, a
+sliding window, padding, document boundaries, a position bias) and every layer hands it to the
+configured kernel. Each kernel reads the form it can use: a dense mask and bias (eager, sdpa), a
+BlockMask and score_mod (flex), window and ALiBi slopes (flash-attn), or nothing but causality
+(flash). All kernels agree that a query allowed to see no key outputs zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .position import ALiBi, RelativeBias, Rotary, apply_rotary
+
+
+@dataclass
+class AttentionContext:
+    """What attention needs for one forward pass, shared by every layer."""
+
+    kernel: str
+    q_len: int
+    k_len: int
+    mask: torch.Tensor | None = None
+    """(B or 1, 1, T, S) bool, True where a query may see a key; None when nothing is masked or
+    when ``is_causal`` says all there is to say."""
+    is_causal: bool = False
+    """The only constraint is the plain causal mask with T == S (lets SDPA use its fast path)."""
+    bias: torch.Tensor | None = None
+    """(1, H, T, S) float added to the scores (ALiBi, relative)."""
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    """cos, sin of shape (B, 1, T, rot_dim)."""
+    has_padding: bool = False
+    has_documents: bool = False
+    causal: bool = False
+    window: int | None = None
+    alibi_slopes: torch.Tensor | None = None
+    block_mask: object | None = None
+    score_mod: object | None = None
+
+
+def build_context(
+    cfg: ModelConfig,
+    position: nn.Module | None,
+    *,
+    q_len: int,
+    offset: int = 0,
+    positions: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    document_ids: torch.Tensor | None = None,
+    memory_len: int | None = None,
+    device: torch.device | None = None,
+) -> AttentionContext:
+    """Collect the constraints for queries at indices offset..offset+q_len-1 over keys 0..S-1.
+
+    attention_mask: (B, S) with 1 for real tokens, 0 for padding, covering the cache too.
+    document_ids: (B, T) ids of the packed document each token belongs to (no cache).
+    memory_len: for cross-attention, the length of the memory (encoder output) the queries read;
+    then attention_mask is the memory's padding and nothing else applies (no causality, window
+    or position bias).
+    """
+    causal = cfg.causal and memory_len is None
+    k_len = offset + q_len if memory_len is None else memory_len
+    if attention_mask is not None and attention_mask.shape[-1] != k_len:
+        raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} keys but there are {k_len}")
+    if document_ids is not None and offset:
+        raise ValueError("document_ids cannot be combined with a KV cache")
+    window = cfg.sliding_window if memory_len is None else None
+    ctx = AttentionContext(cfg.attention, q_len, k_len, causal=causal, window=window)
+    if memory_len is not None:
+        position = None
+    ctx.has_padding = attention_mask is not None
+    if isinstance(position, Rotary):
+        ctx.rope = position.angles(positions)
+    if isinstance(position, ALiBi):
+        ctx.alibi_slopes = position.slopes
+
+    q_idx = torch.arange(offset, offset + q_len, device=device)
+    k_idx = torch.arange(k_len, device=device)
+    pad = attention_mask.bool() if attention_mask is not None else None
+
+    if cfg.attention == "flex":
+        ctx.block_mask = _flex_block_mask(ctx, offset, pad, document_ids, device)
+        if isinstance(position, (ALiBi, RelativeBias)):
+            # Bias depends on k - q only: tabulate it over every distance, index it in score_mod.
+            table = position.by_distance(torch.arange(-(k_len - 1), k_len, device=device))  # (H, R)
+            shift = q_len - 1 + offset  # index of distance 0 is k_len - 1
+            ctx.score_mod = lambda s, b, h, q, k: s + table[h, k - q - offset + shift].to(s.dtype)
+        return ctx
+
+    if cfg.attention == "flash_attn":  # causality, window and ALiBi are its own arguments
+        ctx.has_documents = document_ids is not None
+        return ctx
+
+    if isinstance(position, (ALiBi, RelativeBias)):
+        ctx.bias = position.by_distance(k_idx[None, :] - q_idx[:, None])[None]  # (1, H, T, S)
+
+    only_plain_causal = pad is None and document_ids is None and ctx.window is None and ctx.bias is None
+    if only_plain_causal and (not causal or q_len == 1):
+        return ctx  # nothing to mask: bidirectional, or one query that sees the whole cache
+    if only_plain_causal and offset == 0:
+        ctx.is_causal = True
+        if cfg.attention in ("sdpa", "flash"):
+            return ctx
+    mask = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    rel = q_idx[:, None] - k_idx[None, :]  # how far back each key is
+    if causal:
+        mask &= rel >= 0
+    if ctx.window is not None:
+        mask &= rel.abs() < ctx.window
+    mask = mask[None, None]
+    if pad is not None:
+        mask = mask & pad[:, None, None, :]
+    if document_ids is not None:
+        mask = mask & (document_ids[:, None, :, None] == document_ids[:, None, None, :])
+    ctx.mask = mask
+    ctx.is_causal = False
+    return ctx
+
+
+def _flex_block_mask(ctx, offset, pad, document_ids, device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    causal, window = ctx.causal, ctx.window
+    if not (causal or window or pad is not None or document_ids is not None):
+        return None
+
+    def mask_mod(b, h, q, k):
+        qa = q + offset
+        keep = k >= 0
+        if causal:
+            keep = keep & (k <= qa)
+        if window is not None:
+            keep = keep & ((qa - k).abs() < window)
+        if pad is not None:
+            keep = keep & pad[b, k]
+        if document_ids is not None:
+            keep = keep & (document_ids[b, q] == document_ids[b, k])
+        return keep
+
+    per_batch = pad is not None or document_ids is not None
+    batch = (pad if pad is not None else document_ids).shape[0] if per_batch else None
+    return create_block_mask(mask_mod, batch, None, ctx.q_len, ctx.k_len, device=device)
+
+
+# -- kernels: (q (B,H,T,D), k, v (B,Hkv,S,D), ctx, dropout_p) -> (out (B,H,T,D), weights or None)
+
+
+def _eager(q, k, v, ctx, dropout_p, need_weights=False):
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5  # (B, H, T, S)
+    if ctx.bias is not None:
+        scores = scores + ctx.bias
+    mask = ctx.mask
+    if mask is None and ctx.is_causal:
+        mask = torch.ones(ctx.q_len, ctx.k_len, dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=-1)
+    if mask is not None:
+        weights = weights.masked_fill(~mask.any(-1, keepdim=True), 0.0)  # rows that may see nothing
+    weights = weights.to(q.dtype)
+    out = F.dropout(weights, dropout_p) @ v
+    return out, (weights if need_weights else None)
+
+
+def _dense_mask(ctx) -> torch.Tensor | None:
+    if ctx.bias is None:
+        return ctx.mask
+    if ctx.mask is None:
+        return ctx.bias
+    return ctx.bias.masked_fill(~ctx.mask, float("-inf"))
+
+
+def _sdpa(q, k, v, ctx, dropout_p, need_weights=False):
+    mask = _dense_mask(ctx)
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        dropout_p=dropout_p,
+        is_causal=ctx.is_causal,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+    return out, None
+
+
+def _flash(q, k, v, ctx, dropout_p, need_weights=False):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if ctx.mask is not None or ctx.bias is not None:
+        what = "a padding mask" if ctx.has_padding else "a mask or bias other than plain causal"
+        raise ValueError(f"attention='flash' cannot take {what}; use attention='sdpa' or 'flex'")
+    if q.device.type == "cuda" and q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"attention='flash' on CUDA needs float16 or bfloat16 inputs, got {q.dtype}")
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout_p, is_causal=ctx.is_causal, enable_gqa=q.shape[1] != k.shape[1]
+        )
+    return out, None
+
+
+_compiled_flex = None
+
+
+def _flex(q, k, v, ctx, dropout_p, need_weights=False):
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if dropout_p:
+        raise ValueError("attention='flex' has no attention dropout; set model.attention_dropout=0")
+    fn = flex_attention
+    if q.device.type == "cuda":  # fused kernels need compiling; CPU runs flex's unfused fallback
+        _compiled_flex = _compiled_flex or torch.compile(flex_attention)
+        fn = _compiled_flex
+    out = fn(q, k, v, score_mod=ctx.score_mod, block_mask=ctx.block_mask, enable_gqa=q.shape[1] != k.shape[1])
+    return out, None
+
+
+def _flash_attn(q, k, v, ctx, dropout_p, need_weights=False):
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError as e:
+        raise ImportError(
+            "attention='flash_attn' needs the flash-attn package: pip install '.[flash]'"
+        ) from e
+    if ctx.has_padding or ctx.has_documents:
+        raise ValueError(
+            "attention='flash_attn' takes no padding or document mask here; use 'sdpa' or 'flex'"
+        )
+    left = ctx.window - 1 if ctx.window else -1
+    right = 0 if ctx.causal else left
+    out = flash_attn_func(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),  # it wants (B, T, H, D)
+        dropout_p=dropout_p,
+        causal=ctx.causal,
+        window_size=(left, right),
+        alibi_slopes=None if ctx.alibi_slopes is None else ctx.alibi_slopes.float(),
+    )
+    return out.transpose(1, 2), None
+
+
+KERNELS = {"eager": _eager, "sdpa": _sdpa, "flash": _flash, "flex": _flex, "flash_attn": _flash_attn}
+
+
+class KVCache:
+    """Preallocated keys and values of every layer for incremental decoding.
+
+    The stack writes each layer's new keys and values at ``length`` and advances ``length`` once
+    all layers have run.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (cfg.num_layers, batch_size, cfg.kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; this step needs {end}")
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with ``kv_heads`` key/value heads (MHA, GQA or MQA).
+
+    Self-attention projects q, k, v with one fused matrix; cross-attention takes q from x and
+    k, v from ``memory`` (the encoder's output).
+    """
+
+    def __init__(self, cfg: ModelConfig, cross: bool = False):
+        super().__init__()
+        self.num_heads, self.kv_heads, self.head_dim = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+        q_dim, kv_dim = cfg.num_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(cfg.d_model, q_dim, bias=cfg.bias)
+            self.kv = nn.Linear(cfg.d_model, 2 * kv_dim, bias=cfg.bias)
+        else:
+            self.qkv = nn.Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=cfg.bias)
+        self.proj = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
+        self.dropout = cfg.attention_dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        ctx: AttentionContext,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        memory: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, _ = x.shape
+        H, Hkv, D = self.num_heads, self.kv_heads, self.head_dim
+        if self.cross:
+            q = self.q(x)
+            k, v = self.kv(memory).split(Hkv * D, dim=-1)
+        else:
+            q, k, v = self.qkv(x).split((H * D, Hkv * D, Hkv * D), dim=-1)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, -1, Hkv, D).transpose(1, 2)  # (B, Hkv, S, D)
+        v = v.view(B, -1, Hkv, D).transpose(1, 2)
+        if ctx.rope is not None:
+            q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        dropout = self.dropout if self.training else 0.0
+        if need_weights and ctx.kernel != "eager":
+            raise ValueError(f"attention weights come from attention='eager' only, not {ctx.kernel!r}")
+        out, weights = KERNELS[ctx.kernel](q, k, v, ctx, dropout, need_weights)
+        out = out.transpose(1, 2).reshape(B, T, H * D)
+        return self.proj(out), weights

@@ -1,0 +1,158 @@
+"""ModelConfig: the shape and the choices of one Transformer.
+
+Named sizes live in YAML under ``configs/model/``; this file only defines what a size may say and
+checks that it can be built. It imports nothing but the standard library so that the run config,
+the launcher and tests can read it without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Arch = Literal["decoder", "encoder"]
+Position = Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"]
+Kernel = Literal["sdpa", "flash", "flex", "eager", "flash_attn"]
+Norm = Literal["layernorm", "rmsnorm"]
+NormPosition = Literal["pre", "post"]
+MLP = Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"]
+
+# Which attention kernels can express which extra terms. `flash` is SDPA restricted to the flash
+# backend, which takes no mask or bias; the flash-attn package takes ALiBi slopes and a window
+# but no bucketed bias.
+KERNELS_WITH_BIAS = {"alibi": ("eager", "sdpa", "flex", "flash_attn"), "relative": ("eager", "sdpa", "flex")}
+KERNELS_WITH_WINDOW = ("eager", "sdpa", "flex", "flash_attn")
+
+
+@dataclass
+class ModelConfig:
+    arch: Arch = "decoder"
+    """decoder: causal self-attention, trained as a causal LM. encoder: bidirectional, masked LM."""
+    vocab_size: int = 50304
+    """Rows of the token embedding (round up to a multiple of 64 for fast matmuls)."""
+    d_model: int = 768
+    """Width of the residual stream."""
+    num_layers: int = 12
+    num_heads: int = 12
+    num_kv_heads: int | None = None
+    """Key/value heads: None or num_heads is multi-head, 1 is multi-query, else grouped-query."""
+    ffn_hidden_size: int | None = None
+    """Inner width of the MLP; None means 4 * d_model."""
+    max_seq_len: int = 1024
+    """Longest sequence the model is built for (rows of a learned position table)."""
+
+    position: Position = "learned"
+    """learned (GPT-2, BERT), sinusoidal (original Transformer), rope (LLaMA), alibi, relative (T5)."""
+    rope_base: float = 10000.0
+    rotary_fraction: float = 1.0
+    """Fraction of each head's dimensions that RoPE rotates (GPT-NeoX rotates 0.25)."""
+    relative_num_buckets: int = 32
+    relative_max_distance: int = 128
+
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    norm_position: NormPosition = "pre"
+    """pre: norm inside each residual branch (GPT-2, LLaMA) plus a final norm.
+    post: norm after each residual add (original Transformer, BERT) plus a norm on the embeddings."""
+    mlp: MLP = "gelu"
+    """gelu/gelu_tanh/relu: two-matrix MLP. swiglu/geglu: gated MLP with three matrices."""
+    bias: bool = True
+    """Biases in the linear layers (and LayerNorm)."""
+    tie_embeddings: bool = True
+    """Share the token embedding with the output layer."""
+    scale_embeddings: bool = False
+    """Multiply token embeddings by sqrt(d_model), as the original Transformer does."""
+    type_vocab_size: int = 0
+    """Segment (token type) embeddings, as BERT has for sentence pairs; 0 for none."""
+
+    dropout: float = 0.0
+    """Dropout on embeddings and on each residual branch."""
+    attention_dropout: float = 0.0
+    init_std: float = 0.02
+    scaled_residual_init: bool = True
+    """Scale the init of each branch's output projection by 1/sqrt(2 * num_layers) (GPT-2)."""
+
+    attention: Kernel = "sdpa"
+    """sdpa (torch picks flash/cuDNN/memory-efficient), flash (force the flash backend),
+    flex (FlexAttention), eager (reference math), flash_attn (the flash-attn package, GPU)."""
+    sliding_window: int | None = None
+    """Each query sees at most this many keys (itself included) behind it; None for no window."""
+
+    @property
+    def causal(self) -> bool:
+        return self.arch == "decoder"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def ffn_size(self) -> int:
+        return self.ffn_hidden_size or 4 * self.d_model
+
+    @property
+    def gated(self) -> bool:
+        return self.mlp in ("swiglu", "geglu")
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field, its value and what would be valid."""
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be a positive integer")
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads}: must divide d_model={self.d_model} "
+                f"(divisors near it: {_divisors_near(self.d_model, self.num_heads)})"
+            )
+        if self.num_kv_heads is not None and (self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads):
+            raise ValueError(
+                f"num_kv_heads={self.num_kv_heads}: must divide num_heads={self.num_heads} "
+                f"(valid: {[d for d in range(1, self.num_heads + 1) if self.num_heads % d == 0]})"
+            )
+        if self.ffn_hidden_size is not None and self.ffn_hidden_size < 1:
+            raise ValueError(f"ffn_hidden_size={self.ffn_hidden_size}: must be positive or null")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be in [0, 1)")
+        if self.init_std <= 0 or self.norm_eps <= 0:
+            raise ValueError(f"init_std={self.init_std}, norm_eps={self.norm_eps}: both must be > 0")
+        if self.type_vocab_size < 0:
+            raise ValueError(f"type_vocab_size={self.type_vocab_size}: must be >= 0")
+        if self.position == "rope":
+            rot = int(self.head_dim * self.rotary_fraction)
+            if not 0 < self.rotary_fraction <= 1 or rot % 2:
+                raise ValueError(
+                    f"rotary_fraction={self.rotary_fraction}: must be in (0, 1] and rotate an even number "
+                    f"of the head's {self.head_dim} dimensions (got {rot})"
+                )
+            if self.rope_base <= 0:
+                raise ValueError(f"rope_base={self.rope_base}: must be > 0")
+        if self.position == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"d_model={self.d_model}: sinusoidal positions need an even width")
+        if self.position == "relative" and (self.relative_num_buckets < 2 or self.relative_max_distance < 1):
+            raise ValueError(
+                f"relative_num_buckets={self.relative_num_buckets}, relative_max_distance="
+                f"{self.relative_max_distance}: need at least 2 buckets and a distance >= 1"
+            )
+        if self.position in KERNELS_WITH_BIAS and self.attention not in KERNELS_WITH_BIAS[self.position]:
+            raise ValueError(
+                f"attention={self.attention!r} cannot add the {self.position} position bias; "
+                f"use one of {list(KERNELS_WITH_BIAS[self.position])}"
+            )
+        if self.sliding_window is not None:
+            if self.sliding_window < 1:
+                raise ValueError(f"sliding_window={self.sliding_window}: must be >= 1 or null")
+            if self.attention not in KERNELS_WITH_WINDOW:
+                raise ValueError(
+                    f"attention={self.attention!r} has no sliding window; "
+                    f"use one of {list(KERNELS_WITH_WINDOW)}"
+                )
+
+
+def _divisors_near(n: int, k: int) -> list[int]:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return sorted(divisors, key=lambda d: abs(d - k))[:3]

@@ -1,0 +1,252 @@
+"""Exchange with HF transformers: GPT-2 (GPT2LMHeadModel), LLaMA (LlamaForCausalLM) and BERT
+(BertForMaskedLM), both ways, weights included.
+
+    cfg, model = from_hf(hf_model)
+    hf_model = to_hf(model)
+
+Each family is a config mapping plus a table of (our parameter, HF parameters, transposed):
+where we fuse matrices (q/k/v, gate/up) ours is the row-wise concatenation of HF's, and GPT-2's
+Conv1D stores weights transposed. transformers is imported only when a conversion runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ModelConfig
+from .transformer import Transformer
+
+FAMILIES = ("gpt2", "llama", "bert")
+
+
+def family_of(cfg: ModelConfig) -> str:
+    """The HF family whose architecture this config has, or a ValueError saying what differs."""
+    same = dict(sliding_window=None, scale_embeddings=False)
+    if cfg.arch == "encoder":
+        family = "bert"
+        want = dict(position="learned", norm="layernorm", norm_position="post", mlp="gelu", bias=True)
+    elif cfg.position == "rope":
+        family = "llama"
+        want = dict(norm="rmsnorm", norm_position="pre", mlp="swiglu", rotary_fraction=1.0, type_vocab_size=0)
+    else:
+        family = "gpt2"
+        want = dict(position="learned", norm="layernorm", norm_position="pre", mlp="gelu_tanh", bias=True)
+        want.update(type_vocab_size=0)
+    if family != "llama":
+        want["kv_heads"] = cfg.num_heads
+    want.update(same)
+    off = {k: getattr(cfg, k) for k, v in want.items() if getattr(cfg, k) != v}
+    if off:
+        raise ValueError(
+            f"no HF {family} model has this architecture: {off} where {family} has "
+            f"{ {k: want[k] for k in off} }; supported families: {list(FAMILIES)}"
+        )
+    return family
+
+
+# -- configs
+
+_GPT2_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
+def _config_from_hf(hf_cfg) -> ModelConfig:
+    kind = hf_cfg.model_type
+    common = dict(
+        vocab_size=hf_cfg.vocab_size, tie_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", True))
+    )
+    if kind == "gpt2":
+        if getattr(hf_cfg, "scale_attn_by_inverse_layer_idx", False) or getattr(
+            hf_cfg, "reorder_and_upcast_attn", False
+        ):
+            raise ValueError(
+                "GPT-2 with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn is not supported"
+            )
+        return ModelConfig(
+            arch="decoder", d_model=hf_cfg.n_embd, num_layers=hf_cfg.n_layer, num_heads=hf_cfg.n_head,
+            ffn_hidden_size=hf_cfg.n_inner, max_seq_len=hf_cfg.n_positions, position="learned",
+            norm="layernorm", norm_eps=hf_cfg.layer_norm_epsilon, norm_position="pre",
+            mlp=_GPT2_ACT.get(hf_cfg.activation_function, hf_cfg.activation_function),
+            bias=True, dropout=hf_cfg.resid_pdrop, attention_dropout=hf_cfg.attn_pdrop,
+            init_std=hf_cfg.initializer_range, **common,
+        )  # fmt: skip
+    if kind == "llama":
+        rope = getattr(hf_cfg, "rope_parameters", None) or {
+            "rope_theta": getattr(hf_cfg, "rope_theta", 10000.0)
+        }
+        if rope.get("rope_type", "default") != "default":
+            raise ValueError(f"LLaMA rope_type={rope['rope_type']!r}: only the default RoPE is supported")
+        if getattr(hf_cfg, "attention_bias", False) != getattr(hf_cfg, "mlp_bias", False):
+            raise ValueError("LLaMA configs with attention_bias != mlp_bias are not supported")
+        if hf_cfg.head_dim != hf_cfg.hidden_size // hf_cfg.num_attention_heads or hf_cfg.hidden_act != "silu":
+            raise ValueError("LLaMA configs need head_dim = hidden_size / heads and hidden_act='silu'")
+        return ModelConfig(
+            arch="decoder", d_model=hf_cfg.hidden_size, num_layers=hf_cfg.num_hidden_layers,
+            num_heads=hf_cfg.num_attention_heads, num_kv_heads=hf_cfg.num_key_value_heads,
+            ffn_hidden_size=hf_cfg.intermediate_size, max_seq_len=hf_cfg.max_position_embeddings,
+            position="rope", rope_base=float(rope["rope_theta"]),
+            rotary_fraction=float(rope.get("partial_rotary_factor", 1.0)),
+            norm="rmsnorm", norm_eps=hf_cfg.rms_norm_eps, norm_position="pre", mlp="swiglu",
+            bias=bool(hf_cfg.attention_bias), attention_dropout=float(hf_cfg.attention_dropout),
+            init_std=hf_cfg.initializer_range, **common,
+        )  # fmt: skip
+    if kind == "bert":
+        if getattr(hf_cfg, "position_embedding_type", "absolute") != "absolute":
+            raise ValueError("BERT with relative position embeddings is not supported")
+        return ModelConfig(
+            arch="encoder", d_model=hf_cfg.hidden_size, num_layers=hf_cfg.num_hidden_layers,
+            num_heads=hf_cfg.num_attention_heads, ffn_hidden_size=hf_cfg.intermediate_size,
+            max_seq_len=hf_cfg.max_position_embeddings, type_vocab_size=hf_cfg.type_vocab_size,
+            position="learned", norm="layernorm", norm_eps=hf_cfg.layer_norm_eps, norm_position="post",
+            mlp=hf_cfg.hidden_act, bias=True, dropout=hf_cfg.hidden_dropout_prob,
+            attention_dropout=hf_cfg.attention_probs_dropout_prob, init_std=hf_cfg.initializer_range,
+            scaled_residual_init=False, **common,
+        )  # fmt: skip
+    raise ValueError(f"HF model_type={kind!r} is not supported; supported: {list(FAMILIES)}")
+
+
+def _config_to_hf(cfg: ModelConfig):
+    import transformers as tf
+
+    family = family_of(cfg)
+    if family == "gpt2":
+        return tf.GPT2Config(
+            vocab_size=cfg.vocab_size, n_embd=cfg.d_model, n_layer=cfg.num_layers, n_head=cfg.num_heads,
+            n_inner=cfg.ffn_hidden_size, n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
+            activation_function="gelu_new", resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.attention_dropout, initializer_range=cfg.init_std,
+            tie_word_embeddings=cfg.tie_embeddings, bos_token_id=None, eos_token_id=None,
+        )  # fmt: skip
+    if family == "llama":
+        return tf.LlamaConfig(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_size,
+            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.kv_heads, max_position_embeddings=cfg.max_seq_len,
+            rms_norm_eps=cfg.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},
+            attention_bias=cfg.bias, mlp_bias=cfg.bias, attention_dropout=cfg.attention_dropout,
+            tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std,
+            bos_token_id=None, eos_token_id=None,
+        )  # fmt: skip
+    return tf.BertConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, intermediate_size=cfg.ffn_size,
+        max_position_embeddings=cfg.max_seq_len, type_vocab_size=max(cfg.type_vocab_size, 1),
+        layer_norm_eps=cfg.norm_eps, hidden_act="gelu", hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.attention_dropout, initializer_range=cfg.init_std,
+        tie_word_embeddings=cfg.tie_embeddings, pad_token_id=0,
+    )  # fmt: skip
+
+
+# -- parameter tables: (ours, (hf, ...), hf stores it transposed)
+
+
+def _weights_and_biases(ours: str, hf: tuple[str, ...], bias: bool, transposed: bool = False):
+    yield f"{ours}.weight", tuple(f"{h}.weight" for h in hf), transposed
+    if bias:
+        yield f"{ours}.bias", tuple(f"{h}.bias" for h in hf), False
+
+
+def _table(family: str, cfg: ModelConfig):
+    b = cfg.bias
+    if family == "gpt2":
+        yield "embed.tokens.weight", ("transformer.wte.weight",), False
+        yield "embed.positions.weight", ("transformer.wpe.weight",), False
+        for i in range(cfg.num_layers):
+            h, o = f"transformer.h.{i}", f"layers.{i}"
+            yield from _weights_and_biases(f"{o}.attn_norm", (f"{h}.ln_1",), True)
+            yield from _weights_and_biases(f"{o}.attn.qkv", (f"{h}.attn.c_attn",), True, transposed=True)
+            yield from _weights_and_biases(f"{o}.attn.proj", (f"{h}.attn.c_proj",), True, transposed=True)
+            yield from _weights_and_biases(f"{o}.mlp_norm", (f"{h}.ln_2",), True)
+            yield from _weights_and_biases(f"{o}.mlp.fc", (f"{h}.mlp.c_fc",), True, transposed=True)
+            yield from _weights_and_biases(f"{o}.mlp.proj", (f"{h}.mlp.c_proj",), True, transposed=True)
+        yield from _weights_and_biases("norm", ("transformer.ln_f",), True)
+        yield "head.weight", ("lm_head.weight",), False
+    elif family == "llama":
+        yield "embed.tokens.weight", ("model.embed_tokens.weight",), False
+        for i in range(cfg.num_layers):
+            h, o = f"model.layers.{i}", f"layers.{i}"
+            yield f"{o}.attn_norm.weight", (f"{h}.input_layernorm.weight",), False
+            qkv = tuple(f"{h}.self_attn.{p}_proj" for p in "qkv")
+            yield from _weights_and_biases(f"{o}.attn.qkv", qkv, b)
+            yield from _weights_and_biases(f"{o}.attn.proj", (f"{h}.self_attn.o_proj",), b)
+            yield f"{o}.mlp_norm.weight", (f"{h}.post_attention_layernorm.weight",), False
+            yield from _weights_and_biases(f"{o}.mlp.fc", (f"{h}.mlp.gate_proj", f"{h}.mlp.up_proj"), b)
+            yield from _weights_and_biases(f"{o}.mlp.proj", (f"{h}.mlp.down_proj",), b)
+        yield "norm.weight", ("model.norm.weight",), False
+        yield "head.weight", ("lm_head.weight",), False
+    else:
+        e = "bert.embeddings"
+        yield "embed.tokens.weight", (f"{e}.word_embeddings.weight",), False
+        yield "embed.positions.weight", (f"{e}.position_embeddings.weight",), False
+        if cfg.type_vocab_size:
+            yield "embed.token_types.weight", (f"{e}.token_type_embeddings.weight",), False
+        yield from _weights_and_biases("embed.norm", (f"{e}.LayerNorm",), True)
+        for i in range(cfg.num_layers):
+            h, o = f"bert.encoder.layer.{i}", f"layers.{i}"
+            qkv = tuple(f"{h}.attention.self.{p}" for p in ("query", "key", "value"))
+            yield from _weights_and_biases(f"{o}.attn.qkv", qkv, True)
+            yield from _weights_and_biases(f"{o}.attn.proj", (f"{h}.attention.output.dense",), True)
+            yield from _weights_and_biases(f"{o}.attn_norm", (f"{h}.attention.output.LayerNorm",), True)
+            yield from _weights_and_biases(f"{o}.mlp.fc", (f"{h}.intermediate.dense",), True)
+            yield from _weights_and_biases(f"{o}.mlp.proj", (f"{h}.output.dense",), True)
+            yield from _weights_and_biases(f"{o}.mlp_norm", (f"{h}.output.LayerNorm",), True)
+        yield from _weights_and_biases("head.dense", ("cls.predictions.transform.dense",), True)
+        yield from _weights_and_biases("head.norm", ("cls.predictions.transform.LayerNorm",), True)
+        yield "head.decoder.weight", ("cls.predictions.decoder.weight",), False
+        yield "head.decoder.bias", ("cls.predictions.bias",), False
+
+
+def from_hf(hf_model) -> tuple[ModelConfig, Transformer]:
+    """Our config and model holding the same weights as ``hf_model`` (same dtype, on CPU)."""
+    cfg = _config_from_hf(hf_model.config)
+    family = family_of(cfg)
+    if family != hf_model.config.model_type:
+        raise ValueError(f"{hf_model.config.model_type} model mapped to a {family}-shaped config")
+    hf_sd = hf_model.state_dict()
+    model = Transformer(cfg)
+    ours = {}
+    for name, hf_names, transposed in _table(family, cfg):
+        parts = [hf_sd[h].t() if transposed else hf_sd[h] for h in hf_names]
+        ours[name] = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+    if cfg.tie_embeddings:
+        ours[_output_key(cfg)] = ours["embed.tokens.weight"]
+    model = model.to(hf_sd[next(iter(hf_sd))].dtype)
+    model.load_state_dict(ours, strict=True)
+    return cfg, model
+
+
+def to_hf(model: Transformer):
+    """The transformers model (GPT2LMHeadModel, LlamaForCausalLM or BertForMaskedLM) with our weights."""
+    import transformers as tf
+
+    cfg = model.cfg
+    family = family_of(cfg)
+    hf_cls = {"gpt2": tf.GPT2LMHeadModel, "llama": tf.LlamaForCausalLM, "bert": tf.BertForMaskedLM}[family]
+    hf_model = hf_cls(_config_to_hf(cfg)).to(model.embed.tokens.weight.dtype)
+    hf_sd = hf_model.state_dict()
+    ours = model.state_dict()
+    out = {}
+    for name, hf_names, transposed in _table(family, cfg):
+        sizes = [hf_sd[h].shape[1 if transposed else 0] for h in hf_names]
+        for h, part in zip(hf_names, ours[name].split(sizes, dim=0), strict=True):
+            out[h] = (part.t() if transposed else part).contiguous().clone()
+    if family == "bert":
+        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"]
+        if not cfg.type_vocab_size:  # BERT always has a segment table; ours adds nothing, so zeros
+            out["bert.embeddings.token_type_embeddings.weight"] = torch.zeros_like(
+                hf_sd["bert.embeddings.token_type_embeddings.weight"]
+            )
+    missing, _ = hf_model.load_state_dict(out, strict=False)
+    missing = [k for k in missing if not (cfg.tie_embeddings and k in _hf_tied_keys(family))]
+    if missing:
+        raise RuntimeError(f"no weights for HF parameters {missing}")
+    if cfg.tie_embeddings:
+        hf_model.tie_weights()
+    return hf_model.eval()
+
+
+def _output_key(cfg: ModelConfig) -> str:
+    return "head.weight" if cfg.causal else "head.decoder.weight"
+
+
+def _hf_tied_keys(family: str) -> set[str]:
+    return {"lm_head.weight", "cls.predictions.decoder.weight"}

@@ -1,0 +1,121 @@
+"""Position schemes: learned and sinusoidal (added to the embeddings), RoPE (rotates q and k), and
+ALiBi and T5's bucketed relative bias (added to the attention scores).
+
+The two score biases are functions of the distance ``k - q`` only, so both expose
+``by_distance(rel) -> (H, *rel.shape)``: dense kernels evaluate it on a (T, S) grid, FlexAttention
+on a 1-D range of distances that its score_mod indexes, so neither materialises what it need not.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+
+def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """The original paper's table: PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(same).
+
+    positions: (...) integer positions -> (..., dim) float32.
+    """
+    i = torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32)
+    angle = positions.float()[..., None] / torch.pow(10000.0, i / dim)  # (..., dim/2)
+    pe = torch.stack((angle.sin(), angle.cos()), dim=-1)  # (..., dim/2, 2): sin and cos interleaved
+    return pe.flatten(-2)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al.), in the half-split layout of GPT-NeoX and HF LLaMA.
+
+    Rotates the first ``rotary_fraction`` of each head's dimensions; the rest pass through.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.rot_dim = int(cfg.head_dim * cfg.rotary_fraction)
+        inv_freq = 1.0 / cfg.rope_base ** (
+            torch.arange(0, self.rot_dim, 2, dtype=torch.float32) / self.rot_dim
+        )
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (B, T) -> cos, sin of shape (B, 1, T, rot_dim), shared by every layer."""
+        freqs = positions.float()[..., None] * self.inv_freq  # (B, T, rot_dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, head_dim); cos/sin: (B, 1, T, rot_dim)."""
+    rot_dim = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot_dim], x[..., rot_dim:]
+    half = rot_dim // 2
+    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    x_rot = x_rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return torch.cat((x_rot, x_pass), dim=-1) if x_pass.numel() else x_rot
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """Head slopes from the ALiBi paper: a geometric series starting at 2^(-8/n); for head counts
+    that are not powers of two, the closest power's series plus every other slope of the next."""
+
+    def series(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    closest = 2 ** math.floor(math.log2(num_heads))
+    slopes = series(closest)
+    if closest < num_heads:
+        slopes += series(2 * closest)[0::2][: num_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+class ALiBi(nn.Module):
+    """Linear bias -slope_h * |k - q| on the scores; no parameters."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.register_buffer("slopes", alibi_slopes(cfg.num_heads), persistent=False)
+
+    def by_distance(self, rel: torch.Tensor) -> torch.Tensor:
+        return -self.slopes.view(-1, *([1] * rel.dim())) * rel.abs().float()
+
+
+class RelativeBias(nn.Module):
+    """T5's learned bias per head over log-spaced distance buckets (shared by all layers)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.bidirectional = not cfg.causal
+        self.num_buckets = cfg.relative_num_buckets
+        self.max_distance = cfg.relative_max_distance
+        self.embedding = nn.Embedding(cfg.relative_num_buckets, cfg.num_heads)
+
+    def bucket(self, rel: torch.Tensor) -> torch.Tensor:
+        """rel = k - q -> bucket index. Half the buckets are exact small distances, the rest grow
+        logarithmically up to max_distance; bidirectional models keep separate halves per sign."""
+        buckets = torch.zeros_like(rel)
+        n = self.num_buckets
+        if self.bidirectional:
+            n //= 2
+            buckets = buckets + (rel > 0).long() * n
+            dist = rel.abs()
+        else:
+            dist = (-rel).clamp(min=0)
+        exact = n // 2
+        log_ratio = torch.log(dist.float().clamp(min=1) / exact) / math.log(self.max_distance / exact)
+        large = exact + (log_ratio * (n - exact)).long()
+        large = large.clamp(max=n - 1)
+        return buckets + torch.where(dist < exact, dist, large)
+
+    def by_distance(self, rel: torch.Tensor) -> torch.Tensor:
+        bias = self.embedding(self.bucket(rel))  # (*rel.shape, H)
+        return bias.movedim(-1, 0)
+
+
+def build_position(cfg: ModelConfig) -> nn.Module | None:
+    """The module a stack needs for its position scheme (None for learned, sinusoidal, none)."""
+    return {"rope": Rotary, "alibi": ALiBi, "relative": RelativeBias}.get(cfg.position, lambda _: None)(cfg)

@@ -1,0 +1,181 @@
+"""The Transformer stack and its heads: causal LM (decoder), masked LM (encoder), pooled output.
+
+A model is a plain nn.Module built from a ModelConfig; training concerns live elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from .attention import KVCache, build_context
+from .config import ModelConfig
+from .layers import ACTIVATIONS, Block, build_norm
+from .position import build_position, sinusoidal
+
+
+class Embeddings(nn.Module):
+    """Tokens (+ learned or sinusoidal positions) (+ token types), then norm for post-norm stacks."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.positions = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.position == "learned" else None
+        self.token_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.norm = build_norm(cfg) if cfg.norm_position == "post" else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+
+    def forward(self, input_ids, positions, token_type_ids=None):
+        x = self.tokens(input_ids) * self.scale  # (B, T, D)
+        if self.positions is not None:
+            x = x + self.positions(positions)
+        elif self.cfg.position == "sinusoidal":
+            x = x + sinusoidal(positions, self.cfg.d_model).to(x.dtype)
+        if self.token_types is not None:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            x = x + self.token_types(types)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-LM head: dense + activation + norm, then the decoder (tied to the embeddings)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.act = ACTIVATIONS[cfg.mlp]
+        self.norm = build_norm(cfg)
+        self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size, bias=True)
+
+    def forward(self, x):
+        return self.decoder(self.norm(self.act(self.dense(x))))
+
+
+class Transformer(nn.Module):
+    """Decoder-only (causal LM head) or encoder-only (masked LM head) Transformer."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.embed = Embeddings(cfg)
+        self.position = build_position(cfg)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = build_norm(cfg) if cfg.norm_position == "pre" else None
+        if cfg.causal:
+            self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        else:
+            self.head = MLMHead(cfg)
+        self.activation_checkpointing = False
+        """Recompute each block in the backward pass instead of storing its activations."""
+        self.reset_parameters()
+
+    @property
+    def output(self) -> nn.Linear:
+        """The matrix that maps hidden states to vocabulary logits (tied to the embedding or not)."""
+        return self.head if self.cfg.causal else self.head.decoder
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights, zero biases, unit norms; residual output projections scaled
+        by 1/sqrt(2 * num_layers) so the residual stream's variance does not grow with depth."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        if self.cfg.scaled_residual_init:
+            for block in self.layers:
+                for proj in (block.attn.proj, block.mlp.proj):
+                    nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.cfg.num_layers))
+        if self.cfg.tie_embeddings:
+            self.output.weight = self.embed.tokens.weight
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        return_attention: bool = False,
+    ):
+        """input_ids (B, T) -> final hidden states (B, T, D) [, attention weights per layer].
+
+        attention_mask: (B, S) 1 for tokens, 0 for padding; with a cache it covers the cached
+        positions too (S = cached + T). position_ids default to the index in the sequence.
+        document_ids (B, T): attention stays within each packed document.
+        """
+        B, T = input_ids.shape
+        offset = cache.length if cache is not None else 0
+        if position_ids is None:
+            if self.cfg.position == "learned" and offset + T > self.cfg.max_seq_len:
+                raise ValueError(
+                    f"sequence of {offset + T} tokens is longer than the "
+                    f"{self.cfg.max_seq_len} learned positions"
+                )
+            position_ids = torch.arange(offset, offset + T, device=input_ids.device).expand(B, T)
+        ctx = build_context(
+            self.cfg,
+            self.position,
+            q_len=T,
+            offset=offset,
+            positions=position_ids,
+            attention_mask=attention_mask,
+            document_ids=document_ids,
+            device=input_ids.device,
+        )
+        x = self.embed(input_ids, position_ids, token_type_ids)
+        weights = []
+        for i, block in enumerate(self.layers):
+            if self.activation_checkpointing and self.training:
+                x, w = torch.utils.checkpoint.checkpoint(block, x, ctx, use_reentrant=False)
+            else:
+                x, w = block(x, ctx, cache, i, need_weights=return_attention)
+            weights.append(w)
+        if cache is not None:
+            cache.length += T
+        if self.norm is not None:
+            x = self.norm(x)
+        return (x, weights) if return_attention else x
+
+    def forward(self, input_ids: torch.Tensor, return_attention: bool = False, **kwargs):
+        """input_ids (B, T) -> logits (B, T, vocab) [, attention weights per layer (eager only)]."""
+        out = self.hidden_states(input_ids, return_attention=return_attention, **kwargs)
+        if return_attention:
+            return self.head(out[0]), out[1]
+        return self.head(out)
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        p = self.embed.tokens.weight
+        return KVCache(self.cfg, batch_size, max_len, device=p.device, dtype=p.dtype)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, method: str) -> torch.Tensor:
+    """(B, T, D) -> (B, D) for a classifier: the first token (encoders' [CLS]), the last real token
+    (decoders; works with left or right padding), or the mean over real tokens."""
+    if method == "first":
+        return hidden[:, 0]
+    mask = (
+        attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)
+    )
+    if method == "last":
+        idx = torch.arange(hidden.shape[1], device=hidden.device)
+        last = (idx * mask.long()).argmax(dim=1)  # (B,) highest index whose mask is 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if method == "mean":
+        m = mask[..., None].to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    raise ValueError(f"pooling={method!r}: use one of 'first', 'last', 'mean'")

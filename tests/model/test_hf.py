@@ -1,0 +1,143 @@
+"""Our GPT-2, LLaMA and BERT against HF transformers' implementations: tiny random HF models are
+converted both ways and must give the same logits (fp32, 1e-4) with padding in the batch."""
+
+import pytest
+import torch
+
+from pretrain.model import ModelConfig, Transformer
+from pretrain.model.hf import family_of, from_hf, to_hf
+
+tf = pytest.importorskip("transformers")
+ATOL = 1e-4
+
+
+def hf_models():
+    return {
+        "gpt2": lambda: tf.GPT2LMHeadModel(
+            tf.GPT2Config(
+                n_embd=48,
+                n_layer=2,
+                n_head=4,
+                vocab_size=101,
+                n_positions=40,
+                bos_token_id=None,
+                eos_token_id=None,
+            )
+        ),
+        "llama-gqa": lambda: tf.LlamaForCausalLM(
+            tf.LlamaConfig(
+                hidden_size=48,
+                intermediate_size=80,
+                num_hidden_layers=2,
+                num_attention_heads=6,
+                num_key_value_heads=2,
+                vocab_size=101,
+                max_position_embeddings=40,
+                rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+                bos_token_id=None,
+                eos_token_id=None,
+            )
+        ),  # fmt: skip
+        "llama-tied-bias": lambda: tf.LlamaForCausalLM(
+            tf.LlamaConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=1,
+                vocab_size=101,
+                attention_bias=True,
+                mlp_bias=True,
+                tie_word_embeddings=True,
+                bos_token_id=None,
+                eos_token_id=None,
+            )
+        ),  # fmt: skip
+        "bert": lambda: tf.BertForMaskedLM(
+            tf.BertConfig(
+                hidden_size=48,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                vocab_size=101,
+            )
+        ),
+    }
+
+
+def perturb(model):
+    """Random init leaves norms at 1 and biases at 0, which would hide swapped or dropped ones."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name.lower() or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.2)
+
+
+def inputs():
+    ids = torch.randint(0, 101, (3, 13))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    mask[2, 5:] = 0
+    types = torch.zeros_like(ids)
+    types[:, 6:] = 1
+    return ids, mask, types
+
+
+@pytest.mark.parametrize("name", list(hf_models()))
+def test_from_hf_then_to_hf_give_the_same_logits(name):
+    hf = hf_models()[name]().eval()
+    perturb(hf)
+    ids, mask, types = inputs()
+    kwargs = {"token_type_ids": types} if name == "bert" else {}
+    cfg, ours = from_hf(hf)
+    ours.eval()
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, **kwargs).logits
+        got = ours(ids, attention_mask=mask, **kwargs)
+        back = to_hf(ours)(input_ids=ids, attention_mask=mask, **kwargs).logits
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], expected[keep], atol=ATOL, rtol=0)
+    torch.testing.assert_close(back[keep], expected[keep], atol=ATOL, rtol=0)
+    assert (expected[keep].abs().max() > 0.1).item()  # logits are not trivially zero
+
+
+@pytest.mark.parametrize("name", list(hf_models()))
+def test_our_random_model_survives_a_round_trip_through_hf(name):
+    cfg, _ = from_hf(hf_models()[name]())
+    ours = Transformer(cfg).eval()
+    perturb(ours)
+    ids, mask, _ = inputs()
+    with torch.no_grad():
+        a = ours(ids, attention_mask=mask)
+        _, again = from_hf(to_hf(ours))
+        b = again.eval()(ids, attention_mask=mask)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert again.cfg == cfg
+
+
+def test_config_mapping_preserves_shape_choices():
+    cfg, _ = from_hf(hf_models()["llama-gqa"]())
+    assert (cfg.num_kv_heads, cfg.rope_base, cfg.mlp, cfg.norm, cfg.tie_embeddings) == (
+        2,
+        500.0,
+        "swiglu",
+        "rmsnorm",
+        False,
+    )
+    cfg, _ = from_hf(hf_models()["bert"]())
+    assert (cfg.arch, cfg.norm_position, cfg.type_vocab_size, cfg.norm_eps) == ("encoder", "post", 2, 1e-12)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(position="alibi"), "no HF gpt2 model has this architecture"),
+        (dict(position="rope", mlp="gelu"), "no HF llama model"),
+        (dict(arch="encoder", norm_position="pre"), "no HF bert model"),
+        (dict(num_kv_heads=2), "'kv_heads': 2"),
+    ],
+)
+def test_unsupported_architectures_are_refused_clearly(kw, message):
+    cfg = ModelConfig(**{**dict(vocab_size=50, d_model=32, num_layers=1, num_heads=4, mlp="gelu_tanh"), **kw})
+    with pytest.raises(ValueError, match=message):
+        family_of(cfg)

@@ -1,0 +1,130 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pretrain.config import ConfigError, RunConfig, load_config, parse_cli, save_config, to_yaml
+from pretrain.model import Transformer, count_parameters
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "configs" / "model"
+
+
+@pytest.mark.parametrize(
+    "name, published, rel_tol",
+    [
+        ("gpt2-small", 124.44e6, 0.001),  # 124,439,808 with tied embeddings
+        ("gpt2-medium", 354.8e6, 0.002),
+        ("bert-base", 110e6, 0.01),  # "110M": 109.5M body + MLM head
+        ("bert-large", 335e6, 0.01),
+        ("llama-1b", 1.100e9, 0.001),  # TinyLlama-1.1B: 1,100,048,384
+        ("llama-7b", 6.738e9, 0.001),  # LLaMA-2-7B: 6,738,415,616
+    ],
+)
+def test_named_sizes_match_published_parameter_counts(name, published, rel_tol):
+    cfg = load_config(MODELS / f"{name}.yaml")
+    with torch.device("meta"):
+        model = Transformer(cfg.model)
+    n = count_parameters(model)
+    assert abs(n - published) / published < rel_tol, f"{name}: {n:,} vs {published:,.0f}"
+
+
+def test_gpt2_small_count_is_exact():
+    with torch.device("meta"):
+        model = Transformer(load_config(MODELS / "gpt2-small.yaml").model)
+    assert count_parameters(model) == 124_439_808
+
+
+def test_base_chain_merges_parent_then_child():
+    cfg = load_config(MODELS / "llama-7b.yaml")
+    assert (cfg.model.d_model, cfg.model.num_layers, cfg.model.num_kv_heads) == (4096, 32, None)
+    assert cfg.model.norm == "rmsnorm" and cfg.model.mlp == "swiglu"  # inherited from llama-1b
+
+
+def test_base_cycle_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(MODELS / "debug.yaml", ["model.num_layers=4", "train.lr=3e-4", "model.num_kv_heads=2"])
+    assert cfg.model.num_layers == 4 and isinstance(cfg.model.num_layers, int)
+    assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.model.kv_heads == 2
+    assert load_config(MODELS / "debug.yaml", ["model.num_kv_heads=null"]).model.num_kv_heads is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.num_layer=3", "unknown key 'model.num_layer'; did you mean 'model.num_layers'?"),
+        ("trian.lr=1", "unknown key 'trian'; did you mean 'train'?"),
+        ("model.d_model=abc", "model.d_model='abc': expected an integer"),
+        ("model.num_heads=5", "model.num_heads=5: must divide d_model=64"),
+        ("model.num_kv_heads=3", "model.num_kv_heads=3: must divide num_heads=4 (valid: [1, 2, 4])"),
+        ("data.seq_len=1000", "data.seq_len=1000: longer than the model's 256 learned positions"),
+        ("train.lr=-0.1", "train.lr=-0.1: must be > 0"),
+        ("model.position=rotary", "model.position='rotary': must be one of"),
+        ("model.attention=flash", None),  # valid with learned positions
+        ("model.dropout=1.5", "model.dropout=1.5: must be in [0, 1)"),
+        ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4: must be 0, 1, 2 or 3"),
+        ("model.use_bias=true", "did you mean 'model.bias'?"),
+    ],
+)
+def test_bad_values_name_field_value_and_what_is_valid(override, message):
+    if message is None:
+        load_config(MODELS / "debug.yaml", [override])
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config(MODELS / "debug.yaml", [override])
+    assert message in str(err.value)
+
+
+def test_cli_error_is_one_line_exit_2_without_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "pretrain.config", str(MODELS / "debug.yaml"), "model.num_heads=3"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        == "config error: model.num_heads=3: must divide d_model=64 (divisors near it: [2, 4, 1])"
+    )
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in MODELS.glob("*.yaml")))
+def test_resolved_config_round_trips(name, tmp_path):
+    cfg = load_config(MODELS / f"{name}.yaml", ["train.lr=2e-4"])
+    path = save_config(cfg, tmp_path / "config.yaml")
+    text = path.read_text()
+    again = load_config(path)
+    assert again == cfg
+    assert to_yaml(again) == text
+    assert yaml.safe_load(text)["train"]["lr"] == 2e-4
+
+
+def test_overrides_without_a_file_use_defaults():
+    cfg = parse_cli(["model.num_layers=3"])
+    assert cfg.model.num_layers == 3 and cfg.model.d_model == RunConfig().model.d_model
+
+
+def test_main_job_writes_resolved_config_next_to_the_run(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pretrain", str(ROOT / "configs/pretrain/default.yaml"),
+         f"output_dir={tmp_path}", "model.num_layers=1"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    written = load_config(tmp_path / "default" / "config.yaml")
+    assert written.model.num_layers == 1 and written.output_dir == str(tmp_path)
