@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
     loss.backward()
     print(
-        f"one step check:  loss {loss.item():.3f} on random tokens "
-        f"(ln(vocab) = {math.log(cfg.model.vocab_size):.3f})"
+        f"one step check:  loss {loss.item():.3f} on random tokens (ln(vocab) = {math.log(cfg.model.vocab_size):.3f})"
     )
     print("training under DeepSpeed is not implemented yet: see the pretraining issue")
 

@@ -24,21 +24,12 @@ from typing import Any, Literal
 
 import yaml
 
+from pretrain.data.config import DataConfig
 from pretrain.model.config import ModelConfig
 
 
 class ConfigError(ValueError):
     """A user error in a config file or override."""
-
-
-@dataclass
-class DataConfig:
-    seq_len: int = 256
-    """Tokens in one training sequence."""
-
-    def validate(self) -> None:
-        if self.seq_len < 2:
-            raise ValueError(f"seq_len={self.seq_len}: must be >= 2")
 
 
 @dataclass
@@ -62,9 +53,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
         if self.micro_batch_size < 1 or self.max_steps < 1:
-            raise ValueError(
-                f"micro_batch_size={self.micro_batch_size}, max_steps={self.max_steps}: both must be >= 1"
-            )
+            raise ValueError(f"micro_batch_size={self.micro_batch_size}, max_steps={self.max_steps}: both must be >= 1")
         if self.global_batch_size is not None and self.global_batch_size % self.micro_batch_size:
             raise ValueError(
                 f"global_batch_size={self.global_batch_size}: must be a multiple of "
@@ -185,11 +174,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         if key not in names:
             full = f"{where}.{key}" if where else key
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = (
-                f"did you mean '{(where + '.') if where else ''}{close[0]}'?"
-                if close
-                else f"valid keys: {names}"
-            )
+            hint = f"did you mean '{(where + '.') if where else ''}{close[0]}'?" if close else f"valid keys: {names}"
             raise ConfigError(f"unknown key '{full}'; {hint}")
     kwargs = {}
     for name in names:

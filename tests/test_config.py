@@ -74,6 +74,16 @@ def test_dotted_overrides_are_typed():
         ("model.dropout=1.5", "model.dropout=1.5: must be in [0, 1)"),
         ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4: must be 0, 1, 2 or 3"),
         ("model.use_bias=true", "did you mean 'model.bias'?"),
+        (
+            "data.sources=[{builtin: python-stdlib, files: x.txt}]",
+            "data.sources[0].builtin/files/hub: give exactly one; got ['builtin', 'files']",
+        ),
+        ("data.sources=[{hub: wikitext, weight: -1}]", "data.sources[0].weight=-1.0: must be > 0"),
+        (
+            "data.sources=[{builtin: stdlib}]",
+            "data.sources[0].builtin='stdlib': must be one of ['python-stdlib']",
+        ),
+        ("data.tokenizer.kind=sentencepiece", "data.tokenizer.kind='sentencepiece': must be one of"),
     ],
 )
 def test_bad_values_name_field_value_and_what_is_valid(override, message):
@@ -93,8 +103,7 @@ def test_cli_error_is_one_line_exit_2_without_traceback():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert (
-        proc.stderr.strip()
-        == "config error: model.num_heads=3: must divide d_model=64 (divisors near it: [2, 4, 1])"
+        proc.stderr.strip() == "config error: model.num_heads=3: must divide d_model=64 (divisors near it: [2, 4, 1])"
     )
 
 

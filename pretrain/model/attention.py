@@ -231,13 +231,9 @@ def _flash_attn(q, k, v, ctx, dropout_p, need_weights=False):
     try:
         from flash_attn import flash_attn_func
     except ImportError as e:
-        raise ImportError(
-            "attention='flash_attn' needs the flash-attn package: pip install '.[flash]'"
-        ) from e
+        raise ImportError("attention='flash_attn' needs the flash-attn package: pip install '.[flash]'") from e
     if ctx.has_padding or ctx.has_documents:
-        raise ValueError(
-            "attention='flash_attn' takes no padding or document mask here; use 'sdpa' or 'flex'"
-        )
+        raise ValueError("attention='flash_attn' takes no padding or document mask here; use 'sdpa' or 'flex'")
     left = ctx.window - 1 if ctx.window else -1
     right = 0 if ctx.causal else left
     out = flash_attn_func(

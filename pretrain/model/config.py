@@ -148,8 +148,7 @@ class ModelConfig:
                 raise ValueError(f"sliding_window={self.sliding_window}: must be >= 1 or null")
             if self.attention not in KERNELS_WITH_WINDOW:
                 raise ValueError(
-                    f"attention={self.attention!r} has no sliding window; "
-                    f"use one of {list(KERNELS_WITH_WINDOW)}"
+                    f"attention={self.attention!r} has no sliding window; use one of {list(KERNELS_WITH_WINDOW)}"
                 )
 
 

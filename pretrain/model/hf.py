@@ -51,16 +51,12 @@ _GPT2_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 def _config_from_hf(hf_cfg) -> ModelConfig:
     kind = hf_cfg.model_type
-    common = dict(
-        vocab_size=hf_cfg.vocab_size, tie_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", True))
-    )
+    common = dict(vocab_size=hf_cfg.vocab_size, tie_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", True)))
     if kind == "gpt2":
         if getattr(hf_cfg, "scale_attn_by_inverse_layer_idx", False) or getattr(
             hf_cfg, "reorder_and_upcast_attn", False
         ):
-            raise ValueError(
-                "GPT-2 with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn is not supported"
-            )
+            raise ValueError("GPT-2 with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn is not supported")
         return ModelConfig(
             arch="decoder", d_model=hf_cfg.n_embd, num_layers=hf_cfg.n_layer, num_heads=hf_cfg.n_head,
             ffn_hidden_size=hf_cfg.n_inner, max_seq_len=hf_cfg.n_positions, position="learned",
@@ -70,9 +66,7 @@ def _config_from_hf(hf_cfg) -> ModelConfig:
             init_std=hf_cfg.initializer_range, **common,
         )  # fmt: skip
     if kind == "llama":
-        rope = getattr(hf_cfg, "rope_parameters", None) or {
-            "rope_theta": getattr(hf_cfg, "rope_theta", 10000.0)
-        }
+        rope = getattr(hf_cfg, "rope_parameters", None) or {"rope_theta": getattr(hf_cfg, "rope_theta", 10000.0)}
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"LLaMA rope_type={rope['rope_type']!r}: only the default RoPE is supported")
         if getattr(hf_cfg, "attention_bias", False) != getattr(hf_cfg, "mlp_bias", False):

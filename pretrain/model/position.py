@@ -36,9 +36,7 @@ class Rotary(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.rot_dim = int(cfg.head_dim * cfg.rotary_fraction)
-        inv_freq = 1.0 / cfg.rope_base ** (
-            torch.arange(0, self.rot_dim, 2, dtype=torch.float32) / self.rot_dim
-        )
+        inv_freq = 1.0 / cfg.rope_base ** (torch.arange(0, self.rot_dim, 2, dtype=torch.float32) / self.rot_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -123,8 +123,7 @@ class Transformer(nn.Module):
         if position_ids is None:
             if self.cfg.position == "learned" and offset + T > self.cfg.max_seq_len:
                 raise ValueError(
-                    f"sequence of {offset + T} tokens is longer than the "
-                    f"{self.cfg.max_seq_len} learned positions"
+                    f"sequence of {offset + T} tokens is longer than the {self.cfg.max_seq_len} learned positions"
                 )
             position_ids = torch.arange(offset, offset + T, device=input_ids.device).expand(B, T)
         ctx = build_context(
@@ -168,9 +167,7 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, method: str)
     (decoders; works with left or right padding), or the mean over real tokens."""
     if method == "first":
         return hidden[:, 0]
-    mask = (
-        attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)
-    )
+    mask = attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)
     if method == "last":
         idx = torch.arange(hidden.shape[1], device=hidden.device)
         last = (idx * mask.long()).argmax(dim=1)  # (B,) highest index whose mask is 1

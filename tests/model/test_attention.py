@@ -135,9 +135,7 @@ def test_document_mask_keeps_attention_within_documents(kernel):
     torch.testing.assert_close(a, ref, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize(
-    "attention, position", [("flash", "alibi"), ("flash", "relative"), ("flash_attn", "relative")]
-)
+@pytest.mark.parametrize("attention, position", [("flash", "alibi"), ("flash", "relative"), ("flash_attn", "relative")])
 def test_invalid_kernel_position_pairs_are_config_errors(attention, position):
     with pytest.raises(ConfigError, match=f"model.attention='{attention}' cannot add the {position}"):
         load_config(None, [f"model.attention={attention}", f"model.position={position}"])

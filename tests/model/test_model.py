@@ -39,9 +39,7 @@ def test_kv_cache_with_left_padding_matches_unpadded_rows():
         cache = model.new_cache(1, 9)
         out = model(padded, attention_mask=mask, cache=cache)
         nxt = torch.randint(0, 97, (1, 1))
-        step = model(
-            nxt, attention_mask=torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1), cache=cache
-        )
+        step = model(nxt, attention_mask=torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1), cache=cache)
         alone_next = model(torch.cat([short, nxt], 1))[:, -1:]
     torch.testing.assert_close(out[:, 3:], alone, atol=1e-5, rtol=0)
     torch.testing.assert_close(step, alone_next, atol=1e-5, rtol=0)
@@ -116,9 +114,7 @@ def test_tied_embeddings_share_one_tensor(tie):
     for arch in ("decoder", "encoder"):
         model = Transformer(tiny(arch=arch, tie_embeddings=tie))
         assert (model.output.weight is model.embed.tokens.weight) == tie
-        expected = count_parameters(Transformer(tiny(arch=arch, tie_embeddings=True))) + (
-            0 if tie else 97 * 32
-        )
+        expected = count_parameters(Transformer(tiny(arch=arch, tie_embeddings=True))) + (0 if tie else 97 * 32)
         assert count_parameters(model) == expected
 
 

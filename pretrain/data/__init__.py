@@ -1,0 +1,1 @@
+"""Data: sources (HF datasets), tokenizer (HF tokenizers), packed token shards, resumable batches."""

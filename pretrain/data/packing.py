@@ -1,0 +1,170 @@
+"""Packed token shards: documents tokenized in parallel, joined with a separator, written to disk
+as np.memmap shards with a JSON index, cached by fingerprint.
+
+A cache folder is ``{cache_dir}/{split}-{fingerprint}`` holding ``index.json``, the shards
+``tokens-NNNNN.bin`` and ``doc_starts.npy`` (where each document begins in the token stream, for
+document masks). It is written under a temporary name and renamed into place when complete, so
+a half-written cache is never read. Sequence i is tokens[i*L : i*L + L + 1] (L = seq_len): inputs
+and next-token labels from one read, the last token shared with the next sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from pretrain.data.config import DataConfig
+from pretrain.data.sources import DataError, file_stats, load_corpus, source_files
+from pretrain.data.tokenizer import separator_id, tokenizer_hash
+
+FORMAT_VERSION = 1
+SHARD_TOKENS = 1 << 28  # 512 MiB of uint16 per shard
+
+
+def fingerprint(cfg: DataConfig, tok, split: str, seed: int) -> str:
+    """Everything that changes the packed tokens: sources (and local files' size and mtime),
+    tokenizer, sequence length, split and the hold-out rule."""
+    sources = []
+    for i, src in enumerate(cfg.sources):
+        entry = dataclasses.asdict(src)
+        entry["file_stats"] = file_stats(source_files(src, f"data.sources[{i}]"))
+        sources.append(entry)
+    payload = {
+        "version": FORMAT_VERSION, "sources": sources, "tokenizer": tokenizer_hash(tok), "seq_len": cfg.seq_len,
+        "split": split, "validation_fraction": cfg.validation_fraction, "seed": seed if len(sources) > 1 else None,
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pack(cfg: DataConfig, tok, arch: str, split: str = "train", seed: int = 0, log=print) -> Path:
+    """Build (or find) the packed cache for one split and return its folder."""
+    fp = fingerprint(cfg, tok, split, seed)
+    final = Path(cfg.cache_dir) / f"{split}-{fp}"
+    if (final / "index.json").exists():
+        return final
+    start = time.time()
+    texts = load_corpus(cfg, split, seed)
+    sep = separator_id(tok, arch)
+
+    def encode(batch):
+        ids = tok(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"ids": ids, "n": [len(x) + 1 for x in ids]}  # +1: the separator after each document
+
+    procs = min(cfg.num_proc, max(1, len(texts) // 16))
+    tokenized = texts.map(encode, batched=True, batch_size=64, num_proc=procs if procs > 1 else None,
+                          remove_columns=["text"])  # fmt: skip
+    lengths = np.asarray(tokenized["n"], dtype=np.int64)
+    total = int(lengths.sum())
+    if total < cfg.seq_len + 1:
+        raise DataError(
+            f"the {split} corpus has {total} tokens, fewer than one sequence needs "
+            f"(data.seq_len + 1 = {cfg.seq_len + 1}); add data or lower data.seq_len"
+        )
+    dtype = np.uint16 if len(tok) <= 65535 else np.uint32
+    tmp = Path(cfg.cache_dir) / f".{split}-{fp}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        shards = _write_shards(tmp, tokenized, total, sep, dtype)
+        doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        np.save(tmp / "doc_starts.npy", doc_starts)
+        index = {
+            "version": FORMAT_VERSION, "fingerprint": fp, "split": split, "seq_len": cfg.seq_len,
+            "dtype": np.dtype(dtype).name, "num_tokens": total, "num_documents": len(lengths),
+            "num_sequences": (total - 1) // cfg.seq_len, "separator_id": sep, "vocab_size": len(tok),
+            "shards": shards, "seconds": round(time.time() - start, 2),
+        }  # fmt: skip
+        _write_json(tmp / "index.json", index)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished the same cache first: theirs is as good
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"packed {split}: {total:,} tokens from {len(lengths):,} documents in {time.time() - start:.1f}s -> {final}")
+    return final
+
+
+def _write_shards(folder: Path, tokenized, total: int, sep: int, dtype) -> list[dict]:
+    """Stream the tokenized documents into shards with a separator after each document, reading
+    Arrow buffers batch by batch: memory stays at one batch whatever the corpus size."""
+    shards, written, out, shard_start, shard_end = [], 0, None, 0, 0
+    for batch in tokenized.with_format("arrow").iter(batch_size=64):
+        ids = batch["ids"].combine_chunks()
+        offsets = ids.offsets.to_numpy()
+        flat = ids.values.to_numpy()[offsets[0] : offsets[-1]]
+        docs = len(offsets) - 1
+        chunk = np.empty(len(flat) + docs, dtype=dtype)
+        seps = offsets[1:] - offsets[0] + np.arange(docs)  # doc i's separator follows its i earlier ones
+        keep = np.ones(len(chunk), dtype=bool)
+        keep[seps] = False
+        chunk[seps] = sep
+        chunk[keep] = flat
+        pos = 0
+        while pos < len(chunk):
+            if out is None or written == shard_end:
+                if out is not None:
+                    out.flush()
+                size = min(SHARD_TOKENS, total - written)
+                name = f"tokens-{len(shards):05d}.bin"
+                out = np.memmap(folder / name, dtype=dtype, mode="w+", shape=(size,))
+                shards.append({"file": name, "num_tokens": size})
+                shard_start, shard_end = written, written + size
+            take = min(len(chunk) - pos, shard_end - written)
+            out[written - shard_start : written - shard_start + take] = chunk[pos : pos + take]
+            written += take
+            pos += take
+    out.flush()
+    del out
+    return shards
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class PackedTokens:
+    """Read-only view of a packed cache: ``len()`` sequences of seq_len + 1 tokens."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.index = json.loads((self.folder / "index.json").read_text())
+        self.seq_len = self.index["seq_len"]
+        self.shards = [np.memmap(self.folder / s["file"], dtype=self.index["dtype"], mode="r")
+                       for s in self.index["shards"]]  # fmt: skip
+        self.bounds = np.cumsum([0] + [len(s) for s in self.shards])
+        self.doc_starts = np.load(self.folder / "doc_starts.npy", mmap_mode="r")
+
+    def __len__(self) -> int:
+        return self.index["num_sequences"]
+
+    def tokens(self, start: int, end: int) -> np.ndarray:
+        """Tokens [start, end) of the stream, across shard boundaries."""
+        parts, pos = [], start
+        while pos < end:
+            k = int(np.searchsorted(self.bounds, pos, side="right")) - 1
+            stop = min(end, int(self.bounds[k + 1]))
+            parts.append(self.shards[k][pos - self.bounds[k] : stop - self.bounds[k]])
+            pos = stop
+        return np.concatenate(parts).astype(np.int64)
+
+    def sequence(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self):
+            raise IndexError(f"sequence {i} of {len(self)}")
+        return self.tokens(i * self.seq_len, (i + 1) * self.seq_len + 1)
+
+    def document_ids(self, i: int) -> np.ndarray:
+        """For each token of sequence i, the index of the document it belongs to."""
+        pos = np.arange(i * self.seq_len, (i + 1) * self.seq_len + 1)
+        return np.searchsorted(self.doc_starts, pos, side="right") - 1

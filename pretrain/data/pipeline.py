@@ -1,0 +1,48 @@
+"""From a data config to a tokenizer and batches: the two calls a trainer makes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pretrain.data.batches import Batches, CausalLMCollator, MaskedLMCollator, SequenceDataset
+from pretrain.data.config import DataConfig
+from pretrain.data.packing import PackedTokens, pack
+from pretrain.data.sources import load_corpus
+from pretrain.data.tokenizer import check_vocab, load_tokenizer, save_tokenizer, train_tokenizer
+
+
+def run_tokenizer(cfg: DataConfig, arch: str, vocab_size: int, run_dir: str | Path, log=print):
+    """The run's tokenizer: the one already saved in the run (a resume), else the configured one,
+    else one trained on the training split. Saved to run_dir/tokenizer and checked against the model."""
+    saved = Path(run_dir) / "tokenizer"
+    if (saved / "tokenizer.json").exists():
+        tok = load_tokenizer(saved)
+    elif cfg.tokenizer.path:
+        tok = load_tokenizer(cfg.tokenizer.path)
+        save_tokenizer(tok, saved)
+    else:
+        size = cfg.tokenizer.vocab_size or vocab_size
+        log(f"training a {cfg.tokenizer.kind or ('bpe' if arch == 'decoder' else 'wordpiece')} tokenizer "
+            f"({size} tokens) on the training data")  # fmt: skip
+        tok = train_tokenizer(load_corpus(cfg, "train"), arch, cfg.tokenizer, size)
+        save_tokenizer(tok, saved)
+    check_vocab(tok, vocab_size, arch)
+    return tok
+
+
+def special_ids(tok) -> list[int]:
+    return [i for i in tok.all_special_ids if i is not None]
+
+
+def batches(cfg: DataConfig, tok, arch: str, split: str, micro_batch_size: int, rank: int = 0,
+            world_size: int = 1, seed: int = 0, log=print) -> Batches:  # fmt: skip
+    """Batches of one split for one rank: causal LM for decoders, masked LM for encoders."""
+    packed = PackedTokens(pack(cfg, tok, arch, split, seed, log))
+    if arch == "decoder":
+        collate = CausalLMCollator(pad_id=None)  # packed sequences hold no padding
+    else:
+        collate = MaskedLMCollator(tok.mask_token_id, len(tok), special_ids(tok), cfg.mlm_probability, seed)
+    return Batches(
+        SequenceDataset(packed, document_ids=cfg.document_mask), collate, micro_batch_size, rank, world_size,
+        seed, shuffle=cfg.shuffle and split == "train", num_workers=cfg.num_workers,
+    )  # fmt: skip

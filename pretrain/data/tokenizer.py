@@ -1,0 +1,128 @@
+"""Tokenizers: trained on the corpus with HF tokenizers, or loaded; always handled as a
+transformers PreTrainedTokenizerFast so that what a run saves loads anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pretrain.data.config import TokenizerConfig
+from pretrain.data.sources import DataError
+
+# The special tokens each family needs. Decoders (GPT-2 style) use one end-of-text token as
+# beginning, end and document separator; encoders (BERT style) need the full set for MLM and pairs.
+SPECIALS = {
+    "decoder": {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<|pad|>",
+                "unk_token": "<|unk|>"},
+    "encoder": {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                "mask_token": "[MASK]"},
+}  # fmt: skip
+
+
+def default_kind(arch: str) -> str:
+    return "bpe" if arch == "decoder" else "wordpiece"
+
+
+def train_tokenizer(texts, arch: str, cfg: TokenizerConfig, vocab_size: int):
+    """Train on an iterable dataset of {"text": ...} rows -> PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    kind = cfg.kind or default_kind(arch)
+    specials = SPECIALS[arch]
+    special_list = list(dict.fromkeys(specials.values()))  # unique, in a stable order
+    if kind == "bpe":
+        # Byte-level: every string round-trips exactly and nothing is ever unknown.
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=special_list, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )  # fmt: skip
+    elif kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token=specials["unk_token"]))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special_list, show_progress=False)
+    else:
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size,
+            special_tokens=special_list,
+            unk_token=specials["unk_token"],
+            show_progress=False,
+        )
+
+    def batches():
+        taken = 0
+        for batch in texts.iter(batch_size=256):
+            rows = batch["text"]
+            if cfg.max_documents is not None:
+                rows = rows[: cfg.max_documents - taken]
+            taken += len(rows)
+            yield rows
+            if cfg.max_documents is not None and taken >= cfg.max_documents:
+                return
+
+    tok.train_from_iterator(batches(), trainer, length=len(texts))
+    if arch == "encoder":  # [CLS] a [SEP] (b [SEP]) when encoding texts or pairs for fine-tuning
+        cls, sep = specials["cls_token"], specials["sep_token"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
+        )  # fmt: skip
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+
+
+def load_tokenizer(path: str | Path):
+    """A tokenizer.json file or an HF tokenizer directory -> PreTrainedTokenizerFast."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
+            raise DataError(f"data.tokenizer.path={str(path)!r}: a directory without tokenizer.json")
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if path.is_file():
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(path))
+        vocab = tok.get_vocab()
+        for specials in SPECIALS.values():  # recognise our own and the common conventions
+            tok.add_special_tokens({k: v for k, v in specials.items() if v in vocab and getattr(tok, k) is None})
+        return tok
+    raise DataError(f"data.tokenizer.path={str(path)!r}: no such file or directory (give a tokenizer.json or a folder)")
+
+
+def save_tokenizer(tok, directory: str | Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(directory))
+    return directory
+
+
+def tokenizer_hash(tok) -> str:
+    """Identifies a tokenizer's behaviour (vocabulary, merges, normalisation, specials)."""
+    return hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def separator_id(tok, arch: str) -> int:
+    """The token put between packed documents: end-of-text for decoders, [SEP] for encoders."""
+    tid = tok.eos_token_id if arch == "decoder" else tok.sep_token_id
+    if tid is None:
+        need = "eos_token" if arch == "decoder" else "sep_token"
+        raise DataError(f"the tokenizer has no {need}, which packing {arch} data needs between documents")
+    return tid
+
+
+def check_vocab(tok, vocab_size: int, arch: str) -> None:
+    """The model must have a row for every token id the tokenizer can produce."""
+    if len(tok) > vocab_size:
+        raise DataError(
+            f"the tokenizer has {len(tok)} tokens but model.vocab_size={vocab_size}; set model.vocab_size >= "
+            f"{len(tok)} (a multiple of 64 such as {-(-len(tok) // 64) * 64} is fastest) or use another tokenizer"
+        )
+    if arch == "encoder" and tok.mask_token_id is None:
+        raise DataError("masked-LM training needs a tokenizer with a mask_token (e.g. [MASK])")

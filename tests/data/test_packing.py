@@ -1,0 +1,160 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pretrain.data import packing
+from pretrain.data.config import SourceConfig
+from pretrain.data.packing import PackedTokens, pack
+from pretrain.data.sources import DataError, held_out, load_corpus
+
+from .conftest import data_cfg
+
+quiet = dict(log=lambda *_: None)
+
+
+def test_packed_stream_is_the_documents_joined_by_the_separator(corpus_dir, tmp_path, bpe):
+    cfg = data_cfg(corpus_dir, tmp_path)
+    packed = PackedTokens(pack(cfg, bpe, "decoder", "train", **quiet))
+    docs = load_corpus(cfg, "train")["text"]
+    expected = []
+    for d in docs:
+        expected += bpe(d, add_special_tokens=False)["input_ids"] + [bpe.eos_token_id]
+    stream = packed.tokens(0, packed.index["num_tokens"])
+    assert stream.tolist() == expected
+    assert len(packed) == (len(expected) - 1) // 32
+    seq = packed.sequence(3)
+    assert seq.tolist() == expected[96:129]  # 33 tokens: inputs and the next-token labels
+    assert packed.index["dtype"] == "uint16" and packed.index["num_documents"] == len(docs)
+    doc_ids = packed.document_ids(3)
+    ends = np.flatnonzero(seq == bpe.eos_token_id)
+    if len(ends) and ends[0] + 1 < len(seq):  # a new document starts right after each separator
+        assert doc_ids[ends[0] + 1] == doc_ids[ends[0]] + 1
+
+
+def test_sequences_cross_shard_boundaries(corpus_dir, tmp_path, bpe, monkeypatch):
+    monkeypatch.setattr(packing, "SHARD_TOKENS", 1000)
+    cfg = data_cfg(corpus_dir, tmp_path)
+    small = PackedTokens(pack(cfg, bpe, "decoder", "train", **quiet))
+    assert len(small.index["shards"]) > 5
+    monkeypatch.setattr(packing, "SHARD_TOKENS", 1 << 28)
+    whole = PackedTokens(pack(data_cfg(corpus_dir, tmp_path / "other"), bpe, "decoder", "train", **quiet))
+    for i in (0, 30, 31, len(whole) - 1):  # sequence 31 spans the boundary at token 1000
+        assert small.sequence(i).tolist() == whole.sequence(i).tolist()
+
+
+def test_cache_is_reused_and_rebuilt_when_an_input_changes(corpus_dir, tmp_path, bpe, wordpiece, monkeypatch):
+    cfg = data_cfg(corpus_dir, tmp_path)
+    first = pack(cfg, bpe, "decoder", "train", **quiet)
+    monkeypatch.setattr(packing, "load_corpus", lambda *a: pytest.fail("a cached split was rebuilt"))
+    assert pack(cfg, bpe, "decoder", "train", **quiet) == first
+    monkeypatch.undo()
+    seen = {first}
+    for changed_cfg, tok, split in [
+        (data_cfg(corpus_dir, tmp_path, seq_len=16), bpe, "train"),
+        (cfg, wordpiece, "train"),
+        (cfg, bpe, "validation"),
+    ]:
+        folder = pack(changed_cfg, tok, "decoder" if tok is bpe else "encoder", split, **quiet)
+        assert folder not in seen
+        seen.add(folder)
+    victim = sorted(corpus_dir.glob("*.txt"))[0]
+    text = victim.read_text()
+    try:
+        victim.write_text(text + "\n# one more line\n")
+        os.utime(victim, (1, 1))
+        assert pack(cfg, bpe, "decoder", "train", **quiet) not in seen
+    finally:
+        victim.write_text(text)
+
+
+def test_a_crash_mid_write_leaves_no_cache_and_junk_is_never_read(corpus_dir, tmp_path, bpe, monkeypatch):
+    cfg = data_cfg(corpus_dir, tmp_path)
+    monkeypatch.setattr(packing, "_write_shards", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        pack(cfg, bpe, "decoder", "train", **quiet)
+    assert list(Path(cfg.cache_dir).iterdir()) == []  # nothing half-written left behind
+    monkeypatch.undo()
+    fp = packing.fingerprint(cfg, bpe, "train", 0)
+    junk = Path(cfg.cache_dir) / f".train-{fp}.tmp-deadbeef"
+    junk.mkdir()
+    (junk / "index.json").write_text("{}")
+    folder = pack(cfg, bpe, "decoder", "train", **quiet)
+    assert json.loads((folder / "index.json").read_text())["num_tokens"] > 0
+
+
+def test_validation_holds_out_documents_deterministically(corpus_dir, tmp_path):
+    cfg = data_cfg(corpus_dir, tmp_path, validation_fraction=0.25)
+    train, val = load_corpus(cfg, "train")["text"], load_corpus(cfg, "validation")["text"]
+    assert not set(train) & set(val)
+    non_empty = sum(bool(p.read_text().strip()) for p in corpus_dir.glob("*.txt"))
+    assert len(train) + len(val) == non_empty and 2 <= len(val) <= 16
+    assert all(held_out(t, 0.25) for t in val)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet", "txt-glob"])
+def test_local_file_kinds_and_text_column(tmp_path, kind):
+    import datasets
+
+    rows = [{"body": f"document number {i} " * 20, "id": i} for i in range(30)]
+    folder = tmp_path / "files"
+    folder.mkdir()
+    if kind == "txt-glob":
+        for r in rows:
+            (folder / f"{r['id']}.txt").write_text(r["body"])
+        source = SourceConfig(files=str(folder / "*.txt"))
+    else:
+        ds = datasets.Dataset.from_list(rows)
+        path = folder / f"data.{kind}"
+        {"jsonl": ds.to_json, "csv": ds.to_csv, "parquet": ds.to_parquet}[kind](str(path))
+        source = SourceConfig(files=str(path), text_column="body")
+    cfg = data_cfg(tmp_path, tmp_path, sources=[source], validation_fraction=0.0)
+    texts = load_corpus(cfg, "train")["text"]
+    assert sorted(texts) == sorted(r["body"] for r in rows)
+
+
+def test_sources_mix_by_weight(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(20):
+            (tmp_path / name / f"{i}.txt").write_text(f"{name} {i} " * 10)
+    sources = [SourceConfig(files=str(tmp_path / "a"), weight=3.0), SourceConfig(files=str(tmp_path / "b"), weight=1.0)]
+    cfg = data_cfg(tmp_path, tmp_path, validation_fraction=0.0, sources=sources)
+    texts = load_corpus(cfg, "train")["text"]
+    from_a = sum(t.startswith("a ") for t in texts[:40])
+    assert 24 <= from_a <= 36  # about 3 in 4 of the documents come from the heavier source
+    assert {t for t in texts if t.startswith("b ")} == {f"b {i} " * 10 for i in range(20)}
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: SourceConfig(files=str(d / "missing" / "*.txt")), "nothing matches"),
+        (lambda d: SourceConfig(files=str(d / "empty")), "has no non-empty documents"),
+        (
+            lambda d: SourceConfig(files=str(d / "rows.jsonl"), text_column="content"),
+            "text_column='content': no such column; the data has ['text_field']",
+        ),
+    ],
+)
+def test_bad_sources_are_named(tmp_path, make, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("   \n")
+    (tmp_path / "rows.jsonl").write_text('{"text_field": "hello"}\n')
+    cfg = data_cfg(tmp_path, tmp_path, sources=[make(tmp_path)])
+    with pytest.raises(DataError) as err:
+        load_corpus(cfg, "train")
+    assert message in str(err.value) and "data.sources[0]" in str(err.value)
+
+
+def test_corpus_shorter_than_one_sequence_is_refused(tmp_path, bpe):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("tiny")
+    cfg = data_cfg(tmp_path / "docs", tmp_path, validation_fraction=0.0, seq_len=64)
+    with pytest.raises(
+        DataError,
+        match=r"the train corpus has \d+ tokens, fewer than one sequence needs \(data.seq_len \+ 1 = 65\)",
+    ):
+        pack(cfg, bpe, "decoder", "train", **quiet)

@@ -1,0 +1,75 @@
+import pytest
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from pretrain.data.config import TokenizerConfig
+from pretrain.data.pipeline import run_tokenizer
+from pretrain.data.sources import DataError, load_corpus
+from pretrain.data.tokenizer import check_vocab, load_tokenizer, save_tokenizer, train_tokenizer
+
+from .conftest import data_cfg
+
+TEXT = 'def parse(s: str) -> dict:\n    """Décode JSON — «quotes» & tabs\there."""\n    return loads(s)  # 🙂\n'
+
+
+def test_bpe_round_trips_text_exactly_and_loads_in_transformers(bpe, tmp_path):
+    ids = bpe(TEXT, add_special_tokens=False)["input_ids"]
+    assert bpe.decode(ids) == TEXT
+    assert len(ids) < len(TEXT.encode())  # merges learned from the corpus compress it
+    save_tokenizer(bpe, tmp_path / "tok")
+    for loaded in (
+        PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok"),
+        AutoTokenizer.from_pretrained(tmp_path / "tok"),
+    ):
+        assert loaded(TEXT, add_special_tokens=False)["input_ids"] == ids
+        assert (loaded.eos_token, loaded.pad_token) == ("<|endoftext|>", "<|pad|>")
+        assert len(loaded) == len(bpe) == 400
+
+
+def test_wordpiece_has_bert_specials_and_pair_template(wordpiece, tmp_path):
+    save_tokenizer(wordpiece, tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert {tok.mask_token, tok.cls_token, tok.sep_token, tok.pad_token} == {
+        "[MASK]",
+        "[CLS]",
+        "[SEP]",
+        "[PAD]",
+    }
+    pair = tok("return loads(s)", "def parse")["input_ids"]
+    assert pair[0] == tok.cls_token_id and pair[-1] == tok.sep_token_id and pair.count(tok.sep_token_id) == 2
+    ids = tok("return loads(s)", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == "return loads ( s )"  # WordPiece keeps the words, not the spacing
+
+
+def test_unigram_round_trips_words(corpus_dir, tmp_path):
+    cfg = data_cfg(corpus_dir, tmp_path, tokenizer=TokenizerConfig(kind="unigram", vocab_size=300, max_documents=10))
+    tok = train_tokenizer(load_corpus(cfg, "train"), "decoder", cfg.tokenizer, 300)
+    text = "return the value of the logger"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_load_plain_tokenizer_json_recognises_specials(bpe, tmp_path):
+    bpe.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == bpe.eos_token_id
+
+
+def test_run_tokenizer_trains_once_then_reuses_the_runs_copy(corpus_dir, tmp_path):
+    cfg = data_cfg(corpus_dir, tmp_path, tokenizer=TokenizerConfig(vocab_size=300))
+    first = run_tokenizer(cfg, "decoder", 320, tmp_path / "run", log=lambda *_: None)
+    assert (tmp_path / "run" / "tokenizer" / "tokenizer.json").exists()
+    cfg.sources[0].files = str(tmp_path / "does-not-exist")  # a resume must not need the corpus again
+    again = run_tokenizer(cfg, "decoder", 320, tmp_path / "run")
+    assert again.get_vocab() == first.get_vocab()
+
+
+def test_tokenizer_larger_than_model_vocab_is_refused(bpe):
+    with pytest.raises(
+        DataError, match=r"the tokenizer has 400 tokens but model.vocab_size=256; set model.vocab_size >= 400"
+    ):
+        check_vocab(bpe, 256, "decoder")
+    check_vocab(bpe, 448, "decoder")
+
+
+def test_missing_tokenizer_path_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no such file or directory"):
+        load_tokenizer(tmp_path / "nope.json")
