@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import os
 import sys
 import types
 import typing
@@ -37,23 +39,50 @@ class TrainConfig:
     seed: int = 1234
     lr: float = 3e-4
     """Peak learning rate, reached after warmup."""
+    min_lr_ratio: float = 0.1
+    """The decay ends at lr * min_lr_ratio."""
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = 100
     max_steps: int = 1000
+    """Optimizer steps in the whole run."""
     micro_batch_size: int = 8
     """Sequences per process per forward/backward."""
     global_batch_size: int | None = None
-    """Sequences per optimizer step across all processes; None means micro_batch_size * world size."""
+    """Sequences per optimizer step across all processes; None means micro_batch_size * world size.
+    The gradient accumulation steps follow: global / (micro * world)."""
     weight_decay: float = 0.1
+    """AdamW decay, applied to matrices only (never to norms, biases or embeddings)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+    eval_every: int = 100
+    """Validation loss every N steps (and at the end); 0 disables it."""
+    eval_batches: int = 20
+    activation_checkpointing: bool = False
+    compile: bool = False
+    """torch.compile the model (GPU only)."""
+    max_nonfinite: int = 5
+    """Stop after this many non-finite losses in a row (each one is skipped by all ranks)."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms: bit-exact resumes at some cost in speed."""
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint of the run directory, if any;
+    never: refuse to start over an existing checkpoint; or a checkpoint directory to start from."""
 
     def validate(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr}: must be > 0")
-        for name in ("warmup_steps", "max_steps", "micro_batch_size", "weight_decay", "grad_clip"):
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "eval_every", "eps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
-        if self.micro_batch_size < 1 or self.max_steps < 1:
-            raise ValueError(f"micro_batch_size={self.micro_batch_size}, max_steps={self.max_steps}: both must be >= 1")
+        for name in ("micro_batch_size", "max_steps", "eval_batches", "max_nonfinite"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas={self.betas}: must be two numbers in [0, 1)")
         if self.global_batch_size is not None and self.global_batch_size % self.micro_batch_size:
             raise ValueError(
                 f"global_batch_size={self.global_batch_size}: must be a multiple of "
@@ -66,16 +95,56 @@ class DeepSpeedSection:
     zero_stage: int = 2
     """ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+ gradients), 3 (+ parameters)."""
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    """fp16 uses dynamic loss scaling; bf16 and fp32 need none."""
+    offload_optimizer: bool = False
+    """Keep optimizer states (and the step) on the CPU: ZeRO stage 1 or more."""
+    offload_params: bool = False
+    """Keep parameters on the CPU between uses: ZeRO stage 3 only."""
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = 50_000_000
+    allgather_bucket_size: int = 50_000_000
+    initial_scale_power: int = 16
+    """fp16: the first loss scale is 2**initial_scale_power."""
+    config_file: str | None = None
+    """A DeepSpeed JSON whose sections override the generated ones (merged key by key)."""
 
     def validate(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage={self.zero_stage}: must be 0, 1, 2 or 3")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(f"offload_params=true needs zero_stage=3, not {self.zero_stage}")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer=true needs zero_stage 1, 2 or 3, not 0")
+        if self.config_file is not None and not Path(self.config_file).is_file():
+            raise ValueError(f"config_file={self.config_file!r}: no such file")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500
+    """Save every N optimizer steps, and always at the end; 0 saves at the end only."""
+    keep_last: int = 3
+    """Complete checkpoints to keep (the newest is never deleted)."""
+
+    def validate(self) -> None:
+        if self.every_steps < 0 or self.keep_last < 1:
+            raise ValueError(
+                f"every_steps={self.every_steps}, keep_last={self.keep_last}: need every_steps >= 0, keep_last >= 1"
+            )
 
 
 @dataclass
 class LogConfig:
     every_steps: int = 10
     """Console and dashboard metrics every N optimizer steps."""
+    progress_bar: bool = True
+    tensorboard: bool = True
+    wandb: Literal["auto", "online", "offline", "off"] = "auto"
+    """auto: online when logged in to wandb, offline (sync later) otherwise."""
+    wandb_project: str = "pretrain"
+    peak_tflops: float | None = None
+    """Peak dense TFLOP/s of one device for MFU; None looks the GPU up in a table."""
 
     def validate(self) -> None:
         if self.every_steps < 1:
@@ -91,6 +160,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
@@ -104,6 +174,30 @@ class RunConfig:
                 f"data.seq_len={self.data.seq_len}: longer than the model's {self.model.max_seq_len} learned "
                 f"positions (model.max_seq_len); use data.seq_len <= {self.model.max_seq_len}"
             )
+        if self.data.document_mask and self.model.attention in ("flash", "flash_attn"):
+            raise ConfigError(
+                f"data.document_mask=true needs an attention kernel that takes masks; "
+                f"model.attention={self.model.attention!r} does not (use sdpa, flex or eager)"
+            )
+        if self.deepspeed.config_file:
+            user = json.loads(Path(self.deepspeed.config_file).read_text())
+            both = [k for k in ("bf16", "fp16") if (user.get(k) or {}).get("enabled", k == self.deepspeed.precision)]
+            if len(both) > 1:
+                raise ConfigError(
+                    f"deepspeed.config_file={self.deepspeed.config_file!r} enables both bf16 and fp16; "
+                    "enable at most one (or set deepspeed.precision)"
+                )
+
+    def check_world_size(self, world_size: int) -> int:
+        """The gradient accumulation steps for this many data-parallel processes, or a ConfigError."""
+        per_step = self.train.micro_batch_size * world_size
+        target = self.train.global_batch_size or per_step
+        if target % per_step:
+            raise ConfigError(
+                f"train.global_batch_size={target}: must be a multiple of micro_batch_size x processes = "
+                f"{self.train.micro_batch_size} x {world_size} = {per_step}"
+            )
+        return target // per_step
 
 
 # -- YAML files and the `base:` chain
@@ -294,7 +388,8 @@ def exit_on_config_error(fn):
         try:
             return fn(*args, **kwargs)
         except ConfigError as e:
-            print(f"config error: {e}", file=sys.stderr)
+            if os.environ.get("RANK", "0") == "0":  # every rank finds the same error; one says it
+                print(f"config error: {e}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

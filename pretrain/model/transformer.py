@@ -150,12 +150,22 @@ class Transformer(nn.Module):
             x = self.norm(x)
         return (x, weights) if return_attention else x
 
-    def forward(self, input_ids: torch.Tensor, return_attention: bool = False, **kwargs):
-        """input_ids (B, T) -> logits (B, T, vocab) [, attention weights per layer (eager only)]."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        return_attention: bool = False,
+        select: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """input_ids (B, T) -> logits (B, T, vocab) [, attention weights per layer (eager only)].
+
+        select: (B, T) bool; logits only where it is True, as (N, vocab): masked LM predicts a
+        few positions and need not project the rest onto the vocabulary.
+        """
         out = self.hidden_states(input_ids, return_attention=return_attention, **kwargs)
-        if return_attention:
-            return self.head(out[0]), out[1]
-        return self.head(out)
+        hidden = out[0] if return_attention else out
+        logits = self.head(hidden if select is None else hidden[select])
+        return (logits, out[1]) if return_attention else logits
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         p = self.embed.tokens.weight

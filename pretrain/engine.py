@@ -1,0 +1,145 @@
+"""The DeepSpeed engine: its config built from the run config, AdamW parameter groups, the
+learning-rate schedule, and initialize().
+
+DeepSpeed owns ZeRO partitioning, precision, loss scaling, gradient accumulation and clipping,
+and checkpoint sharding; this module only says what to ask of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pretrain.config import DeepSpeedSection, TrainConfig, deep_merge
+
+
+def deepspeed_config(ds: DeepSpeedSection, train: TrainConfig, world_size: int, grad_accum: int) -> dict:
+    """The DeepSpeed JSON for this run (a user's config_file overrides it section by section)."""
+    zero: dict = {"stage": ds.zero_stage}
+    if ds.zero_stage > 0:
+        zero.update(
+            overlap_comm=ds.overlap_comm,
+            contiguous_gradients=ds.contiguous_gradients,
+            reduce_bucket_size=ds.reduce_bucket_size,
+            allgather_bucket_size=ds.allgather_bucket_size,
+        )
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    config = {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": train.micro_batch_size * grad_accum * world_size,
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "fp16": {
+            "enabled": ds.precision == "fp16",
+            "loss_scale": 0,  # dynamic
+            "initial_scale_power": ds.initial_scale_power,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": train.lr,
+                "betas": list(train.betas),
+                "eps": train.eps,
+                "weight_decay": train.weight_decay,
+                # FusedAdam needs CUDA; elsewhere (and for the CPU-offloaded step, which DeepSpeed
+                # runs with its own CPU Adam) torch's AdamW does the work.
+                "torch_adam": not torch.cuda.is_available(),
+            },
+        },
+        "steps_per_print": 1 << 30,  # the monitor reports; keep DeepSpeed quiet
+        "wall_clock_breakdown": False,
+    }
+    if ds.config_file:
+        config = deep_merge(config, json.loads(Path(ds.config_file).read_text()))
+    return config
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay for weight matrices; none for norms, biases and embeddings."""
+    no_decay_modules = (nn.LayerNorm, nn.RMSNorm, nn.Embedding)
+    skip = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if isinstance(module, no_decay_modules) or name == "bias" or p.dim() < 2:
+                skip.add(id(p))
+    if getattr(model.cfg, "tie_embeddings", False):  # the output matrix is the embedding
+        skip.add(id(model.embed.tokens.weight))
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if id(p) in seen or not p.requires_grad:
+            continue
+        seen.add(id(p))
+        (no_decay if id(p) in skip else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_lambda(train: TrainConfig):
+    """Multiplier of the peak lr at optimizer step s: linear warmup, then cosine or linear decay
+    to min_lr_ratio at max_steps (or constant)."""
+
+    def f(step: int) -> float:
+        if step < train.warmup_steps:
+            return (step + 1) / (train.warmup_steps + 1)
+        if train.decay == "constant":
+            return 1.0
+        progress = min(1.0, (step - train.warmup_steps) / max(1, train.max_steps - train.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if train.decay == "cosine" else 1 - progress
+        return train.min_lr_ratio + (1 - train.min_lr_ratio) * shape
+
+    return f
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join (or, alone, create) the process group: nccl on GPUs, gloo on CPU. Rank and world size
+    come from the usual variables (torchrun, the deepspeed launcher, python -m launch)."""
+    import deepspeed
+
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def initialize(model: nn.Module, config: dict, train: TrainConfig):
+    """Wrap the model in a DeepSpeed engine with AdamW and the warmup/decay schedule."""
+    import deepspeed
+
+    groups = param_groups(model, train.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=groups,
+        config=config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train)),
+    )
+    return engine
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

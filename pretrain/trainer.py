@@ -1,0 +1,143 @@
+"""The training loop over a DeepSpeed engine: steps, non-finite guard, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from pretrain.config import TrainConfig
+from pretrain.data.batches import IGNORE
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def lm_loss(engine, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Mean cross-entropy over the labelled positions (next tokens, or masked tokens for MLM)."""
+    labels = batch["labels"]
+    select = labels != IGNORE
+    kwargs = {"document_ids": batch["document_ids"]} if "document_ids" in batch else {}
+    logits = engine(batch["input_ids"], select=select, **kwargs)  # (N, vocab), only where labelled
+    target = labels[select]
+    loss = F.cross_entropy(logits.float(), target)
+    return loss, {"correct": (logits.argmax(-1) == target).sum(), "count": target.numel()}
+
+
+class Trainer:
+    """Runs optimizer steps until train.max_steps. Everything it counts is in ``state_dict``."""
+
+    def __init__(self, cfg: TrainConfig, engine, train_batches, val_batches, monitor, checkpoint: Callable,
+                 grad_accum: int, tokens_per_sample: int, eval_every: int, log_every: int,
+                 loss_fn: Callable = lm_loss):  # fmt: skip
+        self.cfg, self.engine, self.monitor, self.checkpoint = cfg, engine, monitor, checkpoint
+        self.train_batches, self.val_batches = train_batches, val_batches
+        self.grad_accum, self.tokens_per_sample = grad_accum, tokens_per_sample
+        self.eval_every, self.log_every, self.loss_fn = eval_every, log_every, loss_fn
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.step = 0
+        self.tokens = 0
+        self.skipped = 0
+        self.nonfinite_in_row = 0
+        self.last_eval: dict = {}
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "tokens": self.tokens, "skipped": self.skipped,
+                "nonfinite_in_row": self.nonfinite_in_row, "last_eval": self.last_eval}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.tokens, self.skipped = state["step"], state["tokens"], state["skipped"]
+        self.nonfinite_in_row, self.last_eval = state["nonfinite_in_row"], state.get("last_eval", {})
+
+    def _all_reduce(self, values: list) -> torch.Tensor:
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
+    def train_step(self, batches) -> float:
+        """One optimizer step of grad_accum finite micro-batches; returns the mean loss over ranks.
+
+        A micro-batch whose loss is non-finite on any rank is dropped by every rank together (no
+        backward, no engine step), so none of its gradient reaches the weights.
+        """
+        self.engine.train()
+        losses = []
+        while len(losses) < self.grad_accum:
+            batch = next(batches)
+            loss, _ = self.loss_fn(self.engine, batch)
+            total, bad = self._all_reduce([loss.item() if torch.isfinite(loss) else 0.0, not torch.isfinite(loss)])
+            if bad > 0:
+                self.skipped += 1
+                self.nonfinite_in_row += 1
+                self.monitor.note(f"step {self.step + 1}: non-finite loss on {int(bad)} rank(s); batch skipped")
+                if self.nonfinite_in_row >= self.cfg.max_nonfinite:
+                    raise NonFiniteLossError(
+                        f"{self.nonfinite_in_row} non-finite losses in a row at step {self.step + 1} "
+                        f"(train.max_nonfinite={self.cfg.max_nonfinite}); lower train.lr or check the data"
+                    )
+                continue
+            self.nonfinite_in_row = 0
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(total.item() / self.world)
+        self.step += 1
+        self.tokens += self.grad_accum * self.world * self.train_batches.micro * self.tokens_per_sample
+        return sum(losses) / len(losses)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Validation loss, perplexity and token accuracy over train.eval_batches batches (the same
+        batches every time)."""
+        self.engine.eval()
+        self.val_batches.consumed = 0
+        loss_sum = correct = count = 0.0
+        per_batch = self.val_batches.micro * self.world
+        n = max(1, min(self.cfg.eval_batches, len(self.val_batches.dataset) // per_batch))  # at most one pass
+        for batch in _take(self.val_batches, n):
+            loss, extra = self.loss_fn(self.engine, batch)
+            loss_sum += loss.item() * extra["count"]
+            correct += float(extra["correct"])
+            count += extra["count"]
+        loss_sum, correct, count = self._all_reduce([loss_sum, correct, count]).tolist()
+        self.engine.train()
+        val = loss_sum / max(count, 1)
+        return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0)), "val_accuracy": correct / max(count, 1)}
+
+    def fit(self) -> None:
+        batches = iter(self.train_batches)
+        last_log, window = self.step, []
+        while self.step < self.cfg.max_steps:
+            window.append(self.train_step(batches))
+            last = self.step == self.cfg.max_steps
+            if self.step % self.log_every == 0 or last:
+                steps = self.step - last_log
+                self.monitor.step(self.step, self._metrics(sum(window) / len(window)),
+                                  tokens=steps * self.grad_accum * self.world * self.train_batches.micro
+                                  * self.tokens_per_sample, steps_since_last=steps)  # fmt: skip
+                last_log, window = self.step, []
+            else:
+                self.monitor.progress(self.step)
+            if self.val_batches is not None and self.eval_every and (self.step % self.eval_every == 0 or last):
+                self.last_eval = {"step": self.step, **self.evaluate()}
+                self.monitor.eval(self.step, {k: v for k, v in self.last_eval.items() if k != "step"})
+            if self.checkpoint(self.step, last):
+                self.monitor.restart_clock()
+
+    def _metrics(self, loss: float) -> dict:
+        opt = self.engine.optimizer
+        scale = getattr(opt, "cur_scale", None) or getattr(getattr(opt, "loss_scaler", None), "cur_scale", None)
+        norm = self.engine.get_global_grad_norm()
+        return {"loss": loss, "lr": self.engine.get_lr()[0], "grad_norm": float(norm) if norm is not None else math.nan,
+                "loss_scale": float(scale) if scale else 1.0, "tokens": self.tokens, "epoch": self.train_batches.epoch,
+                "skipped_batches": self.skipped}  # fmt: skip
+
+
+def _take(batches, n: int):
+    it = iter(batches)
+    for _ in range(n):
+        yield next(it)
