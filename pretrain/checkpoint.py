@@ -189,7 +189,7 @@ def universal_tag(tag_dir: Path) -> str:
     return out.name
 
 
-def compare_for_resume(old: RunConfig, new: RunConfig, warn) -> dict:
+def compare_for_resume(old: RunConfig, new: RunConfig, old_world: int, new_world: int, warn) -> dict:
     """Refuse a different model shape; warn about what changes meaning on resume.
 
     Returns which saved states still apply: {"data": bool}.
@@ -213,9 +213,9 @@ def compare_for_resume(old: RunConfig, new: RunConfig, warn) -> dict:
         warn(f"data.seq_len changed {old.data.seq_len} -> {new.data.seq_len}: the saved data position counts "
              f"sequences of the old length, so the data stream starts again from its beginning")  # fmt: skip
         keep["data"] = False
-    old_batch = (old.train.micro_batch_size, old.train.global_batch_size)
-    new_batch = (new.train.micro_batch_size, new.train.global_batch_size)
-    if old_batch != new_batch:
-        warn(f"batch size changed (micro, global) {old_batch} -> {new_batch}: the data continues from the same "
-             f"sample; steps from here on take the new number of samples")  # fmt: skip
+    old_global = old.train.global_batch_size or old.train.micro_batch_size * old_world
+    new_global = new.train.global_batch_size or new.train.micro_batch_size * new_world
+    if old_global != new_global:
+        warn(f"global batch changed {old_global} -> {new_global} sequences: the data continues from the same "
+             f"sample; each step from here on takes {new_global}")  # fmt: skip
     return keep

@@ -105,6 +105,18 @@ def lr_lambda(train: TrainConfig):
     return f
 
 
+def restore_group_hparams(engine, train: TrainConfig) -> None:
+    """Put back each AdamW group's weight decay after a checkpoint load.
+
+    DeepSpeed's ZeRO-3 universal-checkpoint loader copies the first group's hyperparameters into
+    every group (deepspeed 0.19.8, stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3),
+    which would start decaying norms, biases and embeddings after a resume at another world size.
+    """
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for group, decay in zip(inner.param_groups, (train.weight_decay, 0.0), strict=True):
+        group["weight_decay"] = decay
+
+
 def init_distributed() -> tuple[int, int]:
     """Join (or, alone, create) the process group: nccl on GPUs, gloo on CPU. Rank and world size
     come from the usual variables (torchrun, the deepspeed launcher, python -m launch)."""

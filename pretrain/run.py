@@ -6,6 +6,7 @@ wait at a barrier, then every rank builds the same model and engine and trains.
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 
@@ -14,7 +15,7 @@ import torch.distributed as dist
 
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, RunConfig, save_config, to_dict
-from pretrain.engine import deepspeed_config, init_distributed, initialize
+from pretrain.engine import deepspeed_config, init_distributed, initialize, restore_group_hparams
 
 
 def find_resume(cfg: RunConfig):
@@ -38,16 +39,18 @@ def run(cfg: RunConfig) -> None:
     from pretrain.monitor import Monitor
     from pretrain.trainer import Trainer
 
+    grad_accum = cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # before DeepSpeed starts
     rank, world = init_distributed()
     say = print if rank == 0 else (lambda *a, **k: None)
-    grad_accum = cfg.check_world_size(world)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
     run_dir = cfg.run_dir
     resume = find_resume(cfg)
     keep = {"data": True}
     if resume is not None:
-        keep = ckpt.compare_for_resume(ckpt.saved_config(resume), cfg, lambda m: say(f"warning: {m}"))
+        keep = ckpt.compare_for_resume(
+            ckpt.saved_config(resume), cfg, ckpt.saved_info(resume)["world_size"], world, lambda m: say(f"warning: {m}")
+        )
     arch = cfg.model.arch
 
     # Shared preparation on rank 0: config, tokenizer, packed data. The others then read it.
@@ -89,6 +92,7 @@ def run(cfg: RunConfig) -> None:
         tag = resume.name if saved_world == world else ckpt.universal_tag(resume)
         say(f"resuming from {resume} (saved by {saved_world} process(es), now {world})")
         _, client = engine.load_checkpoint(str(resume.parent), tag=tag, load_module_strict=True)
+        restore_group_hparams(engine, cfg.train)
         state = client["pretrain"]
         start_step = state["trainer"]["step"]
         if keep["data"]:

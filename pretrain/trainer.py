@@ -33,11 +33,12 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, engine, train_batches, val_batches, monitor, checkpoint: Callable,
                  grad_accum: int, tokens_per_sample: int, eval_every: int, log_every: int,
-                 loss_fn: Callable = lm_loss):  # fmt: skip
+                 loss_fn: Callable | None = None):  # fmt: skip
         self.cfg, self.engine, self.monitor, self.checkpoint = cfg, engine, monitor, checkpoint
         self.train_batches, self.val_batches = train_batches, val_batches
         self.grad_accum, self.tokens_per_sample = grad_accum, tokens_per_sample
-        self.eval_every, self.log_every, self.loss_fn = eval_every, log_every, loss_fn
+        self.eval_every, self.log_every = eval_every, log_every
+        self.loss_fn = loss_fn or lm_loss
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.step = 0
         self.tokens = 0

@@ -1,0 +1,99 @@
+"""python -m pretrain.export RUN_OR_CHECKPOINT_DIR OUT_DIR
+
+Writes, from the newest complete checkpoint of a run (or the checkpoint given):
+  OUT_DIR/consolidated/  model.safetensors (one fp32 state dict, gathered from the ZeRO shards
+                         by DeepSpeed's zero_to_fp32), config.yaml, tokenizer/
+  OUT_DIR/hf/            an HF transformers directory (config.json, model.safetensors, tokenizer)
+                         for the GPT-2, LLaMA and BERT families
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from pretrain import checkpoint as ckpt
+from pretrain.config import exit_on_config_error, load_config, save_config
+
+
+def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """The full fp32 state dict of a checkpoint, whatever its ZeRO stage and world size."""
+    cfg = ckpt.saved_config(tag_dir)
+    if cfg.deepspeed.zero_stage == 0:  # no ZeRO shards: the module states hold the full model
+        return torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+
+
+def load_model(state_dict: dict, model_cfg):
+    """Our Transformer with a consolidated state dict (a tied output matrix may be absent)."""
+    from pretrain.model import Transformer
+
+    model = Transformer(model_cfg)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    tied = {"head.weight", "head.decoder.weight"} if model_cfg.tie_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+def export(source: str | Path, out: str | Path) -> dict[str, Path]:
+    from safetensors.torch import save_file
+
+    from pretrain.data.tokenizer import load_tokenizer
+    from pretrain.model.hf import family_of, to_hf
+
+    tag_dir = ckpt.resolve(source)
+    cfg = ckpt.saved_config(tag_dir)
+    model = load_model(consolidated_state_dict(tag_dir), cfg.model).eval()
+    tok = load_tokenizer(tag_dir / "tokenizer")
+    out = Path(out)
+    cons = out / "consolidated"
+    cons.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if cfg.model.tie_embeddings:  # one tensor, stored once
+        weights.pop(model_output_key(cfg.model))
+    save_file(weights, str(cons / "model.safetensors"))
+    save_config(cfg, cons / "config.yaml")
+    tok.save_pretrained(str(cons / "tokenizer"))
+    written = {"checkpoint": tag_dir, "consolidated": cons}
+    try:
+        family_of(cfg.model)
+    except ValueError as e:
+        print(f"no HF export: {e}")
+        return written
+    hf_dir = out / "hf"
+    to_hf(model).save_pretrained(str(hf_dir))
+    tok.save_pretrained(str(hf_dir))
+    written["hf"] = hf_dir
+    return written
+
+
+def model_output_key(model_cfg) -> str:
+    return "head.weight" if model_cfg.causal else "head.decoder.weight"
+
+
+def load_consolidated(folder: str | Path):
+    """(RunConfig, model) from an export's consolidated/ folder."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg = load_config(folder / "config.yaml")
+    return cfg, load_model(load_file(str(folder / "model.safetensors")), cfg.model)
+
+
+@exit_on_config_error
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print(__doc__.strip(), file=sys.stderr)
+        sys.exit(2)
+    for what, path in export(*args).items():
+        print(f"{what}: {path}")
+
+
+if __name__ == "__main__":
+    main()

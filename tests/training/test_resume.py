@@ -1,0 +1,66 @@
+"""Checkpoints under fire: a run killed with SIGKILL resumes to exactly the uninterrupted losses;
+a 2-process checkpoint resumes on 1 process through DeepSpeed's universal format."""
+
+import subprocess
+import time
+
+import pytest
+
+from .conftest import ENV, ROOT, command, kill_tree, launch, losses
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(make_config, tmp_path):
+    common = dict(train={"max_steps": 30, "eval_every": 10}, checkpoint={"every_steps": 5, "keep_last": 2})
+    launch(2, make_config(name="full", **common))
+    reference = losses(tmp_path / "runs" / "full")
+
+    cfg = make_config(name="killed", **common)
+    run_dir = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen([*command(2), str(cfg)], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    marker = run_dir / "checkpoints" / "step_00000010" / "complete.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    kill_tree(proc.pid)
+    proc.wait()
+    assert marker.exists(), "the run never completed its step-10 checkpoint"
+    done_before = max(losses(run_dir))
+    assert done_before < 30, "the run finished before it could be killed"
+
+    resumed = launch(2, cfg)
+    assert "resuming from" in resumed.stdout
+    got = losses(run_dir)
+    assert sorted(got) == list(range(1, 31))
+    for step in range(1, 31):
+        assert got[step] == pytest.approx(reference[step], rel=1e-6, abs=0), f"step {step}"
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert kept == ["step_00000025", "step_00000030"]  # keep_last=2, nothing half-written left
+
+
+ZERO3_UNIVERSAL_DRIFT = pytest.mark.xfail(
+    strict=True,
+    reason="after a 2 -> 1 process ZeRO-3 universal resume the losses drift from the uninterrupted run "
+    "(+1e-4, +8e-4, +1.3e-3 over steps 8-10) although weights, Adam moments, step and lr load correctly; "
+    "ZeRO-2 matches to 1e-6. Open: see the pretraining issue's note.",
+)
+
+
+@pytest.mark.parametrize("stage", [2, pytest.param(3, marks=ZERO3_UNIVERSAL_DRIFT)])
+def test_two_process_checkpoint_resumes_on_one_process_via_universal(make_config, tmp_path, stage):
+    two = make_config(name=f"two{stage}", family="llama", deepspeed={"zero_stage": stage},
+                      checkpoint={"every_steps": 6})  # fmt: skip
+    launch(2, two)
+    reference = losses(tmp_path / "runs" / f"two{stage}")
+    saved = tmp_path / "runs" / f"two{stage}" / "checkpoints" / "step_00000006"
+    one = make_config(name=f"one{stage}", family="llama", deepspeed={"zero_stage": stage},
+                      train={"micro_batch_size": 8, "resume": str(saved)})  # fmt: skip
+    out = launch(1, one).stdout
+    assert "saved by 2 process(es), now 1" in out
+    assert (saved.parent / "step_00000006_universal").is_dir()
+    got = losses(tmp_path / "runs" / f"one{stage}")
+    assert sorted(got) == [7, 8, 9, 10]
+    for step in got:
+        assert got[step] == pytest.approx(reference[step], abs=1e-4), f"step {step}"

@@ -1,0 +1,126 @@
+"""End-to-end runs: exports that transformers loads, dashboards, the non-finite guard, and the
+errors a user gets for bad settings or a changed model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from .conftest import ENV, ROOT, launch, losses, metrics
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.mark.parametrize("family, nproc, stage", [("gpt2", 1, 2), ("llama", 2, 3), ("bert", 1, 1)])
+def test_export_loads_in_transformers_with_the_same_logits(make_config, tmp_path, family, nproc, stage):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    from pretrain.export import load_consolidated
+
+    cfg = make_config(family, name=family, train={"max_steps": 6, "eval_every": 3}, deepspeed={"zero_stage": stage})
+    launch(nproc, cfg)
+    run_dir = tmp_path / "runs" / family
+    assert losses(run_dir)[6] < losses(run_dir)[1]
+    evals = metrics(run_dir, "eval")
+    assert sorted(evals) == [3, 6] and 0.0 <= evals[6]["val_accuracy"] <= 1.0
+    out = tmp_path / "export"
+    proc = subprocess.run([sys.executable, "-m", "pretrain.export", str(run_dir), str(out)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, ours = load_consolidated(out / "consolidated")
+    fresh = type(ours)(ours.cfg)
+    assert not torch.allclose(ours.layers[0].mlp.fc.weight, fresh.layers[0].mlp.fc.weight)  # trained weights
+    auto = AutoModelForMaskedLM if family == "bert" else AutoModelForCausalLM
+    hf = auto.from_pretrained(out / "hf").eval()
+    tok = AutoTokenizer.from_pretrained(out / "hf")
+    enc = tok(["def load(path):\n    return json.load(open(path))", "import logging"], padding=True,
+              return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        expected = ours.eval()(enc["input_ids"], attention_mask=enc["attention_mask"])
+        got = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    keep = enc["attention_mask"].bool()
+    torch.testing.assert_close(got[keep], expected[keep], atol=1e-4, rtol=0)
+
+
+def test_dashboards_get_the_metrics_and_the_config(make_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_config(name="dash", train={"max_steps": 4, "eval_every": 2},
+                      log={"tensorboard": True, "wandb": "offline", "progress_bar": True})  # fmt: skip
+    out = launch(2, cfg).stdout
+    run_dir = tmp_path / "runs" / "dash"
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "eval/val_loss"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert "config/text_summary" in tags["tensors"]
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and "wandb sync" in out
+    assert "tensorboard --logdir" in out and out.count("done: step 4") == 1  # rank 0 only
+
+
+def test_nonfinite_loss_on_one_rank_is_skipped_by_all(make_config, tmp_path):
+    cfg = make_config(name="nan", train={"max_steps": 4})
+    env = {"NAN_CALLS": "3", "CHECKSUMS": str(tmp_path)}
+    out = launch(2, cfg, module="tests.training.nonfinite_worker", env_extra=env).stdout
+    for rank in (0, 1):
+        lines = (tmp_path / f"rank{rank}.jsonl").read_text().splitlines()
+        sums = {r["call"]: r["checksum"] for r in map(json.loads, lines)}
+        assert sums[3] == sums[4], "the skipped batch changed the weights"
+        assert sums[2] != sums[3] and sums[4] != sums[5]  # finite batches do change them
+    assert "step 3: non-finite loss on 1 rank(s); batch skipped" in out
+    assert metrics(tmp_path / "runs" / "nan")[4]["skipped_batches"] == 1
+
+
+def test_nonfinite_losses_in_a_row_stop_the_run_naming_the_step(make_config, tmp_path):
+    cfg = make_config(name="nan3", train={"max_steps": 6, "max_nonfinite": 3})
+    env = {"NAN_CALLS": "3,4,5", "CHECKSUMS": str(tmp_path)}
+    proc = launch(2, cfg, module="tests.training.nonfinite_worker", env_extra=env, check=False)
+    assert proc.returncode != 0
+    assert "3 non-finite losses in a row at step 3" in proc.stdout
+
+
+def run_quiet(cfg, *overrides, world_size=1):
+    env = {**ENV, "WORLD_SIZE": str(world_size)}
+    return subprocess.run([sys.executable, "-m", "pretrain", str(cfg), *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "overrides, world_size, message",
+    [
+        (["deepspeed.zero_stage=2", "deepspeed.offload_params=true"], 1,
+         "deepspeed.offload_params=true needs zero_stage=3, not 2"),
+        (["deepspeed.zero_stage=0", "deepspeed.offload_optimizer=true"], 1, "offload_optimizer=true needs zero_stage"),
+        (["train.global_batch_size=12"], 2,
+         "train.global_batch_size=12: must be a multiple of micro_batch_size x processes = 4 x 2 = 8"),
+        (["deepspeed.config_file=FP16JSON"], 1, "enables both bf16 and fp16"),
+    ],
+)  # fmt: skip
+def test_impossible_deepspeed_settings_stop_before_anything_starts(make_config, tmp_path, overrides, world_size,
+                                                                   message):  # fmt: skip
+    (tmp_path / "fp16.json").write_text(json.dumps({"fp16": {"enabled": True}}))
+    overrides = [o.replace("FP16JSON", str(tmp_path / "fp16.json")) for o in overrides]
+    cfg = make_config(name="bad", deepspeed={"precision": "bf16"})
+    proc = run_quiet(cfg, *overrides, world_size=world_size)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert "deepspeed" not in proc.stdout.lower()  # DeepSpeed never started
+    assert not (tmp_path / "runs" / "run" / "bad").exists()
+
+
+def test_resume_refuses_a_new_shape_and_warns_about_a_new_batch(make_config, tmp_path):
+    cfg = make_config(name="shape", train={"max_steps": 3}, checkpoint={"every_steps": 3})
+    launch(1, cfg)
+    proc = run_quiet(cfg, "model.num_layers=3", "train.max_steps=5")
+    assert proc.returncode == 2
+    assert "the checkpoint's model has another shape (model.num_layers: 2 -> 3)" in proc.stderr
+    out = launch(1, cfg, "train.max_steps=5", "train.micro_batch_size=8").stdout
+    assert "warning: global batch changed 4 -> 8 sequences" in out
+    assert sorted(losses(tmp_path / "runs" / "shape")) == [1, 2, 3, 4, 5]
+    never = run_quiet(cfg, "train.resume=never", "train.max_steps=6")
+    assert never.returncode == 2 and "train.resume=never but" in never.stderr
