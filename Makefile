@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Validate (for 2 processes) before anything starts, then pretrain on 2 local processes.
 demo: setup
-	$(PY) -m pretrain configs/pretrain/default.yaml
+	WORLD_SIZE=2 $(PY) -m pretrain.config configs/pretrain/default.yaml > /dev/null
+	$(VENV)/bin/torchrun --nproc_per_node 2 -m pretrain configs/pretrain/default.yaml
 
 test: setup
 	$(PY) -m pytest
@@ -27,4 +29,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .pytest_cache

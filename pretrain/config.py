@@ -397,8 +397,12 @@ def exit_on_config_error(fn):
 
 @exit_on_config_error
 def main(argv: list[str] | None = None) -> None:
-    """python -m pretrain.config CONFIG.yaml [overrides]: print the resolved, validated config."""
-    print(to_yaml(parse_cli(sys.argv[1:] if argv is None else argv)), end="")
+    """python -m pretrain.config CONFIG.yaml [overrides]: print the resolved, validated config
+    (checked for WORLD_SIZE processes when that is set)."""
+    cfg = parse_cli(sys.argv[1:] if argv is None else argv)
+    if "WORLD_SIZE" in os.environ:
+        cfg.check_world_size(int(os.environ["WORLD_SIZE"]))
+    print(to_yaml(cfg), end="")
 
 
 if __name__ == "__main__":

@@ -105,16 +105,22 @@ def lr_lambda(train: TrainConfig):
     return f
 
 
-def restore_group_hparams(engine, train: TrainConfig) -> None:
-    """Put back each AdamW group's weight decay after a checkpoint load.
+def repair_loaded_optimizer(engine, train: TrainConfig) -> None:
+    """Undo two side effects of DeepSpeed's ZeRO-3 universal-checkpoint loader (deepspeed 0.19.8,
+    stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3) before the next step:
 
-    DeepSpeed's ZeRO-3 universal-checkpoint loader copies the first group's hyperparameters into
-    every group (deepspeed 0.19.8, stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3),
-    which would start decaying norms, biases and embeddings after a resume at another world size.
+    - it copies the first AdamW group's hyperparameters into every group, which would start
+      decaying norms, biases and embeddings: put each group's weight decay back;
+    - it gives every parameter group's state the same ``step`` tensor, which torch's AdamW then
+      increments in place once per group per step, skewing Adam's bias correction: give each
+      state its own copy.
     """
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
     for group, decay in zip(inner.param_groups, (train.weight_decay, 0.0), strict=True):
         group["weight_decay"] = decay
+    for state in inner.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
 
 
 def init_distributed() -> tuple[int, int]:

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, RunConfig, save_config, to_dict
-from pretrain.engine import deepspeed_config, init_distributed, initialize, restore_group_hparams
+from pretrain.engine import deepspeed_config, init_distributed, initialize, repair_loaded_optimizer
 
 
 def find_resume(cfg: RunConfig):
@@ -92,7 +92,7 @@ def run(cfg: RunConfig) -> None:
         tag = resume.name if saved_world == world else ckpt.universal_tag(resume)
         say(f"resuming from {resume} (saved by {saved_world} process(es), now {world})")
         _, client = engine.load_checkpoint(str(resume.parent), tag=tag, load_module_strict=True)
-        restore_group_hparams(engine, cfg.train)
+        repair_loaded_optimizer(engine, cfg.train)
         state = client["pretrain"]
         start_step = state["trainer"]["step"]
         if keep["data"]:
@@ -123,7 +123,9 @@ def run(cfg: RunConfig) -> None:
         lines = monitor.close()
     if rank == 0:
         newest = ckpt.newest_complete(ckpt.checkpoints_dir(run_dir))
-        print(f"\ndone: step {trainer.step}, last validation {trainer.last_eval or 'n/a'}")
+        last = trainer.last_eval
+        shown = f"val_loss {last['val_loss']:.3f}, val_ppl {last['val_ppl']:.1f}" if last else "no evaluation"
+        print(f"\ndone: step {trainer.step}; {shown}")
         print(f"run directory: {run_dir}")
         print(f"checkpoints: {ckpt.checkpoints_dir(run_dir)} (newest: {newest.name if newest else 'none'})")
         for line in lines:

@@ -137,3 +137,13 @@ def test_main_job_writes_resolved_config_next_to_the_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     written = load_config(tmp_path / "default" / "config.yaml")
     assert written.model.num_layers == 1 and written.output_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name, gpus, accumulation",
+    [("default", 2, 1), ("gpt2-small-1node", 8, 4), ("gpt2-small-4nodes", 32, 1), ("llama-1b-1node", 8, 8),
+     ("llama-1b-4nodes", 32, 4), ("bert-base", 8, 1)],
+)  # fmt: skip
+def test_shipped_run_configs_validate_at_their_world_size(name, gpus, accumulation):
+    cfg = load_config(ROOT / "configs" / "pretrain" / f"{name}.yaml")
+    assert cfg.check_world_size(gpus) == accumulation

@@ -40,15 +40,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(make_config, tmp_path):
     assert kept == ["step_00000025", "step_00000030"]  # keep_last=2, nothing half-written left
 
 
-ZERO3_UNIVERSAL_DRIFT = pytest.mark.xfail(
-    strict=True,
-    reason="after a 2 -> 1 process ZeRO-3 universal resume the losses drift from the uninterrupted run "
-    "(+1e-4, +8e-4, +1.3e-3 over steps 8-10) although weights, Adam moments, step and lr load correctly; "
-    "ZeRO-2 matches to 1e-6. Open: see the pretraining issue's note.",
-)
-
-
-@pytest.mark.parametrize("stage", [2, pytest.param(3, marks=ZERO3_UNIVERSAL_DRIFT)])
+@pytest.mark.parametrize("stage", [2, 3])
 def test_two_process_checkpoint_resumes_on_one_process_via_universal(make_config, tmp_path, stage):
     two = make_config(name=f"two{stage}", family="llama", deepspeed={"zero_stage": stage},
                       checkpoint={"every_steps": 6})  # fmt: skip

@@ -2,7 +2,6 @@
 errors a user gets for bad settings or a changed model."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -60,7 +59,7 @@ def test_dashboards_get_the_metrics_and_the_config(make_config, tmp_path):
     assert "config/text_summary" in tags["tensors"]
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and "wandb sync" in out
-    assert "tensorboard --logdir" in out and out.count("done: step 4") == 1  # rank 0 only
+    assert "tensorboard --logdir" in out and out.count("done: step 4;") == 1  # rank 0 only
 
 
 def test_nonfinite_loss_on_one_rank_is_skipped_by_all(make_config, tmp_path):
