@@ -1,6 +1,7 @@
 """Checkpoints: DeepSpeed's sharded save plus what a run needs to continue exactly.
 
-Layout under ``RUN/checkpoints``::
+Layout under ``RUN/checkpoints`` (``best`` names the tag with the best evaluation, when the task
+keeps one; retention never deletes it)::
 
     step_00000100/             DeepSpeed's files for this tag (model, ZeRO optimizer shards)
       rank_state_00000.pt      per-rank RNG states
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pretrain.config import CheckpointConfig, ConfigError, RunConfig, load_config, save_config
+from pretrain.config import CheckpointConfig, ConfigError, RunConfig, save_config
 
 COMPLETE = "complete.json"
 
@@ -86,7 +87,17 @@ def saved_info(tag_dir: Path) -> dict:
 
 
 def saved_config(tag_dir: Path) -> RunConfig:
-    return load_config(tag_dir / "config.yaml")
+    """The run-config sections of a checkpoint's config (a fine-tuning run's extra keys, such as
+    init_from and task, are not needed to read its model, data or DeepSpeed settings)."""
+    import dataclasses
+
+    import yaml
+
+    from pretrain.config import from_dict
+
+    data = yaml.safe_load((tag_dir / "config.yaml").read_text())
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    return from_dict(RunConfig, {k: v for k, v in data.items() if k in names})
 
 
 def rng_state() -> dict:
@@ -123,7 +134,9 @@ class Checkpointer:
     def due(self, step: int, last: bool) -> bool:
         return last or (self.cfg.every_steps > 0 and step % self.cfg.every_steps == 0)
 
-    def save(self, engine, step: int, client_state: dict, run_config: RunConfig, tokenizer) -> Path:
+    def save(self, engine, step: int, client_state: dict, run_config: RunConfig, tokenizer,
+             extra_files: dict[str, str] | None = None, best: bool = False) -> Path:  # fmt: skip
+        """Save a complete checkpoint; ``best`` also points ``best`` at it (never pruned)."""
         tag = tag_for(step)
         tag_dir = self.root / tag
         if self.rank == 0:
@@ -141,11 +154,15 @@ class Checkpointer:
             save_config(run_config, tag_dir / "config.yaml")
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tag_dir / "tokenizer"))
+            for name, text in (extra_files or {}).items():
+                (tag_dir / name).write_text(text)
         _barrier()  # every rank's shards are on disk before the checkpoint counts
         if self.rank == 0:
             info = {"step": step, "world_size": self.world, "time": time.time()}
             _write_atomic(tag_dir / COMPLETE, json.dumps(info))
             _write_atomic(self.root / "latest", tag)
+            if best:
+                _write_atomic(self.root / "best", tag)
             self.prune()
         _barrier()
         return tag_dir
@@ -153,9 +170,9 @@ class Checkpointer:
     def prune(self) -> None:
         """Keep the newest keep_last complete tags; drop unfinished saves older than the newest."""
         tags = complete_tags(self.root)
-        latest = (self.root / "latest").read_text().strip() if (self.root / "latest").exists() else None
+        pinned = {(self.root / f).read_text().strip() for f in ("latest", "best") if (self.root / f).exists()}
         for tag in tags[: -self.cfg.keep_last]:
-            if tag != latest:
+            if tag not in pinned:
                 shutil.rmtree(self.root / tag, ignore_errors=True)
                 shutil.rmtree(self.root / f"{tag}_universal", ignore_errors=True)
         newest = tags[-1] if tags else None

@@ -245,6 +245,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw else None
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, bool) and raw.lower() not in ("true", "false"):
+            value = raw  # YAML 1.1 reads on/off/yes/no as booleans; on a command line they are words
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
@@ -346,11 +348,12 @@ def _describe(tp: Any) -> str:
 # -- the public API
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML file (and its bases), apply dotted overrides, type and validate everything."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = None) -> RunConfig:
+    """Read a YAML file (and its bases), apply dotted overrides, type and validate everything.
+    ``cls`` is RunConfig or a subclass of it (the fine-tuning config)."""
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, list(overrides or []))
-    cfg = from_dict(RunConfig, data)
+    cfg = from_dict(cls or RunConfig, data)
     cfg.validate()
     return cfg
 
@@ -373,12 +376,14 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     return path
 
 
-def parse_cli(argv: list[str]) -> RunConfig:
+def parse_cli(argv: list[str], cls: type = None) -> RunConfig:
     """``CONFIG.yaml [dotted.key=value ...]`` -> RunConfig. A first argument with '=' in it is an
-    override, and the defaults are used."""
+    override, and the defaults are used. The deepspeed launcher's ``--local_rank=N`` is accepted
+    (it also sets LOCAL_RANK)."""
+    argv = [a for a in argv if not a.startswith(("--local_rank", "--local-rank"))]
     if argv and "=" not in argv[0]:
-        return load_config(argv[0], argv[1:])
-    return load_config(None, argv)
+        return load_config(argv[0], argv[1:], cls)
+    return load_config(None, argv, cls)
 
 
 def exit_on_config_error(fn):

@@ -67,25 +67,25 @@ def deepspeed_config(ds: DeepSpeedSection, train: TrainConfig, world_size: int, 
     return config
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay for weight matrices; none for norms, biases and embeddings."""
+def param_groups(model: nn.Module, weight_decay: float, lr: float, lr_scale=lambda name: 1.0) -> list[dict]:
+    """AdamW groups: decay for weight matrices, none for norms, biases and embeddings; each group at
+    lr * lr_scale(name) (layer-wise rates for fine-tuning). Frozen parameters are left out."""
     no_decay_modules = (nn.LayerNorm, nn.RMSNorm, nn.Embedding)
     skip = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if isinstance(module, no_decay_modules) or name == "bias" or p.dim() < 2:
                 skip.add(id(p))
-    if getattr(model.cfg, "tie_embeddings", False):  # the output matrix is the embedding
-        skip.add(id(model.embed.tokens.weight))
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
+    groups: dict[tuple[float, bool], list] = {}
+    seen = set()
+    for name, p in model.named_parameters():  # a tied matrix is listed once, as the embedding
         if id(p) in seen or not p.requires_grad:
             continue
         seen.add(id(p))
-        (no_decay if id(p) in skip else decay).append(p)
+        groups.setdefault((lr_scale(name), id(p) not in skip), []).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr": lr * scale}
+        for (scale, decays), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))
     ]
 
 
@@ -105,7 +105,7 @@ def lr_lambda(train: TrainConfig):
     return f
 
 
-def repair_loaded_optimizer(engine, train: TrainConfig) -> None:
+def repair_loaded_optimizer(engine, groups: list[dict]) -> None:
     """Undo two side effects of DeepSpeed's ZeRO-3 universal-checkpoint loader (deepspeed 0.19.8,
     stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3) before the next step:
 
@@ -116,8 +116,8 @@ def repair_loaded_optimizer(engine, train: TrainConfig) -> None:
       state its own copy.
     """
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    for group, decay in zip(inner.param_groups, (train.weight_decay, 0.0), strict=True):
-        group["weight_decay"] = decay
+    for group, built in zip(inner.param_groups, groups, strict=True):
+        group["weight_decay"] = built["weight_decay"]
     for state in inner.state.values():
         if torch.is_tensor(state.get("step")):
             state["step"] = state["step"].clone()
@@ -141,11 +141,10 @@ def init_distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
-def initialize(model: nn.Module, config: dict, train: TrainConfig):
-    """Wrap the model in a DeepSpeed engine with AdamW and the warmup/decay schedule."""
+def initialize(model: nn.Module, config: dict, train: TrainConfig, groups: list[dict]):
+    """Wrap the model in a DeepSpeed engine with AdamW over ``groups`` and the warmup/decay schedule."""
     import deepspeed
 
-    groups = param_groups(model, train.weight_decay)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=groups,

@@ -134,7 +134,7 @@ class Monitor:
     def eval(self, step: int, metrics: dict) -> None:
         self._emit("eval", {"step": step, **metrics})
         if self._bar is not None:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
             self._bar.write(f"step {step}: {shown}")
 
     def note(self, text: str) -> None:

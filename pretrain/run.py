@@ -1,7 +1,14 @@
-"""One pretraining run, in every process of it: setup -> resume -> fit.
+"""One training run, in every process of it: setup -> resume -> fit.
 
-Rank 0 prepares what is shared on disk (resolved config, tokenizer, packed data) while the others
-wait at a barrier, then every rank builds the same model and engine and trains.
+What differs between pretraining and fine-tuning is a *task*: it prepares the data (rank 0 first,
+the others after a barrier, so shared files are written once), builds the model, and says how to
+compute the loss and the evaluation metrics. Everything else — the DeepSpeed engine, resume,
+checkpoints, monitoring and the loop — is this one function.
+
+A task has: ``prepare(rank, world, run_dir, say)`` setting ``train_batches``, ``val_batches`` and
+``tokenizer``; ``build_model()``; ``loss_fn``; ``eval_metrics(sums)``; ``select_metric`` (a
+(name, max|min) pair or None) for keeping the best checkpoint; ``lr_scale(param_name)``;
+``extra_files()``; ``tokens_per_sample``.
 """
 
 from __future__ import annotations
@@ -15,7 +22,49 @@ import torch.distributed as dist
 
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, RunConfig, save_config, to_dict
-from pretrain.engine import deepspeed_config, init_distributed, initialize, repair_loaded_optimizer
+from pretrain.engine import deepspeed_config, init_distributed, initialize, param_groups, repair_loaded_optimizer
+
+
+class LanguageModelTask:
+    """Pretraining: causal LM for decoders, masked LM for encoders, on packed token shards."""
+
+    select_metric = None
+
+    def __init__(self, cfg: RunConfig):
+        from pretrain.trainer import lm_loss
+
+        self.cfg = cfg
+        self.loss_fn = lm_loss
+        self.tokens_per_sample = cfg.data.seq_len
+
+    def prepare(self, rank: int, world: int, run_dir, say) -> None:
+        from pretrain.data.pipeline import batches, run_tokenizer
+
+        cfg, arch = self.cfg, self.cfg.model.arch
+        self.tokenizer = run_tokenizer(cfg.data, arch, cfg.model.vocab_size, run_dir, log=say)
+        micro, seed = cfg.train.micro_batch_size, cfg.train.seed
+        self.train_batches = batches(cfg.data, self.tokenizer, arch, "train", micro, rank, world, seed, log=say)
+        self.val_batches = batches(cfg.data, self.tokenizer, arch, "validation", micro, rank, world, seed, log=say) \
+            if cfg.train.eval_every else None  # fmt: skip
+
+    def build_model(self):
+        from pretrain.model import Transformer
+
+        return Transformer(self.cfg.model)
+
+    @staticmethod
+    def eval_metrics(sums: dict) -> dict:
+        import math
+
+        val = sums["loss_sum"] / max(sums["count"], 1)
+        return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0)),
+                "val_accuracy": sums["correct"] / max(sums["count"], 1)}  # fmt: skip
+
+    def lr_scale(self, name: str) -> float:
+        return 1.0
+
+    def extra_files(self) -> dict[str, str]:
+        return {}
 
 
 def find_resume(cfg: RunConfig):
@@ -33,13 +82,13 @@ def find_resume(cfg: RunConfig):
     return ckpt.resolve(cfg.train.resume)
 
 
-def run(cfg: RunConfig) -> None:
-    from pretrain.data.pipeline import batches, run_tokenizer
-    from pretrain.model import Transformer, count_parameters, flops_per_token
+def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
+    from pretrain.model import count_parameters, flops_per_token
     from pretrain.monitor import Monitor
     from pretrain.trainer import Trainer
 
     grad_accum = cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # before DeepSpeed starts
+    task = make_task(cfg)  # may fill in cfg (a fine-tuning run takes its model shape from init_from)
     rank, world = init_distributed()
     say = print if rank == 0 else (lambda *a, **k: None)
     if cfg.train.deterministic:
@@ -51,33 +100,32 @@ def run(cfg: RunConfig) -> None:
         keep = ckpt.compare_for_resume(
             ckpt.saved_config(resume), cfg, ckpt.saved_info(resume)["world_size"], world, lambda m: say(f"warning: {m}")
         )
-    arch = cfg.model.arch
 
-    # Shared preparation on rank 0: config, tokenizer, packed data. The others then read it.
+    # Shared preparation on rank 0 (config, tokenizer, data caches); the others then read it.
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        if resume is not None and not (run_dir / "tokenizer").exists():
+        if resume is not None and not (run_dir / "tokenizer").exists() and (resume / "tokenizer").exists():
             shutil.copytree(resume / "tokenizer", run_dir / "tokenizer")
     for turn in ((0,), tuple(range(1, world))):
         if rank in turn:
-            tok = run_tokenizer(cfg.data, arch, cfg.model.vocab_size, run_dir, log=say)
-            seed = cfg.train.seed
-            micro = cfg.train.micro_batch_size
-            train_b = batches(cfg.data, tok, arch, "train", micro, rank, world, seed, log=say)
-            val_b = batches(cfg.data, tok, arch, "validation", micro, rank, world, seed, log=say) \
-                if cfg.train.eval_every else None  # fmt: skip
+            task.prepare(rank, world, run_dir, say)
         if world > 1:
             dist.barrier()
+    if rank == 0:
+        for name, text in task.extra_files().items():
+            (run_dir / name).write_text(text)
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    model = Transformer(cfg.model)
-    model.activation_checkpointing = cfg.train.activation_checkpointing
+    model = task.build_model()
+    body = getattr(model, "body", model)
+    body.activation_checkpointing = cfg.train.activation_checkpointing
     saved_world = ckpt.saved_info(resume)["world_size"] if resume is not None else world
     ds_config = deepspeed_config(cfg.deepspeed, cfg.train, world, grad_accum)
     if saved_world != world:
         ds_config["checkpoint"] = {"load_universal": True}
-    engine = initialize(model, ds_config, cfg.train)
+    groups = param_groups(model, cfg.train.weight_decay, cfg.train.lr, task.lr_scale)
+    engine = initialize(model, ds_config, cfg.train, groups)
     if cfg.train.compile:
         if torch.cuda.is_available():
             engine.compile()
@@ -85,36 +133,38 @@ def run(cfg: RunConfig) -> None:
             warnings.warn("train.compile=true has no effect on CPU; the model runs uncompiled", stacklevel=1)
     torch.manual_seed(cfg.train.seed + rank)  # dropout differs across ranks
 
-    fpt = flops_per_token(model, cfg.data.seq_len)
     start_step = 0
     state = None
     if resume is not None:
         tag = resume.name if saved_world == world else ckpt.universal_tag(resume)
         say(f"resuming from {resume} (saved by {saved_world} process(es), now {world})")
         _, client = engine.load_checkpoint(str(resume.parent), tag=tag, load_module_strict=True)
-        repair_loaded_optimizer(engine, cfg.train)
+        repair_loaded_optimizer(engine, groups)
         state = client["pretrain"]
         start_step = state["trainer"]["step"]
         if keep["data"]:
-            train_b.load_state_dict(state["data"])
+            task.train_batches.load_state_dict(state["data"])
         rank_file = resume / f"rank_state_{rank:05d}.pt"
         if saved_world == world and rank_file.exists():
             ckpt.set_rng_state(torch.load(rank_file, weights_only=False))
 
-    say(f"training {cfg.model.arch} ({count_parameters(model):,} parameters) on {world} "
+    say(f"training {cfg.model.arch} ({count_parameters(body):,} parameters) on {world} "
         f"process(es), ZeRO-{cfg.deepspeed.zero_stage}, {cfg.deepspeed.precision}, {grad_accum} accumulation "
         f"step(s), from step {start_step} to {cfg.train.max_steps}")  # fmt: skip
+    fpt = flops_per_token(body, cfg.data.seq_len)
     monitor = Monitor(cfg.log, run_dir, rank, world, fpt, to_dict(cfg), cfg.train.max_steps, start_step)
     saver = ckpt.Checkpointer(cfg.checkpoint, run_dir, rank, world)
 
-    def checkpoint(step: int, last: bool) -> bool:
-        if not saver.due(step, last):
+    def checkpoint(step: int, last: bool, best: bool = False) -> bool:
+        if not (saver.due(step, last) or best):
             return False
-        saver.save(engine, step, {"trainer": trainer.state_dict(), "data": train_b.state_dict()}, cfg, tok)
+        client = {"trainer": trainer.state_dict(), "data": task.train_batches.state_dict()}
+        saver.save(engine, step, client, cfg, task.tokenizer, task.extra_files(), best=best)
         return True
 
-    trainer = Trainer(cfg.train, engine, train_b, val_b, monitor, checkpoint, grad_accum, cfg.data.seq_len,
-                      cfg.train.eval_every, cfg.log.every_steps)  # fmt: skip
+    trainer = Trainer(cfg.train, engine, task.train_batches, task.val_batches, monitor, checkpoint, grad_accum,
+                      task.tokens_per_sample, cfg.train.eval_every, cfg.log.every_steps, task.loss_fn,
+                      task.eval_metrics, task.select_metric)  # fmt: skip
     if state is not None:
         trainer.load_state_dict(state["trainer"])
     try:
@@ -122,11 +172,14 @@ def run(cfg: RunConfig) -> None:
     finally:
         lines = monitor.close()
     if rank == 0:
-        newest = ckpt.newest_complete(ckpt.checkpoints_dir(run_dir))
+        root = ckpt.checkpoints_dir(run_dir)
+        newest = ckpt.newest_complete(root)
         last = trainer.last_eval
-        shown = f"val_loss {last['val_loss']:.3f}, val_ppl {last['val_ppl']:.1f}" if last else "no evaluation"
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)) or "no evaluation"
         print(f"\ndone: step {trainer.step}; {shown}")
         print(f"run directory: {run_dir}")
-        print(f"checkpoints: {ckpt.checkpoints_dir(run_dir)} (newest: {newest.name if newest else 'none'})")
+        print(f"checkpoints: {root} (newest: {newest.name if newest else 'none'})")
+        if (root / "best").exists():
+            print(f"best checkpoint: {root / (root / 'best').read_text().strip()} ({trainer.best})")
         for line in lines:
             print(line)

@@ -33,12 +33,17 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, engine, train_batches, val_batches, monitor, checkpoint: Callable,
                  grad_accum: int, tokens_per_sample: int, eval_every: int, log_every: int,
-                 loss_fn: Callable | None = None):  # fmt: skip
+                 loss_fn: Callable | None = None, eval_metrics: Callable | None = None,
+                 select_metric: tuple[str, Callable] | None = None):  # fmt: skip
         self.cfg, self.engine, self.monitor, self.checkpoint = cfg, engine, monitor, checkpoint
         self.train_batches, self.val_batches = train_batches, val_batches
         self.grad_accum, self.tokens_per_sample = grad_accum, tokens_per_sample
         self.eval_every, self.log_every = eval_every, log_every
         self.loss_fn = loss_fn or lm_loss
+        self.eval_metrics = eval_metrics
+        self.select_metric = select_metric
+        """(metric, max or min): evaluations that improve it save a checkpoint kept as `best`."""
+        self.best: dict = {}
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.step = 0
         self.tokens = 0
@@ -47,12 +52,13 @@ class Trainer:
         self.last_eval: dict = {}
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "tokens": self.tokens, "skipped": self.skipped,
+        return {"step": self.step, "tokens": self.tokens, "skipped": self.skipped, "best": self.best,
                 "nonfinite_in_row": self.nonfinite_in_row, "last_eval": self.last_eval}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.tokens, self.skipped = state["step"], state["tokens"], state["skipped"]
         self.nonfinite_in_row, self.last_eval = state["nonfinite_in_row"], state.get("last_eval", {})
+        self.best = state.get("best", {})
 
     def _all_reduce(self, values: list) -> torch.Tensor:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64)
@@ -92,22 +98,24 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Validation loss, perplexity and token accuracy over train.eval_batches batches (the same
-        batches every time)."""
+        """Metrics over the validation batches (at most one pass, the same batches every time):
+        every quantity the loss function reports is summed over batches and ranks, then turned
+        into metrics by ``eval_metrics``."""
         self.engine.eval()
         self.val_batches.consumed = 0
-        loss_sum = correct = count = 0.0
         per_batch = self.val_batches.micro * self.world
         n = max(1, min(self.cfg.eval_batches, len(self.val_batches.dataset) // per_batch))  # at most one pass
+        sums: dict = {}
         for batch in _take(self.val_batches, n):
             loss, extra = self.loss_fn(self.engine, batch)
-            loss_sum += loss.item() * extra["count"]
-            correct += float(extra["correct"])
-            count += extra["count"]
-        loss_sum, correct, count = self._all_reduce([loss_sum, correct, count]).tolist()
+            for key, value in {"loss_sum": loss.detach().double() * extra["count"], **extra}.items():
+                value = torch.as_tensor(value, dtype=torch.float64)
+                sums[key] = sums[key] + value if key in sums else value
+        if self.world > 1:
+            for value in sums.values():
+                dist.all_reduce(value)
         self.engine.train()
-        val = loss_sum / max(count, 1)
-        return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0)), "val_accuracy": correct / max(count, 1)}
+        return self.eval_metrics({k: (v.item() if v.dim() == 0 else v) for k, v in sums.items()})
 
     def fit(self) -> None:
         batches = iter(self.train_batches)
@@ -126,8 +134,21 @@ class Trainer:
             if self.val_batches is not None and self.eval_every and (self.step % self.eval_every == 0 or last):
                 self.last_eval = {"step": self.step, **self.evaluate()}
                 self.monitor.eval(self.step, {k: v for k, v in self.last_eval.items() if k != "step"})
+                if self._improved():
+                    self.best = {"step": self.step, self.select_metric[0]: self.last_eval[self.select_metric[0]]}
+                    self.checkpoint(self.step, last, best=True)
+                    self.monitor.restart_clock()
+                    continue
             if self.checkpoint(self.step, last):
                 self.monitor.restart_clock()
+
+    def _improved(self) -> bool:
+        if self.select_metric is None:
+            return False
+        name, better = self.select_metric
+        if not self.best:
+            return True
+        return better(self.last_eval[name], self.best[name]) != self.best[name]
 
     def _metrics(self, loss: float) -> dict:
         opt = self.engine.optimizer

@@ -123,6 +123,16 @@ def test_resolved_config_round_trips(name, tmp_path):
     assert yaml.safe_load(text)["train"]["lr"] == 2e-4
 
 
+def test_off_on_the_command_line_is_a_word_not_a_boolean():
+    assert load_config(None, ["log.wandb=off"]).log.wandb == "off"
+    assert load_config(None, ["log.tensorboard=false"]).log.tensorboard is False
+
+
+def test_deepspeed_launchers_local_rank_argument_is_accepted():
+    cfg = parse_cli([str(MODELS / "debug.yaml"), "--local_rank=1", "model.num_layers=3"])
+    assert cfg.model.num_layers == 3
+
+
 def test_overrides_without_a_file_use_defaults():
     cfg = parse_cli(["model.num_layers=3"])
     assert cfg.model.num_layers == 3 and cfg.model.d_model == RunConfig().model.d_model

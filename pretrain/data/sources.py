@@ -54,17 +54,17 @@ def source_files(src: SourceConfig, where: str) -> list[str]:
     return []
 
 
-def load_source(src: SourceConfig, split: str, where: str, num_proc: int = 1):
-    """One source's split as a datasets.Dataset with the single column ``text``."""
+def load_table(src: SourceConfig, split: str, where: str):
+    """One source's split as a datasets.Dataset with all its columns."""
     import datasets
 
     datasets.disable_progress_bars()
     if src.builtin == "python-stdlib":
         # Some stdlib test files are Latin-1 on purpose; replace the odd byte rather than fail.
-        ds = datasets.load_dataset(
+        return datasets.load_dataset(
             "text", data_files=stdlib_files(), sample_by="document", split="train", encoding_errors="replace"
         )
-    elif src.files:
+    if src.files:
         files = resolve_files(src.files, where)
         kinds = {BUILDERS.get(Path(f).suffix) for f in files}
         if None in kinds or len(kinds) > 1:
@@ -75,18 +75,28 @@ def load_source(src: SourceConfig, split: str, where: str, num_proc: int = 1):
         builder = kinds.pop()
         extra = {"sample_by": "document"} if builder == "text" else {}
         try:
-            ds = datasets.load_dataset(builder, data_files={split: files}, split=split, **extra)
+            return datasets.load_dataset(builder, data_files={split: files}, split=split, **extra)
         except datasets.exceptions.DatasetGenerationError as e:
             raise DataError(f"{where}.files: could not read {src.files!r} as {builder}: {e.__cause__ or e}") from None
-    else:
-        try:
-            ds = datasets.load_dataset(src.hub, src.hub_config, split=split)
-        except Exception as e:  # noqa: BLE001 - datasets raises many kinds; all mean the same to a user
-            raise DataError(
-                f"{where}.hub: could not load {src.hub!r} (config {src.hub_config}, split {split}): {e}"
-            ) from None
-    if src.text_column not in ds.column_names:
-        raise DataError(f"{where}.text_column={src.text_column!r}: no such column; the data has {ds.column_names}")
+    try:
+        return datasets.load_dataset(src.hub, src.hub_config, split=split)
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds; all mean the same to a user
+        raise DataError(
+            f"{where}.hub: could not load {src.hub!r} (config {src.hub_config}, split {split}): {e}"
+        ) from None
+
+
+def require_columns(ds, columns: dict[str, str], where: str) -> None:
+    """columns: config field -> column name; a missing one is named with what the data has."""
+    for field_name, column in columns.items():
+        if column not in ds.column_names:
+            raise DataError(f"{where}.{field_name}={column!r}: no such column; the data has {ds.column_names}")
+
+
+def load_source(src: SourceConfig, split: str, where: str, num_proc: int = 1):
+    """One source's split as a datasets.Dataset with the single column ``text``."""
+    ds = load_table(src, split, where)
+    require_columns(ds, {"text_column": src.text_column}, where)
     ds = ds.select_columns([src.text_column])
     if src.text_column != "text":
         ds = ds.rename_column(src.text_column, "text")
@@ -100,7 +110,7 @@ def held_out(text: str, fraction: float) -> bool:
     return h / 2**64 < fraction
 
 
-class _HoldOut:
+class HoldOut:
     """Picklable filter for datasets' worker processes: keep the held-out share or the rest."""
 
     def __init__(self, fraction: float, keep_held_out: bool):
@@ -127,7 +137,7 @@ def load_corpus(cfg: DataConfig, split: str, seed: int = 0):
             ds = load_source(src, src.split, where, cfg.num_proc)
             if not src.validation_split and cfg.validation_fraction > 0:
                 ds = ds.filter(
-                    _HoldOut(cfg.validation_fraction, split == "validation"),
+                    HoldOut(cfg.validation_fraction, split == "validation"),
                     input_columns="text",
                     num_proc=_procs(cfg.num_proc, ds),
                 )

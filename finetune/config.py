@@ -1,0 +1,68 @@
+"""The fine-tuning config: a run config plus where the weights come from and what the task is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pretrain.config import ConfigError, RunConfig, from_dict, load_config
+
+
+@dataclass
+class TaskConfig:
+    kind: Literal["classify", "generate"] = "classify"
+    """classify: a label per text (or text pair). generate: supervised fine-tuning on
+    prompt/response pairs, with the loss on response tokens only."""
+    builtin: Literal["stdlib-packages", "stdlib-bodies"] | None = None
+    """A demo task made from the built-in corpus (no download): stdlib-packages labels a function
+    with the top-level standard-library package it comes from; stdlib-bodies asks for a
+    function's body from its signature and docstring. Replaces data.sources."""
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    pooling: Literal["auto", "first", "last", "mean"] = "auto"
+    """auto: the first token for encoders ([CLS]), the last real token for decoders."""
+    freeze_body: bool = False
+    """Train the classification head only."""
+    layer_lr_decay: float = 1.0
+    """Layer-wise learning rates: layer l of L trains at lr * layer_lr_decay ** (L - l); the
+    embeddings at lr * layer_lr_decay ** (L + 1); heads at lr. 1.0 turns it off."""
+    classifier_dropout: float = 0.1
+
+    def validate(self) -> None:
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise ValueError(f"layer_lr_decay={self.layer_lr_decay}: must be in (0, 1]")
+        if not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"classifier_dropout={self.classifier_dropout}: must be in [0, 1)")
+        if self.builtin == "stdlib-packages" and self.kind != "classify":
+            raise ValueError("builtin='stdlib-packages' is a classification task: set task.kind=classify")
+        if self.builtin == "stdlib-bodies" and self.kind != "generate":
+            raise ValueError("builtin='stdlib-bodies' is a generation task: set task.kind=generate")
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
+    init_from: str = ""
+    """A pretraining run directory or checkpoint (any ZeRO stage, any world size), a consolidated
+    export (OUT/consolidated), or an HF transformers directory (GPT-2, LLaMA, BERT). The model's
+    shape and the tokenizer come from it; the model section of this file is not used."""
+    init_random: bool = False
+    """Take only the shape and tokenizer from init_from and start from random weights (a baseline)."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+    def validate(self) -> None:
+        if not self.init_from:
+            raise ConfigError(
+                "init_from is required: a pretraining run or checkpoint, an export's consolidated/ folder, "
+                "or an HF model directory"
+            )
+        super().validate()
+
+
+def load_finetune_config(path, overrides=None) -> FinetuneConfig:
+    return load_config(path, overrides, cls=FinetuneConfig)
+
+
+__all__ = ["FinetuneConfig", "TaskConfig", "from_dict", "load_finetune_config"]

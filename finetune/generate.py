@@ -1,0 +1,149 @@
+"""python -m finetune.generate CHECKPOINT (--prompt TEXT ... | --prompts-file FILE) [options]
+
+Batched sampling from a decoder checkpoint (a fine-tuning or pretraining run, a checkpoint, an
+export's consolidated/ folder or an HF directory): greedy or temperature / top-k / top-p, a
+repetition penalty, stop strings, with the KV cache. Prompts are padded on the left so every
+row's next token sits at the same position.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    """0 (or --greedy) picks the most likely token."""
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+def _adjust(logits: torch.Tensor, seen: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """(B, V) next-token logits -> sampling distribution logits."""
+    if s.repetition_penalty != 1.0:  # CTRL's penalty on tokens already in the row
+        picked = logits.gather(1, seen)
+        picked = torch.where(picked > 0, picked / s.repetition_penalty, picked * s.repetition_penalty)
+        logits = logits.scatter(1, seen, picked)
+    if s.temperature > 0:
+        logits = logits / s.temperature
+    if s.top_k > 0:
+        kth = logits.topk(min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > s.top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], s: Sampling, use_cache: bool = True) -> list[str]:
+    """Continuations of each prompt (without the prompt)."""
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(e) for e in encoded)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+    total = width + s.max_new_tokens
+    if model.cfg.position == "learned" and total > model.cfg.max_seq_len:
+        raise ValueError(f"prompt ({width} tokens) + max_new_tokens ({s.max_new_tokens}) exceed the model's "
+                         f"{model.cfg.max_seq_len} positions")  # fmt: skip
+    rng = torch.Generator(device=device).manual_seed(s.seed)
+    cache = model.new_cache(len(prompts), total) if use_cache else None
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    new_tokens: list[torch.Tensor] = []
+    step_ids = ids
+    for _ in range(s.max_new_tokens):
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 after left padding
+        if use_cache:
+            logits = model(step_ids, attention_mask=mask, cache=cache, position_ids=positions[:, -step_ids.shape[1] :])
+        else:
+            logits = model(ids, attention_mask=mask, position_ids=positions)
+        logits = _adjust(logits[:, -1].float(), ids, s)
+        if s.temperature > 0:
+            nxt = torch.multinomial(logits.softmax(-1), 1, generator=rng).squeeze(1)
+        else:
+            nxt = logits.argmax(-1)
+        if tokenizer.eos_token_id is not None:
+            nxt = torch.where(done, torch.full_like(nxt, tokenizer.eos_token_id), nxt)
+            done |= nxt == tokenizer.eos_token_id
+        new_tokens.append(nxt)
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], dim=1)
+        step_ids = nxt[:, None]
+        texts = tokenizer.batch_decode(torch.stack(new_tokens, 1), skip_special_tokens=True)
+        if done.all() or (s.stop and all(any(x in t for x in s.stop) for t in texts)):
+            break
+    texts = tokenizer.batch_decode(torch.stack(new_tokens, 1), skip_special_tokens=True)
+    return [_cut(t, s.stop) for t in texts]
+
+
+def _cut(text: str, stops: tuple[str, ...]) -> str:
+    ends = [text.index(x) for x in stops if x in text]
+    return text[: min(ends)] if ends else text
+
+
+def load_decoder(path: str):
+    """(model, tokenizer) from anything init_from accepts; refuses encoders."""
+    from finetune.weights import load_pretrained
+    from pretrain.config import ConfigError
+    from pretrain.model import Transformer
+
+    pre = load_pretrained(path)
+    if pre.model_cfg.arch != "decoder":
+        raise ConfigError(f"{path}: generation needs a decoder checkpoint; this is an {pre.model_cfg.arch}")
+    model = Transformer(pre.model_cfg)
+    model.load_state_dict(pre.state_dict, strict=False)
+    return model.eval(), pre.tokenizer
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pretrain.config import exit_on_config_error
+
+    ap = argparse.ArgumentParser(description="Sample from a decoder checkpoint.")
+    ap.add_argument("checkpoint")
+    ap.add_argument("--prompt", action="append", default=[])
+    ap.add_argument("--prompts-file", help="one prompt per line, or JSON lines with a 'prompt' field")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--greedy", action="store_true")
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--repetition-penalty", type=float, default=1.0)
+    ap.add_argument("--stop", action="append", default=[])
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+
+    @exit_on_config_error
+    def run() -> None:
+        prompts = list(args.prompt)
+        if args.prompts_file:
+            for line in open(args.prompts_file):
+                line = line.rstrip("\n")
+                prompts.append(json.loads(line)["prompt"] if line.startswith("{") else line.replace("\\n", "\n"))
+        if not prompts:
+            ap.error("give --prompt TEXT or --prompts-file FILE")
+        model, tok = load_decoder(args.checkpoint)
+        s = Sampling(args.max_new_tokens, 0.0 if args.greedy else args.temperature, args.top_k, args.top_p,
+                     args.repetition_penalty, tuple(args.stop), args.seed)  # fmt: skip
+        for prompt, text in zip(prompts, generate(model, tok, prompts, s), strict=True):
+            print(json.dumps({"prompt": prompt, "completion": text}))
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Fine-tuning tasks: classification (a head on the pooled output) and generation (supervised
+fine-tuning with the loss on response tokens only). Each plugs into pretrain.run as a Task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from finetune.config import FinetuneConfig
+from finetune.weights import Pretrained, load_pretrained
+from pretrain.data.batches import IGNORE, Batches
+from pretrain.data.config import SourceConfig
+from pretrain.data.sources import DataError, HoldOut, load_table, require_columns
+from pretrain.data.tokenizer import tokenizer_hash
+from pretrain.model import Transformer, pool
+from pretrain.run import LanguageModelTask
+from pretrain.trainer import lm_loss
+
+
+class Classifier(nn.Module):
+    """A pretrained body, pooled (first / last real / mean token), then dropout and a linear head."""
+
+    def __init__(self, body: Transformer, num_labels: int, pooling: str, dropout: float):
+        super().__init__()
+        self.cfg = body.cfg
+        self.body = body
+        self.body.head = nn.Identity()  # the LM head has no part here (and unused weights upset ZeRO)
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(body.cfg.d_model, num_labels)
+        nn.init.normal_(self.classifier.weight, 0.0, body.cfg.init_std)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        hidden = self.body.hidden_states(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return self.classifier(self.dropout(pool(hidden, attention_mask, self.pooling)))
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    """Tokenized examples for the resumable Batches: (stream position, index) -> dict."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item):
+        position, index = item
+        return {**self.rows[index], "position": position}
+
+
+def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
+
+
+class ClassifyCollator:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, samples: list[dict]) -> dict:
+        ids = [s["input_ids"] for s in samples]
+        batch = {
+            "input_ids": pad(ids, self.pad_id),
+            "attention_mask": pad([[1] * len(s) for s in ids], 0),
+            "labels": torch.tensor([s["label"] for s in samples]),
+            "position": torch.tensor([s["position"] for s in samples]),
+        }
+        if "token_type_ids" in samples[0]:
+            batch["token_type_ids"] = pad([s["token_type_ids"] for s in samples], 0)
+        return batch
+
+
+class SFTCollator:
+    """prompt + response + eos -> inputs and next-token labels, ignored over the prompt and padding."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, samples: list[dict]) -> dict:
+        ids = pad([s["input_ids"] for s in samples], self.pad_id)
+        labels = ids.clone()
+        for row, s in enumerate(samples):
+            labels[row, : s["prompt_len"]] = IGNORE
+            labels[row, len(s["input_ids"]) :] = IGNORE
+        return {"input_ids": ids[:, :-1], "labels": labels[:, 1:],
+                "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
+
+
+def classify_loss(engine, batch: dict):
+    kwargs = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
+    logits = engine(batch["input_ids"], **kwargs)
+    labels = batch["labels"]
+    loss = F.cross_entropy(logits.float(), labels)
+    n = logits.shape[-1]
+    confusion = torch.bincount(labels * n + logits.argmax(-1), minlength=n * n).view(n, n)  # rows: truth
+    return loss, {"count": labels.numel(), "confusion": confusion}
+
+
+def classification_metrics(sums: dict) -> dict:
+    confusion = sums["confusion"].long()
+    tp = confusion.diag().double()
+    fp, fn = confusion.sum(0) - tp, confusion.sum(1) - tp
+    seen = (tp + fp + fn) > 0
+    f1 = (2 * tp / (2 * tp + fp + fn).clamp(min=1))[seen]
+    return {
+        "val_loss": sums["loss_sum"] / max(sums["count"], 1),
+        "val_accuracy": (tp.sum() / confusion.sum().clamp(min=1)).item(),
+        "val_macro_f1": f1.mean().item() if len(f1) else 0.0,
+        "val_confusion": confusion.tolist(),
+    }
+
+
+class FinetuneTask:
+    """Builds data, model and loss for `python -m finetune` (see pretrain.run.run for the loop)."""
+
+    def __init__(self, cfg: FinetuneConfig):
+        self.cfg = cfg
+        self.pretrained: Pretrained = load_pretrained(cfg.init_from)
+        self.tokenizer = self.pretrained.tokenizer
+        self.kind = cfg.task.kind
+        self.labels: list[str] = []
+        arch = self.pretrained.model_cfg.arch
+        if self.kind == "generate" and arch != "decoder":
+            raise DataError(
+                f"task.kind=generate needs a decoder (causal) checkpoint; init_from={cfg.init_from!r} is an "
+                f"{arch} ({self.pretrained.source}); use task.kind=classify or a GPT/LLaMA checkpoint"
+            )
+        if cfg.data.tokenizer.path:
+            from pretrain.data.tokenizer import load_tokenizer
+
+            given = load_tokenizer(cfg.data.tokenizer.path)
+            if tokenizer_hash(given) != tokenizer_hash(self.tokenizer):
+                raise DataError(
+                    f"data.tokenizer.path={cfg.data.tokenizer.path!r} is not the tokenizer the model was trained "
+                    f"with ({self.pretrained.source}); drop data.tokenizer.path to use the checkpoint's"
+                )
+        if self.tokenizer.pad_token_id is None:
+            raise DataError(f"the tokenizer of {self.pretrained.source} has no pad token, which batching needs")
+        cfg.model = self.pretrained.model_cfg  # the shape is the checkpoint's
+        cfg.validate()  # e.g. data.seq_len against the checkpoint's positions
+        self.loss_fn = classify_loss if self.kind == "classify" else lm_loss
+        self.eval_metrics = classification_metrics if self.kind == "classify" else LanguageModelTask.eval_metrics
+        self.select_metric = ("val_accuracy", max) if self.kind == "classify" else ("val_loss", min)
+        self.tokens_per_sample = cfg.data.seq_len
+
+    # -- data
+
+    def _sources(self) -> list[SourceConfig]:
+        if self.cfg.task.builtin:
+            from finetune.demo_data import builtin_task_file
+
+            path = builtin_task_file(self.cfg.task.builtin, Path(self.cfg.data.cache_dir))
+            return [SourceConfig(files=str(path))]
+        return self.cfg.data.sources
+
+    def _tables(self):
+        import datasets
+
+        t = self.cfg.task
+        columns = ({"text_column": t.text_column, "label_column": t.label_column} if self.kind == "classify"
+                   else {"prompt_column": t.prompt_column, "response_column": t.response_column})  # fmt: skip
+        if self.kind == "classify" and t.text_pair_column:
+            columns["text_pair_column"] = t.text_pair_column
+        key = t.text_column if self.kind == "classify" else t.prompt_column
+        parts = {"train": [], "validation": []}
+        for i, src in enumerate(self._sources()):
+            where = f"data.sources[{i}]"
+            train = load_table(src, src.split, where)
+            require_columns(train, columns, "task")
+            train = train.select_columns(list(columns.values()))
+            if src.validation_split:
+                val = load_table(src, src.validation_split, where).select_columns(list(columns.values()))
+            else:
+                frac = self.cfg.data.validation_fraction
+                val = train.filter(HoldOut(frac, True), input_columns=key)
+                train = train.filter(HoldOut(frac, False), input_columns=key)
+            parts["train"].append(train)
+            parts["validation"].append(val)
+        return {k: datasets.concatenate_datasets(v) for k, v in parts.items()}
+
+    def prepare(self, rank: int, world: int, run_dir: Path, say) -> None:
+        tables = self._tables()
+        if len(tables["train"]) == 0 or len(tables["validation"]) == 0:
+            n_train, n_val = len(tables["train"]), len(tables["validation"])
+            raise DataError(f"the task has {n_train} training and {n_val} validation examples; both need at "
+                            "least one (raise data.validation_fraction?)")  # fmt: skip
+        if self.kind == "classify":
+            rows = self._classification_rows(tables)
+            collate = ClassifyCollator(self.tokenizer.pad_token_id)
+        else:
+            rows = self._sft_rows(tables)
+            collate = SFTCollator(self.tokenizer.pad_token_id)
+        micro, seed = self.cfg.train.micro_batch_size, self.cfg.train.seed
+        self.train_batches = Batches(ExampleDataset(rows["train"]), collate, micro, rank, world, seed,
+                                     shuffle=True, num_workers=self.cfg.data.num_workers)  # fmt: skip
+        self.val_batches = Batches(ExampleDataset(rows["validation"]), collate, micro, rank, world, seed,
+                                   shuffle=False, num_workers=0)  # fmt: skip
+        say(
+            f"task {self.kind}: {len(rows['train'])} training and {len(rows['validation'])} validation examples"
+            + (f", {len(self.labels)} labels" if self.labels else "")
+            + f"; weights from {self.pretrained.source}"
+        )
+
+    def _classification_rows(self, tables) -> dict:
+        t = self.cfg.task
+        self.labels = sorted({str(x) for x in tables["train"][t.label_column]})
+        index = {name: i for i, name in enumerate(self.labels)}
+        unseen = sorted({str(x) for x in tables["validation"][t.label_column]} - set(index))
+        if unseen:
+            raise DataError(
+                f"labels {unseen[:10]} appear in the validation data but never in training "
+                f"(training has {self.labels[:20]}); add training examples or drop those rows"
+            )
+        with_types = self.pretrained.model_cfg.type_vocab_size > 0
+        out = {}
+        for split, table in tables.items():
+            pairs = table[t.text_pair_column] if t.text_pair_column else None
+            enc = self.tokenizer(
+                [str(x) for x in table[t.text_column]], [str(x) for x in pairs] if pairs is not None else None,
+                truncation=True, max_length=self.cfg.data.seq_len, return_token_type_ids=with_types,
+            )  # fmt: skip
+            out[split] = [
+                {"input_ids": ids, "label": index[str(label)],
+                 **({"token_type_ids": enc["token_type_ids"][i]} if with_types else {})}
+                for i, (ids, label) in enumerate(zip(enc["input_ids"], table[t.label_column], strict=True))
+            ]  # fmt: skip
+        return out
+
+    def _sft_rows(self, tables) -> dict:
+        t, tok, limit = self.cfg.task, self.tokenizer, self.cfg.data.seq_len + 1
+        out = {}
+        for split, table in tables.items():
+            prompts = tok([str(x) for x in table[t.prompt_column]], add_special_tokens=False)["input_ids"]
+            responses = tok([str(x) for x in table[t.response_column]], add_special_tokens=False)["input_ids"]
+            rows = []
+            for p, r in zip(prompts, responses, strict=True):
+                ids = (p + r + [tok.eos_token_id])[:limit]
+                if len(ids) > len(p):  # keep examples with at least one response token to learn
+                    rows.append({"input_ids": ids, "prompt_len": len(p)})
+            out[split] = rows
+        return out
+
+    # -- model
+
+    def build_model(self) -> nn.Module:
+        body = Transformer(self.pretrained.model_cfg)
+        if not self.cfg.init_random:
+            missing, unexpected = body.load_state_dict(self.pretrained.state_dict, strict=False)
+            tied = {"head.weight", "head.decoder.weight"} if body.cfg.tie_embeddings else set()
+            if set(missing) - tied or unexpected:
+                raise DataError(f"the weights of {self.pretrained.source} do not fit: missing {missing}, "
+                                f"unexpected {unexpected}")  # fmt: skip
+        if self.kind == "generate":
+            return body
+        pooling = self.cfg.task.pooling
+        if pooling == "auto":
+            pooling = "first" if body.cfg.arch == "encoder" else "last"
+        model = Classifier(body, len(self.labels), pooling, self.cfg.task.classifier_dropout)
+        if self.cfg.task.freeze_body:
+            for p in model.body.parameters():
+                p.requires_grad_(False)
+        return model
+
+    def lr_scale(self, name: str) -> float:
+        """Layer-wise learning-rate multiplier of a parameter (1.0 for heads)."""
+        decay, layers = self.cfg.task.layer_lr_decay, self.pretrained.model_cfg.num_layers
+        if decay == 1.0:
+            return 1.0
+        name = name.removeprefix("body.")
+        if name.startswith("layers."):
+            return decay ** (layers - int(name.split(".")[1]))
+        if name.startswith(("embed.", "position.")):
+            return decay ** (layers + 1)
+        return 1.0
+
+    def extra_files(self) -> dict[str, str]:
+        """Saved next to every checkpoint (and in the run directory)."""
+        return {"labels.json": json.dumps(self.labels)} if self.kind == "classify" else {}

@@ -1,0 +1,150 @@
+"""Fine-tuning from real pretraining checkpoints: classification with predict, SFT with generation,
+and the errors for bad task data or the wrong checkpoint."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pretrain.data.sources import held_out
+
+from .conftest import ENV, ROOT, launch, losses, metrics
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+PACKAGES = ("json", "email", "logging")
+
+
+def function_rows():
+    from finetune.demo_data import functions
+
+    return list(functions(PACKAGES))
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def finetune_config(make_config, name, init_from, task, data=None, **sections):
+    train = {"max_steps": 8, "micro_batch_size": 1, "lr": 2e-3, "warmup_steps": 1, "eval_every": 8,
+             "eval_batches": 10_000, **sections.pop("train", {})}  # fmt: skip
+    path = make_config(name=name, train=train, data={"validation_fraction": 0.2, "tokenizer": {"path": None},
+                       **(data or {})}, **sections)  # fmt: skip
+    text = path.read_text() + f"init_from: {init_from}\ntask: {json.dumps(task)}\n"
+    path.write_text(text)
+    return path
+
+
+def test_classification_from_a_zero3_two_process_checkpoint_loaded_by_one(make_config, tmp_path):
+    launch(2, make_config(name="pre", deepspeed={"zero_stage": 3}, train={"max_steps": 6}))
+    pre = tmp_path / "runs" / "pre"
+    rows = [{"text": src, "label": pkg} for pkg, src, _, _ in function_rows()]
+    data = write_jsonl(tmp_path / "functions.jsonl", rows)
+    cfg = finetune_config(make_config, "cls", pre, {"kind": "classify"},
+                          data={"sources": [{"files": str(data)}]}, deepspeed={"zero_stage": 1})  # fmt: skip
+    out = launch(1, cfg, module="finetune").stdout
+    assert "3 labels; weights from checkpoint" in out and "step_00000006" in out
+    run_dir = tmp_path / "runs" / "cls"
+    assert json.loads((run_dir / "checkpoints" / "step_00000008" / "labels.json").read_text()) == sorted(PACKAGES)
+    final = metrics(run_dir, "eval")[8]
+    val_rows = [r for r in rows if held_out(r["text"], 0.2)]
+    assert sum(map(sum, final["val_confusion"])) == len(val_rows)  # every validation example, once
+
+    texts = write_jsonl(tmp_path / "val.jsonl", [{"text": r["text"]} for r in val_rows])
+    pred = tmp_path / "pred.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "finetune.predict", str(run_dir), str(texts), "--out", str(pred)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    predictions = [json.loads(line) for line in pred.read_text().splitlines()]
+    assert len(predictions) == len(val_rows)
+    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in predictions)
+    accuracy = sum(p["label"] == r["label"] for p, r in zip(predictions, val_rows, strict=True)) / len(val_rows)
+    assert accuracy == pytest.approx(final["val_accuracy"], abs=1e-9)  # predict agrees with the eval
+
+
+def test_sft_then_generation_with_and_without_the_kv_cache(make_config, tmp_path):
+    from finetune.generate import Sampling, generate, load_decoder
+
+    launch(1, make_config(name="pre", family="llama", train={"max_steps": 4}))
+    rows = [{"prompt": head, "response": body} for _, _, head, body in function_rows()]
+    data = write_jsonl(tmp_path / "sft.jsonl", rows)
+    cfg = finetune_config(make_config, "sft", tmp_path / "runs" / "pre", {"kind": "generate"},
+                          data={"sources": [{"files": str(data)}], "seq_len": 48}, train={"micro_batch_size": 4})  # fmt: skip
+    launch(1, cfg, module="finetune")
+    run_dir = tmp_path / "runs" / "sft"
+    assert sorted(losses(run_dir)) == list(range(1, 9))
+    model, tok = load_decoder(str(run_dir))
+    prompts = [rows[0]["prompt"][:60], "def main():\n", rows[5]["prompt"][:30]]
+    for s in (
+        Sampling(max_new_tokens=12, temperature=0.0),
+        Sampling(max_new_tokens=12, temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.2, seed=3),
+    ):
+        cached = generate(model, tok, prompts, s, use_cache=True)
+        plain = generate(model, tok, prompts, s, use_cache=False)
+        assert cached == plain and any(cached)
+    proc = subprocess.run([sys.executable, "-m", "finetune.generate", str(run_dir), "--prompt", "def f(x):\n",
+                           "--greedy", "--max-new-tokens", "8"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert line["completion"] == generate(model, tok, ["def f(x):\n"], Sampling(8, 0.0))[0]
+
+
+def test_bad_task_data_and_wrong_checkpoints_are_named(make_config, tmp_path, tokenizers):
+    launch(1, make_config(name="enc", family="bert", train={"max_steps": 2}))
+    launch(1, make_config(name="dec", train={"max_steps": 2}))
+    rows = [{"text": f"sample number {i} " * 3, "label": "even" if i % 2 else "odd"} for i in range(60)]
+    lone = next(f"unusual text {i}" for i in range(1000) if held_out(f"unusual text {i}", 0.2))
+    bad = {
+        "missing_label": write_jsonl(tmp_path / "a.jsonl", [{"text": r["text"], "tag": r["label"]} for r in rows]),
+        "unseen_label": write_jsonl(tmp_path / "b.jsonl", rows + [{"text": lone, "label": "never-trained"}]),
+    }
+    cases = [
+        ("dec", {"kind": "classify"}, {"sources": [{"files": str(bad["missing_label"])}]},
+         "task.label_column='label': no such column; the data has ['text', 'tag']"),
+        ("dec", {"kind": "classify"}, {"sources": [{"files": str(bad["unseen_label"])}]},
+         "labels ['never-trained'] appear in the validation data but never in training"),
+        ("enc", {"kind": "generate"}, {"sources": [{"files": str(bad["unseen_label"])}]},
+         "task.kind=generate needs a decoder (causal) checkpoint"),
+        ("dec", {"kind": "classify"}, {"sources": [{"files": str(bad["unseen_label"])}],
+                                        "tokenizer": {"path": str(tokenizers["encoder"])}},
+         "is not the tokenizer the model was trained with"),
+        ("missing", {"kind": "classify"}, {}, "no such file or directory"),
+    ]  # fmt: skip
+    for i, (init, task, data, message) in enumerate(cases):
+        cfg = finetune_config(make_config, f"bad{i}", tmp_path / "runs" / init, task, data=data)
+        proc = subprocess.run([sys.executable, "-m", "finetune", str(cfg)], cwd=ROOT, env=ENV, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    partial = tmp_path / "runs" / "dec" / "checkpoints" / "step_00000002"
+    (partial / "complete.json").unlink()
+    cfg = finetune_config(make_config, "partial", partial, {"kind": "classify"})
+    proc = subprocess.run([sys.executable, "-m", "finetune", str(cfg)], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2 and "is incomplete" in proc.stderr
+
+
+def test_kv_cache_generation_equals_full_recompute_for_every_position_scheme():
+    from finetune.generate import Sampling, generate
+    from pretrain.model import ModelConfig, Transformer
+
+    class Tok:  # a character tokenizer: enough to drive generate()
+        pad_token_id, eos_token_id = 0, None
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1 + ord(c) % 90 for c in text]}
+
+        def batch_decode(self, ids, skip_special_tokens=True):
+            return [" ".join(map(str, row.tolist())) for row in ids]
+
+    for position in ("learned", "sinusoidal", "rope", "alibi", "relative"):
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                                        max_seq_len=64, position=position))  # fmt: skip
+        prompts = ["def f(x):", "import os", "a"]  # different lengths: left padding
+        s = Sampling(max_new_tokens=10, temperature=0.0)
+        assert generate(model, Tok(), prompts, s) == generate(model, Tok(), prompts, s, use_cache=False), position
