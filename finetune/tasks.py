@@ -147,7 +147,6 @@ class FinetuneTask:
         self.loss_fn = classify_loss if self.kind == "classify" else lm_loss
         self.eval_metrics = classification_metrics if self.kind == "classify" else LanguageModelTask.eval_metrics
         self.select_metric = ("val_accuracy", max) if self.kind == "classify" else ("val_loss", min)
-        self.tokens_per_sample = cfg.data.seq_len
 
     # -- data
 

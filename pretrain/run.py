@@ -8,7 +8,7 @@ checkpoints, monitoring and the loop — is this one function.
 A task has: ``prepare(rank, world, run_dir, say)`` setting ``train_batches``, ``val_batches`` and
 ``tokenizer``; ``build_model()``; ``loss_fn``; ``eval_metrics(sums)``; ``select_metric`` (a
 (name, max|min) pair or None) for keeping the best checkpoint; ``lr_scale(param_name)``;
-``extra_files()``; ``tokens_per_sample``.
+and ``extra_files()``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ class LanguageModelTask:
 
         self.cfg = cfg
         self.loss_fn = lm_loss
-        self.tokens_per_sample = cfg.data.seq_len
 
     def prepare(self, rank: int, world: int, run_dir, say) -> None:
         from pretrain.data.pipeline import batches, run_tokenizer
@@ -163,7 +162,7 @@ def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
         return True
 
     trainer = Trainer(cfg.train, engine, task.train_batches, task.val_batches, monitor, checkpoint, grad_accum,
-                      task.tokens_per_sample, cfg.train.eval_every, cfg.log.every_steps, task.loss_fn,
+                      cfg.train.eval_every, cfg.log.every_steps, task.loss_fn,
                       task.eval_metrics, task.select_metric)  # fmt: skip
     if state is not None:
         trainer.load_state_dict(state["trainer"])

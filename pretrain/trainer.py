@@ -32,12 +32,12 @@ class Trainer:
     """Runs optimizer steps until train.max_steps. Everything it counts is in ``state_dict``."""
 
     def __init__(self, cfg: TrainConfig, engine, train_batches, val_batches, monitor, checkpoint: Callable,
-                 grad_accum: int, tokens_per_sample: int, eval_every: int, log_every: int,
+                 grad_accum: int, eval_every: int, log_every: int,
                  loss_fn: Callable | None = None, eval_metrics: Callable | None = None,
                  select_metric: tuple[str, Callable] | None = None):  # fmt: skip
         self.cfg, self.engine, self.monitor, self.checkpoint = cfg, engine, monitor, checkpoint
         self.train_batches, self.val_batches = train_batches, val_batches
-        self.grad_accum, self.tokens_per_sample = grad_accum, tokens_per_sample
+        self.grad_accum = grad_accum
         self.eval_every, self.log_every = eval_every, log_every
         self.loss_fn = loss_fn or lm_loss
         self.eval_metrics = eval_metrics
@@ -77,7 +77,10 @@ class Trainer:
         while len(losses) < self.grad_accum:
             batch = next(batches)
             loss, _ = self.loss_fn(self.engine, batch)
-            total, bad = self._all_reduce([loss.item() if torch.isfinite(loss) else 0.0, not torch.isfinite(loss)])
+            tokens = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+            total, bad, tokens = self._all_reduce(
+                [loss.item() if torch.isfinite(loss) else 0.0, not torch.isfinite(loss), tokens]
+            )
             if bad > 0:
                 self.skipped += 1
                 self.nonfinite_in_row += 1
@@ -92,8 +95,8 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             losses.append(total.item() / self.world)
+            self.tokens += int(tokens)  # input tokens of all ranks, padding excluded
         self.step += 1
-        self.tokens += self.grad_accum * self.world * self.train_batches.micro * self.tokens_per_sample
         return sum(losses) / len(losses)
 
     @torch.no_grad()
@@ -119,16 +122,15 @@ class Trainer:
 
     def fit(self) -> None:
         batches = iter(self.train_batches)
-        last_log, window = self.step, []
+        last_log, last_tokens, window = self.step, self.tokens, []
         while self.step < self.cfg.max_steps:
             window.append(self.train_step(batches))
             last = self.step == self.cfg.max_steps
             if self.step % self.log_every == 0 or last:
                 steps = self.step - last_log
                 self.monitor.step(self.step, self._metrics(sum(window) / len(window)),
-                                  tokens=steps * self.grad_accum * self.world * self.train_batches.micro
-                                  * self.tokens_per_sample, steps_since_last=steps)  # fmt: skip
-                last_log, window = self.step, []
+                                  tokens=self.tokens - last_tokens, steps_since_last=steps)  # fmt: skip
+                last_log, last_tokens, window = self.step, self.tokens, []
             else:
                 self.monitor.progress(self.step)
             if self.val_batches is not None and self.eval_every and (self.step % self.eval_every == 0 or last):

@@ -71,8 +71,9 @@ def test_sft_then_generation_with_and_without_the_kv_cache(make_config, tmp_path
     launch(1, make_config(name="pre", family="llama", train={"max_steps": 4}))
     rows = [{"prompt": head, "response": body} for _, _, head, body in function_rows()]
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
+    sources = [{"files": str(data)}]
     cfg = finetune_config(make_config, "sft", tmp_path / "runs" / "pre", {"kind": "generate"},
-                          data={"sources": [{"files": str(data)}], "seq_len": 48}, train={"micro_batch_size": 4})  # fmt: skip
+                          data={"sources": sources, "seq_len": 48}, train={"micro_batch_size": 4})  # fmt: skip
     launch(1, cfg, module="finetune")
     run_dir = tmp_path / "runs" / "sft"
     assert sorted(losses(run_dir)) == list(range(1, 9))

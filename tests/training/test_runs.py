@@ -43,6 +43,14 @@ def test_export_loads_in_transformers_with_the_same_logits(make_config, tmp_path
     keep = enc["attention_mask"].bool()
     torch.testing.assert_close(got[keep], expected[keep], atol=1e-4, rtol=0)
 
+    from finetune.weights import load_pretrained  # fine-tuning starts from either export form too
+
+    for form in ("consolidated", "hf"):
+        pre = load_pretrained(str(out / form))
+        assert pre.model_cfg.d_model == ours.cfg.d_model and len(pre.tokenizer) == len(tok)
+        for name, tensor in ours.state_dict().items():
+            torch.testing.assert_close(pre.state_dict[name], tensor, msg=f"{form}: {name}")
+
 
 def test_dashboards_get_the_metrics_and_the_config(make_config, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
