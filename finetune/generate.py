@@ -100,14 +100,12 @@ def load_decoder(path: str):
     """(model, tokenizer) from anything init_from accepts; refuses encoders."""
     from finetune.weights import load_pretrained
     from pretrain.config import ConfigError
-    from pretrain.model import Transformer
+    from pretrain.export import load_model
 
     pre = load_pretrained(path)
     if pre.model_cfg.arch != "decoder":
         raise ConfigError(f"{path}: generation needs a decoder checkpoint; this is an {pre.model_cfg.arch}")
-    model = Transformer(pre.model_cfg)
-    model.load_state_dict(pre.state_dict, strict=False)
-    return model.eval(), pre.tokenizer
+    return load_model(pre.state_dict, pre.model_cfg).eval(), pre.tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ from pretrain.data.batches import IGNORE, Batches
 from pretrain.data.config import SourceConfig
 from pretrain.data.sources import DataError, HoldOut, load_table, require_columns
 from pretrain.data.tokenizer import tokenizer_hash
+from pretrain.export import load_model
 from pretrain.model import Transformer, pool
 from pretrain.run import LanguageModelTask
 from pretrain.trainer import lm_loss
@@ -248,13 +249,10 @@ class FinetuneTask:
     # -- model
 
     def build_model(self) -> nn.Module:
-        body = Transformer(self.pretrained.model_cfg)
-        if not self.cfg.init_random:
-            missing, unexpected = body.load_state_dict(self.pretrained.state_dict, strict=False)
-            tied = {"head.weight", "head.decoder.weight"} if body.cfg.tie_embeddings else set()
-            if set(missing) - tied or unexpected:
-                raise DataError(f"the weights of {self.pretrained.source} do not fit: missing {missing}, "
-                                f"unexpected {unexpected}")  # fmt: skip
+        if self.cfg.init_random:
+            body = Transformer(self.pretrained.model_cfg)
+        else:
+            body = load_model(self.pretrained.state_dict, self.pretrained.model_cfg)
         if self.kind == "generate":
             return body
         pooling = self.cfg.task.pooling

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from pretrain import checkpoint as ckpt
-from pretrain.config import exit_on_config_error, load_config, save_config
+from pretrain.config import ConfigError, exit_on_config_error, load_config, save_config
 
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
@@ -36,7 +36,7 @@ def load_model(state_dict: dict, model_cfg):
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     tied = {"head.weight", "head.decoder.weight"} if model_cfg.tie_embeddings else set()
     if set(missing) - tied or unexpected:
-        raise ValueError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
+        raise ConfigError(f"the weights do not fit the model: missing {missing}, unexpected {unexpected}")
     return model
 
 
