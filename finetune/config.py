@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pretrain.config import ConfigError, RunConfig, from_dict, load_config
+from pretrain.config import ConfigError, RunConfig, load_config
 
 
 @dataclass
@@ -65,4 +65,4 @@ def load_finetune_config(path, overrides=None) -> FinetuneConfig:
     return load_config(path, overrides, cls=FinetuneConfig)
 
 
-__all__ = ["FinetuneConfig", "TaskConfig", "from_dict", "load_finetune_config"]
+__all__ = ["FinetuneConfig", "TaskConfig", "load_finetune_config"]

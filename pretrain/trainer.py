@@ -78,9 +78,9 @@ class Trainer:
             batch = next(batches)
             loss, _ = self.loss_fn(self.engine, batch)
             tokens = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
-            total, bad, tokens = self._all_reduce(
-                [loss.item() if torch.isfinite(loss) else 0.0, not torch.isfinite(loss), tokens]
-            )
+            value = loss.item()
+            finite = math.isfinite(value)
+            total, bad, tokens = self._all_reduce([value if finite else 0.0, not finite, tokens])
             if bad > 0:
                 self.skipped += 1
                 self.nonfinite_in_row += 1
