@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test browser lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +17,19 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Validate (for 2 processes) before anything starts, then pretrain on 2 local processes.
+# Pretrain on 2 local CPU processes through the launcher (it validates before anything starts).
 demo: setup
-	WORLD_SIZE=2 $(PY) -m pretrain.config configs/pretrain/default.yaml > /dev/null
-	$(VENV)/bin/torchrun --nproc_per_node 2 -m pretrain configs/pretrain/default.yaml
+	$(PY) -m launch local configs/pretrain/default.yaml --cluster configs/cluster/local-cpu.yaml
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
+
+# The dashboard test drives Debian's Chromium headless; install it where we may (root, apt-get).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "chromium is not installed and cannot be here (needs root and apt-get): the dashboard test will skip"; fi; }
 
 lint: setup
 	$(VENV)/bin/ruff check .

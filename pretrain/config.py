@@ -66,6 +66,9 @@ class TrainConfig:
     """Stop after this many non-finite losses in a row (each one is skipped by all ranks)."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms: bit-exact resumes at some cost in speed."""
+    dist_timeout_s: float = 1800.0
+    """How long a collective waits for the other processes before the run fails with an error
+    (a dead node or a cut link ends the job instead of hanging it)."""
     resume: str = "auto"
     """auto: continue from the newest complete checkpoint of the run directory, if any;
     never: refuse to start over an existing checkpoint; or a checkpoint directory to start from."""
@@ -73,6 +76,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr}: must be > 0")
+        if self.dist_timeout_s <= 0:
+            raise ValueError(f"dist_timeout_s={self.dist_timeout_s}: must be > 0 seconds")
         for name in ("warmup_steps", "weight_decay", "grad_clip", "eval_every", "eps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")

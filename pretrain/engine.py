@@ -123,9 +123,12 @@ def repair_loaded_optimizer(engine, groups: list[dict]) -> None:
             state["step"] = state["step"].clone()
 
 
-def init_distributed() -> tuple[int, int]:
+def init_distributed(timeout_s: float = 1800.0) -> tuple[int, int]:
     """Join (or, alone, create) the process group: nccl on GPUs, gloo on CPU. Rank and world size
-    come from the usual variables (torchrun, the deepspeed launcher, python -m launch)."""
+    come from the usual variables (torchrun, the deepspeed launcher, python -m launch). A collective
+    that waits longer than ``timeout_s`` (a peer died, a link went down) raises instead of hanging."""
+    from datetime import timedelta
+
     import deepspeed
 
     os.environ.setdefault("RANK", "0")
@@ -137,7 +140,13 @@ def init_distributed() -> tuple[int, int]:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    timeout = timedelta(seconds=timeout_s)
+    # DeepSpeed makes its ZeRO process groups with torch's default timeout (30 minutes), not the
+    # world group's: make ours the default, so that a collective on any group fails in time.
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = distributed_c10d.default_pg_nccl_timeout = timeout
+    deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=timeout)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 

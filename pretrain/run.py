@@ -23,6 +23,7 @@ import torch.distributed as dist
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, RunConfig, save_config, to_dict
 from pretrain.engine import deepspeed_config, init_distributed, initialize, param_groups, repair_loaded_optimizer
+from pretrain.status import write_status
 
 
 class LanguageModelTask:
@@ -82,18 +83,34 @@ def find_resume(cfg: RunConfig):
 
 
 def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
+    grad_accum = cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # before DeepSpeed starts
+    task = make_task(cfg)  # may fill in cfg (a fine-tuning run takes its model shape from init_from)
+    rank, world = init_distributed(cfg.train.dist_timeout_s)
+    resume = find_resume(cfg)  # a refusal here leaves the run directory as it was
+    if rank != 0:
+        _run(cfg, task, rank, world, grad_accum, resume)
+        return
+    # Rank 0 records the run's state for `python -m launch runs`.
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    write_status(cfg.run_dir, "running", world_size=world)
+    try:
+        step = _run(cfg, task, rank, world, grad_accum, resume)
+    except BaseException as e:
+        write_status(cfg.run_dir, "failed", error=f"{type(e).__name__}: {e}"[:2000])
+        raise
+    write_status(cfg.run_dir, "finished", step=step)
+
+
+def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume) -> int:
+    """Setup, resume and fit in one process; returns the last step."""
     from pretrain.model import count_parameters, flops_per_token
     from pretrain.monitor import Monitor
     from pretrain.trainer import Trainer
 
-    grad_accum = cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # before DeepSpeed starts
-    task = make_task(cfg)  # may fill in cfg (a fine-tuning run takes its model shape from init_from)
-    rank, world = init_distributed()
     say = print if rank == 0 else (lambda *a, **k: None)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
     run_dir = cfg.run_dir
-    resume = find_resume(cfg)
     keep = {"data": True}
     if resume is not None:
         keep = ckpt.compare_for_resume(
@@ -182,3 +199,4 @@ def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
             print(f"best checkpoint: {root / (root / 'best').read_text().strip()} ({trainer.best})")
         for line in lines:
             print(line)
+    return trainer.step

@@ -1,0 +1,154 @@
+"""local and hosts jobs: start one torchrun per node (here, or through ``cluster.remote`` such as
+ssh), stream their output with the node's name in front, and end the job as a whole.
+
+When a node's processes fail, the others get ``cluster.grace_s`` to notice (their collectives fail
+after the run's ``train.dist_timeout_s``) and are then stopped, so a lost node ends the job with an
+error instead of a hang. Started again, the run resumes from its newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass
+class Node:
+    name: str
+    argv: list[str]
+
+
+class JobFailed(RuntimeError):
+    pass
+
+
+def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = None, out=sys.stdout) -> None:
+    """Run every node's command to the end; JobFailed names the nodes that failed and how."""
+    lock = threading.Lock()
+    procs, tails = [], {node.name: deque(maxlen=300) for node in nodes}
+    # One node writes straight to this terminal (progress bars intact); several get their name in front.
+    piped = len(nodes) > 1
+    for node in nodes:
+        proc = subprocess.Popen(node.argv, stdout=subprocess.PIPE if piped else None,
+                                stderr=subprocess.STDOUT if piped else None, text=True, start_new_session=True,
+                                env={**os.environ, **(env or {})})  # fmt: skip
+        procs.append(proc)
+        if piped:
+            threading.Thread(target=_pump, args=(proc, f"[{node.name}] ", out, lock, tails[node.name]),
+                             daemon=True).start()  # fmt: skip
+
+    def stop_all(sig=signal.SIGTERM):
+        for proc in procs:
+            if proc.poll() is None:
+                _signal_tree(proc.pid, sig)
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(143)))
+    failed: dict[str, int] = {}
+    deadline = None
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            for node, code in zip(nodes, codes, strict=True):
+                if code not in (None, 0) and node.name not in failed:
+                    failed[node.name] = code
+                    _say(out, lock, f"launch: node {node.name} exited with status {code}")
+                    if deadline is None:
+                        deadline = time.monotonic() + grace_s
+                        if len(nodes) > 1:
+                            _say(out, lock, f"launch: the other nodes get {grace_s:.0f}s to stop")
+            if all(c is not None for c in codes):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                left = [n.name for n, c in zip(nodes, codes, strict=True) if c is None]
+                _say(out, lock, f"launch: stopping {', '.join(left)}")
+                stop_all()
+                _wait(procs, 10)
+                stop_all(signal.SIGKILL)
+                for n, p in zip(nodes, procs, strict=True):
+                    if n.name in left:
+                        failed.setdefault(n.name, p.wait())
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        stop_all(signal.SIGINT)
+        _wait(procs, grace_s)
+        stop_all(signal.SIGKILL)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _wait(procs, 5)
+        time.sleep(0.2)  # let the output threads drain
+    if failed:
+        shown = "; ".join(f"{name} (status {code}{_cause(tails[name])})" for name, code in failed.items())
+        raise JobFailed(f"the job failed on {len(failed)} of {len(nodes)} node(s): {shown}")
+
+
+def _cause(lines) -> str:
+    """The last exception a node printed (its workers' own, not torchrun's summary of them)."""
+    for line in reversed(lines):
+        text = line.strip()
+        if "Error: " in text and "ChildFailedError" not in text and not text.startswith(("File ", "raise ")):
+            return ": " + text[:300]
+    return ""
+
+
+def _pump(proc, prefix: str, out, lock, tail) -> None:
+    for line in proc.stdout:
+        tail.append(line.rstrip())
+        with lock:
+            out.write(prefix + line)
+            out.flush()
+
+
+def _say(out, lock, text: str) -> None:
+    with lock:
+        out.write(text + "\n")
+        out.flush()
+
+
+def _wait(procs, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _signal_tree(pid: int, sig) -> None:
+    """Signal a node's command and everything under it (torchrun puts workers in their own sessions,
+    so the process group alone would miss them)."""
+    for p in _descendants(pid) + [pid]:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def describe(nodes: list[Node]) -> str:
+    return "\n".join(f"# {n.name}\n{shlex.join(n.argv)}" for n in nodes)

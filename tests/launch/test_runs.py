@@ -1,0 +1,64 @@
+"""launch runs: the state it reports for runs that finished, failed, run, or died without a word."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from launch.runs import list_runs
+from pretrain.status import read_status, write_status
+
+
+def make_run(root, name, status=None, losses=(), tags=(), latest=None):
+    run = root / name
+    (run / "checkpoints").mkdir(parents=True)
+    if status is not None:
+        (run / "status.json").write_text(json.dumps(status))
+    with open(run / "metrics.jsonl", "w") as f:
+        for step, loss in enumerate(losses, 1):
+            f.write(json.dumps({"kind": "train", "step": step, "loss": loss}) + "\n")
+        f.write(json.dumps({"kind": "eval", "step": len(losses), "val_loss": 9.0}) + "\n")
+    for tag in tags:
+        (run / "checkpoints" / tag).mkdir()
+        (run / "checkpoints" / tag / "complete.json").write_text("{}")
+    if latest:
+        (run / "checkpoints" / latest).mkdir(exist_ok=True)  # a save cut short: no complete.json
+        (run / "checkpoints" / "latest").write_text(latest)
+    return run
+
+
+def test_states_steps_losses_and_checkpoints(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = socket.gethostname()
+    make_run(tmp_path, "a-finished", {"state": "finished", "host": here, "pid": 1}, [3.0, 2.5], ["step_00000002"])
+    make_run(tmp_path, "b-running", {"state": "running", "host": here, "pid": os.getpid()}, [4.0], ["step_00000001"])
+    make_run(tmp_path, "c-killed", {"state": "running", "host": here, "pid": dead.pid}, [4.0, 3.9, 3.8],
+             ["step_00000001", "step_00000002"], latest="step_00000003")  # fmt: skip
+    make_run(tmp_path, "d-failed", {"state": "failed", "host": here, "pid": 1, "error": "RuntimeError: boom"}, [5.0])
+    stale = make_run(tmp_path, "e-elsewhere", {"state": "running", "host": "node7", "pid": 1}, [6.0])
+    old = time.time() - 7200
+    for f in stale.iterdir():
+        os.utime(f, (old, old))
+    (tmp_path / "data_cache").mkdir()  # not a run
+    rows = {r["name"]: r for r in list_runs(tmp_path)}
+    assert sorted(rows) == ["a-finished", "b-running", "c-killed", "d-failed", "e-elsewhere"]
+    assert (rows["a-finished"]["state"], rows["a-finished"]["step"], rows["a-finished"]["loss"]) == ("finished", 2, 2.5)
+    assert rows["a-finished"]["checkpoint"] == "step_00000002"
+    assert rows["b-running"]["state"] == "running"
+    assert rows["c-killed"]["state"] == "failed" and "without recording why" in rows["c-killed"]["error"]
+    assert rows["c-killed"]["checkpoint"] == "step_00000002"  # latest names a partial save: resume skips it
+    assert rows["d-failed"]["error"] == "RuntimeError: boom"
+    assert rows["e-elsewhere"]["state"] == "failed" and "no sign of life" in rows["e-elsewhere"]["error"]
+
+
+def test_write_status_keeps_the_start_and_clears_an_old_error(tmp_path):
+    write_status(tmp_path, "failed", error="x")
+    write_status(tmp_path, "running", world_size=2)
+    first = read_status(tmp_path)
+    assert first["state"] == "running" and "error" not in first and first["world_size"] == 2
+    write_status(tmp_path, "finished", step=7)
+    done = read_status(tmp_path)
+    assert done["started"] == first["started"] and done["step"] == 7 and done["state"] == "finished"
