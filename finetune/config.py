@@ -30,10 +30,15 @@ class TaskConfig:
     """Layer-wise learning rates: layer l of L trains at lr * layer_lr_decay ** (L - l); the
     embeddings at lr * layer_lr_decay ** (L + 1); heads at lr. 1.0 turns it off."""
     classifier_dropout: float = 0.1
+    max_train_examples: int | None = None
+    """Train on this many examples (a seeded random subset, the same in every process); None: all.
+    For low-data comparisons and quick tries; validation is never cut."""
 
     def validate(self) -> None:
         if not 0.0 < self.layer_lr_decay <= 1.0:
             raise ValueError(f"layer_lr_decay={self.layer_lr_decay}: must be in (0, 1]")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise ValueError(f"max_train_examples={self.max_train_examples}: must be >= 1 (or null for all)")
         if not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout={self.classifier_dropout}: must be in [0, 1)")
         if self.builtin == "stdlib-packages" and self.kind != "classify":

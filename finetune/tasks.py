@@ -182,7 +182,11 @@ class FinetuneTask:
                 train = train.filter(HoldOut(frac, False), input_columns=key)
             parts["train"].append(train)
             parts["validation"].append(val)
-        return {k: datasets.concatenate_datasets(v) for k, v in parts.items()}
+        tables = {k: datasets.concatenate_datasets(v) for k, v in parts.items()}
+        limit = t.max_train_examples
+        if limit is not None and limit < len(tables["train"]):
+            tables["train"] = tables["train"].shuffle(seed=self.cfg.train.seed).select(range(limit))
+        return tables
 
     def prepare(self, rank: int, world: int, run_dir: Path, say) -> None:
         tables = self._tables()

@@ -159,7 +159,7 @@ def plan_hosts(ns, cluster, overrides) -> Plan:
     if not cluster.hostfile:
         raise ConfigError("hosts needs a hostfile: --hostfile FILE (lines of 'hostname slots=N')")
     hosts = read_hostfile(cluster.hostfile)
-    if ns.nodes is not None or any(o.startswith("nodes=") for o in ns.overrides):
+    if ns.nodes is not None or any(o.startswith("cluster.nodes=") for o in ns.overrides):  # else every host
         if cluster.nodes > len(hosts):
             raise ConfigError(
                 f"cluster.nodes={cluster.nodes}: the hostfile {cluster.hostfile} lists {len(hosts)} host(s)"

@@ -105,19 +105,25 @@ def lr_lambda(train: TrainConfig):
     return f
 
 
-def repair_loaded_optimizer(engine, groups: list[dict]) -> None:
+def repair_loaded_optimizer(engine, weight_decays: list[float]) -> None:
     """Undo two side effects of DeepSpeed's ZeRO-3 universal-checkpoint loader (deepspeed 0.19.8,
     stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3) before the next step:
 
     - it copies the first AdamW group's hyperparameters into every group, which would start
-      decaying norms, biases and embeddings: put each group's weight decay back;
+      decaying norms, biases and embeddings and give every group the first one's learning rate:
+      put back each group's weight decay (``weight_decays``, noted before the engine was built:
+      the optimizer's groups are the very dicts param_groups() returned, so the copy reaches them
+      too) and the learning rate the loaded scheduler last set;
     - it gives every parameter group's state the same ``step`` tensor, which torch's AdamW then
       increments in place once per group per step, skewing Adam's bias correction: give each
       state its own copy.
     """
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    for group, built in zip(inner.param_groups, groups, strict=True):
-        group["weight_decay"] = built["weight_decay"]
+    lrs = engine.lr_scheduler.get_last_lr() if engine.lr_scheduler is not None else None
+    for i, (group, decay) in enumerate(zip(inner.param_groups, weight_decays, strict=True)):
+        group["weight_decay"] = decay
+        if lrs is not None:
+            group["lr"] = lrs[i]
     for state in inner.state.values():
         if torch.is_tensor(state.get("step")):
             state["step"] = state["step"].clone()

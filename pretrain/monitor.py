@@ -174,7 +174,8 @@ class Monitor:
         if self._tb is not None:
             self._tb.close()
             lines.append(
-                f"TensorBoard: {self.run_dir / 'tensorboard'} (open with: tensorboard --logdir {self.run_dir})"
+                f"TensorBoard: {self.run_dir / 'tensorboard'} (open with: python -m launch dashboard "
+                f"{self.run_dir.parent}, or tensorboard --logdir {self.run_dir})"
             )
         if self._wandb is not None:
             self._guard("wandb", self._wandb.finish)

@@ -141,6 +141,7 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume) -
     if saved_world != world:
         ds_config["checkpoint"] = {"load_universal": True}
     groups = param_groups(model, cfg.train.weight_decay, cfg.train.lr, task.lr_scale)
+    weight_decays = [g["weight_decay"] for g in groups]  # before DeepSpeed holds (and may rewrite) them
     engine = initialize(model, ds_config, cfg.train, groups)
     if cfg.train.compile:
         if torch.cuda.is_available():
@@ -155,7 +156,7 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume) -
         tag = resume.name if saved_world == world else ckpt.universal_tag(resume)
         say(f"resuming from {resume} (saved by {saved_world} process(es), now {world})")
         _, client = engine.load_checkpoint(str(resume.parent), tag=tag, load_module_strict=True)
-        repair_loaded_optimizer(engine, groups)
+        repair_loaded_optimizer(engine, weight_decays)
         state = client["pretrain"]
         start_step = state["trainer"]["step"]
         if keep["data"]:

@@ -210,6 +210,8 @@ def test_hosts_dry_run_prints_one_torchrun_per_node(tmp_path):
         assert "--rdzv-endpoint gpu-a:29500" in line and "--nnodes 2" in line and "--nproc-per-node 8" in line
         assert f"--local-addr {host}" in line and "NCCL_DEBUG=INFO" in line
         assert f"is_host={'true' if host == 'gpu-a' else 'false'}" in line
+    first = launch("hosts", GPT, "--hostfile", hostfile, "--dry-run", "--skip-preflight", "cluster.nodes=1")
+    assert [line.split()[5] for line in first.stdout.splitlines() if line.startswith("ssh ")] == ["gpu-a"]
 
 
 @pytest.mark.parametrize("stage, fits", [(0, False), (3, True)])

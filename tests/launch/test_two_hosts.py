@@ -112,6 +112,7 @@ def test_two_hosts_train_fail_when_a_link_is_cut_and_resume(make_config, tmp_pat
     assert code == 1, out[-3000:]
     assert "launch: the job failed on" in out and "Timed out" in out, out[-3000:]
     assert "Start the same command again to resume" in out
+    print(f"\ntwo hosts: the job ended {took:.1f}s after the link was cut (timeout {TIMEOUT_S}s, grace {GRACE_S}s)")
     assert took < TIMEOUT_S + GRACE_S + 45, f"failing took {took:.0f}s"
     done_before = max(losses(run_dir))
     assert 10 <= done_before < 60

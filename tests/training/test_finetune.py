@@ -65,6 +65,51 @@ def test_classification_from_a_zero3_two_process_checkpoint_loaded_by_one(make_c
     assert accuracy == pytest.approx(final["val_accuracy"], abs=1e-9)  # predict agrees with the eval
 
 
+def test_text_pair_classification_from_csv_with_an_encoder(make_config, tmp_path):
+    """Does this body belong to this signature and docstring? Pairs go in as [CLS] a [SEP] b [SEP]
+    with token types 0/1, in training, evaluation and predict alike."""
+    import csv
+    import random
+
+    launch(1, make_config("bert", name="bert-pre", train={"max_steps": 4}))
+    funcs = function_rows()
+    rng = random.Random(0)
+    rows = []
+    for i, (_, _, head, body) in enumerate(funcs):
+        other = funcs[(i + rng.randrange(1, len(funcs))) % len(funcs)][3]
+        rows.append({"head": head, "body": body, "label": "match"})
+        rows.append({"head": head, "body": other, "label": "mismatch"})
+    table = tmp_path / "pairs.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["head", "body", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    task = {"kind": "classify", "text_column": "head", "text_pair_column": "body", "max_train_examples": 200}
+    cfg = finetune_config(make_config, "pairs", tmp_path / "runs" / "bert-pre", task,
+                          data={"sources": [{"files": str(table)}]})  # fmt: skip
+    out = launch(1, cfg, module="finetune").stdout
+    val_rows = [r for r in rows if held_out(r["head"], 0.2)]  # held out by the text column
+    assert f"task classify: 200 training and {len(val_rows)} validation examples, 2 labels; weights from" in out
+    run_dir = tmp_path / "runs" / "pairs"
+    final = metrics(run_dir, "eval")[8]
+    assert sum(map(sum, final["val_confusion"])) == len(val_rows)
+
+    def predict(*extra):
+        out_file = tmp_path / f"pred{len(extra)}.jsonl"
+        proc = subprocess.run([sys.executable, "-m", "finetune.predict", str(run_dir), str(table), "--out",
+                               str(out_file), "--text-column", "head", *extra],
+                              cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [json.loads(line) for line in out_file.read_text().splitlines()]
+
+    paired = predict()  # the pair column comes from the run's config
+    held = [p for p, r in zip(paired, rows, strict=True) if held_out(r["head"], 0.2)]
+    accuracy = sum(p["label"] == r["label"] for p, r in zip(held, val_rows, strict=True)) / len(val_rows)
+    assert accuracy == pytest.approx(final["val_accuracy"], abs=1e-9)  # predict encodes pairs as training did
+    alone = predict("--pair-column", "head")  # the same first texts with another second text
+    assert any(a["probabilities"] != p["probabilities"] for a, p in zip(alone, paired, strict=True))
+
+
 def test_sft_then_generation_with_and_without_the_kv_cache(make_config, tmp_path):
     from finetune.generate import Sampling, generate, load_decoder
 

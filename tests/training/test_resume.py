@@ -40,15 +40,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(make_config, tmp_path):
     assert kept == ["step_00000025", "step_00000030"]  # keep_last=2, nothing half-written left
 
 
-ZERO3_DRIFT = pytest.mark.xfail(
-    strict=True,
-    reason="ZeRO-3 2 -> 1 universal resume still drifts from the uninterrupted run: +3.8e-5, +8.4e-5, +1.02e-4 "
-    "at steps 8-10 (ZeRO-2: ~1e-7), after working around DeepSpeed 0.19.8's loader copying group 0's "
-    "hyperparameters and sharing one Adam step tensor (which took the drift down from 1.3e-3); cause not found yet",
-)
-
-
-@pytest.mark.parametrize("stage", [2, pytest.param(3, marks=ZERO3_DRIFT)])
+@pytest.mark.parametrize("stage", [2, 3])
 def test_two_process_checkpoint_resumes_on_one_process_via_universal(make_config, tmp_path, stage):
     two = make_config(name=f"two{stage}", family="llama", deepspeed={"zero_stage": stage},
                       checkpoint={"every_steps": 6})  # fmt: skip
@@ -63,4 +55,6 @@ def test_two_process_checkpoint_resumes_on_one_process_via_universal(make_config
     got = losses(tmp_path / "runs" / f"one{stage}")
     assert sorted(got) == [7, 8, 9, 10]
     for step in got:
-        assert got[step] == pytest.approx(reference[step], abs=1e-4), f"step {step}"
+        # 1e-5, tighter than the 1e-4 asked for: DeepSpeed's ZeRO-3 loader giving norms and embeddings
+        # weight decay (see engine.repair_loaded_optimizer) shows as 4e-5 by step 8; both stages match to ~5e-7
+        assert got[step] == pytest.approx(reference[step], abs=1e-5), f"step {step}"

@@ -19,3 +19,17 @@ def test_zero_stages_on_two_processes_match_one_process(make_config, tmp_path):
         got = losses(tmp_path / "runs" / f"zero{stage}")
         for step, expected in reference.items():
             assert got[step] == pytest.approx(expected, rel=1e-4), f"ZeRO-{stage} step {step}"
+
+
+def test_cpu_offload_trains_like_no_offload(make_config, tmp_path):
+    """Optimizer states (ZeRO-2, ZeRO-3) and parameters (ZeRO-3) kept on the CPU: the same losses."""
+    base = make_config(name="base", train={"micro_batch_size": 4}, deepspeed={"zero_stage": 2})
+    launch(2, base)
+    reference = losses(tmp_path / "runs" / "base")
+    for name, ds in (("off2", {"zero_stage": 2, "offload_optimizer": True}),
+                     ("off3", {"zero_stage": 3, "offload_optimizer": True, "offload_params": True})):  # fmt: skip
+        launch(2, make_config(name=name, train={"micro_batch_size": 4}, deepspeed=ds))
+        got = losses(tmp_path / "runs" / name)
+        assert sorted(got) == sorted(reference)
+        for step, expected in reference.items():
+            assert got[step] == pytest.approx(expected, rel=1e-4), f"{name} step {step}"
