@@ -136,10 +136,11 @@ def plan_local(ns, cluster, overrides) -> Plan:
     from launch.job import load_job
     from launch.processes import Node, describe
 
+    gpus_here = local_gpus()[0]
     if cluster.gpus is None:
-        cluster.gpus = local_gpus()[0] > 0
-    if cluster.gpus and cluster.nproc_per_node > local_gpus()[0]:
-        raise ConfigError(f"cluster.nproc_per_node={cluster.nproc_per_node}: this machine has {local_gpus()[0]} GPU(s)")
+        cluster.gpus = gpus_here > 0
+    if cluster.gpus and cluster.nproc_per_node > gpus_here:
+        raise ConfigError(f"cluster.nproc_per_node={cluster.nproc_per_node}: this machine has {gpus_here} GPU(s)")
     job = load_job(ns.config, overrides, ns.program, cluster.nproc_per_node)
     python = cluster.python or sys.executable
     node = Node("local", job.torchrun(python, 1, cluster.nproc_per_node, None, max_restarts=cluster.max_restarts))

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pretrain.config import ConfigError, RunConfig, apply_overrides, load_config, read_yaml
+from pretrain.config import ConfigError, RunConfig, apply_overrides, from_dict, read_yaml
 
 PROGRAMS = ("pretrain", "finetune")
 
@@ -65,7 +65,7 @@ class Job:
 
 def load_job(config: str, overrides: list[str], program: str | None, world_size: int) -> Job:
     """Read and validate the run config for ``world_size`` processes, as the processes will."""
-    data = apply_overrides(read_yaml(config), list(overrides))
+    data = apply_overrides(read_yaml(config), list(overrides))  # read once: typed below as the processes will
     if program is None:  # a fine-tuning config names its starting point or task
         program = "finetune" if {"init_from", "task"} & set(data) else "pretrain"
     if program not in PROGRAMS:
@@ -75,7 +75,8 @@ def load_job(config: str, overrides: list[str], program: str | None, world_size:
         from finetune.config import FinetuneConfig
 
         cls = FinetuneConfig
-    cfg = load_config(config, overrides, cls)
+    cfg = from_dict(cls, data)
+    cfg.validate()
     cfg.check_world_size(world_size)
     return Job(program, config, list(overrides), cfg, f"{cfg.name}-{int(time.time())}")
 

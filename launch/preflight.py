@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pretrain.checkpoint_layout import checkpoints_dir, newest_complete
 from pretrain.config import ConfigError, exit_on_config_error, load_config
 
 DOES_NOT_FIT = 3
@@ -52,10 +53,9 @@ def model_config(program: str, cfg):
     if program == "pretrain":
         return cfg.model
     source = Path(cfg.init_from)
-    for candidate in (source / "config.yaml", source / "checkpoints" / "latest"):
-        if candidate.name == "latest" and candidate.is_file():
-            candidate = candidate.parent / candidate.read_text().strip() / "config.yaml"
-        if candidate.is_file():
+    newest = newest_complete(source) or newest_complete(checkpoints_dir(source))
+    for candidate in (source / "config.yaml", newest / "config.yaml" if newest else None):
+        if candidate is not None and candidate.is_file():
             return load_config(candidate).model
     return None  # an HF directory: the shape is only known once transformers reads it
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from launch.dashboard import address
+from pretrain.checkpoint_layout import checkpoints_dir, newest_complete
 from pretrain.status import read_status
 
 
@@ -29,13 +30,9 @@ def last_train_record(run_dir: Path) -> dict | None:
 
 
 def newest_checkpoint(run_dir: Path) -> str | None:
-    """The tag that resume would take (see pretrain.checkpoint): ``latest`` if complete, else the newest."""
-    root = run_dir / "checkpoints"
-    latest = root / "latest"
-    if latest.is_file() and (root / latest.read_text().strip() / "complete.json").is_file():
-        return latest.read_text().strip()
-    tags = sorted(p.parent.name for p in root.glob("step_*/complete.json") if not p.parent.name.endswith("_universal"))
-    return tags[-1] if tags else None
+    """The tag that resume would take."""
+    found = newest_complete(checkpoints_dir(run_dir))
+    return found.name if found is not None else None
 
 
 def list_runs(runs_dir: str | Path) -> list[dict]:

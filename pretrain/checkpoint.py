@@ -30,40 +30,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pretrain.checkpoint_layout import COMPLETE, checkpoints_dir, complete_tags, is_complete, newest_complete, tag_for
 from pretrain.config import CheckpointConfig, ConfigError, RunConfig, save_config
 
-COMPLETE = "complete.json"
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def checkpoints_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def is_complete(tag_dir: Path) -> bool:
-    return (tag_dir / COMPLETE).is_file()
-
-
-def complete_tags(root: Path) -> list[str]:
-    """Complete tags, oldest first."""
-    if not root.is_dir():
-        return []
-    tags = [p.name for p in root.iterdir() if p.name.startswith("step_") and not p.name.endswith("_universal")]
-    return sorted(t for t in tags if is_complete(root / t))
-
-
-def newest_complete(root: Path) -> Path | None:
-    """The tag folder to resume from: the one ``latest`` names if complete, else the newest complete."""
-    latest = root / "latest"
-    if latest.is_file():
-        tag = latest.read_text().strip()
-        if is_complete(root / tag):
-            return root / tag
-    tags = complete_tags(root)
-    return root / tags[-1] if tags else None
+__all__ = ["COMPLETE", "checkpoints_dir", "complete_tags", "is_complete", "newest_complete", "tag_for"]
 
 
 def resolve(path: str | Path) -> Path:
