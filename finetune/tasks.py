@@ -89,7 +89,8 @@ class SFTCollator:
         for row, s in enumerate(samples):
             labels[row, : s["prompt_len"]] = IGNORE
             labels[row, len(s["input_ids"]) :] = IGNORE
-        return {"input_ids": ids[:, :-1], "labels": labels[:, 1:],
+        real = pad([[1] * len(s["input_ids"]) for s in samples], 0)  # so throughput counts no padding
+        return {"input_ids": ids[:, :-1], "labels": labels[:, 1:], "attention_mask": real[:, :-1],
                 "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
 
 

@@ -87,7 +87,10 @@ def build_context(
 
     if cfg.attention == "flex":
         ctx.block_mask = _flex_block_mask(ctx, offset, pad, document_ids, device)
-        if isinstance(position, (ALiBi, RelativeBias)):
+        if isinstance(position, ALiBi):  # -slope_h * |k - q|, computed in the kernel from H numbers
+            slopes = position.slopes
+            ctx.score_mod = lambda s, b, h, q, k: s - (slopes[h] * (k - q - offset).abs()).to(s.dtype)
+        elif isinstance(position, RelativeBias):
             # Bias depends on k - q only: tabulate it over every distance, index it in score_mod.
             table = position.by_distance(torch.arange(-(k_len - 1), k_len, device=device))  # (H, R)
             shift = q_len - 1 + offset  # index of distance 0 is k_len - 1

@@ -23,10 +23,20 @@ def count_parameters(model: nn.Module, exclude_input_embedding: bool = False) ->
     return total
 
 
-def flops_per_token(model: nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward): 6N + 12 * L * H * Q * T, with N the
-    parameters that take part in matmuls, L layers, H heads, Q head size, T sequence length
-    (the second term is attention's scores and weighted sum, PaLM appendix B)."""
+def flops_per_token(model: nn.Module, seq_len: int, predicted_fraction: float = 1.0) -> float:
+    """Training FLOPs per input token (forward + backward = 3 x forward) of the matmuls that run.
+
+    - Every Linear in the blocks: 6 x its weights (2 per multiply-add, x3 for training).
+    - The output layer (and an MLM head's transform) only on the positions that are predicted:
+      ``predicted_fraction`` of the tokens (1 for a causal LM, the masking rate for a masked LM,
+      0 for a classifier, which uses the hidden states and not the vocabulary projection).
+    - Attention's scores (Q K^T) and weighted sum (A V): 12 x layers x heads x head size x T, with
+      the full T x T score matrix counted also under causal masking (as PaLM's appendix B and the
+      eager kernel count it; a causal flash kernel skips about half of that work).
+    Norms, activations, softmax and embedding lookups are left out (they are not matmuls).
+    """
     cfg = model.cfg
-    n = count_parameters(model, exclude_input_embedding=True)
-    return 6.0 * n + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
+    body = sum(m.weight.numel() for layer in model.layers for m in layer.modules() if isinstance(m, nn.Linear))
+    head = sum(m.weight.numel() for m in model.head.modules() if isinstance(m, nn.Linear))
+    attention = 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len  # fwd FLOPs per token: QK^T + AV
+    return 6.0 * body + 6.0 * head * predicted_fraction + 6.0 * attention

@@ -14,6 +14,7 @@ from torch import nn
 from .attention import KVCache, build_context
 from .config import ModelConfig
 from .layers import ACTIVATIONS, Block, build_norm
+from .loss import IGNORE, OutputLayer
 from .position import build_position, sinusoidal
 
 
@@ -52,10 +53,10 @@ class MLMHead(nn.Module):
         self.dense = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.act = ACTIVATIONS[cfg.mlp]
         self.norm = build_norm(cfg)
-        self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size, bias=True)
+        self.decoder = OutputLayer(cfg.d_model, cfg.vocab_size, bias=True)
 
-    def forward(self, x):
-        return self.decoder(self.norm(self.act(self.dense(x))))
+    def forward(self, x, target=None):
+        return self.decoder(self.norm(self.act(self.dense(x))), target)
 
 
 class Transformer(nn.Module):
@@ -70,7 +71,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = build_norm(cfg) if cfg.norm_position == "pre" else None
         if cfg.causal:
-            self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            self.head = OutputLayer(cfg.d_model, cfg.vocab_size, bias=False)
         else:
             self.head = MLMHead(cfg)
         self.activation_checkpointing = False
@@ -155,15 +156,23 @@ class Transformer(nn.Module):
         input_ids: torch.Tensor,
         return_attention: bool = False,
         select: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         **kwargs,
     ):
         """input_ids (B, T) -> logits (B, T, vocab) [, attention weights per layer (eager only)].
 
         select: (B, T) bool; logits only where it is True, as (N, vocab): masked LM predicts a
         few positions and need not project the rest onto the vocabulary.
+        labels: (B, T) token ids to predict, IGNORE (-100) where there is none: returns instead
+        (mean cross-entropy over the labelled positions, number predicted right, number labelled),
+        computed without materialising the logits (pretrain.model.loss).
         """
         out = self.hidden_states(input_ids, return_attention=return_attention, **kwargs)
         hidden = out[0] if return_attention else out
+        if labels is not None:
+            select = labels != IGNORE
+            loss, correct = self.head(hidden[select], labels[select])
+            return loss, correct, select.sum()
         logits = self.head(hidden if select is None else hidden[select])
         return (logits, out[1]) if return_attention else logits
 
