@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 
@@ -26,6 +27,19 @@ class Sampling:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int = 0
+
+    def __post_init__(self):
+        from pretrain.config import ConfigError
+
+        checks = [("max-new-tokens", self.max_new_tokens, self.max_new_tokens >= 1, "an integer >= 1"),
+                  ("temperature", self.temperature, math.isfinite(self.temperature) and self.temperature >= 0, ">= 0"),
+                  ("top-k", self.top_k, self.top_k >= 0, ">= 0 (0: off)"),
+                  ("top-p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]"),
+                  ("repetition-penalty", self.repetition_penalty,
+                   math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0, "> 0 (1: off)")]  # fmt: skip
+        for name, value, ok, valid in checks:
+            if not ok:
+                raise ConfigError(f"--{name} {value}: must be {valid}")
 
 
 def _adjust(logits: torch.Tensor, seen: torch.Tensor, s: Sampling) -> torch.Tensor:
@@ -134,9 +148,9 @@ def main(argv: list[str] | None = None) -> None:
                 prompts.append(json.loads(line)["prompt"] if line.startswith("{") else line.replace("\\n", "\n"))
         if not prompts:
             ap.error("give --prompt TEXT or --prompts-file FILE")
-        model, tok = load_decoder(args.checkpoint)
         s = Sampling(args.max_new_tokens, 0.0 if args.greedy else args.temperature, args.top_k, args.top_p,
                      args.repetition_penalty, tuple(args.stop), args.seed)  # fmt: skip
+        model, tok = load_decoder(args.checkpoint)
         for prompt, text in zip(prompts, generate(model, tok, prompts, s), strict=True):
             print(json.dumps({"prompt": prompt, "completion": text}))
 

@@ -33,7 +33,8 @@ def load_classifier(path: str | Path):
     pooling = cfg.task.pooling if cfg.task.pooling != "auto" else ("first" if cfg.model.arch == "encoder" else "last")
     model = Classifier(Transformer(cfg.model), len(labels), pooling, cfg.task.classifier_dropout)
     model.load_state_dict(consolidated_state_dict(tag_dir), strict=False)
-    return model.eval(), load_tokenizer(tag_dir / "tokenizer"), labels, cfg
+    tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
+    return model.eval(), tok, labels, cfg
 
 
 def read_texts(file: str, text_column: str, pair_column: str | None) -> tuple[list[str], list[str] | None]:

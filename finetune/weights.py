@@ -34,24 +34,16 @@ def load_pretrained(init_from: str) -> Pretrained:
         from pretrain.config import load_config
 
         cfg = load_config(path / "config.yaml")
-        return Pretrained(cfg.model, load_file(str(path / "model.safetensors")), load_tokenizer(path / "tokenizer"),
+        tok = load_tokenizer(path / "tokenizer", what=f"the tokenizer of export {path}")
+        return Pretrained(cfg.model, load_file(str(path / "model.safetensors")), tok,
                           f"consolidated export {path}")  # fmt: skip
     if (path / "config.json").exists():  # an HF transformers directory
         return _from_hf_dir(path)
     tag_dir = ckpt.resolve(path)  # names the newest complete checkpoint when given a partial one
     from pretrain.export import consolidated_state_dict
 
-    try:
-        state = consolidated_state_dict(tag_dir)
-        tok = load_tokenizer(tag_dir / "tokenizer")
-    except ConfigError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which and what else exists
-        newest = ckpt.newest_complete(tag_dir.parent)
-        raise ConfigError(
-            f"init_from={init_from!r}: checkpoint {tag_dir} cannot be read ({type(e).__name__}: {e}); "
-            f"the newest complete checkpoint is {newest}"
-        ) from None
+    state = consolidated_state_dict(tag_dir)  # a ConfigError naming the checkpoint when it cannot be read
+    tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
     cfg = ckpt.saved_config(tag_dir)
     return Pretrained(cfg.model, state, tok, f"checkpoint {tag_dir}")
 

@@ -147,13 +147,13 @@ def plan_local(ns, cluster, overrides) -> Plan:
     env = cluster.env
 
     def go() -> int:
-        return _supervise([node], cluster.grace_s, env)
+        return _supervise([node], cluster.grace_s, env, Path(job.run_dir))
 
     return Plan(job, describe([node]), go)
 
 
 def plan_hosts(ns, cluster, overrides) -> Plan:
-    from launch.cluster import local_gpus, read_hostfile
+    from launch.cluster import local_gpus, read_hostfile, split_secrets
     from launch.job import load_job, shell_line
     from launch.processes import Node, describe
 
@@ -174,20 +174,29 @@ def plan_hosts(ns, cluster, overrides) -> Plan:
     endpoint = f"{master}:{cluster.master_port}"
     python = cluster.python or sys.executable
     workdir = cluster.workdir or os.getcwd()
-    env = cluster.environment()
+    full = cluster.environment()
+    env, secret_names = split_secrets(full)
+    exports = "".join(f"export {k}={shlex.quote(full[k])}\n" for k in secret_names)
     nodes = []
     for host, slots in hosts:
         # The master hosts the rendezvous store; say so rather than let torchrun guess from hostnames.
         is_host = (host == master) if any(h == master for h, _ in hosts) else None
         argv = job.torchrun(python, len(hosts), slots, endpoint, is_host=is_host, local_addr=host,
                             max_restarts=cluster.max_restarts)  # fmt: skip
-        line = shell_line(env, argv, workdir)
-        nodes.append(Node(host, [*shlex.split(cluster.remote.format(host=host)), line]))
+        line = shell_line(env, argv, workdir, env_on_stdin=bool(secret_names))
+        remote = shlex.split(cluster.remote.format(host=host))
+        # Stops this job's torchrun on the node (it stops its workers); the [-] keeps pkill's own
+        # command line from matching the pattern.
+        pattern = shlex.quote("[-]-rdzv-id " + job.rdzv_id)
+        stop = [*remote, f"for p in $(pgrep -f -- {pattern}); do pkill -USR1 -P $p; done; sleep 2; "
+                         f"pkill -TERM -f -- {pattern}"]  # workers dump their stacks, then torchrun stops
+        nodes.append(Node(host, [*remote, line], stdin=exports if secret_names else None,
+                          secret_names=tuple(secret_names), stop=stop))  # fmt: skip
     text = describe(nodes)
 
     def go() -> int:
         print(f"launch: {job.program} on {len(hosts)} node(s) x {hosts[0][1]} process(es), rendezvous at {endpoint}")
-        return _supervise(nodes, cluster.grace_s, {})
+        return _supervise(nodes, cluster.grace_s, {}, Path(workdir) / job.run_dir)
 
     return Plan(job, text, go)
 
@@ -239,13 +248,28 @@ def plan_k8s(ns, cluster, overrides) -> Plan:
 PLANS = {"local": plan_local, "hosts": plan_hosts, "slurm": plan_slurm, "k8s": plan_k8s}
 
 
-def _supervise(nodes, grace_s: float, env: dict) -> int:
+def _supervise(nodes, grace_s: float, env: dict, run_dir: Path | None = None) -> int:
+    """Run the nodes; on failure say which rank stalled (heartbeats), record the failure in the
+    run's status.json when the run could not (rank 0 killed), and say how to resume."""
     from launch.processes import JobFailed, run_nodes
+    from pretrain.checkpoint_layout import checkpoints_dir, newest_complete
+    from pretrain.status import load_status, stalled_rank, write_status
 
     try:
         run_nodes(nodes, grace_s, env)
     except JobFailed as e:
-        print(f"launch: {e}. Start the same command again to resume from the newest checkpoint.", file=sys.stderr)
+        cause = str(e)
+        if run_dir is not None:
+            stalled = stalled_rank(run_dir)
+            cause += f"; {stalled}" if stalled else ""
+            if (load_status(run_dir) or {}).get("state") == "running":  # rank 0 could not say (killed, say)
+                try:
+                    write_status(run_dir, "failed", error=f"launch: {cause}"[:2000])
+                except OSError:
+                    pass
+        newest = newest_complete(checkpoints_dir(run_dir)) if run_dir is not None else None
+        hint = f" Start the same command again to resume from {newest.name}." if newest else ""
+        print(f"launch: {cause}.{hint}", file=sys.stderr)
         return 1
     return 0
 

@@ -81,9 +81,13 @@ def load_job(config: str, overrides: list[str], program: str | None, world_size:
     return Job(program, config, list(overrides), cfg, f"{cfg.name}-{int(time.time())}")
 
 
-def shell_line(env: dict[str, str], argv: list[str], workdir: str | None) -> str:
-    """One shell command line: cd, then exec argv with the environment."""
+def shell_line(env: dict[str, str], argv: list[str], workdir: str | None, env_on_stdin: bool = False) -> str:
+    """One shell command line: cd, then exec argv with the environment; with ``env_on_stdin``, more
+    variables (secrets) are read as ``export`` lines from standard input first, so that their values
+    never appear on a command line (``ps``, shell history, a printed plan)."""
     parts = []
+    if env_on_stdin:
+        parts.append('eval "$(cat)" &&')
     if workdir:
         parts.append(f"cd {shlex.quote(workdir)} &&")
     parts.append("exec")

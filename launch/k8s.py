@@ -42,6 +42,9 @@ def render(job: Job, cluster: ClusterConfig) -> tuple[str, list[str]]:
     if not k.image:
         raise ConfigError("cluster.k8s.image is required: the container image with this project installed "
                           "(e.g. cluster.k8s.image=registry.example.com/pretrain:latest)")  # fmt: skip
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*", k.image):
+        raise ConfigError(f"cluster.k8s.image={k.image!r}: an image reference has letters, digits and . _ / : @ + - "
+                          "only (e.g. registry.example.com/pretrain:latest)")  # fmt: skip
     name = k8s_name(job.cfg.name)
     python = cluster.python or "python"
     if k.kind == "pytorchjob":

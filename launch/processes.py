@@ -23,6 +23,12 @@ from dataclasses import dataclass
 class Node:
     name: str
     argv: list[str]
+    stdin: str | None = None
+    """Written to the command's standard input, then closed: secrets travel here, never in argv."""
+    secret_names: tuple[str, ...] = ()
+    stop: list[str] | None = None
+    """A command that stops this node's processes where they run (for remote nodes, whose local ssh
+    client going away does not stop them)."""
 
 
 class JobFailed(RuntimeError):
@@ -38,15 +44,26 @@ def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = No
     for node in nodes:
         proc = subprocess.Popen(node.argv, stdout=subprocess.PIPE if piped else None,
                                 stderr=subprocess.STDOUT if piped else None, text=True, start_new_session=True,
+                                stdin=subprocess.PIPE if node.stdin is not None else None,
                                 env={**os.environ, **(env or {})})  # fmt: skip
+        if node.stdin is not None:
+            proc.stdin.write(node.stdin)
+            proc.stdin.close()
         procs.append(proc)
         if piped:
             threading.Thread(target=_pump, args=(proc, f"[{node.name}] ", out, lock, tails[node.name]),
                              daemon=True).start()  # fmt: skip
 
     def stop_all(sig=signal.SIGTERM):
-        for proc in procs:
+        if sig == signal.SIGTERM:  # first every rank prints its Python stack (faulthandler): where it hung
+            for node, proc in zip(nodes, procs, strict=True):
+                if proc.poll() is None and not node.stop:
+                    _signal_workers(proc.pid, signal.SIGUSR1)
+            time.sleep(2)
+        for node, proc in zip(nodes, procs, strict=True):
             if proc.poll() is None:
+                if node.stop and sig != signal.SIGKILL:
+                    _stop_remote(node, out, lock)
                 _signal_tree(proc.pid, sig)
 
     previous = signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(143)))
@@ -90,6 +107,13 @@ def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = No
         raise JobFailed(f"the job failed on {len(failed)} of {len(nodes)} node(s): {shown}")
 
 
+def _stop_remote(node: Node, out, lock) -> None:
+    try:
+        subprocess.run(node.stop, stdin=subprocess.DEVNULL, capture_output=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        _say(out, lock, f"launch: could not stop the processes on {node.name} ({e}); check that none is left")
+
+
 def _cause(lines) -> str:
     """The last exception a node printed (its workers' own, not torchrun's summary of them)."""
     for line in reversed(lines):
@@ -122,6 +146,15 @@ def _wait(procs, timeout: float) -> None:
             pass
 
 
+def _signal_workers(torchrun_pid: int, sig) -> None:
+    """Signal torchrun's workers (its children), not torchrun, which would die of SIGUSR1."""
+    for p in _children(torchrun_pid):
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
 def _signal_tree(pid: int, sig) -> None:
     """Signal a node's command and everything under it (torchrun puts workers in their own sessions,
     so the process group alone would miss them)."""
@@ -132,7 +165,11 @@ def _signal_tree(pid: int, sig) -> None:
             pass
 
 
-def _descendants(pid: int) -> list[int]:
+def _children(pid: int) -> list[int]:
+    return _process_tree().get(pid, [])
+
+
+def _process_tree() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -142,6 +179,11 @@ def _descendants(pid: int) -> list[int]:
             except (OSError, ValueError, IndexError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def _descendants(pid: int) -> list[int]:
+    children = _process_tree()
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -151,4 +193,8 @@ def _descendants(pid: int) -> list[int]:
 
 
 def describe(nodes: list[Node]) -> str:
-    return "\n".join(f"# {n.name}\n{shlex.join(n.argv)}" for n in nodes)
+    def one(n: Node) -> str:
+        secrets = f"\n# on standard input: {', '.join(n.secret_names)} (values not shown)" if n.secret_names else ""
+        return f"# {n.name}\n{shlex.join(n.argv)}{secrets}"
+
+    return "\n".join(one(n) for n in nodes)

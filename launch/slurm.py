@@ -80,6 +80,9 @@ def render(job: Job, cluster: ClusterConfig, python: str, workdir: str) -> str:
 def submit(script: str, path: Path, command: str) -> str:
     """Write the script (never over an older one) and hand it to sbatch; sbatch's answer."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for line in script.splitlines():  # Slurm does not create the folder of its log files
+        if line.startswith("#SBATCH --output="):
+            Path(line.split("=", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
     path.write_text(script)
     try:
         proc = subprocess.run([*shlex.split(command), str(path)], capture_output=True, text=True, timeout=120)

@@ -4,22 +4,29 @@ Layout under ``RUN/checkpoints`` (``best`` names the tag with the best evaluatio
 keeps one; retention never deletes it)::
 
     step_00000100/             DeepSpeed's files for this tag (model, ZeRO optimizer shards)
-      rank_state_00000.pt      per-rank RNG states
+      rank_state_00000.json    per-rank RNG states
       config.yaml, tokenizer/  the resolved config and the tokenizer
-      complete.json            written last, after every rank finished: step, world size
+      complete.json            written last, after every rank finished: step, world size, and
+                               each file's size and checksum (blake2b), which every load verifies
     step_00000100_universal/   made on demand to resume at another world size
     latest                     the newest complete tag (DeepSpeed's own pointer file)
+    superseded-<time>/         tags newer than the one a run resumed from, moved aside (not deleted)
 
-A save that dies half-way leaves a folder without complete.json and ``latest`` where it was;
-resume ignores such folders and the next save of that tag starts it afresh. Retention keeps the
-newest ``keep_last`` complete tags and never the one ``latest`` names.
+A tag is written under a temporary name (``.step_00000100.saving``), its files fsynced, then
+complete.json, and only then renamed to its own name: a tag is never rewritten in place, and a save
+that dies half-way leaves ``latest`` and every complete tag as they were. A complete tag whose
+files no longer match complete.json (truncated, bit-flipped) is skipped, with a warning naming the
+file, for the newest intact one. Retention keeps the newest ``keep_last`` complete tags and never
+the one ``latest`` or ``best`` names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -36,20 +43,101 @@ from pretrain.config import CheckpointConfig, ConfigError, RunConfig, save_confi
 __all__ = ["COMPLETE", "checkpoints_dir", "complete_tags", "is_complete", "newest_complete", "tag_for"]
 
 
-def resolve(path: str | Path) -> Path:
-    """A run directory, its checkpoints folder, or a tag folder -> the complete tag folder to use."""
+def resolve(path: str | Path, warn=print) -> Path:
+    """A run directory, its checkpoints folder, or a tag folder -> the complete, intact tag folder
+    to use. Given a run, a damaged newest checkpoint is skipped (``warn`` says why) for the newest
+    intact one; given a damaged tag, the error names the bad file and the newest intact tag."""
     path = Path(path)
     if (path / COMPLETE).is_file():
+        problem = verify(path)
+        if problem:
+            other = newest_intact(path.parent, warn=lambda _: None)
+            raise ConfigError(f"checkpoint {path} is damaged: {problem}; the newest intact checkpoint is {other}")
         return path
     for root in (path, checkpoints_dir(path)):
-        found = newest_complete(root)
-        if found is not None:
+        if complete_tags(root):
+            found = newest_intact(root, warn)
+            if found is None:
+                raise ConfigError(f"no intact checkpoint in {root}: every complete one failed its check (see above)")
             return found
     if path.is_dir() and path.name.startswith("step_"):
         newest = newest_complete(path.parent)
         hint = f"the newest complete one is {newest}" if newest else "there is no complete checkpoint beside it"
         raise ConfigError(f"checkpoint {path} is incomplete (no {COMPLETE}: its save did not finish); {hint}")
     raise ConfigError(f"no complete checkpoint in {path} (looked for {COMPLETE} under {path} and {path}/checkpoints)")
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 23):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest(tag_dir: Path, names: list[str]) -> dict[str, list]:
+    """{relative path: [size, checksum]} of the given files, each fsynced first."""
+    out = {}
+    for name in names:
+        path = tag_dir / name
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        out[name] = [path.stat().st_size, file_digest(path)]
+    return out
+
+
+def verify(tag_dir: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files, or None. Checkpoints of earlier versions
+    (no file list in complete.json) are taken as they are."""
+    try:
+        files = saved_info(tag_dir).get("files")
+    except (OSError, ValueError) as e:
+        return f"{tag_dir / COMPLETE} cannot be read ({e})"
+    for name, (size, digest) in (files or {}).items():
+        path = tag_dir / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} has {path.stat().st_size} bytes, {size} were written"
+        if file_digest(path) != digest:
+            return f"{path} does not match its checksum (corrupted after it was written)"
+    return None
+
+
+def newest_intact(root: Path, warn=print) -> Path | None:
+    """The newest complete checkpoint whose files pass ``verify``; each one skipped is warned about."""
+    first = newest_complete(root)
+    candidates = [first] if first is not None else []
+    candidates += [root / t for t in reversed(complete_tags(root)) if first is None or t != first.name]
+    for tag_dir in candidates:
+        problem = verify(tag_dir)
+        if problem is None:
+            return tag_dir
+        warn(f"warning: skipping checkpoint {tag_dir.name}: {problem}")
+    return None
+
+
+def set_aside_newer(resume: Path, warn=print) -> Path | None:
+    """Resuming from ``resume`` while newer tags exist: move those (another timeline) into
+    ``superseded-<time>/`` beside them, so that no save of the new timeline mixes with them."""
+    root = resume.parent
+    newer = [t for t in complete_tags(root) if t > resume.name]
+    newer += [p.name for p in root.glob("step_*") if p.name > resume.name and not is_complete(p)
+              and not p.name.endswith("_universal")]  # fmt: skip
+    if not newer:
+        return None
+    aside = root / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir()
+    for name in sorted(set(newer)):
+        os.rename(root / name, aside / name)
+        if (root / f"{name}_universal").is_dir():
+            os.rename(root / f"{name}_universal", aside / f"{name}_universal")
+    _write_atomic(root / "latest", resume.name)
+    if (root / "best").exists() and (root / "best").read_text().strip() in newer:
+        (root / "best").unlink()
+    warn(f"warning: resuming from {resume.name}: the newer checkpoints {sorted(set(newer))} (another timeline) "
+         f"were moved to {aside}")  # fmt: skip
+    return aside
 
 
 def saved_info(tag_dir: Path) -> dict:
@@ -71,16 +159,40 @@ def saved_config(tag_dir: Path) -> RunConfig:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+    """Every RNG's state as plain JSON data (no pickle: a checkpoint must not be able to run code)."""
+    version, key, gauss = random.getstate()
+    kind, np_key, pos, has_gauss, cached = np.random.get_state()
+    cuda = [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None
+    return {"python": [version, list(key), gauss], "numpy": [kind, np_key.tolist(), pos, has_gauss, cached],
+            "torch": torch.get_rng_state().tolist(), "cuda": cuda}  # fmt: skip
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, key, gauss = state["python"]
+    random.setstate((version, tuple(key), gauss))
+    kind, np_key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(np_key, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def load_rng_state(tag_dir: Path, rank: int) -> dict | None:
+    """This rank's saved RNG states, or None when the checkpoint has none for it."""
+    path = tag_dir / f"rank_state_{rank:05d}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    legacy = tag_dir / f"rank_state_{rank:05d}.pt"
+    if legacy.exists():
+        from pretrain.safe_load import load_legacy_rank_state
+
+        old = load_legacy_rank_state(legacy)
+        version, key, gauss = old["python"]
+        kind, np_key, pos, has_gauss, cached = old["numpy"]
+        cuda = [s.tolist() for s in old["cuda"]] if old.get("cuda") is not None else None
+        return {"python": [version, list(key), gauss], "numpy": [kind, np_key.tolist(), pos, has_gauss, cached],
+                "torch": old["torch"].tolist(), "cuda": cuda}  # fmt: skip
+    return None
 
 
 def _barrier() -> None:
@@ -95,6 +207,15 @@ def _write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Checkpointer:
@@ -108,34 +229,47 @@ class Checkpointer:
              extra_files: dict[str, str] | None = None, best: bool = False) -> Path:  # fmt: skip
         """Save a complete checkpoint; ``best`` also points ``best`` at it (never pruned)."""
         tag = tag_for(step)
-        tag_dir = self.root / tag
+        final = self.root / tag
+        work_tag = f".{tag}.saving"
+        tag_dir = self.root / work_tag
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
-            if tag_dir.exists() and not is_complete(tag_dir):
-                shutil.rmtree(tag_dir)  # left by a save that died: start it afresh
+            shutil.rmtree(tag_dir, ignore_errors=True)  # left by a save that died: start it afresh
         _barrier()
         # universal_checkpoint_info lets ds_to_universal re-shard this save for another world size.
         engine.save_checkpoint(
-            str(self.root), tag=tag, client_state={"pretrain": client_state, "universal_checkpoint_info": {}},
+            str(self.root), tag=work_tag, client_state={"pretrain": client_state, "universal_checkpoint_info": {}},
             save_latest=False,
         )  # fmt: skip
-        torch.save(rng_state(), tag_dir / f"rank_state_{self.rank:05d}.pt")
+        _write_atomic(tag_dir / f"rank_state_{self.rank:05d}.json", json.dumps(rng_state()))
+        _barrier()  # every rank's files are there
+        mine = [f.name for f in tag_dir.iterdir() if f.is_file() and _written_by(f.name) == self.rank]
+        files = manifest(tag_dir, mine)  # fsynced, with sizes and checksums (each rank its own shards)
         if self.rank == 0:
             save_config(run_config, tag_dir / "config.yaml")
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tag_dir / "tokenizer"))
             for name, text in (extra_files or {}).items():
                 (tag_dir / name).write_text(text)
-        _barrier()  # every rank's shards are on disk before the checkpoint counts
+            ours = [str(f.relative_to(tag_dir)) for f in tag_dir.rglob("*") if f.is_file()]
+            files.update(manifest(tag_dir, [n for n in ours if "/" in n or n in ("config.yaml", *(extra_files or {}))]))
+        if dist.is_available() and dist.is_initialized() and self.world > 1:
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, files)
+            files = {k: v for part in gathered for k, v in part.items()}
         if self.rank == 0:
-            info = {"step": step, "world_size": self.world, "time": time.time()}
+            info = {"step": step, "world_size": self.world, "time": time.time(), "files": files}
             _write_atomic(tag_dir / COMPLETE, json.dumps(info))
+            if final.exists():  # the same step saved by an earlier timeline: keep it, named, beside
+                os.rename(final, self.root / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}-{tag}")
+            os.rename(tag_dir, final)
+            _fsync_dir(self.root)
             _write_atomic(self.root / "latest", tag)
             if best:
                 _write_atomic(self.root / "best", tag)
             self.prune()
         _barrier()
-        return tag_dir
+        return final
 
     def prune(self) -> None:
         """Keep the newest keep_last complete tags; drop unfinished saves older than the newest."""
@@ -152,6 +286,12 @@ class Checkpointer:
                     shutil.rmtree(p, ignore_errors=True)
 
 
+def _written_by(name: str) -> int:
+    """The rank that writes a checkpoint file: its own ZeRO shards and RNG state; rank 0 the rest."""
+    m = re.search(r"(?:pp_rank_|rank_state_)0*(\d+)", name)
+    return int(m.group(1)) if m else 0
+
+
 def universal_tag(tag_dir: Path) -> str:
     """Make (once) the universal form of a checkpoint, for loading at another world size.
 
@@ -162,8 +302,9 @@ def universal_tag(tag_dir: Path) -> str:
     if rank == 0 and not out.is_dir():
         tmp = tag_dir.parent / f".{out.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
-               "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"]  # fmt: skip
+        cmd = [sys.executable, "-m", "pretrain.safe_load", "deepspeed.checkpoint.ds_to_universal",
+               "--input_folder", str(tag_dir), "--output_folder", str(tmp),
+               "--num_extract_workers", "1", "--num_merge_workers", "1"]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -176,7 +317,8 @@ def universal_tag(tag_dir: Path) -> str:
     return out.name
 
 
-def compare_for_resume(old: RunConfig, new: RunConfig, old_world: int, new_world: int, warn) -> dict:
+def compare_for_resume(old: RunConfig, new: RunConfig, old_world: int, new_world: int, warn,
+                       step: int | None = None) -> dict:
     """Refuse a different model shape; warn about what changes meaning on resume.
 
     Returns which saved states still apply: {"data": bool}.
@@ -200,6 +342,16 @@ def compare_for_resume(old: RunConfig, new: RunConfig, old_world: int, new_world
         warn(f"data.seq_len changed {old.data.seq_len} -> {new.data.seq_len}: the saved data position counts "
              f"sequences of the old length, so the data stream starts again from its beginning")  # fmt: skip
         keep["data"] = False
+    schedule = ("lr", "warmup_steps", "max_steps", "decay", "min_lr_ratio")
+    moved = [k for k in schedule if getattr(old.train, k) != getattr(new.train, k)]
+    if moved and step is not None:
+        from pretrain.engine import lr_lambda
+
+        was, now = old.train.lr * lr_lambda(old.train)(step), new.train.lr * lr_lambda(new.train)(step)
+        diff = ", ".join(f"train.{k}: {getattr(old.train, k)} -> {getattr(new.train, k)}" for k in moved)
+        warn(f"the learning-rate schedule changed ({diff}): from step {step + 1} it follows the new one, so the "
+             f"lr goes from {was:.3g} to {now:.3g}; to stop early without changing the schedule, keep it and set "
+             f"train.stop_at_step")  # fmt: skip
     old_global = old.train.global_batch_size or old.train.micro_batch_size * old_world
     new_global = new.train.global_batch_size or new.train.micro_batch_size * new_world
     if old_global != new_global:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
+import re
 import sys
 import types
 import typing
@@ -44,7 +46,10 @@ class TrainConfig:
     decay: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = 100
     max_steps: int = 1000
-    """Optimizer steps in the whole run."""
+    """Optimizer steps in the whole run (the learning-rate schedule ends here)."""
+    stop_at_step: int | None = None
+    """End this invocation after this step, with a checkpoint, leaving the schedule (max_steps) as it
+    is: run a long job in pieces, or stop early and resume later as if it had never stopped."""
     micro_batch_size: int = 8
     """Sequences per process per forward/backward."""
     global_batch_size: int | None = None
@@ -74,13 +79,15 @@ class TrainConfig:
     never: refuse to start over an existing checkpoint; or a checkpoint directory to start from."""
 
     def validate(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr}: must be > 0")
+        if not 0 < self.lr <= 1:
+            raise ValueError(f"lr={self.lr}: must be in (0, 1] (AdamW learning rates are around 1e-5 to 1e-2)")
         if self.dist_timeout_s <= 0:
             raise ValueError(f"dist_timeout_s={self.dist_timeout_s}: must be > 0 seconds")
         for name in ("warmup_steps", "weight_decay", "grad_clip", "eval_every", "eps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
+        if self.stop_at_step is not None and self.stop_at_step < 1:
+            raise ValueError(f"stop_at_step={self.stop_at_step}: must be >= 1 or null")
         for name in ("micro_batch_size", "max_steps", "eval_batches", "max_nonfinite"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
@@ -174,6 +181,13 @@ class RunConfig:
 
     def validate(self) -> None:
         """Checks that span sections (each section checks itself first)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise ConfigError(
+                f"name={self.name!r}: use letters, digits, '.', '_' and '-' (it names a folder, a Slurm job "
+                "and Kubernetes objects)"
+            )
+        if any(c in self.output_dir for c in "\n\r\0"):
+            raise ConfigError(f"output_dir={self.output_dir!r}: must not hold line breaks or NUL")
         if self.model.position == "learned" and self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len}: longer than the model's {self.model.max_seq_len} learned "
@@ -185,7 +199,7 @@ class RunConfig:
                 f"model.attention={self.model.attention!r} does not (use sdpa, flex or eager)"
             )
         if self.deepspeed.config_file:
-            user = json.loads(Path(self.deepspeed.config_file).read_text())
+            user = read_deepspeed_json(self.deepspeed.config_file)
             both = [k for k in ("bf16", "fp16") if (user.get(k) or {}).get("enabled", k == self.deepspeed.precision)]
             if len(both) > 1:
                 raise ConfigError(
@@ -206,6 +220,38 @@ class RunConfig:
 
 
 # -- YAML files and the `base:` chain
+
+
+# Top-level sections of a DeepSpeed config (docs: deepspeed.ai/docs/config-json), for catching typos:
+# DeepSpeed itself ignores keys it does not know.
+DEEPSPEED_KEYS = (
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer", "scheduler",
+    "fp16", "bf16", "amp", "torch_autocast", "gradient_clipping", "prescale_gradients", "gradient_predivide_factor",
+    "sparse_gradients", "zero_optimization", "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer",
+    "steps_per_print", "wall_clock_breakdown", "memory_breakdown", "dump_state", "flops_profiler",
+    "activation_checkpointing", "sparse_attention", "data_efficiency", "curriculum_learning", "comms_logger",
+    "tensorboard", "wandb", "csv_monitor", "comet", "elasticity", "aio", "checkpoint", "data_types",
+    "communication_data_type", "seq_parallel_communication_data_type", "compression_training", "autotuning",
+    "pipeline", "tensor_parallel", "disable_allgather", "graph_harvesting", "use_data_before_expert_parallelism",
+    "compile", "nebula", "timers", "weight_quantization", "hybrid_engine", "load_universal_checkpoint",
+)  # fmt: skip
+
+
+def read_deepspeed_json(path: str | Path) -> dict:
+    """A user's DeepSpeed JSON: one mapping of known sections, or a ConfigError naming what is wrong."""
+    where = f"deepspeed.config_file={str(path)!r}"
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{where}: not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must hold a JSON object of DeepSpeed sections, not a {type(data).__name__}")
+    for key in data:
+        if key not in DEEPSPEED_KEYS:
+            close = difflib.get_close_matches(key, DEEPSPEED_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "see deepspeed.ai/docs/config-json"
+            raise ConfigError(f"{where}: unknown DeepSpeed section {key!r}; {hint}")
+    return data
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -330,13 +376,18 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{where}={value!r}: must be a finite number")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value

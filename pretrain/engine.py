@@ -7,15 +7,13 @@ and checkpoint sharding; this module only says what to ask of it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from pretrain.config import DeepSpeedSection, TrainConfig, deep_merge
+from pretrain.config import DeepSpeedSection, TrainConfig, deep_merge, read_deepspeed_json
 
 
 def deepspeed_config(ds: DeepSpeedSection, train: TrainConfig, world_size: int, grad_accum: int) -> dict:
@@ -32,6 +30,7 @@ def deepspeed_config(ds: DeepSpeedSection, train: TrainConfig, world_size: int, 
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if ds.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    torch_adam = not (ds.offload_optimizer and torch.cuda.is_available())
     config = {
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
@@ -54,16 +53,16 @@ def deepspeed_config(ds: DeepSpeedSection, train: TrainConfig, world_size: int, 
                 "betas": list(train.betas),
                 "eps": train.eps,
                 "weight_decay": train.weight_decay,
-                # FusedAdam needs CUDA; elsewhere (and for the CPU-offloaded step, which DeepSpeed
-                # runs with its own CPU Adam) torch's AdamW does the work.
-                "torch_adam": not torch.cuda.is_available(),
+                # torch's fused AdamW (one kernel per step, CPU or CUDA, nothing to build at run time),
+                # except for an optimizer offloaded from GPUs, where DeepSpeed's vectorised CPU Adam runs.
+                **({"torch_adam": True, "fused": True} if torch_adam else {}),
             },
         },
         "steps_per_print": 1 << 30,  # the monitor reports; keep DeepSpeed quiet
         "wall_clock_breakdown": False,
     }
     if ds.config_file:
-        config = deep_merge(config, json.loads(Path(ds.config_file).read_text()))
+        config = deep_merge(config, read_deepspeed_json(ds.config_file))
     return config
 
 

@@ -20,12 +20,20 @@ from pretrain.config import ConfigError, exit_on_config_error, load_config, save
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     """The full fp32 state dict of a checkpoint, whatever its ZeRO stage and world size."""
-    cfg = ckpt.saved_config(tag_dir)
-    if cfg.deepspeed.zero_stage == 0:  # no ZeRO shards: the module states hold the full model
-        return torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from pretrain import safe_load
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    cfg = ckpt.saved_config(tag_dir)
+    try:
+        if cfg.deepspeed.zero_stage == 0:  # no ZeRO shards: the module states hold the full model
+            return safe_load.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        with safe_load.restricted_torch_load():
+            return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which checkpoint, in one line
+        raise ConfigError(f"checkpoint {tag_dir} cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
 
 
 def load_model(state_dict: dict, model_cfg):
@@ -49,7 +57,7 @@ def export(source: str | Path, out: str | Path) -> dict[str, Path]:
     tag_dir = ckpt.resolve(source)
     cfg = ckpt.saved_config(tag_dir)
     model = load_model(consolidated_state_dict(tag_dir), cfg.model).eval()
-    tok = load_tokenizer(tag_dir / "tokenizer")
+    tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
     out = Path(out)
     cons = out / "consolidated"
     cons.mkdir(parents=True, exist_ok=True)

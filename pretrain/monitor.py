@@ -15,35 +15,41 @@ import sys
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from pretrain.config import LogConfig
 
-# Peak dense bf16 TFLOP/s per device, by a substring of torch.cuda.get_device_name(); first match wins.
+# Dense peak TFLOP/s per device and precision, by a substring of torch.cuda.get_device_name();
+# first match wins. fp32 is the plain (non-tensor-core) rate; tf32 applies when torch allows it.
 PEAK_TFLOPS = [
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.4),
-    ("H200", 989.4),
-    ("GH200", 989.4),
-    ("B200", 2250.0),
-    ("A100", 312.0),
-    ("L40S", 362.0),
-    ("A10G", 70.0),
-    ("L4", 121.0),
-    ("V100", 125.0),
+    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0}),
+    ("H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0}),
+    ("GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("H100", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("H200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("B200", {"bf16": 2250.0, "fp16": 2250.0, "tf32": 1100.0, "fp32": 80.0}),
+    ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("L40S", {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6}),
+    ("A10G", {"bf16": 70.0, "fp16": 70.0, "tf32": 35.0, "fp32": 31.2}),
+    ("L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    ("V100", {"fp16": 125.0, "fp32": 15.7}),
 ]
 
 
-def peak_tflops(cfg: LogConfig) -> float | None:
-    if cfg.peak_tflops:
-        return cfg.peak_tflops
+def device_peak_tflops(precision: str, override: float | None = None) -> float | None:
+    """Peak dense TFLOP/s of this device at ``precision`` (bf16, fp16 or fp32; fp32 counts as tf32
+    where torch lets matmuls use it); ``override`` (log.peak_tflops) wins; None when unknown (CPU)."""
+    if override:
+        return override
     if not torch.cuda.is_available():
         return None
+    if precision == "fp32" and torch.backends.cuda.matmul.allow_tf32:
+        precision = "tf32"
     name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_TFLOPS if k in name), None)
+    return next((peaks.get(precision) for key, peaks in PEAK_TFLOPS if key in name), None)
 
 
 def peak_memory_gib() -> float:
@@ -53,17 +59,20 @@ def peak_memory_gib() -> float:
 
 
 class Monitor:
-    def __init__(self, cfg: LogConfig, run_dir: Path, rank: int, world_size: int, flops_per_token: float,
-                 config: dict, max_steps: int, start_step: int = 0):  # fmt: skip
+    def __init__(self, cfg: LogConfig, run_dir: Path, rank: int, world_size: int, flops_per_token: Callable,
+                 config: dict, max_steps: int, start_step: int = 0, precision: str = "fp32",
+                 wandb_timeout_s: float = 30.0):  # fmt: skip
         self.cfg, self.run_dir, self.rank, self.world = cfg, Path(run_dir), rank, world_size
         self.flops_per_token, self.max_steps = flops_per_token, max_steps
-        self.peak = peak_tflops(cfg)
+        self.peak = device_peak_tflops(precision, cfg.peak_tflops)
+        self.wandb_timeout_s = wandb_timeout_s
         self._last = time.perf_counter()
         self._tb = self._wandb = self._bar = None
         self.wandb_note = ""
         if rank != 0:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        _drop_records_after(self.run_dir / "metrics.jsonl", start_step)  # a resume replays later steps
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a")
         if cfg.progress_bar:
             from tqdm import tqdm
@@ -85,18 +94,36 @@ class Monitor:
         return writer
 
     def _open_wandb(self, config: dict):
+        """online/offline as asked (auto: WANDB_MODE if set, else online when logged in); an online
+        start that fails or takes longer than ``wandb_timeout_s`` falls back to offline with one
+        warning, so that a slow or absent network never holds rank 0 past the collective timeout."""
         import wandb
 
         mode = self.cfg.wandb
         if mode == "auto":
-            mode = "online" if _wandb_logged_in() else "offline"
+            env = os.environ.get("WANDB_MODE", "").lower()
+            mode = env if env in ("online", "offline", "disabled") else "online" if _wandb_logged_in() else "offline"
+        if mode == "disabled":
+            return None
         id_file = self.run_dir / "wandb_id"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
-        run = wandb.init(
-            project=self.cfg.wandb_project, name=self.run_dir.name, id=run_id, resume="allow", dir=str(self.run_dir),
-            config=config, mode=mode, settings=wandb.Settings(init_timeout=60, silent=True, console="off"),
-        )  # fmt: skip
+
+        def start(mode):
+            settings = wandb.Settings(init_timeout=self.wandb_timeout_s, silent=True, console="off")
+            return wandb.init(project=self.cfg.wandb_project, name=self.run_dir.name, id=run_id, resume="allow",
+                              dir=str(self.run_dir), config=config, mode=mode, settings=settings)  # fmt: skip
+
+        try:
+            run = start(mode)
+        except Exception as e:  # noqa: BLE001 - no network, a bad key, a slow server
+            if mode != "online":
+                raise
+            warnings.warn(f"wandb online failed ({type(e).__name__}: {str(e)[:200]}); logging offline instead",
+                          stacklevel=2)  # fmt: skip
+            mode = "offline"
+            wandb.teardown()  # forget the failed attempt, whose run id would otherwise count as in use
+            run = start(mode)
         if mode == "offline":
             self.wandb_note = f"wandb (offline): sync with `wandb sync {Path(run.dir).parent}`"
         else:
@@ -112,15 +139,18 @@ class Monitor:
 
     # -- reporting
 
-    def step(self, step: int, metrics: dict, tokens: int, steps_since_last: int = 1) -> dict:
-        """Record an optimizer step's metrics; ``tokens`` processed by all ranks since the last call."""
+    def step(self, step: int, metrics: dict, tokens: int, steps_since_last: int = 1,
+             predicted: int | None = None) -> dict:
+        """Record an optimizer step's metrics; ``tokens`` processed by all ranks since the last call,
+        ``predicted`` of them with a token label (the output layer runs there; None: all of them)."""
         now = time.perf_counter()
         elapsed, self._last = now - self._last, now
         tokens_per_s = tokens / max(elapsed, 1e-9)
         out = {"step": step, **metrics, "tokens_per_s": tokens_per_s, "step_time_s": elapsed / max(1, steps_since_last),
                "peak_memory_gib": peak_memory_gib()}  # fmt: skip
         if self.peak:
-            out["mfu"] = self.flops_per_token * tokens_per_s / (self.peak * 1e12 * self.world)
+            fraction = 1.0 if predicted is None else predicted / max(tokens, 1)
+            out["mfu"] = self.flops_per_token(fraction) * tokens_per_s / (self.peak * 1e12 * self.world)
         self._emit("train", out)
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
@@ -182,6 +212,19 @@ class Monitor:
             lines.append(self.wandb_note)
         self._jsonl.close()
         return lines
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Keep only the records up to ``step``: those after it were logged by a run that died before
+    its next checkpoint, and the resumed run logs those steps again."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in kept))
+        os.replace(tmp, path)
 
 
 def _wandb_logged_in() -> bool:

@@ -13,8 +13,11 @@ and ``extra_files()``.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
+import signal
+import sys
 import warnings
 
 import torch
@@ -23,7 +26,7 @@ import torch.distributed as dist
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, RunConfig, save_config, to_dict
 from pretrain.engine import deepspeed_config, init_distributed, initialize, param_groups, repair_loaded_optimizer
-from pretrain.status import write_status
+from pretrain.status import write_heartbeat, write_status
 
 
 class LanguageModelTask:
@@ -67,10 +70,28 @@ class LanguageModelTask:
         return {}
 
 
-def find_resume(cfg: RunConfig):
-    """The checkpoint folder this run continues from, or None for a fresh start."""
+def find_resume(cfg: RunConfig, rank: int = 0, world: int = 1):
+    """The checkpoint folder this run continues from, or None for a fresh start. Rank 0 chooses
+    (skipping damaged checkpoints) and tells the others, so every rank loads the same one or raises
+    the same error."""
+    choice: list = [None]
+    if rank == 0:
+        try:
+            choice[0] = ("ok", _choose_resume(cfg))
+        except ConfigError as e:
+            choice[0] = ("error", str(e))
+    if world > 1:
+        dist.broadcast_object_list(choice, src=0)
+    status, value = choice[0]
+    if status == "error":
+        raise ConfigError(value)
+    return value
+
+
+def _choose_resume(cfg: RunConfig):
+    root = ckpt.checkpoints_dir(cfg.run_dir)
     if cfg.train.resume == "never":
-        existing = ckpt.newest_complete(ckpt.checkpoints_dir(cfg.run_dir))
+        existing = ckpt.newest_complete(root)
         if existing is not None:
             raise ConfigError(
                 f"train.resume=never but {cfg.run_dir} already has checkpoint {existing.name}; "
@@ -78,31 +99,56 @@ def find_resume(cfg: RunConfig):
             )
         return None
     if cfg.train.resume == "auto":
-        return ckpt.newest_complete(ckpt.checkpoints_dir(cfg.run_dir))
-    return ckpt.resolve(cfg.train.resume)
+        if not ckpt.complete_tags(root):
+            return None
+        resume = ckpt.newest_intact(root)
+        if resume is None:
+            raise ConfigError(f"every checkpoint in {root} is damaged (see the warnings above); "
+                              "set train.resume=never with another name= to start over")  # fmt: skip
+    else:
+        resume = ckpt.resolve(cfg.train.resume)
+    return resume
 
 
 def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
+    # Python stacks of every thread on a fatal signal (NCCL's watchdog aborts on a collective
+    # timeout) and on SIGUSR1, which the launcher sends to every rank before it stops a failed job.
+    faulthandler.enable()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     grad_accum = cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # before DeepSpeed starts
     task = make_task(cfg)  # may fill in cfg (a fine-tuning run takes its model shape from init_from)
     rank, world = init_distributed(cfg.train.dist_timeout_s)
-    resume = find_resume(cfg)  # a refusal here leaves the run directory as it was
+    resume = find_resume(cfg, rank, world)  # a refusal here leaves the run directory as it was
     if rank != 0:
         _run(cfg, task, rank, world, grad_accum, resume)
         return
-    # Rank 0 records the run's state for `python -m launch runs`.
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    write_status(cfg.run_dir, "running", world_size=world)
+    started = False
+
+    def ready() -> None:
+        """Rank 0, once the data is prepared: only from here on does the run directory change, so a
+        command that fails earlier (bad data, a refused checkpoint) leaves an existing run as it was."""
+        nonlocal started
+        if resume is not None and resume.parent.resolve() == ckpt.checkpoints_dir(cfg.run_dir).resolve():
+            ckpt.set_aside_newer(resume)  # resuming from an older tag: the newer timeline goes aside
+        save_config(cfg, cfg.run_dir / "config.yaml")
+        write_status(cfg.run_dir, "running", world_size=world)  # for `python -m launch runs`
+        started = True
+
     try:
-        step = _run(cfg, task, rank, world, grad_accum, resume)
+        step = _run(cfg, task, rank, world, grad_accum, resume, ready)
     except BaseException as e:
-        write_status(cfg.run_dir, "failed", error=f"{type(e).__name__}: {e}"[:2000])
+        if started:
+            try:
+                write_status(cfg.run_dir, "failed", error=f"{type(e).__name__}: {e}"[:2000])
+            except OSError as status_error:  # a full disk, say: report it, but raise the cause
+                print(f"warning: could not record the failure in status.json ({status_error})", file=sys.stderr)
         raise
     write_status(cfg.run_dir, "finished", step=step)
 
 
-def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume) -> int:
-    """Setup, resume and fit in one process; returns the last step."""
+def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, ready=None) -> int:
+    """Setup, resume and fit in one process; returns the last step. ``ready`` (rank 0) is called
+    once the data is prepared."""
     from pretrain.model import count_parameters, flops_per_token
     from pretrain.monitor import Monitor
     from pretrain.trainer import Trainer
@@ -113,14 +159,13 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume) -
     run_dir = cfg.run_dir
     keep = {"data": True}
     if resume is not None:
-        keep = ckpt.compare_for_resume(
-            ckpt.saved_config(resume), cfg, ckpt.saved_info(resume)["world_size"], world, lambda m: say(f"warning: {m}")
-        )
+        info = ckpt.saved_info(resume)
+        keep = ckpt.compare_for_resume(ckpt.saved_config(resume), cfg, info["world_size"], world,
+                                       lambda m: say(f"warning: {m}"), step=info["step"])  # fmt: skip
 
     # Shared preparation on rank 0 (config, tokenizer, data caches); the others then read it.
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
         if resume is not None and not (run_dir / "tokenizer").exists() and (resume / "tokenizer").exists():
             shutil.copytree(resume / "tokenizer", run_dir / "tokenizer")
     for turn in ((0,), tuple(range(1, world))):
@@ -129,6 +174,7 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume) -
         if world > 1:
             dist.barrier()
     if rank == 0:
+        ready()
         for name, text in task.extra_files().items():
             (run_dir / name).write_text(text)
 
@@ -155,21 +201,26 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume) -
     if resume is not None:
         tag = resume.name if saved_world == world else ckpt.universal_tag(resume)
         say(f"resuming from {resume} (saved by {saved_world} process(es), now {world})")
-        _, client = engine.load_checkpoint(str(resume.parent), tag=tag, load_module_strict=True)
+        from pretrain import safe_load
+
+        safe_load.install(engine)
+        with safe_load.restricted_torch_load():  # also DeepSpeed's universal loaders, which bypass the engine's
+            _, client = engine.load_checkpoint(str(resume.parent), tag=tag, load_module_strict=True)
         repair_loaded_optimizer(engine, weight_decays)
         state = client["pretrain"]
         start_step = state["trainer"]["step"]
         if keep["data"]:
             task.train_batches.load_state_dict(state["data"])
-        rank_file = resume / f"rank_state_{rank:05d}.pt"
-        if saved_world == world and rank_file.exists():
-            ckpt.set_rng_state(torch.load(rank_file, weights_only=False))
+        rng = ckpt.load_rng_state(resume, rank) if saved_world == world else None
+        if rng is not None:
+            ckpt.set_rng_state(rng)
 
     say(f"training {cfg.model.arch} ({count_parameters(body):,} parameters) on {world} "
         f"process(es), ZeRO-{cfg.deepspeed.zero_stage}, {cfg.deepspeed.precision}, {grad_accum} accumulation "
         f"step(s), from step {start_step} to {cfg.train.max_steps}")  # fmt: skip
-    fpt = flops_per_token(body, cfg.data.seq_len)
-    monitor = Monitor(cfg.log, run_dir, rank, world, fpt, to_dict(cfg), cfg.train.max_steps, start_step)
+    fpt = lambda predicted_fraction: flops_per_token(body, cfg.data.seq_len, predicted_fraction)  # for MFU
+    monitor = Monitor(cfg.log, run_dir, rank, world, fpt, to_dict(cfg), cfg.train.max_steps, start_step,
+                      precision=cfg.deepspeed.precision, wandb_timeout_s=min(30.0, cfg.train.dist_timeout_s / 3))
     saver = ckpt.Checkpointer(cfg.checkpoint, run_dir, rank, world)
 
     def checkpoint(step: int, last: bool, best: bool = False) -> bool:
@@ -180,8 +231,8 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume) -
         return True
 
     trainer = Trainer(cfg.train, engine, task.train_batches, task.val_batches, monitor, checkpoint, grad_accum,
-                      cfg.train.eval_every, cfg.log.every_steps, task.loss_fn,
-                      task.eval_metrics, task.select_metric)  # fmt: skip
+                      cfg.train.eval_every, cfg.log.every_steps, task.loss_fn, task.eval_metrics, task.select_metric,
+                      heartbeat=lambda step: write_heartbeat(run_dir, rank, step))  # fmt: skip
     if state is not None:
         trainer.load_state_dict(state["trainer"])
     try:

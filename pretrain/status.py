@@ -30,8 +30,43 @@ def write_status(run_dir: str | Path, state: str, **fields) -> None:
         record["started"] = now
         record.pop("error", None)
     tmp = path.with_name(FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # no half-written file left behind (a full disk, say)
+        raise
+
+
+HEARTBEATS = "heartbeat"
+
+
+def write_heartbeat(run_dir: str | Path, rank: int, step: int) -> None:
+    """Each rank's last step reached, so that a launcher can name the rank that stopped progressing."""
+    folder = Path(run_dir) / HEARTBEATS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rank_{rank:05d}.json"
+    tmp = folder / f".rank_{rank:05d}.tmp"
+    record = {"rank": rank, "step": step, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    try:
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a heartbeat is best effort: never the reason a run stops
+
+
+def stalled_rank(run_dir: str | Path) -> str | None:
+    """Which rank fell behind, from the heartbeats: the one at the lowest step (the oldest among
+    equals), when the others got further or heard from later; None when nothing stands out."""
+    beats = [b for b in (_load(p) for p in sorted((Path(run_dir) / HEARTBEATS).glob("rank_*.json"))) if b]
+    if len(beats) < 2:
+        return None
+    worst = min(beats, key=lambda b: (b["step"], b["time"]))
+    best = max(beats, key=lambda b: (b["step"], b["time"]))
+    if best["step"] == worst["step"] and best["time"] - worst["time"] < 30:
+        return None
+    return (f"rank {worst['rank']} on {worst['host']} stopped making progress: its last step was {worst['step']} "
+            f"({best['time'] - worst['time']:.0f}s before rank {best['rank']} reached step {best['step']})")
 
 
 def read_status(run_dir: str | Path, stale_s: float = 1800.0) -> dict | None:
@@ -48,6 +83,11 @@ def read_status(run_dir: str | Path, stale_s: float = 1800.0) -> dict | None:
         if time.time() - last > stale_s:
             return {**record, "state": "failed", "error": f"no sign of life for {time.time() - last:.0f}s"}
     return record
+
+
+def load_status(run_dir: str | Path) -> dict | None:
+    """status.json as written (``read_status`` corrects it for processes that died silently)."""
+    return _load(Path(run_dir) / FILE)
 
 
 def _load(path: Path) -> dict | None:

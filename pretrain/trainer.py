@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from pretrain.config import TrainConfig
 from pretrain.data.batches import IGNORE
@@ -18,14 +18,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 def lm_loss(engine, batch: dict) -> tuple[torch.Tensor, dict]:
-    """Mean cross-entropy over the labelled positions (next tokens, or masked tokens for MLM)."""
-    labels = batch["labels"]
-    select = labels != IGNORE
+    """Mean cross-entropy over the labelled positions (next tokens, or masked tokens for MLM),
+    fused with the output layer so the (tokens, vocab) logits never exist at once."""
     kwargs = {"document_ids": batch["document_ids"]} if "document_ids" in batch else {}
-    logits = engine(batch["input_ids"], select=select, **kwargs)  # (N, vocab), only where labelled
-    target = labels[select]
-    loss = F.cross_entropy(logits.float(), target)
-    return loss, {"correct": (logits.argmax(-1) == target).sum(), "count": target.numel()}
+    loss, correct, count = engine(batch["input_ids"], labels=batch["labels"], **kwargs)
+    return loss, {"correct": correct, "count": count}
 
 
 class Trainer:
@@ -34,7 +31,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, engine, train_batches, val_batches, monitor, checkpoint: Callable,
                  grad_accum: int, eval_every: int, log_every: int,
                  loss_fn: Callable | None = None, eval_metrics: Callable | None = None,
-                 select_metric: tuple[str, Callable] | None = None):  # fmt: skip
+                 select_metric: tuple[str, Callable] | None = None, heartbeat: Callable | None = None):  # fmt: skip
         self.cfg, self.engine, self.monitor, self.checkpoint = cfg, engine, monitor, checkpoint
         self.train_batches, self.val_batches = train_batches, val_batches
         self.grad_accum = grad_accum
@@ -44,21 +41,27 @@ class Trainer:
         self.select_metric = select_metric
         """(metric, max or min): evaluations that improve it save a checkpoint kept as `best`."""
         self.best: dict = {}
+        self.heartbeat = heartbeat
+        """Called with the step after each one (at most every few seconds): the rank's sign of life."""
+        self._last_beat = 0.0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.step = 0
         self.tokens = 0
+        self.predicted = 0
         self.skipped = 0
         self.nonfinite_in_row = 0
         self.last_eval: dict = {}
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "tokens": self.tokens, "skipped": self.skipped, "best": self.best,
+        return {"step": self.step, "tokens": self.tokens, "predicted": self.predicted, "skipped": self.skipped,
+                "best": self.best,
                 "nonfinite_in_row": self.nonfinite_in_row, "last_eval": self.last_eval}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.tokens, self.skipped = state["step"], state["tokens"], state["skipped"]
         self.nonfinite_in_row, self.last_eval = state["nonfinite_in_row"], state.get("last_eval", {})
         self.best = state.get("best", {})
+        self.predicted = state.get("predicted", 0)
 
     def _all_reduce(self, values: list) -> torch.Tensor:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64)
@@ -77,10 +80,10 @@ class Trainer:
         while len(losses) < self.grad_accum:
             batch = next(batches)
             loss, _ = self.loss_fn(self.engine, batch)
-            tokens = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+            tokens, predicted = _count_tokens(batch)
             value = loss.item()
             finite = math.isfinite(value)
-            total, bad, tokens = self._all_reduce([value if finite else 0.0, not finite, tokens])
+            total, bad, tokens, predicted = self._all_reduce([value if finite else 0.0, not finite, tokens, predicted])
             if bad > 0:
                 self.skipped += 1
                 self.nonfinite_in_row += 1
@@ -96,7 +99,11 @@ class Trainer:
             self.engine.step()
             losses.append(total.item() / self.world)
             self.tokens += int(tokens)  # input tokens of all ranks, padding excluded
+            self.predicted += int(predicted)  # of which the model predicted a label (for FLOPs)
         self.step += 1
+        if self.heartbeat is not None and time.monotonic() - self._last_beat > 2.0:
+            self.heartbeat(self.step)
+            self._last_beat = time.monotonic()
         return sum(losses) / len(losses)
 
     @torch.no_grad()
@@ -122,15 +129,16 @@ class Trainer:
 
     def fit(self) -> None:
         batches = iter(self.train_batches)
-        last_log, last_tokens, window = self.step, self.tokens, []
-        while self.step < self.cfg.max_steps:
+        last_log, last_tokens, last_predicted, window = self.step, self.tokens, self.predicted, []
+        end = min(self.cfg.max_steps, self.cfg.stop_at_step or self.cfg.max_steps)
+        while self.step < end:
             window.append(self.train_step(batches))
-            last = self.step == self.cfg.max_steps
+            last = self.step == end
             if self.step % self.log_every == 0 or last:
                 steps = self.step - last_log
-                self.monitor.step(self.step, self._metrics(sum(window) / len(window)),
-                                  tokens=self.tokens - last_tokens, steps_since_last=steps)  # fmt: skip
-                last_log, last_tokens, window = self.step, self.tokens, []
+                self.monitor.step(self.step, self._metrics(sum(window) / len(window)), tokens=self.tokens - last_tokens,
+                                  predicted=self.predicted - last_predicted, steps_since_last=steps)  # fmt: skip
+                last_log, last_tokens, last_predicted, window = self.step, self.tokens, self.predicted, []
             else:
                 self.monitor.progress(self.step)
             if self.val_batches is not None and self.eval_every and (self.step % self.eval_every == 0 or last):
@@ -159,6 +167,15 @@ class Trainer:
         return {"loss": loss, "lr": self.engine.get_lr()[0], "grad_norm": float(norm) if norm is not None else math.nan,
                 "loss_scale": float(scale) if scale else 1.0, "tokens": self.tokens, "epoch": self.train_batches.epoch,
                 "skipped_batches": self.skipped}  # fmt: skip
+
+
+def _count_tokens(batch: dict) -> tuple[int, int]:
+    """Real input tokens (padding excluded) and, of them, those with a token label to predict
+    (next tokens, masked tokens, responses; a classifier's labels are per sequence, so none)."""
+    ids, labels = batch["input_ids"], batch.get("labels")
+    tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else ids.numel()
+    predicted = int((labels != IGNORE).sum()) if labels is not None and labels.shape == ids.shape else 0
+    return tokens, predicted
 
 
 def _take(batches, n: int):

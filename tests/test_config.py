@@ -68,7 +68,14 @@ def test_dotted_overrides_are_typed():
         ("model.num_heads=5", "model.num_heads=5: must divide d_model=64"),
         ("model.num_kv_heads=3", "model.num_kv_heads=3: must divide num_heads=4 (valid: [1, 2, 4])"),
         ("data.seq_len=1000", "data.seq_len=1000: longer than the model's 256 learned positions"),
-        ("train.lr=-0.1", "train.lr=-0.1: must be > 0"),
+        ("train.lr=-0.1", "train.lr=-0.1: must be in (0, 1]"),
+        ("train.lr=1e9", "train.lr=1000000000.0: must be in (0, 1]"),
+        ("train.lr=.nan", "train.lr=nan: must be a finite number"),
+        ("train.lr=.inf", "train.lr=inf: must be a finite number"),
+        ("train.dist_timeout_s=.inf", "train.dist_timeout_s=inf: must be a finite number"),
+        ("train.stop_at_step=0", "train.stop_at_step=0: must be >= 1 or null"),
+        ("name=a/b", "name='a/b': use letters, digits, '.', '_' and '-'"),
+        ("name='run\n#SBATCH --x'", "use letters, digits"),
         ("model.position=rotary", "model.position='rotary': must be one of"),
         ("model.attention=flash", None),  # valid with learned positions
         ("model.dropout=1.5", "model.dropout=1.5: must be in [0, 1)"),
@@ -138,15 +145,21 @@ def test_overrides_without_a_file_use_defaults():
     assert cfg.model.num_layers == 3 and cfg.model.d_model == RunConfig().model.d_model
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_main_job_writes_resolved_config_next_to_the_run(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(400)))
     proc = subprocess.run(
         [sys.executable, "-m", "pretrain", str(ROOT / "configs/pretrain/default.yaml"),
-         f"output_dir={tmp_path}", "model.num_layers=1"],
-        capture_output=True, text=True, cwd=ROOT,
+         f"output_dir={tmp_path}", "model.num_layers=1", f"data.sources=[{{files: {corpus}}}]",
+         f"data.cache_dir={tmp_path / 'cache'}", "data.validation_fraction=0.2", "data.tokenizer.vocab_size=300",
+         "train.max_steps=2", "train.eval_every=0", "train.micro_batch_size=2", "log.wandb=off"],
+        capture_output=True, text=True, cwd=ROOT, timeout=280,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     written = load_config(tmp_path / "default" / "config.yaml")
-    assert written.model.num_layers == 1 and written.output_dir == str(tmp_path)
+    assert written.model.num_layers == 1 and written.output_dir == str(tmp_path) and written.train.max_steps == 2
 
 
 @pytest.mark.parametrize(

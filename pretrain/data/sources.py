@@ -73,17 +73,49 @@ def load_table(src: SourceConfig, split: str, where: str):
                 f"kind among {sorted(BUILDERS)}"
             )
         builder = kinds.pop()
+        if builder != "parquet":  # datasets takes bad bytes into Arrow strings and fails far later
+            bad = _bad_text_file(files)
+            if bad:
+                raise DataError(f"{where}.files: {bad}")
         extra = {"sample_by": "document"} if builder == "text" else {}
         try:
             return datasets.load_dataset(builder, data_files={split: files}, split=split, **extra)
-        except datasets.exceptions.DatasetGenerationError as e:
-            raise DataError(f"{where}.files: could not read {src.files!r} as {builder}: {e.__cause__ or e}") from None
+        except Exception as e:  # noqa: BLE001 - datasets raises many kinds; find the file and say why
+            raise DataError(f"{where}.files: {_unreadable(files, builder, e)}") from None
     try:
         return datasets.load_dataset(src.hub, src.hub_config, split=split)
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; all mean the same to a user
         raise DataError(
             f"{where}.hub: could not load {src.hub!r} (config {src.hub_config}, split {split}): {e}"
         ) from None
+
+
+def _unreadable(files: list[str], builder: str, error: Exception) -> str:
+    """Why ``files`` could not be read as ``builder``, naming the first bad file where one stands out."""
+    bad = _bad_text_file(files)
+    if bad:
+        return bad
+    cause = error.__cause__ or error
+    return f"could not read {files[0] if len(files) == 1 else f'{len(files)} files'} as {builder}: " + \
+        f"{type(cause).__name__}: {str(cause).splitlines()[0][:300] if str(cause) else ''}"
+
+
+def _bad_text_file(files: list[str]) -> str | None:
+    """The first file that is empty or not UTF-8, said in words; None when all are fine."""
+    for f in files:
+        if os.path.getsize(f) == 0:
+            return f"{f} is empty"
+        with open(f, "rb") as fh:
+            offset = 0
+            while block := fh.read(1 << 20):
+                try:
+                    block.decode("utf-8")
+                except UnicodeDecodeError as u:
+                    if u.start < len(block) - 4:  # not just a character cut by the block's end
+                        at = offset + u.start
+                        return f"{f} is not UTF-8 text (byte {at}); convert it, e.g. iconv -f latin1 -t utf-8"
+                offset += len(block)
+    return None
 
 
 def require_columns(ds, columns: dict[str, str], where: str) -> None:
@@ -97,6 +129,10 @@ def load_source(src: SourceConfig, split: str, where: str, num_proc: int = 1):
     """One source's split as a datasets.Dataset with the single column ``text``."""
     ds = load_table(src, split, where)
     require_columns(ds, {"text_column": src.text_column}, where)
+    kind = getattr(ds.features[src.text_column], "dtype", None)
+    if kind not in ("string", "large_string"):
+        raise DataError(f"{where}.text_column={src.text_column!r}: holds {kind or ds.features[src.text_column]} "
+                        f"values, not text; name a text column among {ds.column_names}")  # fmt: skip
     ds = ds.select_columns([src.text_column])
     if src.text_column != "text":
         ds = ds.rename_column(src.text_column, "text")

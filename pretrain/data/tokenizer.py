@@ -78,14 +78,15 @@ def train_tokenizer(texts, arch: str, cfg: TokenizerConfig, vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
 
 
-def load_tokenizer(path: str | Path):
-    """A tokenizer.json file or an HF tokenizer directory -> PreTrainedTokenizerFast."""
+def load_tokenizer(path: str | Path, what: str = "data.tokenizer.path"):
+    """A tokenizer.json file or an HF tokenizer directory -> PreTrainedTokenizerFast. ``what`` names
+    where the path came from in errors (the setting, or the checkpoint it belongs to)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = Path(path)
     if path.is_dir():
         if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
-            raise DataError(f"data.tokenizer.path={str(path)!r}: a directory without tokenizer.json")
+            raise DataError(f"{what}={str(path)!r}: a directory without tokenizer.json")
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if path.is_file():
         tok = PreTrainedTokenizerFast(tokenizer_file=str(path))
@@ -93,7 +94,7 @@ def load_tokenizer(path: str | Path):
         for specials in SPECIALS.values():  # recognise our own and the common conventions
             tok.add_special_tokens({k: v for k, v in specials.items() if v in vocab and getattr(tok, k) is None})
         return tok
-    raise DataError(f"data.tokenizer.path={str(path)!r}: no such file or directory (give a tokenizer.json or a folder)")
+    raise DataError(f"{what}={str(path)!r}: no such file or directory (give a tokenizer.json or a folder)")
 
 
 def save_tokenizer(tok, directory: str | Path) -> Path:

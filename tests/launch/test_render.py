@@ -63,6 +63,7 @@ def test_slurm_submit_writes_the_script_and_calls_sbatch(tmp_path):
     written = list((tmp_path / "runs" / "gpt2-small-4nodes" / "launch").glob("sbatch-*.sh"))
     assert len(written) == 1 and written[0].read_text() == (tmp_path / "submitted.sh").read_text()
     assert "#SBATCH --nodes=2" in written[0].read_text()
+    assert (tmp_path / "runs" / "gpt2-small-4nodes" / "slurm").is_dir()  # Slurm does not create its log folder
 
 
 def _shims(tmp_path: Path, srun_status: int | None) -> dict:
@@ -133,7 +134,7 @@ def test_kubernetes_manifest_has_the_rendezvous_nodes_gpus_and_environment(kind)
     env = {"NCCL_SOCKET_IFNAME": "eth0", "WANDB_API_KEY": "secret-value"}
     proc = launch("k8s", GPT, "--nodes", "4", "--gpus-per-node", "8", "--image", "reg.example/pretrain:1",
                   "--dry-run", "--skip-preflight", f"cluster.k8s.kind={kind}", "cluster.k8s.runs_claim=runs-pvc",
-                  "name=GPT2 Small_4", env=env)  # fmt: skip
+                  "name=GPT2.Small_4", env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     assert "secret-value" not in proc.stdout and "create secret generic gpt2-small-4-env" in proc.stdout
@@ -158,7 +159,7 @@ def test_kubernetes_manifest_has_the_rendezvous_nodes_gpus_and_environment(kind)
         assert c["image"] == "reg.example/pretrain:1" and c["resources"]["limits"]["nvidia.com/gpu"] == 8
         command = c["command"][-1]
         assert f"--rdzv-endpoint {endpoint}" in command and "--nnodes 4" in command
-        assert "--nproc-per-node 8" in command and command.endswith(f"-m pretrain {GPT} 'name=GPT2 Small_4'")
+        assert "--nproc-per-node 8" in command and command.endswith(f"-m pretrain {GPT} name=GPT2.Small_4")
         env_vars = {e["name"]: e for e in c["env"]}
         assert env_vars["NCCL_SOCKET_IFNAME"]["value"] == "eth0"
         assert env_vars["WANDB_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "gpt2-small-4-env"
@@ -212,6 +213,34 @@ def test_hosts_dry_run_prints_one_torchrun_per_node(tmp_path):
         assert f"is_host={'true' if host == 'gpu-a' else 'false'}" in line
     first = launch("hosts", GPT, "--hostfile", hostfile, "--dry-run", "--skip-preflight", "cluster.nodes=1")
     assert [line.split()[5] for line in first.stdout.splitlines() if line.startswith("ssh ")] == ["gpu-a"]
+
+
+def test_hosts_never_put_secret_values_on_a_command_line(tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("gpu-a slots=8\ngpu-b slots=8\n")
+    proc = launch("hosts", GPT, "--hostfile", hostfile, "--dry-run", "--skip-preflight",
+                  env={"WANDB_API_KEY": "s3cret-value", "NCCL_DEBUG": "INFO"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "s3cret-value" not in proc.stdout + proc.stderr
+    assert proc.stdout.count("# on standard input: WANDB_API_KEY (values not shown)") == 2
+    assert all('eval "$(cat)"' in line for line in proc.stdout.splitlines() if line.startswith("ssh "))
+
+
+def test_secrets_reach_the_node_through_standard_input_and_a_failed_job_stops_remote_processes(tmp_path):
+    """What `hosts` starts per node, run here: the secret arrives (not in argv); when one node fails,
+    the other node's stop command runs (remote processes do not outlive the job)."""
+    from launch.job import shell_line
+    from launch.processes import JobFailed, Node, run_nodes
+
+    line = shell_line({"PUBLIC": "1"}, ["sh", "-c", f"echo $PUBLIC $WANDB_API_KEY > {tmp_path}/seen; exit 3"], None,
+                      env_on_stdin=True)  # fmt: skip
+    good = Node("a", ["sh", "-c", line], stdin="export WANDB_API_KEY='s3cret value'\n", secret_names=("WANDB_API_KEY",))
+    slow = Node("b", ["sleep", "60"], stop=["sh", "-c", f"echo stopped > {tmp_path}/stopped"])
+    assert all("s3cret" not in arg for arg in good.argv)
+    with pytest.raises(JobFailed, match="status 3"):
+        run_nodes([good, slow], grace_s=0.5)
+    assert (tmp_path / "seen").read_text() == "1 s3cret value\n"
+    assert (tmp_path / "stopped").read_text() == "stopped\n"
 
 
 @pytest.mark.parametrize("stage, fits", [(0, False), (3, True)])

@@ -32,14 +32,66 @@ def test_crash_mid_save_leaves_latest_on_the_previous_checkpoint(tmp_path):
         s.save(FakeEngine(die=True), 20, {}, RunConfig(), tokenizer=None)
     root = tmp_path / "checkpoints"
     assert (root / "latest").read_text() == "step_00000010"
-    assert not ckpt.is_complete(root / "step_00000020")
+    assert not (root / "step_00000020").exists()  # written under a temporary name, never renamed
+    assert (root / ".step_00000020.saving").is_dir()
     assert ckpt.newest_complete(root) == root / "step_00000010"
-    with pytest.raises(ConfigError, match="step_00000020 is incomplete .* the newest complete one is .*step_00000010"):
-        ckpt.resolve(root / "step_00000020")
-    (root / "step_00000020" / "stale-from-the-crash").write_text("x")
+    assert ckpt.resolve(tmp_path) == root / "step_00000010"
+    (root / ".step_00000020.saving" / "stale-from-the-crash").write_text("x")
     s.save(FakeEngine(), 20, {}, RunConfig(), tokenizer=None)  # the same tag again: started afresh
+    assert not (root / ".step_00000020.saving").exists()
     assert not (root / "step_00000020" / "stale-from-the-crash").exists()
     assert ckpt.resolve(tmp_path) == root / "step_00000020"
+
+
+def test_incomplete_tag_is_refused_naming_the_newest_complete(tmp_path):
+    s = saver(tmp_path)
+    s.save(FakeEngine(), 10, {}, RunConfig(), tokenizer=None)
+    root = tmp_path / "checkpoints"
+    (root / "step_00000020").mkdir()  # a folder without complete.json (an older version's dead save)
+    with pytest.raises(ConfigError, match="step_00000020 is incomplete .* the newest complete one is .*step_00000010"):
+        ckpt.resolve(root / "step_00000020")
+
+
+def test_checkpoint_files_are_listed_with_sizes_and_checksums_and_verified(tmp_path):
+    s = saver(tmp_path, keep=3)
+    for step in (10, 20):
+        s.save(FakeEngine(), step, {}, RunConfig(), tokenizer=None)
+    root = tmp_path / "checkpoints"
+    files = ckpt.saved_info(root / "step_00000020")["files"]
+    assert set(files) == {"mp_rank_00_model_states.pt", "rank_state_00000.json", "config.yaml"}
+    assert files["mp_rank_00_model_states.pt"][0] == len("shard")
+    assert ckpt.verify(root / "step_00000020") is None
+    shard = root / "step_00000020" / "mp_rank_00_model_states.pt"
+    shard.write_text("shart")  # same size, other bytes
+    assert "does not match its checksum" in ckpt.verify(root / "step_00000020")
+    shard.write_text("sh")  # truncated
+    assert f"{shard} has 2 bytes, 5 were written" == ckpt.verify(root / "step_00000020")
+    warnings = []
+    assert ckpt.resolve(tmp_path, warn=warnings.append) == root / "step_00000010"
+    assert warnings == [f"warning: skipping checkpoint step_00000020: {shard} has 2 bytes, 5 were written"]
+    damaged = "step_00000020 is damaged: .* has 2 bytes.* newest intact checkpoint is .*step_00000010"
+    with pytest.raises(ConfigError, match=damaged):
+        ckpt.resolve(root / "step_00000020")
+
+
+def test_resuming_from_an_older_tag_moves_the_newer_timeline_aside_and_never_rewrites_a_tag(tmp_path):
+    s = saver(tmp_path, keep=5)
+    for step in (10, 20):
+        s.save(FakeEngine(), step, {"timeline": "a"}, RunConfig(), tokenizer=None)
+    root = tmp_path / "checkpoints"
+    first_20 = ckpt.saved_info(root / "step_00000020")
+    said = []
+    aside = ckpt.set_aside_newer(root / "step_00000010", warn=said.append)
+    assert aside.name.startswith("superseded-") and (aside / "step_00000020" / ckpt.COMPLETE).is_file()
+    assert "step_00000020" in said[0] and str(aside) in said[0]
+    assert (root / "latest").read_text() == "step_00000010" and not (root / "step_00000020").exists()
+    s.save(FakeEngine(), 20, {"timeline": "b"}, RunConfig(), tokenizer=None)
+    assert ckpt.saved_info(root / "step_00000020")["time"] > first_20["time"]
+    assert ckpt.saved_info(aside / "step_00000020") == first_20  # the old timeline, untouched
+    s.save(FakeEngine(), 20, {}, RunConfig(), tokenizer=None)  # the same tag once more: the old one is kept, named
+    replaced = [p.name for p in root.iterdir() if p.name.startswith("replaced-")]
+    assert len(replaced) == 1 and replaced[0].endswith("-step_00000020")
+    assert ckpt.complete_tags(root) == ["step_00000010", "step_00000020"]
 
 
 def test_retention_keeps_the_newest_complete_checkpoints(tmp_path):

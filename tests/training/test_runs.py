@@ -59,9 +59,21 @@ def test_dashboards_get_the_metrics_and_the_config(make_config, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = make_config(name="dash", train={"max_steps": 4, "eval_every": 2},
-                      log={"tensorboard": True, "wandb": "offline", "progress_bar": True})  # fmt: skip
+                      log={"tensorboard": True, "wandb": "offline", "progress_bar": True, "peak_tflops": 0.5,
+                           "every_steps": 1})  # fmt: skip
     out = launch(2, cfg).stdout
     run_dir = tmp_path / "runs" / "dash"
+    # MFU on CPU, from log.peak_tflops: FLOPs of the matmuls per token x tokens/s over 2 x 0.5 TFLOP/s
+    from pretrain.config import load_config
+    from pretrain.model import Transformer, flops_per_token
+
+    run_cfg = load_config(run_dir / "config.yaml")
+    fpt = flops_per_token(Transformer(run_cfg.model), run_cfg.data.seq_len, 1.0)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 4
+    for r in train:
+        assert r["mfu"] == pytest.approx(fpt * r["tokens_per_s"] / (2 * 0.5e12), rel=1e-6)
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     tags = events.Tags()

@@ -1,0 +1,146 @@
+"""Fault drills (issue: nothing lost, nobody let in, every failure explained), each with real
+processes: a planted pickle payload is refused everywhere a checkpoint is read; a damaged shard is
+skipped for the intact checkpoint before it; resuming from an older tag keeps the newer timeline;
+a failed command leaves a finished run as it was; the schedule and metrics stay honest on resume;
+a dashboard that cannot reach its server does not stop the run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pretrain import checkpoint as ckpt
+
+from .conftest import ENV, ROOT, launch, losses, metrics
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+class Payload:
+    """Unpickling this runs a shell command that creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant(tag_dir, name, marker):
+    """Replace a checkpoint file by a pickle payload and vouch for it in complete.json, as an
+    attacker handing over the folder would."""
+    torch.save({"module": Payload(marker), "optimizer_state_dict": Payload(marker)}, tag_dir / name)
+    info = ckpt.saved_info(tag_dir)
+    info["files"].update(ckpt.manifest(tag_dir, [name]))
+    (tag_dir / ckpt.COMPLETE).write_text(json.dumps(info))
+
+
+def python(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.parametrize("stage, shard", [(0, "mp_rank_00_model_states.pt"),
+                                          (2, "zero_pp_rank_0_mp_rank_00_optim_states.pt")])  # fmt: skip
+def test_a_planted_pickle_payload_is_refused_by_export_finetune_and_resume(make_config, tmp_path, stage, shard):
+    launch(1, make_config(name="src", train={"max_steps": 2}, deepspeed={"zero_stage": stage}))
+    tag_dir = tmp_path / "runs" / "src" / "checkpoints" / "step_00000002"
+    marker = tmp_path / "PWNED"
+    plant(tag_dir, shard, marker)
+    export = python("pretrain.export", tag_dir, tmp_path / "out")
+    assert export.returncode == 2, export.stderr[-2000:]
+    assert f"refusing to load {tag_dir / shard}" in export.stderr and "Traceback" not in export.stderr
+    finetune = python("finetune", "configs/finetune/stdlib-packages.yaml", f"init_from={tag_dir}",
+                      f"output_dir={tmp_path / 'ft'}")  # fmt: skip
+    assert finetune.returncode == 2 and "refusing to load" in finetune.stderr, finetune.stderr[-2000:]
+    resume = launch(1, make_config(name="again", train={"max_steps": 4, "resume": str(tag_dir)},
+                                   deepspeed={"zero_stage": stage}), check=False)  # fmt: skip
+    assert resume.returncode != 0 and "refusing to load" in resume.stdout, resume.stdout[-3000:]
+    assert not marker.exists()
+
+
+def test_a_legacy_pickled_rank_state_with_a_payload_is_refused(make_config, tmp_path):
+    launch(1, make_config(name="src", train={"max_steps": 2}))
+    tag_dir = tmp_path / "runs" / "src" / "checkpoints" / "step_00000002"
+    (tag_dir / "rank_state_00000.json").unlink()
+    marker = tmp_path / "PWNED"
+    torch.save({"python": Payload(marker)}, tag_dir / "rank_state_00000.pt")
+    from pretrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match="refusing to load .*rank_state_00000.pt"):
+        ckpt.load_rng_state(tag_dir, 0)
+    assert not marker.exists()
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_everywhere_for_the_intact_one(make_config, tmp_path):
+    cfg = make_config(name="hurt", train={"max_steps": 12}, checkpoint={"every_steps": 5, "keep_last": 3})
+    launch(2, cfg, "train.stop_at_step=10")  # checkpoints at steps 5 and 10
+    run_dir = tmp_path / "runs" / "hurt"
+    reference = losses(run_dir)
+    root = run_dir / "checkpoints"
+    shard = root / "step_00000010" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[:1000])  # truncated
+    problem = f"{shard} has 1000 bytes"
+
+    export = python("pretrain.export", run_dir, tmp_path / "out")
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert f"skipping checkpoint step_00000010: {problem}" in export.stdout
+    assert f"checkpoint: {root / 'step_00000005'}" in export.stdout
+    direct = python("pretrain.export", root / "step_00000010", tmp_path / "out2")
+    assert direct.returncode == 2 and problem in direct.stderr and "step_00000005" in direct.stderr
+
+    resumed = launch(2, cfg).stdout
+    assert f"skipping checkpoint step_00000010: {problem}" in resumed
+    assert f"resuming from {root / 'step_00000005'}" in resumed
+    assert "were moved to" in resumed and "superseded-" in resumed
+    assert ckpt.newest_complete(root).name == "step_00000012"
+    aside = next(root.glob("superseded-*"))
+    assert (aside / "step_00000010" / ckpt.COMPLETE).is_file()  # kept, not deleted
+    got = losses(run_dir)
+    for step in range(6, 11):  # the resumed run repeats steps 6-10 exactly
+        assert got[step] == pytest.approx(reference[step], rel=1e-6), step
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps == list(range(1, 13))  # one record per step: the replayed ones were dropped first
+
+
+def test_a_failed_command_leaves_a_finished_run_as_it_was(make_config, tmp_path):
+    cfg = make_config(name="done", train={"max_steps": 2})
+    launch(1, cfg)
+    run_dir = tmp_path / "runs" / "done"
+    before = {name: (run_dir / name).read_text() for name in ("config.yaml", "status.json")}
+    bad = launch(1, cfg, f"data.sources=[{{files: {tmp_path / 'nowhere.txt'}}}]", "train.max_steps=4", check=False)
+    assert bad.returncode == 2, bad.stdout[-2000:]
+    assert {name: (run_dir / name).read_text() for name in before} == before
+    assert json.loads(before["status.json"])["state"] == "finished"
+
+
+def test_stop_at_step_keeps_the_schedule_and_a_changed_max_steps_is_warned(make_config, tmp_path):
+    common = dict(train={"max_steps": 8, "warmup_steps": 2}, checkpoint={"every_steps": 0})
+    launch(1, make_config(name="whole", **common))
+    whole = metrics(tmp_path / "runs" / "whole")
+    cfg = make_config(name="pieces", **common)
+    first = launch(1, cfg, "train.stop_at_step=4").stdout
+    assert "done: step 4" in first
+    launch(1, cfg)  # continues to max_steps with the same schedule
+    pieces = metrics(tmp_path / "runs" / "pieces")
+    assert sorted(pieces) == list(range(1, 9))
+    for step in range(1, 9):
+        assert pieces[step]["lr"] == pytest.approx(whole[step]["lr"], rel=1e-9), step
+        assert pieces[step]["loss"] == pytest.approx(whole[step]["loss"], rel=1e-6), step
+    longer = launch(1, cfg, "train.max_steps=12").stdout
+    assert "the learning-rate schedule changed (train.max_steps: 8 -> 12): from step 9" in longer
+
+
+def test_wandb_online_without_a_server_falls_back_to_offline_and_wandb_mode_is_honoured(make_config, tmp_path):
+    cfg = make_config(name="dash", train={"max_steps": 2, "dist_timeout_s": 30}, log={"wandb": "auto"})
+    env = {"WANDB_API_KEY": "x" * 40, "WANDB_MODE": "offline"}
+    out = launch(2, cfg, env_extra=env).stdout
+    assert "wandb (offline)" in out and "switched off" not in out
+    online = launch(2, cfg, "name=dash2", "log.wandb=online",
+                    env_extra={"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}).stdout  # fmt: skip
+    assert "logging offline instead" in online and "wandb (offline)" in online
+    assert list((tmp_path / "runs" / "dash2" / "wandb").glob("offline-run-*"))
