@@ -55,18 +55,19 @@ def write_heartbeat(run_dir: str | Path, rank: int, step: int) -> None:
         tmp.unlink(missing_ok=True)  # a heartbeat is best effort: never the reason a run stops
 
 
-def stalled_rank(run_dir: str | Path) -> str | None:
-    """Which rank fell behind, from the heartbeats: the one at the lowest step (the oldest among
-    equals), when the others got further or heard from later; None when nothing stands out."""
+def stalled_rank(run_dir: str | Path, quiet_s: float = 5.0) -> str | None:
+    """Which rank stopped, from the heartbeats: every rank writes one every few seconds and a last
+    one when it fails (a collective timing out, say), so the rank that went silent is the one
+    heard from longest before the others; None when no rank was silent for ``quiet_s`` more."""
     beats = [b for b in (_load(p) for p in sorted((Path(run_dir) / HEARTBEATS).glob("rank_*.json"))) if b]
     if len(beats) < 2:
         return None
-    worst = min(beats, key=lambda b: (b["step"], b["time"]))
-    best = max(beats, key=lambda b: (b["step"], b["time"]))
-    if best["step"] == worst["step"] and best["time"] - worst["time"] < 30:
+    beats.sort(key=lambda b: b["time"])
+    worst, second = beats[0], beats[1]
+    if second["time"] - worst["time"] < quiet_s:
         return None
-    return (f"rank {worst['rank']} on {worst['host']} stopped making progress: its last step was {worst['step']} "
-            f"({best['time'] - worst['time']:.0f}s before rank {best['rank']} reached step {best['step']})")
+    return (f"rank {worst['rank']} on {worst['host']} stopped making progress after step {worst['step']} "
+            f"(silent {second['time'] - worst['time']:.0f}s longer than any other rank)")
 
 
 def read_status(run_dir: str | Path, stale_s: float = 1800.0) -> dict | None:

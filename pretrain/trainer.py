@@ -128,6 +128,14 @@ class Trainer:
         return self.eval_metrics({k: (v.item() if v.dim() == 0 else v) for k, v in sums.items()})
 
     def fit(self) -> None:
+        try:
+            self._fit()
+        except BaseException:
+            if self.heartbeat is not None:  # the last word of a rank that is still alive
+                self.heartbeat(self.step)
+            raise
+
+    def _fit(self) -> None:
         batches = iter(self.train_batches)
         last_log, last_tokens, last_predicted, window = self.step, self.tokens, self.predicted, []
         end = min(self.cfg.max_steps, self.cfg.stop_at_step or self.cfg.max_steps)
