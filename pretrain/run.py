@@ -121,6 +121,7 @@ def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
     resume = find_resume(cfg, rank, world)  # a refusal here leaves the run directory as it was
     if rank != 0:
         _run(cfg, task, rank, world, grad_accum, resume)
+        _leave_process_group()
         return
     started = False
 
@@ -144,6 +145,15 @@ def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
                 print(f"warning: could not record the failure in status.json ({status_error})", file=sys.stderr)
         raise
     write_status(cfg.run_dir, "finished", step=step)
+    _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Every rank done: take the process group down before the interpreter exits, so that no
+    communication thread is torn down mid-flight (a rank aborting at exit fails a finished job)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, ready=None) -> int:

@@ -67,11 +67,13 @@ def run(args) -> dict:
             t0 = time.time()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout_s)
             row = {"setting": label, "processes": nproc, "stage": stage, "wall_s": round(time.time() - t0, 1)}
-            if proc.returncode != 0 or not out.exists():
+            if out.exists() and proc.returncode != 0:  # measured; a process failed on its way out
+                row["note"] = f"exit {proc.returncode} after the measurement (shutdown)"
+            if not out.exists():
                 errors = [ln for ln in proc.stderr.splitlines() if "Error" in ln] or proc.stderr.splitlines() or ["?"]
                 row["note"] = "failed: " + errors[-1][:160]
                 row["log"] = proc.stderr[-4000:]
-            else:
+            if out.exists():
                 ranks = json.loads(out.read_text())
                 row["tokens_per_s"] = ranks[0]["tokens_per_s"]
                 row["peak_mib"] = max(r["peak_mib"] for r in ranks)
@@ -152,6 +154,8 @@ def worker(argv: list[str]) -> None:
     dist.all_gather_object(reports, report)
     if rank == 0:
         args.out.write_text(json.dumps(reports))
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _peak_mib() -> float:
