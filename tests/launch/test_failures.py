@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from tests.training.conftest import ENV, ROOT, kill_tree
 
@@ -50,35 +52,34 @@ def wait_for_step(run_dir, rank: int, step: int, proc) -> None:
     raise AssertionError(f"rank {rank} never reached step {step}")
 
 
-def test_a_stopped_rank_is_named_from_the_heartbeats(make_config, tmp_path):
-    cfg = make_config(name="stuck", train={"max_steps": 100000, "dist_timeout_s": 12, "micro_batch_size": 1})
-    run_dir = tmp_path / "runs" / "stuck"
+def fail_a_rank(make_config, name: str, rank: int, step: int, sig, dist_timeout_s: float):
+    """Start a 2-process job, wait until ``rank`` reached ``step``, send it ``sig``; the launcher's
+    exit status and output."""
+    cfg = make_config(name=name, train={"max_steps": 100000, "dist_timeout_s": dist_timeout_s, "micro_batch_size": 1})
+    run_dir = Path(yaml.safe_load(cfg.read_text())["output_dir"]) / name
     proc = start(cfg)
     try:
-        wait_for_step(run_dir, 1, 3, proc)
-        time.sleep(3)  # a few more heartbeats from rank 0 (every 2 s)
-        worker(proc.pid, 1).send_signal(signal.SIGSTOP)
+        wait_for_step(run_dir, rank, step, proc)
+        time.sleep(3)  # a few more heartbeats from the others (every 2 s)
+        worker(proc.pid, rank).send_signal(sig)
         out, _ = proc.communicate(timeout=300)
     finally:
         kill_tree(proc.pid)
-    assert proc.returncode == 1, out[-3000:]
+    return proc.returncode, out, run_dir
+
+
+def test_a_stopped_rank_is_named_from_the_heartbeats(make_config):
+    code, out, run_dir = fail_a_rank(make_config, "stuck", 1, 3, signal.SIGSTOP, dist_timeout_s=12)
+    assert code == 1, out[-3000:]
     assert "rank 1 on " in out and "stopped making progress" in out, out[-3000:]
-    assert "Timed out" in out  # rank 0's collective gave up after train.dist_timeout_s, with its stack
+    assert "Timed out" in out  # rank 0 collective gave up after train.dist_timeout_s, with its stack
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "failed"
 
 
-def test_a_killed_rank_0_leaves_the_run_marked_failed_with_the_cause(make_config, tmp_path):
-    cfg = make_config(name="killed0", train={"max_steps": 100000, "dist_timeout_s": 20, "micro_batch_size": 1})
-    run_dir = tmp_path / "runs" / "killed0"
-    proc = start(cfg)
-    try:
-        wait_for_step(run_dir, 0, 2, proc)
-        worker(proc.pid, 0).kill()
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        kill_tree(proc.pid)
-    assert proc.returncode == 1
+def test_a_killed_rank_0_leaves_the_run_marked_failed_with_the_cause(make_config):
+    code, out, run_dir = fail_a_rank(make_config, "killed0", 0, 2, signal.SIGKILL, dist_timeout_s=20)
+    assert code == 1, out[-3000:]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "failed" and status["error"].startswith("launch: the job failed"), status
     assert "Start the same command again" not in out  # no checkpoint yet: nothing to resume from
