@@ -52,7 +52,8 @@ def resolve(path: str | Path, warn=print) -> Path:
         problem = verify(path)
         if problem:
             other = newest_intact(path.parent, warn=lambda _: None)
-            raise ConfigError(f"checkpoint {path} is damaged: {problem}; the newest intact checkpoint is {other}")
+            hint = f"the newest intact checkpoint is {other}" if other else "there is no intact checkpoint beside it"
+            raise ConfigError(f"checkpoint {path} is damaged: {problem}; {hint}")
         return path
     for root in (path, checkpoints_dir(path)):
         if complete_tags(root):

@@ -174,10 +174,8 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
                                        lambda m: say(f"warning: {m}"), step=info["step"])  # fmt: skip
 
     # Shared preparation on rank 0 (config, tokenizer, data caches); the others then read it.
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume is not None and not (run_dir / "tokenizer").exists() and (resume / "tokenizer").exists():
-            shutil.copytree(resume / "tokenizer", run_dir / "tokenizer")
+    if rank == 0 and resume is not None and not (run_dir / "tokenizer").exists() and (resume / "tokenizer").exists():
+        shutil.copytree(resume / "tokenizer", run_dir / "tokenizer")  # the folder appears only with what goes in it
     for turn in ((0,), tuple(range(1, world))):
         if rank in turn:
             task.prepare(rank, world, run_dir, say)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -47,7 +48,8 @@ def load(path: str | Path, map_location=None, **kwargs):
         with torch.serialization.safe_globals(_allowed()):
             return _torch_load(path, map_location=map_location, weights_only=True, **kwargs)
     except pickle.UnpicklingError as e:
-        what = str(e).split("\n")[0]
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"it asks for {found.group(1)}" if found else str(e).splitlines()[-1][:200]
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it holds more than tensors and plain data ({what}); "
             "only load checkpoints you made yourself, or exports (safetensors)"

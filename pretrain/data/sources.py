@@ -102,18 +102,23 @@ def _unreadable(files: list[str], builder: str, error: Exception) -> str:
 
 def _bad_text_file(files: list[str]) -> str | None:
     """The first file that is empty or not UTF-8, said in words; None when all are fine."""
+    import codecs
+
     for f in files:
         if os.path.getsize(f) == 0:
             return f"{f} is empty"
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset = 0
         with open(f, "rb") as fh:
-            offset = 0
-            while block := fh.read(1 << 20):
+            while True:
+                block = fh.read(1 << 20)
                 try:
-                    block.decode("utf-8")
+                    decoder.decode(block, final=not block)
                 except UnicodeDecodeError as u:
-                    if u.start < len(block) - 4:  # not just a character cut by the block's end
-                        at = offset + u.start
-                        return f"{f} is not UTF-8 text (byte {at}); convert it, e.g. iconv -f latin1 -t utf-8"
+                    at = offset + u.start - len(decoder.getstate()[0]) if block else os.path.getsize(f) - len(u.object)
+                    return f"{f} is not UTF-8 text (byte {max(at, 0)}); convert it, e.g. iconv -f latin1 -t utf-8"
+                if not block:
+                    break
                 offset += len(block)
     return None
 

@@ -1,0 +1,120 @@
+"""The catalogue of user mistakes (docs/errors.md): each one, fed to the command a user would type,
+gives its one-line message and exit status 2, with nothing on disk changed; and the catalogue lists
+every message, so the document cannot fall behind the code."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "golden" / "checkpoint"
+DEBUG = "configs/model/debug.yaml"
+
+
+def _files(tmp):
+    (tmp / "ds-list.json").write_text("[1, 2]")
+    (tmp / "ds-typo.json").write_text('{"zero_optimisation": {"stage": 2}}')
+    (tmp / "empty.jsonl").write_text("")
+    (tmp / "latin.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    (tmp / "ids.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
+    damaged = tmp / "ck" / "step_00000010"
+    shutil.copytree(GOLDEN, damaged)
+    shard = damaged / "mp_rank_00_model_states.pt"
+    shard.write_bytes(shard.read_bytes()[:100])
+    planted = tmp / "planted" / "step_00000010"
+    shutil.copytree(GOLDEN, planted)
+
+    class Payload:  # unpickled, it would create a file (and the snapshot would show it)
+        def __reduce__(self):
+            return (open, (str(tmp / "PWNED"), "w"))
+
+    torch.save({"module": Payload()}, planted / "mp_rank_00_model_states.pt")
+    from pretrain import checkpoint as ckpt
+
+    info = ckpt.saved_info(planted)
+    info["files"].update(ckpt.manifest(planted, ["mp_rank_00_model_states.pt"]))
+    (planted / ckpt.COMPLETE).write_text(json.dumps(info))
+
+
+def pretrain(*overrides):
+    return ["pretrain", DEBUG, "output_dir={tmp}/runs", "data.cache_dir={tmp}/cache", "log.wandb=off", *overrides]
+
+
+# (what, argv after `python -m`, the message or its start)
+CASES = [
+    ("config: unknown key", pretrain("model.num_layer=3"),
+     "config error: unknown key 'model.num_layer'; did you mean 'model.num_layers'?"),
+    ("config: wrong type", pretrain("model.d_model=abc"), "config error: model.d_model='abc': expected an integer"),
+    ("config: not a finite number", pretrain("train.lr=.nan"), "config error: train.lr=nan: must be a finite number"),
+    ("config: learning rate out of range", pretrain("train.lr=1e9"),
+     "config error: train.lr=1000000000.0: must be in (0, 1]"),
+    ("config: unsafe run name", pretrain("name=a/b"),
+     "config error: name='a/b': use letters, digits, '.', '_' and '-'"),
+    ("config: DeepSpeed JSON not an object", pretrain("deepspeed.config_file={tmp}/ds-list.json"),
+     "must hold a JSON object of DeepSpeed sections, not a list"),
+    ("config: unknown DeepSpeed section", pretrain("deepspeed.config_file={tmp}/ds-typo.json"),
+     "unknown DeepSpeed section 'zero_optimisation'; did you mean 'zero_optimization'?"),
+    ("config: offload without ZeRO", pretrain("deepspeed.zero_stage=0", "deepspeed.offload_optimizer=true"),
+     "config error: deepspeed.offload_optimizer=true needs zero_stage 1, 2 or 3, not 0"),
+    ("config: global batch not a multiple", pretrain("train.micro_batch_size=4", "train.global_batch_size=6"),
+     "config error: train.global_batch_size=6: must be a multiple of micro_batch_size=4"),
+    ("data: no file matches", pretrain("data.sources=[{files: '{tmp}/none/*.txt'}]"),
+     "config error: data.sources[0].files: nothing matches"),
+    ("data: empty file", pretrain("data.sources=[{files: '{tmp}/empty.jsonl'}]"), "empty.jsonl is empty"),
+    ("data: not UTF-8", pretrain("data.sources=[{files: '{tmp}/latin.jsonl'}]"),
+     "latin.jsonl is not UTF-8 text (byte 13); convert it, e.g. iconv -f latin1 -t utf-8"),
+    ("data: text column of numbers", pretrain("data.sources=[{files: '{tmp}/ids.jsonl', text_column: id}]"),
+     "config error: data.sources[0].text_column='id': holds int64 values, not text"),
+    ("checkpoint: none there", ["pretrain.export", "{tmp}/nothing", "{tmp}/out"],
+     "config error: no complete checkpoint in"),
+    ("checkpoint: damaged file", ["pretrain.export", "{tmp}/ck/step_00000010", "{tmp}/out"],
+     "mp_rank_00_model_states.pt has 100 bytes"),
+    ("checkpoint: pickle payload", ["pretrain.export", "{tmp}/planted/step_00000010", "{tmp}/out"],
+     "refusing to load"),
+    ("cluster: hosts without a hostfile", ["launch", "hosts", "configs/pretrain/default.yaml", "--dry-run"],
+     "config error: hosts needs a hostfile"),
+    ("cluster: image with shell characters",
+     ["launch", "k8s", "configs/pretrain/default.yaml", "--image", "img;rm -rf /", "--dry-run", "--skip-preflight"],
+     "config error: cluster.k8s.image='img;rm -rf /': an image reference has letters, digits"),
+    ("fine-tuning: no such starting point", ["finetune", "configs/finetune/stdlib-packages.yaml",
+                                             "init_from={tmp}/nowhere", "output_dir={tmp}/runs"],
+     "init_from='{tmp}/nowhere': no such file or directory"),
+    ("generation: bad sampling flag", ["finetune.generate", "{tmp}/ck", "--prompt", "x", "--max-new-tokens", "-3"],
+     "config error: --max-new-tokens -3: must be an integer >= 1"),
+]  # fmt: skip
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_each_mistake_is_one_line_exit_2_and_changes_nothing(tmp_path):
+    _files(tmp_path)
+    before = snapshot(tmp_path)
+    failures = []
+    for what, argv, message in CASES:
+        args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+        env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+        proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                              env=env)  # fmt: skip
+        expected = message.replace("{tmp}", str(tmp_path))
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("config error:")]
+        if proc.returncode != 2 or len(lines) != 1 or expected not in lines[0] or "Traceback" in proc.stderr:
+            failures.append(f"{what}: exit {proc.returncode}, {proc.stderr[-800:]}")
+        if snapshot(tmp_path) != before:
+            failures.append(f"{what}: changed {set(snapshot(tmp_path)) ^ set(before)}")
+    assert not failures, "\n".join(failures)
+
+
+def test_docs_errors_lists_every_message():
+    doc = (ROOT / "docs" / "errors.md").read_text()
+    missing = [what for what, _, message in CASES if message.split("{tmp}")[0].replace("config error: ", "") not in doc]
+    assert not missing, f"docs/errors.md lacks: {missing}"
