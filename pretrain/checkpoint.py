@@ -259,7 +259,8 @@ class Checkpointer:
             dist.all_gather_object(gathered, files)
             files = {k: v for part in gathered for k, v in part.items()}
         if self.rank == 0:
-            info = {"step": step, "world_size": self.world, "time": time.time(), "files": files}
+            info = {"step": step, "world_size": self.world, "time": time.time(), "files": files,
+                    "data_samples": (client_state.get("data") or {}).get("num_samples")}
             _write_atomic(tag_dir / COMPLETE, json.dumps(info))
             if final.exists():  # the same step saved by an earlier timeline: keep it, named, beside
                 os.rename(final, self.root / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}-{tag}")

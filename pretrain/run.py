@@ -181,6 +181,9 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
             task.prepare(rank, world, run_dir, say)
         if world > 1:
             dist.barrier()
+    if resume is not None and keep["data"] and ckpt.saved_info(resume).get("data_samples") is not None:
+        # before anything of the run is rewritten: the data must be the checkpoint's
+        task.train_batches.check_resumable(ckpt.saved_info(resume)["data_samples"])
     if rank == 0:
         ready()
         for name, text in task.extra_files().items():

@@ -101,12 +101,19 @@ class Batches:
         return {"consumed": self.consumed, "world_size": self.world, "seed": self.seed,
                 "num_samples": len(self.dataset), "micro_batch_size": self.micro}  # fmt: skip
 
-    def load_state_dict(self, state: dict) -> None:
-        if state["num_samples"] != len(self.dataset):
-            raise ValueError(
-                f"the checkpoint's data has {state['num_samples']} sequences, this run's has {len(self.dataset)}: "
-                "the corpus, tokenizer or data.seq_len changed, so the saved position means nothing here"
+    def check_resumable(self, num_samples: int) -> None:
+        """A ConfigError when the data is not the checkpoint's (the saved position would mean nothing)."""
+        if num_samples != len(self.dataset):
+            from pretrain.config import ConfigError
+
+            raise ConfigError(
+                f"the checkpoint's data has {num_samples} sequences, this run's has {len(self.dataset)}: the corpus, "
+                "tokenizer or data.seq_len changed since it was saved; resume with the same data, or start a new "
+                "run from its weights (another name=, with python -m finetune init_from=CHECKPOINT for a task)"
             )
+
+    def load_state_dict(self, state: dict) -> None:
+        self.check_resumable(state["num_samples"])
         if state["seed"] != self.seed:
             warnings.warn(
                 f"resuming with seed {self.seed} instead of {state['seed']}: the data order from here on "

@@ -144,3 +144,16 @@ def test_wandb_online_without_a_server_falls_back_to_offline_and_wandb_mode_is_h
                     env_extra={"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}).stdout  # fmt: skip
     assert "logging offline instead" in online and "wandb (offline)" in online
     assert list((tmp_path / "runs" / "dash2" / "wandb").glob("offline-run-*"))
+
+
+def test_a_changed_corpus_on_resume_is_one_line_and_leaves_the_run_alone(make_config, tmp_path):
+    cfg = make_config(name="data", train={"max_steps": 2}, checkpoint={"every_steps": 2})
+    launch(1, cfg)
+    run_dir = tmp_path / "runs" / "data"
+    before = {name: (run_dir / name).read_text() for name in ("config.yaml", "status.json")}
+    other = tmp_path / "other.txt"
+    other.write_text("".join(f"class C{i}:\n    pass\n\n" for i in range(30)))
+    changed = launch(1, cfg, f"data.sources=[{{files: {other}}}]", "train.max_steps=4", check=False)
+    assert changed.returncode == 2, changed.stdout[-2000:]
+    assert "config error: the checkpoint's data has" in changed.stdout and "Traceback" not in changed.stdout
+    assert {name: (run_dir / name).read_text() for name in before} == before
