@@ -14,6 +14,7 @@ and ``extra_files()``.
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
 import shutil
 import signal
@@ -149,11 +150,15 @@ def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
 
 
 def _leave_process_group() -> None:
-    """Every rank done: take the process group down before the interpreter exits, so that no
-    communication thread is torn down mid-flight (a rank aborting at exit fails a finished job)."""
+    """Every rank done: free the engine and take the process groups down while the interpreter is
+    whole. The DeepSpeed engine lives in reference cycles that hold process groups and gloo work; left
+    to the interpreter's final collection, their C++ threads die mid-teardown and the rank aborts
+    ("terminate called without an active exception"), failing a finished job."""
+    gc.collect()
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    gc.collect()
 
 
 def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, ready=None) -> int:
