@@ -157,10 +157,15 @@ class LogConfig:
     wandb_project: str = "pretrain"
     peak_tflops: float | None = None
     """Peak dense TFLOP/s of one device for MFU; None looks the GPU up in a table."""
+    inspect_every: int = 0
+    """Every N evaluations, attention entropy and mean attended distance per layer and head (two
+    validation sequences, 256 tokens, eager kernel for that pass) into TensorBoard as heatmaps; 0: off."""
 
     def validate(self) -> None:
         if self.every_steps < 1:
             raise ValueError(f"every_steps={self.every_steps}: must be >= 1")
+        if self.inspect_every < 0:
+            raise ValueError(f"inspect_every={self.inspect_every}: must be >= 0 (0: off)")
 
 
 @dataclass

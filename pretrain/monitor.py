@@ -167,6 +167,18 @@ class Monitor:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
             self._bar.write(f"step {step}: {shown}")
 
+    def attention(self, step: int, stats: dict) -> None:
+        """Per-head attention summaries ((L, H) tensors by name) as TensorBoard heatmaps."""
+        if self.rank != 0 or self._tb is None:
+            return
+        from pretrain import pictures
+
+        units = {"entropy": "nats", "distance": "tokens"}
+        for name, values in stats.items():
+            figure = pictures.matrix(values.cpu(), f"attention {name} at step {step}", units.get(name, ""))
+            self._tb.add_figure(f"attention/{name}", figure, step)  # closes the figure
+        self._tb.flush()
+
     def note(self, text: str) -> None:
         if self.rank == 0:
             (self._bar.write if self._bar is not None else print)(text)

@@ -1,5 +1,5 @@
 """python -m pretrain.plot RUN_DIR OUT.png: the training and validation loss curves of a run,
-from its metrics.jsonl (needs matplotlib, in the dev extra)."""
+from its metrics.jsonl."""
 
 from __future__ import annotations
 

@@ -248,7 +248,8 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
 
     trainer = Trainer(cfg.train, engine, task.train_batches, task.val_batches, monitor, checkpoint, grad_accum,
                       cfg.train.eval_every, cfg.log.every_steps, task.loss_fn, task.eval_metrics, task.select_metric,
-                      heartbeat=lambda step: write_heartbeat(run_dir, rank, step))  # fmt: skip
+                      heartbeat=lambda step: write_heartbeat(run_dir, rank, step),
+                      inspect_every=cfg.log.inspect_every if cfg.log.tensorboard else 0)  # fmt: skip
     if state is not None:
         trainer.load_state_dict(state["trainer"])
     try:

@@ -31,7 +31,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, engine, train_batches, val_batches, monitor, checkpoint: Callable,
                  grad_accum: int, eval_every: int, log_every: int,
                  loss_fn: Callable | None = None, eval_metrics: Callable | None = None,
-                 select_metric: tuple[str, Callable] | None = None, heartbeat: Callable | None = None):  # fmt: skip
+                 select_metric: tuple[str, Callable] | None = None, heartbeat: Callable | None = None,
+                 inspect_every: int = 0):  # fmt: skip
         self.cfg, self.engine, self.monitor, self.checkpoint = cfg, engine, monitor, checkpoint
         self.train_batches, self.val_batches = train_batches, val_batches
         self.grad_accum = grad_accum
@@ -44,6 +45,8 @@ class Trainer:
         self.heartbeat = heartbeat
         """Called with the step after each one (at most every few seconds): the rank's sign of life."""
         self._last_beat = 0.0
+        self.inspect_every = inspect_every
+        """Every N evaluations, per-head attention summaries go to the monitor (0: never)."""
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.step = 0
         self.tokens = 0
@@ -127,6 +130,22 @@ class Trainer:
         self.engine.train()
         return self.eval_metrics({k: (v.item() if v.dim() == 0 else v) for k, v in sums.items()})
 
+    @torch.no_grad()
+    def inspect(self, sequences: int = 2, tokens: int = 256) -> dict:
+        """Per layer and head, the attention entropy and mean attended distance on the first
+        validation sequences (cut short: the eager kernel holds every weight). Every rank runs it,
+        as ZeRO-3 gathers parameters collectively."""
+        from pretrain.model.inspect import attention_weights, head_statistics
+
+        self.val_batches.consumed = 0
+        batch = next(_take(self.val_batches, 1))
+        model = self.engine.module
+        device = next(model.parameters()).device
+        ids = batch["input_ids"][:sequences, :tokens].to(device)
+        mask = batch.get("attention_mask")
+        mask = mask[:sequences, :tokens].to(device) if mask is not None else None
+        return head_statistics(attention_weights(model, ids, mask), mask)
+
     def fit(self) -> None:
         try:
             self._fit()
@@ -152,6 +171,8 @@ class Trainer:
             if self.val_batches is not None and self.eval_every and (self.step % self.eval_every == 0 or last):
                 self.last_eval = {"step": self.step, **self.evaluate()}
                 self.monitor.eval(self.step, {k: v for k, v in self.last_eval.items() if k != "step"})
+                if self.inspect_every and (self.step // self.eval_every) % self.inspect_every == 0:
+                    self.monitor.attention(self.step, self.inspect())
                 if self._improved():
                     self.best = {"step": self.step, self.select_metric[0]: self.last_eval[self.select_metric[0]]}
                     self.checkpoint(self.step, last, best=True)

@@ -87,6 +87,9 @@ CASES = [
      "init_from='{tmp}/nowhere': no such file or directory"),
     ("generation: bad sampling flag", ["finetune.generate", "{tmp}/ck", "--prompt", "x", "--max-new-tokens", "-3"],
      "config error: --max-new-tokens -3: must be an integer >= 1"),
+    ("inspection: layer out of range", ["finetune.inspect", str(GOLDEN), "--text", "x", "--layer", "5",
+                                        "--out", "{tmp}/pictures"],
+     "config error: --layer 5: this model has 2 layers (0-1)"),
 ]  # fmt: skip
 
 

@@ -60,7 +60,7 @@ def test_dashboards_get_the_metrics_and_the_config(make_config, tmp_path):
 
     cfg = make_config(name="dash", train={"max_steps": 4, "eval_every": 2},
                       log={"tensorboard": True, "wandb": "offline", "progress_bar": True, "peak_tflops": 0.5,
-                           "every_steps": 1})  # fmt: skip
+                           "every_steps": 1, "inspect_every": 1})  # fmt: skip
     out = launch(2, cfg).stdout
     run_dir = tmp_path / "runs" / "dash"
     # MFU on CPU, from log.peak_tflops: FLOPs of the matmuls per token x tokens/s over 2 x 0.5 TFLOP/s
@@ -80,6 +80,9 @@ def test_dashboards_get_the_metrics_and_the_config(make_config, tmp_path):
     assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "eval/val_loss"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert "config/text_summary" in tags["tensors"]
+    for name in ("entropy", "distance"):  # per-head attention heatmaps at every evaluation
+        assert [e.step for e in events.Images(f"attention/{name}")] == [2, 4]
+        assert len(events.Images(f"attention/{name}")[0].encoded_image_string) > 5000
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and "wandb sync" in out
     assert "tensorboard --logdir" in out and out.count("done: step 4;") == 1  # rank 0 only

@@ -1,0 +1,129 @@
+"""python -m finetune.inspect on the checkpoint kinds the other commands take, and its refusals."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from finetune.inspect import main
+from pretrain.config import RunConfig, save_config
+from pretrain.model import ModelConfig, Transformer
+
+GOLDEN = Path(__file__).parent / "golden" / "checkpoint"  # a real step-10 DeepSpeed checkpoint of a decoder
+TEXT = "def load(fp):\n    return json.loads(fp.read())"
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_picture(path: Path) -> None:
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(str(path))
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 200
+    assert pixels[..., :3].var() > 1e-3, f"{path.name} is blank"
+
+
+def test_decoder_checkpoint(tmp_path, capsys):
+    out = tmp_path / "pictures"
+    code, printed, err = run(capsys, GOLDEN, "--text", TEXT, "--text", "import json", "--layer", 1, "--heads", "0,2",
+                             "--out", out)  # fmt: skip
+    assert code == 0, err
+    names = {p.name for p in out.iterdir()}
+    assert names == {"layer1_head0.png", "layer1_head2.png", "layer1_heads.png", "overview.png", "head_entropy.png",
+                     "head_distance.png", "positions.png", "attention.json"}  # fmt: skip
+    for name in names - {"attention.json"}:
+        assert_picture(out / name)
+    record = json.loads((out / "attention.json").read_text())
+    assert record["layer"] == 1 and set(record["heads"]) == {"0", "2"}
+    assert len(record["entropy"]) == 2 and len(record["entropy"][0]) == 4
+
+    # the weights written are the eager kernel's, row by row
+    from finetune.inspect import load_body
+    from pretrain.model.inspect import attention_weights
+
+    model, tok, _ = load_body(str(GOLDEN))
+    ids = tok(TEXT)["input_ids"]
+    assert record["tokens"][0] and len(record["tokens"]) == len(ids)
+    weights = attention_weights(model, torch.tensor([ids]))[1][0]  # (H, T, T) of layer 1
+    for h in (0, 2):
+        for i, row in enumerate(record["heads"][str(h)]):
+            top = weights[h, i].topk(min(3, i + 1))
+            assert [j for _, j, _ in row["top"]] == top.indices.tolist()
+            np.testing.assert_allclose([w for _, _, w in row["top"]], top.values.numpy(), atol=1e-6)
+            assert all(j <= i for _, j, _ in row["top"])  # a decoder's token sees only what came before
+    assert "head 2" in printed and "layer 1" in printed
+
+
+def export_folder(tmp_path: Path, model_cfg: ModelConfig, prefix: str = "") -> Path:
+    """A consolidated export (model.safetensors + config.yaml + tokenizer) of a fresh model."""
+    torch.manual_seed(0)
+    model = Transformer(model_cfg)
+    folder = tmp_path / "consolidated"
+    folder.mkdir()
+    state = {prefix + k: v.contiguous() for k, v in model.state_dict().items()}
+    if prefix:  # a classifier: its body without the LM head, and its own head
+        state = {k: v for k, v in state.items() if ".head." not in k}
+        state["classifier.weight"] = torch.zeros(2, model_cfg.d_model)
+    save_file({k: v.clone() for k, v in state.items()}, str(folder / "model.safetensors"))
+    save_config(RunConfig(model=model_cfg), folder / "config.yaml")
+    shutil.copytree(GOLDEN / "tokenizer", folder / "tokenizer")
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["encoder", "classifier"])
+def test_encoder_and_classifier(tmp_path, capsys, kind):
+    cfg = ModelConfig(arch="encoder" if kind == "encoder" else "decoder", vocab_size=512, d_model=32, num_layers=3,
+                      num_heads=2, max_seq_len=64, position="alibi" if kind == "encoder" else "rope")  # fmt: skip
+    folder = export_folder(tmp_path, cfg, prefix="body." if kind == "classifier" else "")
+    out = tmp_path / "out"
+    code, printed, err = run(capsys, folder, "--text", "x = [1, 2, 3]", "--out", out)
+    assert code == 0, err
+    record = json.loads((out / "attention.json").read_text())
+    assert record["layer"] == 2 and set(record["heads"]) == {"0", "1"}  # the last layer, every head
+    if kind == "encoder":  # every token sees the whole text, later ones included
+        assert any(j > i for i, row in enumerate(record["heads"]["0"]) for _, j, _ in row["top"])
+    assert_picture(out / "positions.png")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--text", "   "], "text 1 of 1 is empty"),
+        ([], "give the text to look at"),
+        (["--text", "x", "--layer", "2"], "--layer 2: this model has 2 layers (0-1)"),
+        (["--text", "x", "--layer", "-1"], "--layer -1: this model has 2 layers"),
+        (["--text", "x", "--heads", "1,4"], "--heads '1,4': this model has 4 heads per layer (0-3)"),
+        (["--text", "x", "--heads", "a"], "--heads 'a': give head numbers"),
+    ],
+)
+def test_bad_arguments_are_one_line(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    code, _, err = run(capsys, GOLDEN, *args, "--out", out)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_unreadable_checkpoints_are_one_line(tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(GOLDEN, broken)
+    shard = broken / "mp_rank_00_model_states.pt"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("not a checkpoint")
+    for source in (broken, stray, tmp_path / "missing"):
+        code, _, err = run(capsys, source, "--text", "x", "--out", tmp_path / "out")
+        assert code == 2 and str(source) in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "out").exists()
