@@ -119,7 +119,7 @@ def load_decoder(path: str):
     pre = load_pretrained(path)
     if pre.model_cfg.arch != "decoder":
         raise ConfigError(f"{path}: generation needs a decoder checkpoint; this is an {pre.model_cfg.arch}")
-    return load_model(pre.state_dict, pre.model_cfg).eval(), pre.tokenizer
+    return load_model(pre.state_dict(), pre.model_cfg).eval(), pre.tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:

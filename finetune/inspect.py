@@ -31,7 +31,7 @@ def load_body(path: str):
     from pretrain.model import Transformer
 
     pre = load_pretrained(path)
-    state = pre.state_dict
+    state = pre.state_dict()
     if any(k.startswith("body.") for k in state):  # a classification fine-tuning checkpoint
         state = {k.removeprefix("body."): v for k, v in state.items() if k.startswith("body.")}
     model = Transformer(pre.model_cfg)

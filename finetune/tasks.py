@@ -3,6 +3,7 @@ fine-tuning with the loss on response tokens only). Each plugs into pretrain.run
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pretrain.data.batches import IGNORE, Batches
 from pretrain.data.config import SourceConfig
 from pretrain.data.sources import DataError, HoldOut, load_table, require_columns
 from pretrain.data.tokenizer import tokenizer_hash
-from pretrain.export import load_model
+from pretrain.export import load_weights
 from pretrain.model import Transformer, pool
 from pretrain.run import LanguageModelTask
 from pretrain.trainer import lm_loss
@@ -33,8 +34,13 @@ class Classifier(nn.Module):
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(body.cfg.d_model, num_labels)
-        nn.init.normal_(self.classifier.weight, 0.0, body.cfg.init_std)
-        nn.init.zeros_(self.classifier.bias)
+        self.reset_head()
+
+    def reset_head(self, gather=None) -> None:
+        """Normal(0, init_std) weights, zero bias; ``gather`` as in Transformer.reset_parameters."""
+        with gather([self.classifier.weight, self.classifier.bias]) if gather else contextlib.nullcontext():
+            nn.init.normal_(self.classifier.weight, 0.0, self.cfg.init_std)
+            nn.init.zeros_(self.classifier.bias)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         hidden = self.body.hidden_states(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
@@ -253,17 +259,22 @@ class FinetuneTask:
 
     # -- model
 
-    def build_model(self) -> nn.Module:
-        if self.cfg.init_random:
-            body = Transformer(self.pretrained.model_cfg)
-        else:
-            body = load_model(self.pretrained.state_dict, self.pretrained.model_cfg)
+    def build_model(self, gather=None) -> nn.Module:
+        """The pretrained body (or a fresh one for init_random) and the task's head. ``gather``
+        (ZeRO-3): the model is being built partitioned; weights stream in one tensor at a time."""
+        body = Transformer(self.pretrained.model_cfg)
+        if gather is not None:  # the same random draws as an unpartitioned build, in the same order
+            body.reset_parameters(gather)
+        if not self.cfg.init_random:
+            load_weights(body, self.pretrained.tensors(), gather)
         if self.kind == "generate":
             return body
         pooling = self.cfg.task.pooling
         if pooling == "auto":
             pooling = "first" if body.cfg.arch == "encoder" else "last"
         model = Classifier(body, len(self.labels), pooling, self.cfg.task.classifier_dropout)
+        if gather is not None:
+            model.reset_head(gather)
         if self.cfg.task.freeze_body:
             for p in model.body.parameters():
                 p.requires_grad_(False)

@@ -33,6 +33,7 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w.\-]*=")
 # Flags that are shorthand for cluster.* overrides.
 FLAGS = {
     "nodes": "nodes", "nproc_per_node": "nproc_per_node", "gpu_memory_gib": "gpu_memory_gib",
+    "cpu_memory_gib": "cpu_memory_gib",
     "hostfile": "hostfile", "master_addr": "master_addr", "master_port": "master_port",
     "partition": "slurm.partition", "account": "slurm.account", "time": "slurm.time",
     "image": "k8s.image", "namespace": "k8s.namespace",
@@ -53,9 +54,10 @@ def parser() -> argparse.ArgumentParser:
             help="default: finetune when the config has init_from or task, else pretrain",
         )
         p.add_argument("--dry-run", action="store_true", help="validate and print what would run; start nothing")
-        p.add_argument("--skip-preflight", action="store_true", help="do not check GPU memory")
+        p.add_argument("--skip-preflight", action="store_true", help="do not check GPU and host memory")
         p.add_argument("--nproc-per-node", "--gpus-per-node", type=int, dest="nproc_per_node")
         p.add_argument("--gpu-memory-gib", type=float)
+        p.add_argument("--cpu-memory-gib", type=float, help="host memory of one node (default: this machine's)")
         if mode != "local":
             p.add_argument("--nodes", type=int)
             p.add_argument("--master-port", type=int)
@@ -275,21 +277,32 @@ def _supervise(nodes, grace_s: float, env: dict, run_dir: Path | None = None) ->
 
 
 def preflight(ns, plan: Plan, cluster) -> None:
-    """GPU memory against the model states' needs, in a process that may import torch."""
-    from launch.cluster import local_gpus
+    """GPU and host memory against what the job needs, in a process that may import torch."""
+    from launch.cluster import local_gpus, local_memory_gib
     from launch.preflight import DOES_NOT_FIT
 
-    if ns.skip_preflight or not cluster.gpus:
+    if ns.skip_preflight:
         return
-    gib = cluster.gpu_memory_gib
-    if gib is None and ns.mode in ("local", "hosts"):
-        gib = local_gpus()[1]
-    if gib is None:
+    here = ns.mode in ("local", "hosts")
+    gpu_gib = cluster.gpu_memory_gib
+    if cluster.gpus and gpu_gib is None and here:
+        gpu_gib = local_gpus()[1]
+    cpu_gib = cluster.cpu_memory_gib if cluster.cpu_memory_gib is not None else local_memory_gib() if here else None
+    if cluster.gpus and gpu_gib is None:
         print("# preflight: GPU memory unknown, not checked (give it with --gpu-memory-gib or cluster.gpu_memory_gib)")
+    if cpu_gib is None:
+        print("# preflight: host memory unknown, not checked (give it with --cpu-memory-gib or cluster.cpu_memory_gib)")
+    if (gpu_gib is None or not cluster.gpus) and cpu_gib is None:
         return
     job = plan.job
-    proc = subprocess.run([sys.executable, "-m", "launch.preflight", str(gib), str(cluster.nodes),
-                           str(cluster.nproc_per_node), job.program, job.config, *job.overrides],
+    args = ["--nodes", str(cluster.nodes), "--nproc-per-node", str(cluster.nproc_per_node), "--program", job.program]
+    if cluster.gpus and gpu_gib is not None:
+        args += ["--gpu-gib", str(gpu_gib)]
+    if cpu_gib is not None:
+        args += ["--cpu-gib", f"{cpu_gib:.2f}"]
+    if not cluster.gpus:
+        args.append("--no-gpus")
+    proc = subprocess.run([sys.executable, "-m", "launch.preflight", *args, job.config, *job.overrides],
                           capture_output=True, text=True)  # fmt: skip
     for line in proc.stdout.splitlines():
         if line.startswith("preflight:"):

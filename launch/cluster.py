@@ -82,6 +82,9 @@ class ClusterConfig:
     true for slurm and k8s."""
     gpu_memory_gib: float | None = None
     """Memory of one GPU for the preflight check; None: nvidia-smi on this machine, if any."""
+    cpu_memory_gib: float | None = None
+    """Host memory of one node for the preflight check; None: this machine's (/proc/meminfo) for
+    local and hosts jobs, unchecked for slurm and k8s."""
     hostfile: str | None = None
     """hosts: lines of 'hostname slots=N' (the DeepSpeed/pdsh convention); '#' starts a comment."""
     remote: str = "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new {host}"
@@ -110,8 +113,9 @@ class ClusterConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if not 0 < self.master_port < 65536:
             raise ValueError(f"master_port={self.master_port}: must be a TCP port, 1-65535")
-        if self.gpu_memory_gib is not None and self.gpu_memory_gib <= 0:
-            raise ValueError(f"gpu_memory_gib={self.gpu_memory_gib}: must be > 0")
+        for name in ("gpu_memory_gib", "cpu_memory_gib"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be > 0")
         if "{host}" not in self.remote:
             raise ValueError(f"remote={self.remote!r}: must contain {{host}}, where the node's name goes")
         if self.max_restarts < 0 or self.grace_s < 0:
@@ -169,6 +173,17 @@ def read_hostfile(path: str) -> list[tuple[str, int]]:
     if len(slots) > 1:
         raise ConfigError(f"{path}: every host needs the same slots (one process per GPU), got {sorted(slots)}")
     return hosts
+
+
+def local_memory_gib() -> float | None:
+    """This machine's memory (MemTotal of /proc/meminfo) in GiB; None where there is no such file."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
 
 
 def local_gpus() -> tuple[int, float | None]:

@@ -1,11 +1,14 @@
 """Preflight memory check, run by ``python -m launch`` in a process of its own (it needs torch and
 DeepSpeed, which the launcher itself never imports):
 
-    python -m launch.preflight GPU_GIB NODES NPROC_PER_NODE PROGRAM CONFIG.yaml [overrides]
+    python -m launch.preflight [--gpu-gib G] [--cpu-gib C] [--nodes N] [--nproc-per-node P]
+        [--program pretrain|finetune] [--no-gpus] CONFIG.yaml [overrides]
 
-Compares the memory that model states need per GPU at the job's ZeRO stage and offload settings
-(DeepSpeed's estimators, see pretrain.memory) with GPU_GIB. Prints the estimate; when it does not
-fit, says so with the numbers and the settings that would fit, and exits with status 3.
+Compares the memory the job needs at its ZeRO stage and offload settings (DeepSpeed's estimators,
+see pretrain.memory) with G GiB per GPU and C GiB of host memory per node: model states per GPU,
+and on the host each rank's share of the model while it is built plus what is offloaded (without
+GPUs, the model states themselves). Prints the estimate; when it does not fit, says so with the
+numbers and the settings that would fit, and exits with status 3.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 from pathlib import Path
 
 from pretrain.checkpoint_layout import checkpoints_dir, newest_complete
-from pretrain.config import ConfigError, exit_on_config_error, load_config
+from pretrain.config import exit_on_config_error, load_config
 
 DOES_NOT_FIT = 3
 
@@ -60,8 +63,18 @@ def model_config(program: str, cfg):
     return None  # an HF directory: the shape is only known once transformers reads it
 
 
-def check(gpu_gib: float, nodes: int, nproc: int, program: str, config: str, overrides: list[str]) -> int:
-    from pretrain.memory import estimates, model_sizes
+def cpu_device_bytes(params: int, largest: int, stage: int, world: int) -> float:
+    """Bytes per process of fp32 AdamW model states on CPU devices (no GPUs): weights 4, gradients 4,
+    moments 8 per parameter; ZeRO-1 partitions the moments, ZeRO-2 the gradients too, ZeRO-3 all of
+    it (plus one layer gathered whole)."""
+    if stage == 3:
+        return 16 * params / world + 4 * largest
+    return 4 * params + 4 * params / (world if stage >= 2 else 1) + 8 * params / (world if stage >= 1 else 1)
+
+
+def check(gpu_gib: float | None, cpu_gib: float | None, nodes: int, nproc: int, program: str, config: str,
+          overrides: list[str], gpus: bool = True) -> int:  # fmt: skip
+    from pretrain.memory import GIB, model_sizes
 
     cfg = run_config(program, config, overrides)
     ds = cfg.deepspeed
@@ -70,35 +83,67 @@ def check(gpu_gib: float, nodes: int, nproc: int, program: str, config: str, ove
         print("preflight: the model's size is not known before it is loaded (an HF directory); memory not checked")
         return 0
     params, largest = model_sizes(model)
-    rows = estimates(params, largest, nproc, nodes)
     chosen = setting_name(ds.zero_stage, ds.offload_optimizer, ds.offload_params)
-    need = dict((name, gpu) for name, gpu, _ in rows)[chosen]
-    print(f"preflight: {params / 1e6:,.1f}M parameters, {chosen} on {nodes} node(s) x {nproc} GPU(s): "
-          f"model states need {need:.2f} GiB per GPU of {gpu_gib:.1f} GiB (activations come on top)")  # fmt: skip
-    if need <= gpu_gib:
+    if gpus:
+        from pretrain.memory import estimates
+
+        rows = estimates(params, largest, nproc, nodes)
+    else:  # the model states live in host memory: the node holds nproc processes' worth
+        rows = [(name, 0.0, nproc * cpu_device_bytes(params, largest, stage, nproc * nodes) / GIB)
+                for name, stage in (("ZeRO-0 (data parallel)", 0), ("ZeRO-1", 1), ("ZeRO-2", 2), ("ZeRO-3", 3))]
+        chosen = setting_name(ds.zero_stage, False, False)
+    need_gpu, need_cpu = {name: (g, c) for name, g, c in rows}[chosen]
+    where = f"{chosen} on {nodes} node(s) x {nproc} {'GPU' if gpus else 'process'}(es)".replace("GPU(es)", "GPU(s)")
+    said = [f"preflight: {params / 1e6:,.1f}M parameters, {where}:"]
+    if gpus and gpu_gib is not None:
+        said.append(f"model states need {need_gpu:.2f} GiB per GPU of {gpu_gib:.1f} GiB (activations come on top)")
+    if cpu_gib is not None:
+        said.append(f"host memory {need_cpu:.2f} GiB per node of {cpu_gib:.2f} GiB")
+    print(" ".join(said[:1]) + " " + "; ".join(said[1:]))
+    short = []
+    if gpus and gpu_gib is not None and need_gpu > gpu_gib:
+        short.append(f"model states need {need_gpu:.2f} GiB per GPU at {chosen}, the GPUs have {gpu_gib:.1f} GiB")
+    if cpu_gib is not None and need_cpu > cpu_gib:
+        if not gpus:
+            what = f"the model states of its {nproc} processes: weights, gradients, AdamW moments"
+        else:
+            built = "each rank's share of the model" if ds.zero_stage == 3 else "every rank's whole fp32 model"
+            what = built + " while it is built" + (", and what is offloaded" if "offload" in chosen else "")
+        short.append(f"{need_cpu:.2f} GiB of host memory per node at {chosen} ({what}), "
+                     f"the nodes have {cpu_gib:.2f} GiB")  # fmt: skip
+    if not short:
         return 0
-    fitting = [(name, gpu, cpu) for name, gpu, cpu in rows if gpu <= gpu_gib]
-    lines = [f"the job does not fit: model states need {need:.2f} GiB per GPU at {chosen}, "
-             f"the GPUs have {gpu_gib:.1f} GiB"]  # fmt: skip
+    fitting = [(n, g, c) for n, g, c in rows
+               if (not gpus or gpu_gib is None or g <= gpu_gib) and (cpu_gib is None or c <= cpu_gib)]  # fmt: skip
+    lines = ["the job does not fit: " + "; and ".join(short)]
     if fitting:
-        lines.append("settings that fit (model states per GPU, CPU memory per node):")
+        lines.append("settings that fit (model states per GPU, CPU memory per node):" if gpus
+                     else "settings that fit (host memory per node):")  # fmt: skip
         width = max(len(OVERRIDES[n]) for n, _, _ in fitting)
-        lines += [f"  {OVERRIDES[n]:{width}s} {g:7.2f} GiB GPU {c:7.1f} GiB CPU" for n, g, c in fitting]
+        lines += [f"  {OVERRIDES[n]:{width}s} " + (f"{g:7.2f} GiB GPU " if gpus else "") + f"{c:7.2f} GiB CPU"
+                  for n, g, c in fitting]  # fmt: skip
     else:
-        lines.append("no ZeRO stage or offload fits on this many GPUs: add nodes, or choose a smaller model")
+        lines.append("no ZeRO stage or offload fits on this many nodes: add nodes, or choose a smaller model")
     print("\n".join(lines), file=sys.stderr)
     return DOES_NOT_FIT
 
 
 @exit_on_config_error
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        gpu_gib, nodes, nproc, program, config, *overrides = args
-        gpu, n, p = float(gpu_gib), int(nodes), int(nproc)
-    except ValueError:
-        raise ConfigError(f"usage: {__doc__.splitlines()[3].strip()}") from None
-    sys.exit(check(gpu, n, p, program, config, overrides))
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m launch.preflight")
+    ap.add_argument("--gpu-gib", type=float)
+    ap.add_argument("--cpu-gib", type=float)
+    ap.add_argument("--nodes", type=int, default=1)
+    ap.add_argument("--nproc-per-node", type=int, default=1)
+    ap.add_argument("--program", choices=("pretrain", "finetune"), default="pretrain")
+    ap.add_argument("--no-gpus", action="store_true", help="the model states live in host memory")
+    ap.add_argument("config")
+    ap.add_argument("overrides", nargs="*")
+    ns = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    sys.exit(check(ns.gpu_gib, ns.cpu_gib, ns.nodes, ns.nproc_per_node, ns.program, ns.config, ns.overrides,
+                   gpus=not ns.no_gpus))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float, lr_scale=lamb
     skip = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if isinstance(module, no_decay_modules) or name == "bias" or p.dim() < 2:
+            if isinstance(module, no_decay_modules) or name == "bias" or len(getattr(p, "ds_shape", p.shape)) < 2:
                 skip.add(id(p))
     groups: dict[tuple[float, bool], list] = {}
     seen = set()
@@ -153,6 +153,24 @@ def init_distributed(timeout_s: float = 1800.0) -> tuple[int, int]:
     distributed_c10d.default_pg_timeout = distributed_c10d.default_pg_nccl_timeout = timeout
     deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=timeout)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def partitioned_construction(config: dict):
+    """(context, gather) for building the model. Under ZeRO-3 the context is deepspeed.zero.Init:
+    each parameter is partitioned across the ranks as its module is created, so no rank ever holds
+    the whole model (a 7B model is ~28 GB in fp32 per rank otherwise). ``gather(params)`` then makes
+    a few parameters whole for initialising or loading them, keeping what rank 0 writes. Otherwise
+    a plain context and None: parameters are whole from the start."""
+    import contextlib
+
+    if config["zero_optimization"].get("stage", 0) != 3:
+        return contextlib.nullcontext(), None
+    import deepspeed
+
+    def gather(params):
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+
+    return deepspeed.zero.Init(config_dict_or_path=config), gather
 
 
 def initialize(model: nn.Module, config: dict, train: TrainConfig, groups: list[dict]):

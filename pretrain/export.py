@@ -18,22 +18,60 @@ from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, exit_on_config_error, load_config, save_config
 
 
-def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
-    """The full fp32 state dict of a checkpoint, whatever its ZeRO stage and world size."""
+def consolidated_tensors(tag_dir: Path) -> dict:
+    """The fp32 tensors of a checkpoint by name, whatever its ZeRO stage and world size, read lazily:
+    files are memory-mapped and a tensor is gathered from the ZeRO shards (DeepSpeed's zero_to_fp32
+    lazy mode) only when ``materialize`` asks for it, so no process need hold the whole model."""
     from pretrain import safe_load
 
     cfg = ckpt.saved_config(tag_dir)
     try:
         if cfg.deepspeed.zero_stage == 0:  # no ZeRO shards: the module states hold the full model
-            return safe_load.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
+            return safe_load.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", mmap=True)["module"]
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         with safe_load.restricted_torch_load():
-            return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+            return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name, lazy_mode=True)
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which checkpoint, in one line
         raise ConfigError(f"checkpoint {tag_dir} cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
+
+
+def materialize(tensor) -> torch.Tensor:
+    """A tensor from a lazy source (a memory-mapped tensor, or zero_to_fp32's gathered pseudo-tensor)."""
+    return tensor.contiguous()
+
+
+def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """The full fp32 state dict of a checkpoint, in memory."""
+    try:
+        return {name: materialize(t) for name, t in consolidated_tensors(tag_dir).items()}
+    except Exception as e:  # noqa: BLE001 - a shard cut short shows when its tensors are read
+        raise ConfigError(f"checkpoint {tag_dir} cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
+
+
+def load_weights(model, tensors, gather=None) -> None:
+    """Copy named tensors (a state dict, or a lazy source: see consolidated_tensors) into ``model``
+    one at a time. ``gather(params)`` (ZeRO-3, see pretrain.engine.partitioned_construction) makes
+    each partitioned parameter whole while rank 0 writes it; the other ranks read nothing. A tied
+    output matrix may be absent; anything else missing or extra is an error, before any copy."""
+    import contextlib
+
+    import torch.distributed as dist
+
+    own = dict(model.named_parameters())  # a tied matrix once, as the embedding
+    tied = {"head.weight", "head.decoder.weight"} if model.cfg.tie_embeddings else set()
+    names = set(tensors.keys())
+    missing, unexpected = sorted(set(own) - names), sorted(names - set(own) - tied)
+    if missing or unexpected:
+        raise ConfigError(f"the weights do not fit the model: missing {missing}, unexpected {unexpected}")
+    writer = gather is None or not dist.is_initialized() or dist.get_rank() == 0
+    for name, param in own.items():
+        with gather([param]) if gather is not None else contextlib.nullcontext():
+            if writer:
+                with torch.no_grad():
+                    param.copy_(materialize(tensors[name]).to(param.dtype))
 
 
 def load_model(state_dict: dict, model_cfg):
@@ -41,10 +79,7 @@ def load_model(state_dict: dict, model_cfg):
     from pretrain.model import Transformer
 
     model = Transformer(model_cfg)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    tied = {"head.weight", "head.decoder.weight"} if model_cfg.tie_embeddings else set()
-    if set(missing) - tied or unexpected:
-        raise ConfigError(f"the weights do not fit the model: missing {missing}, unexpected {unexpected}")
+    load_weights(model, state_dict)
     return model
 
 

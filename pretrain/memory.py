@@ -6,6 +6,12 @@ own estimators; stages 0 and 1 (which DeepSpeed does not estimate) from the ZeRO
 counts: 2 (16-bit weights) + 2 (16-bit gradients) + 12 (fp32 master weights, momentum, variance)
 bytes per parameter, the 12 divided over the GPUs at stage 1. Activations come on top and depend
 on micro batch, sequence length and activation checkpointing.
+
+CPU memory per node is what the ranks of a node hold on the host: at stages 0-2 every rank builds
+the whole model in fp32 (4 bytes per parameter) before DeepSpeed takes it, at stage 3 the model is
+built partitioned (deepspeed.zero.Init: each rank holds 4 x parameters / world size, plus one
+layer whole while it is initialised), and offloaded optimizer states and parameters live there;
+DeepSpeed's estimators count it so, with their 1.5x buffer factor, and so do stages 0 and 1 here.
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ def estimates(params: int, largest: int, gpus_per_node: int, nodes: int) -> list
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
     gpus = gpus_per_node * nodes
+    built_whole = 4 * params * gpus_per_node * 1.5  # every rank's fp32 model, as DeepSpeed counts ZeRO-2's
     rows = [
-        ("ZeRO-0 (data parallel)", 16 * params, 0),
-        ("ZeRO-1", 4 * params + 12 * params / gpus, 0),
+        ("ZeRO-0 (data parallel)", 16 * params, built_whole),
+        ("ZeRO-1", 4 * params + 12 * params / gpus, built_whole),
     ]
     for offload in (False, True):
         cpu, gpu = estimate_zero2_model_states_mem_needs(params, gpus_per_node, nodes, cpu_offload=offload)

@@ -26,7 +26,14 @@ import torch.distributed as dist
 
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, RunConfig, save_config, to_dict
-from pretrain.engine import deepspeed_config, init_distributed, initialize, param_groups, repair_loaded_optimizer
+from pretrain.engine import (
+    deepspeed_config,
+    init_distributed,
+    initialize,
+    param_groups,
+    partitioned_construction,
+    repair_loaded_optimizer,
+)
 from pretrain.status import write_heartbeat, write_status
 
 
@@ -51,10 +58,15 @@ class LanguageModelTask:
         self.val_batches = batches(cfg.data, self.tokenizer, arch, "validation", micro, rank, world, seed, log=say) \
             if cfg.train.eval_every else None  # fmt: skip
 
-    def build_model(self):
+    def build_model(self, gather=None):
+        """The model, initialised; ``gather`` (ZeRO-3) when it is built partitioned, see
+        pretrain.engine.partitioned_construction."""
         from pretrain.model import Transformer
 
-        return Transformer(self.cfg.model)
+        model = Transformer(self.cfg.model)
+        if gather is not None:  # the constructor's init saw only placeholders: draw the weights again
+            model.reset_parameters(gather)
+        return model
 
     @staticmethod
     def eval_metrics(sums: dict) -> dict:
@@ -194,14 +206,18 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
         for name, text in task.extra_files().items():
             (run_dir / name).write_text(text)
 
-    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    model = task.build_model()
-    body = getattr(model, "body", model)
-    body.activation_checkpointing = cfg.train.activation_checkpointing
     saved_world = ckpt.saved_info(resume)["world_size"] if resume is not None else world
     ds_config = deepspeed_config(cfg.deepspeed, cfg.train, world, grad_accum)
     if saved_world != world:
         ds_config["checkpoint"] = {"load_universal": True}
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    construction, gather = partitioned_construction(ds_config)
+    with construction:
+        model = task.build_model(gather)
+    if gather is not None:
+        say("built the model partitioned across the ranks (ZeRO-3, deepspeed.zero.Init)")
+    body = getattr(model, "body", model)
+    body.activation_checkpointing = cfg.train.activation_checkpointing
     groups = param_groups(model, cfg.train.weight_decay, cfg.train.lr, task.lr_scale)
     weight_decays = [g["weight_decay"] for g in groups]  # before DeepSpeed holds (and may rewrite) them
     engine = initialize(model, ds_config, cfg.train, groups)

@@ -5,6 +5,12 @@ from __future__ import annotations
 from torch import nn
 
 
+def numel(p) -> int:
+    """Elements of a parameter; one partitioned by DeepSpeed ZeRO-3 holds a placeholder and keeps
+    its whole size as ``ds_numel``."""
+    return getattr(p, "ds_numel", None) or p.numel()
+
+
 def count_parameters(model: nn.Module, exclude_input_embedding: bool = False) -> int:
     """Trainable parameters, each shared tensor once.
 
@@ -12,14 +18,14 @@ def count_parameters(model: nn.Module, exclude_input_embedding: bool = False) ->
     token-type embeddings) are left out, except a token embedding tied to the output layer, which
     does the output matmul.
     """
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(numel(p) for p in model.parameters())
     if exclude_input_embedding:
         embed = model.embed
         if not model.cfg.tie_embeddings:
-            total -= embed.tokens.weight.numel()
+            total -= numel(embed.tokens.weight)
         for table in (embed.positions, embed.token_types):
             if table is not None:
-                total -= table.weight.numel()
+                total -= numel(table.weight)
     return total
 
 
@@ -36,7 +42,7 @@ def flops_per_token(model: nn.Module, seq_len: int, predicted_fraction: float = 
     Norms, activations, softmax and embedding lookups are left out (they are not matmuls).
     """
     cfg = model.cfg
-    body = sum(m.weight.numel() for layer in model.layers for m in layer.modules() if isinstance(m, nn.Linear))
-    head = sum(m.weight.numel() for m in model.head.modules() if isinstance(m, nn.Linear))
+    body = sum(numel(m.weight) for layer in model.layers for m in layer.modules() if isinstance(m, nn.Linear))
+    head = sum(numel(m.weight) for m in model.head.modules() if isinstance(m, nn.Linear))
     attention = 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len  # fwd FLOPs per token: QK^T + AV
     return 6.0 * body + 6.0 * head * predicted_fraction + 6.0 * attention

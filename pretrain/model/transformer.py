@@ -5,7 +5,9 @@ A model is a plain nn.Module built from a ModelConfig; training concerns live el
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
 
 import torch
 import torch.utils.checkpoint
@@ -16,6 +18,10 @@ from .config import ModelConfig
 from .layers import ACTIVATIONS, Block, build_norm
 from .loss import IGNORE, OutputLayer
 from .position import build_position, sinusoidal
+
+
+def _whole(params):
+    return contextlib.nullcontext()
 
 
 class Embeddings(nn.Module):
@@ -83,23 +89,35 @@ class Transformer(nn.Module):
         """The matrix that maps hidden states to vocabulary logits (tied to the embedding or not)."""
         return self.head if self.cfg.causal else self.head.decoder
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, gather: Callable | None = None) -> None:
         """Normal(0, init_std) weights, zero biases, unit norms; residual output projections scaled
-        by 1/sqrt(2 * num_layers) so the residual stream's variance does not grow with depth."""
+        by 1/sqrt(2 * num_layers) so the residual stream's variance does not grow with depth.
+
+        ``gather(params)``: a context in which partitioned parameters (DeepSpeed ZeRO-3 builds the
+        model partitioned) are whole and what rank 0 writes into them is kept. The random draws are
+        the same in the same order either way, so a seed gives the same weights partitioned or not
+        (a matrix already tied gets its draw thrown away, as it was before the tie)."""
+        gather = gather or _whole
         std = self.cfg.init_std
+        seen: set[int] = set()
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, 0.0, std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-                nn.init.ones_(module.weight)
-                if getattr(module, "bias", None) is not None:
+            params = list(module.parameters(recurse=False))
+            with gather(params):
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    weight = module.weight if id(module.weight) not in seen else torch.empty(module.weight.shape)
+                    nn.init.normal_(weight, 0.0, std)
+                if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
+                if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                    nn.init.ones_(module.weight)
+                    if getattr(module, "bias", None) is not None:
+                        nn.init.zeros_(module.bias)
+            seen.update(id(p) for p in params)
         if self.cfg.scaled_residual_init:
             for block in self.layers:
                 for proj in (block.attn.proj, block.mlp.proj):
-                    nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.cfg.num_layers))
+                    with gather([proj.weight]):
+                        nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.cfg.num_layers))
         if self.cfg.tie_embeddings:
             self.output.weight = self.embed.tokens.weight
 
