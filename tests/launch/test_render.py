@@ -263,14 +263,14 @@ def test_preflight_refuses_a_job_that_cannot_fit_and_names_what_would(stage, fit
 def test_preflight_checks_host_memory_per_node():
     # LLaMA-1B on 8 GPUs: at ZeRO-2 every rank builds the whole fp32 model on the host (8 x 4.4 GB x 1.5);
     # ZeRO-3 builds it partitioned (deepspeed.zero.Init) and needs a layer per rank.
-    proc = launch("slurm", "configs/pretrain/llama-1b-1node.yaml", "--nodes", "1", "--gpus-per-node", "8",
-                  "--gpu-memory-gib", "80", "--cpu-memory-gib", "32", "--dry-run", "deepspeed.zero_stage=2")  # fmt: skip
+    node = ["--nodes", "1", "--gpus-per-node", "8", "--gpu-memory-gib", "80", "--cpu-memory-gib", "32", "--dry-run"]
+    proc = launch("slurm", "configs/pretrain/llama-1b-1node.yaml", *node, "deepspeed.zero_stage=2")
     assert proc.returncode == 2
-    assert "49.18 GiB of host memory per node at ZeRO-2 (every rank's whole fp32 model while it is built)" in proc.stderr
+    said = "49.18 GiB of host memory per node at ZeRO-2 (every rank's whole fp32 model while it is built)"
+    assert said in proc.stderr
     assert "the nodes have 32.00 GiB" in proc.stderr
     assert "deepspeed.zero_stage=3 " in proc.stderr and "deepspeed.zero_stage=1 " not in proc.stderr
-    fits = launch("slurm", "configs/pretrain/llama-1b-1node.yaml", "--nodes", "1", "--gpus-per-node", "8",
-                  "--gpu-memory-gib", "80", "--cpu-memory-gib", "32", "--dry-run", "deepspeed.zero_stage=3")  # fmt: skip
+    fits = launch("slurm", "configs/pretrain/llama-1b-1node.yaml", *node, "deepspeed.zero_stage=3")
     assert fits.returncode == 0, fits.stderr
     assert "host memory 2.93 GiB per node of 32.00 GiB" in fits.stdout
     # without GPUs the model states themselves live on the host: 2 processes x (4 + 4/2 + 8/2) bytes x 14.8M
