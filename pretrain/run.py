@@ -208,7 +208,10 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
 
     saved_world = ckpt.saved_info(resume)["world_size"] if resume is not None else world
     ds_config = deepspeed_config(cfg.deepspeed, cfg.train, world, grad_accum)
-    if saved_world != world:
+    # ZeRO-1-3 shards are per rank: another world size loads their universal form. A ZeRO-0
+    # checkpoint holds the whole model and optimizer in one file, which any world size loads as it is.
+    universal = saved_world != world and ckpt.saved_config(resume).deepspeed.zero_stage > 0
+    if universal:
         ds_config["checkpoint"] = {"load_universal": True}
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     construction, gather = partitioned_construction(ds_config)
@@ -231,7 +234,7 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
     start_step = 0
     state = None
     if resume is not None:
-        tag = resume.name if saved_world == world else ckpt.universal_tag(resume)
+        tag = ckpt.universal_tag(resume) if universal else resume.name
         say(f"resuming from {resume} (saved by {saved_world} process(es), now {world})")
         from pretrain import safe_load
 
