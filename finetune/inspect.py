@@ -27,18 +27,12 @@ def load_body(path: str):
     """(Transformer, tokenizer, where it came from): the stack whose attention we look at. A
     classifier's body is taken out of it; an LM head that is not there (a classifier's) does not matter."""
     from finetune.weights import load_pretrained
-    from pretrain.config import ConfigError
+    from pretrain.export import load_weights
     from pretrain.model import Transformer
 
     pre = load_pretrained(path)
-    state = pre.state_dict()
-    if any(k.startswith("body.") for k in state):  # a classification fine-tuning checkpoint
-        state = {k.removeprefix("body."): v for k, v in state.items() if k.startswith("body.")}
     model = Transformer(pre.model_cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("head.")]
-    if missing or unexpected:
-        raise ConfigError(f"{path}: the weights do not fit the model: missing {missing}, unexpected {unexpected}")
+    load_weights(model, pre.tensors(), skip=pre.skip)
     return model.eval(), pre.tokenizer, pre.source
 
 

@@ -139,6 +139,8 @@ class FinetuneTask:
                 f"task.kind=generate needs a decoder (causal) checkpoint; init_from={cfg.init_from!r} is an "
                 f"{arch} ({self.pretrained.source}); use task.kind=classify or a GPT/LLaMA checkpoint"
             )
+        if self.kind == "generate" and self.pretrained.body_only:
+            raise DataError(f"task.kind=generate needs an LM head; {self.pretrained.source} is a classifier's body")
         if cfg.data.tokenizer.path:
             from pretrain.data.tokenizer import load_tokenizer
 
@@ -266,7 +268,7 @@ class FinetuneTask:
         if gather is not None:  # the same random draws as an unpartitioned build, in the same order
             body.reset_parameters(gather)
         if not self.cfg.init_random:
-            load_weights(body, self.pretrained.tensors(), gather)
+            load_weights(body, self.pretrained.tensors(), gather, skip=self.pretrained.skip)
         if self.kind == "generate":
             return body
         pooling = self.cfg.task.pooling

@@ -13,6 +13,7 @@ import torch
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError
 from pretrain.model import ModelConfig
+from pretrain.shards import ShardedWeights, has_weights
 
 
 @dataclass
@@ -23,30 +24,19 @@ class Pretrained:
     safetensors, DeepSpeed shards through zero_to_fp32's lazy mode); see pretrain.export.load_weights."""
     tokenizer: object
     source: str
+    body_only: bool = False
+    """A classifier's checkpoint: the stack without its LM head (``head.*`` is not there)."""
+
+    @property
+    def skip(self) -> tuple[str, ...]:
+        """What load_weights leaves alone: the LM head a classifier's body does not have."""
+        return ("head.",) if self.body_only else ()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor in memory (single-process tools: generate, inspect)."""
         from pretrain.export import materialize
 
         return {name: materialize(t) for name, t in self.tensors().items()}
-
-
-class SafetensorsFile(Mapping):
-    """The tensors of a .safetensors file by name, each read (memory-mapped) when asked for."""
-
-    def __init__(self, path: Path):
-        from safetensors import safe_open
-
-        self._file = safe_open(str(path), framework="pt")
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self._file.get_tensor(name)
-
-    def __iter__(self):
-        return iter(self._file.keys())
-
-    def __len__(self) -> int:
-        return len(self._file.keys())
 
 
 def load_pretrained(init_from: str) -> Pretrained:
@@ -56,21 +46,52 @@ def load_pretrained(init_from: str) -> Pretrained:
     path = Path(init_from)
     if not path.exists():
         raise ConfigError(f"init_from={init_from!r}: no such file or directory")
-    if (path / "model.safetensors").exists() and (path / "config.yaml").exists():  # an export's consolidated/
+    if has_weights(path) and (path / "config.yaml").exists():  # an export's consolidated/
         from pretrain.config import load_config
 
         cfg = load_config(path / "config.yaml")
         tok = load_tokenizer(path / "tokenizer", what=f"the tokenizer of export {path}")
-        return Pretrained(cfg.model, lambda: SafetensorsFile(path / "model.safetensors"), tok,
-                          f"consolidated export {path}")  # fmt: skip
+        return _opened(cfg.model, ShardedWeights(path), tok, f"consolidated export {path}")
     if (path / "config.json").exists():  # an HF transformers directory
         return _from_hf_dir(path)
     tag_dir = ckpt.resolve(path)  # names the newest complete checkpoint when given a partial one
     from pretrain.export import consolidated_tensors
 
-    tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
     cfg = ckpt.saved_config(tag_dir)
-    return Pretrained(cfg.model, lambda: consolidated_tensors(tag_dir), tok, f"checkpoint {tag_dir}")
+    tensors = consolidated_tensors(tag_dir)  # opened (memory-mapped) now: a refused or unfit file stops us here
+    tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
+    return _opened(cfg.model, tensors, tok, f"checkpoint {tag_dir}")
+
+
+class BodyWeights(Mapping):
+    """A classification checkpoint's tensors seen as its body's: ``body.X`` as ``X``, the head left out."""
+
+    def __init__(self, tensors: Mapping):
+        self._tensors = tensors
+        self._names = [k.removeprefix("body.") for k in tensors if k.startswith("body.")]
+
+    def __getitem__(self, name: str):
+        return self._tensors["body." + name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _opened(model_cfg: ModelConfig, tensors: Mapping, tok, source: str) -> Pretrained:
+    """Checked against the model's names and shapes now, before any process starts."""
+    from pretrain.export import check_fits
+
+    body_only = any(k.startswith("body.") for k in tensors)
+    if body_only:
+        tensors = BodyWeights(tensors)
+    try:
+        check_fits(tensors, model_cfg, skip=("head.",) if body_only else ())
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return Pretrained(model_cfg, lambda: tensors, tok, source, body_only)
 
 
 def _from_hf_dir(path: Path) -> Pretrained:

@@ -1,10 +1,13 @@
-"""python -m pretrain.export RUN_OR_CHECKPOINT_DIR OUT_DIR
+"""python -m pretrain.export RUN_OR_CHECKPOINT_DIR OUT_DIR [--max-shard-mib 5120]
 
 Writes, from the newest complete checkpoint of a run (or the checkpoint given):
-  OUT_DIR/consolidated/  model.safetensors (one fp32 state dict, gathered from the ZeRO shards
-                         by DeepSpeed's zero_to_fp32), config.yaml, tokenizer/
-  OUT_DIR/hf/            an HF transformers directory (config.json, model.safetensors, tokenizer)
-                         for the GPT-2, LLaMA and BERT families
+  OUT_DIR/consolidated/  the fp32 weights gathered from the ZeRO shards by DeepSpeed's zero_to_fp32
+                         (lazy mode), as model.safetensors or, past --max-shard-mib, as
+                         model-0000i-of-0000n.safetensors + model.safetensors.index.json;
+                         config.yaml, tokenizer/
+  OUT_DIR/hf/            an HF transformers directory (config.json, the weights laid out the same
+                         way, tokenizer) for the GPT-2, LLaMA and BERT families
+Tensors are read and written one at a time, a shard at most held in memory.
 """
 
 from __future__ import annotations
@@ -51,16 +54,18 @@ def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"checkpoint {tag_dir} cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
 
 
-def load_weights(model, tensors, gather=None) -> None:
+def load_weights(model, tensors, gather=None, skip: tuple[str, ...] = ()) -> None:
     """Copy named tensors (a state dict, or a lazy source: see consolidated_tensors) into ``model``
     one at a time. ``gather(params)`` (ZeRO-3, see pretrain.engine.partitioned_construction) makes
     each partitioned parameter whole while rank 0 writes it; the other ranks read nothing. A tied
-    output matrix may be absent; anything else missing or extra is an error, before any copy."""
+    output matrix may be absent; anything else missing or extra is an error, before any copy.
+    Parameters whose names start with one of ``skip`` are left as they are (a classifier's body
+    has no LM head)."""
     import contextlib
 
     import torch.distributed as dist
 
-    own = dict(model.named_parameters())  # a tied matrix once, as the embedding
+    own = {k: p for k, p in model.named_parameters() if not k.startswith(skip)}  # tied: once
     tied = {"head.weight", "head.decoder.weight"} if model.cfg.tie_embeddings else set()
     names = set(tensors.keys())
     missing, unexpected = sorted(set(own) - names), sorted(names - set(own) - tied)
@@ -83,23 +88,29 @@ def load_model(state_dict: dict, model_cfg):
     return model
 
 
-def export(source: str | Path, out: str | Path) -> dict[str, Path]:
-    from safetensors.torch import save_file
-
+def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30) -> dict[str, Path]:
+    """Stream a checkpoint into OUT/consolidated and OUT/hf tensor by tensor: each tensor is read
+    from the ZeRO shards when its turn comes and written into safetensors files of at most
+    ``max_shard_bytes``, so no process holds the whole model."""
     from pretrain.data.tokenizer import load_tokenizer
-    from pretrain.model.hf import family_of, to_hf
+    from pretrain.model.hf import family_of, hf_config, hf_tensors
+    from pretrain.shards import write_sharded
 
     tag_dir = ckpt.resolve(source)
     cfg = ckpt.saved_config(tag_dir)
-    model = load_model(consolidated_state_dict(tag_dir), cfg.model).eval()
+    tensors = consolidated_tensors(tag_dir)
+    check_fits(tensors, cfg.model)
     tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
     out = Path(out)
     cons = out / "consolidated"
-    cons.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if cfg.model.tie_embeddings:  # one tensor, stored once
-        weights.pop(model_output_key(cfg.model))
-    save_file(weights, str(cons / "model.safetensors"))
+    tied = {model_output_key(cfg.model)} if cfg.model.tie_embeddings else set()  # one tensor, stored once
+    try:
+        write_sharded(((name, lambda t=t: materialize(t)) for name, t in tensors.items() if name not in tied),
+                      cons, max_shard_bytes)  # fmt: skip
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a shard cut short shows when its tensors are read
+        raise ConfigError(f"checkpoint {tag_dir} cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
     save_config(cfg, cons / "config.yaml")
     tok.save_pretrained(str(cons / "tokenizer"))
     written = {"checkpoint": tag_dir, "consolidated": cons}
@@ -109,10 +120,28 @@ def export(source: str | Path, out: str | Path) -> dict[str, Path]:
         print(f"no HF export: {e}")
         return written
     hf_dir = out / "hf"
-    to_hf(model).save_pretrained(str(hf_dir))
+    hf_config(cfg.model).save_pretrained(str(hf_dir))
+    write_sharded(hf_tensors(cfg.model, tensors, materialize), hf_dir, max_shard_bytes)
     tok.save_pretrained(str(hf_dir))
     written["hf"] = hf_dir
     return written
+
+
+def check_fits(tensors, model_cfg, skip: tuple[str, ...] = ()) -> None:
+    """The names and shapes a model of ``model_cfg`` has are all there (read from the meta device),
+    but for those starting with one of ``skip``."""
+    from pretrain.model import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(model_cfg)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(skip)}
+    tied = {model_output_key(model_cfg)} if model_cfg.tie_embeddings else set()
+    missing = sorted(set(own) - set(tensors) - tied)
+    unexpected = sorted(set(tensors) - set(own))
+    wrong = [k for k in set(own) & set(tensors) if tuple(tensors[k].shape) != own[k]]
+    if missing or unexpected or wrong:
+        raise ConfigError(f"the weights do not fit the model: missing {missing}, unexpected {unexpected}, "
+                          f"other shape {sorted(wrong)}")  # fmt: skip
 
 
 def model_output_key(model_cfg) -> str:
@@ -121,20 +150,25 @@ def model_output_key(model_cfg) -> str:
 
 def load_consolidated(folder: str | Path):
     """(RunConfig, model) from an export's consolidated/ folder."""
-    from safetensors.torch import load_file
+    from pretrain.shards import ShardedWeights
 
     folder = Path(folder)
     cfg = load_config(folder / "config.yaml")
-    return cfg, load_model(load_file(str(folder / "model.safetensors")), cfg.model)
+    return cfg, load_model(ShardedWeights(folder), cfg.model)
 
 
 @exit_on_config_error
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print(__doc__.strip(), file=sys.stderr)
-        sys.exit(2)
-    for what, path in export(*args).items():
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pretrain.export", description=__doc__.splitlines()[0])
+    ap.add_argument("source", help="a run directory or checkpoint")
+    ap.add_argument("out")
+    ap.add_argument("--max-shard-mib", type=float, default=5 * 1024.0, help="largest safetensors file (MiB)")
+    ns = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if ns.max_shard_mib <= 0:
+        raise ConfigError(f"--max-shard-mib {ns.max_shard_mib}: must be > 0")
+    for what, path in export(ns.source, ns.out, int(ns.max_shard_mib * 2**20)).items():
         print(f"{what}: {path}")
 
 

@@ -11,6 +11,8 @@ Conv1D stores weights transposed. transformers is imported only when a conversio
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 import torch
 
 from .config import ModelConfig
@@ -208,6 +210,36 @@ def from_hf(hf_model) -> tuple[ModelConfig, Transformer]:
     return cfg, model
 
 
+def hf_tensors(cfg: ModelConfig, ours: Mapping, take: Callable = lambda t: t) -> Iterator[tuple[str, Callable]]:
+    """(HF name, make the tensor) for every tensor of the HF model, from our tensors by name,
+    ``take`` turning each into a tensor when it is made (for lazy sources): an export streams
+    them one at a time. A tied output matrix is left out (transformers ties it when it loads)."""
+    family = family_of(cfg)
+    q_dim, kv_dim = cfg.num_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+
+    def part(name: str, index: int, count: int, transposed: bool):
+        def make():
+            whole = take(ours[name])
+            sizes = (q_dim, kv_dim, kv_dim) if count == 3 else [whole.shape[0] // count] * count
+            piece = whole.split(sizes, dim=0)[index] if count > 1 else whole
+            return (piece.t() if transposed else piece).contiguous()
+
+        return make
+
+    for name, hf_names, transposed in _table(family, cfg):
+        if cfg.tie_embeddings and name == _output_key(cfg):
+            continue
+        for i, h in enumerate(hf_names):
+            yield h, part(name, i, len(hf_names), transposed)
+    if family == "bert" and not cfg.type_vocab_size:  # BERT always has a segment table; ours adds nothing
+        yield "bert.embeddings.token_type_embeddings.weight", lambda: torch.zeros(1, cfg.d_model)
+
+
+def hf_config(cfg: ModelConfig):
+    """The transformers config of the HF class this model maps to."""
+    return _config_to_hf(cfg)
+
+
 def to_hf(model: Transformer):
     """The transformers model (GPT2LMHeadModel, LlamaForCausalLM or BertForMaskedLM) with our weights."""
     import transformers as tf
@@ -216,19 +248,9 @@ def to_hf(model: Transformer):
     family = family_of(cfg)
     hf_cls = {"gpt2": tf.GPT2LMHeadModel, "llama": tf.LlamaForCausalLM, "bert": tf.BertForMaskedLM}[family]
     hf_model = hf_cls(_config_to_hf(cfg)).to(model.embed.tokens.weight.dtype)
-    hf_sd = hf_model.state_dict()
-    ours = model.state_dict()
-    out = {}
-    for name, hf_names, transposed in _table(family, cfg):
-        sizes = [hf_sd[h].shape[1 if transposed else 0] for h in hf_names]
-        for h, part in zip(hf_names, ours[name].split(sizes, dim=0), strict=True):
-            out[h] = (part.t() if transposed else part).contiguous().clone()
+    out = {name: make().clone() for name, make in hf_tensors(cfg, model.state_dict())}
     if family == "bert":
         out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"]
-        if not cfg.type_vocab_size:  # BERT always has a segment table; ours adds nothing, so zeros
-            out["bert.embeddings.token_type_embeddings.weight"] = torch.zeros_like(
-                hf_sd["bert.embeddings.token_type_embeddings.weight"]
-            )
     missing, _ = hf_model.load_state_dict(out, strict=False)
     missing = [k for k in missing if not (cfg.tie_embeddings and k in _hf_tied_keys(family))]
     if missing:

@@ -1,0 +1,84 @@
+"""Weights as safetensors files of a bounded size with an index, the layout transformers writes
+(``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``),
+written one shard at a time and read back one tensor at a time (memory-mapped)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+def write_sharded(tensors: Iterable[tuple[str, Callable[[], torch.Tensor]]], folder: Path,
+                  max_shard_bytes: int = 5 * 2**30) -> list[Path]:  # fmt: skip
+    """Write (name, make the tensor) pairs in order, holding at most one shard (plus one tensor) in
+    memory; returns the files. A tensor larger than the limit gets a shard of its own."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shards: list[list[str]] = []
+    shard: dict[str, torch.Tensor] = {}
+    size = total = 0
+
+    def flush():
+        nonlocal shard, size
+        if shard:
+            save_file(shard, str(folder / f".shard-{len(shards)}.tmp"), metadata={"format": "pt"})
+            shards.append(list(shard))
+            shard, size = {}, 0
+
+    for name, make in tensors:
+        tensor = make().contiguous()
+        nbytes = tensor.numel() * tensor.element_size()
+        if shard and size + nbytes > max_shard_bytes:
+            flush()
+        shard[name] = tensor.clone() if tensor.untyped_storage().nbytes() != nbytes else tensor  # no shared storage
+        size += nbytes
+        total += nbytes
+    flush()
+    if len(shards) == 1:
+        os.replace(folder / ".shard-0.tmp", folder / SINGLE)
+        return [folder / SINGLE]
+    files, weight_map = [], {}
+    for i, names in enumerate(shards):
+        file = folder / f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        os.replace(folder / f".shard-{i}.tmp", file)
+        files.append(file)
+        weight_map.update(dict.fromkeys(names, file.name))
+    (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    return files
+
+
+def has_weights(folder: Path) -> bool:
+    return (folder / SINGLE).is_file() or (folder / INDEX).is_file()
+
+
+class ShardedWeights(Mapping):
+    """The tensors of a folder written as above (or by transformers), by name, each read when asked."""
+
+    def __init__(self, folder: Path):
+        from safetensors import safe_open
+
+        folder = Path(folder)
+        if (folder / INDEX).is_file():
+            weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
+        else:
+            with safe_open(str(folder / SINGLE), framework="pt") as f:
+                weight_map = dict.fromkeys(f.keys(), SINGLE)
+        self._where = weight_map
+        self._files = {name: safe_open(str(folder / name), framework="pt") for name in sorted(set(weight_map.values()))}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._files[self._where[name]].get_tensor(name)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
