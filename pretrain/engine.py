@@ -7,6 +7,7 @@ and checkpoint sharding; this module only says what to ask of it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -161,8 +162,6 @@ def partitioned_construction(config: dict):
     the whole model (a 7B model is ~28 GB in fp32 per rank otherwise). ``gather(params)`` then makes
     a few parameters whole for initialising or loading them, keeping what rank 0 writes. Otherwise
     a plain context and None: parameters are whole from the start."""
-    import contextlib
-
     if config["zero_optimization"].get("stage", 0) != 3:
         return contextlib.nullcontext(), None
     import deepspeed
@@ -170,7 +169,37 @@ def partitioned_construction(config: dict):
     def gather(params):
         return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
-    return deepspeed.zero.Init(config_dict_or_path=config), gather
+    stack = contextlib.ExitStack()
+    on_host = not torch.cuda.is_available() or "offload_param" in config["zero_optimization"]
+    if on_host:
+        stack.enter_context(_freed_memory_returned())
+    stack.enter_context(deepspeed.zero.Init(config_dict_or_path=config))
+    return stack, gather
+
+
+@contextlib.contextmanager
+def _freed_memory_returned():
+    """While a partitioned model is built and loaded in host memory, every module is first whole,
+    then partitioned, and gathered again to be initialised: many short-lived buffers of a few MB.
+    glibc's malloc keeps such freed buffers in its heap (the resident size grew to 2.3 GB for a
+    ~1.0 GB working set, gpt2-medium at 2 processes); serving buffers over 1 MiB with mmap hands
+    them back when freed. Afterwards the threshold is 32 MiB, glibc's own upper bound."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt, trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        yield
+        return
+    M_MMAP_THRESHOLD = -3
+    mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    try:
+        yield
+    finally:
+        mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        trim(0)
 
 
 def initialize(model: nn.Module, config: dict, train: TrainConfig, groups: list[dict]):

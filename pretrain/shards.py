@@ -60,22 +60,24 @@ def has_weights(folder: Path) -> bool:
 
 
 class ShardedWeights(Mapping):
-    """The tensors of a folder written as above (or by transformers), by name, each read when asked."""
+    """The tensors of a folder written as above (or by transformers), by name, each read when asked.
+    A file is mapped only while one of its tensors is read, so what was read does not stay resident."""
 
     def __init__(self, folder: Path):
         from safetensors import safe_open
 
-        folder = Path(folder)
-        if (folder / INDEX).is_file():
-            weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
+        self._folder = Path(folder)
+        if (self._folder / INDEX).is_file():
+            self._where = json.loads((self._folder / INDEX).read_text())["weight_map"]
         else:
-            with safe_open(str(folder / SINGLE), framework="pt") as f:
-                weight_map = dict.fromkeys(f.keys(), SINGLE)
-        self._where = weight_map
-        self._files = {name: safe_open(str(folder / name), framework="pt") for name in sorted(set(weight_map.values()))}
+            with safe_open(str(self._folder / SINGLE), framework="pt") as f:
+                self._where = dict.fromkeys(f.keys(), SINGLE)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._files[self._where[name]].get_tensor(name)
+        from safetensors import safe_open
+
+        with safe_open(str(self._folder / self._where[name]), framework="pt") as f:
+            return f.get_tensor(name)
 
     def __iter__(self):
         return iter(self._where)

@@ -9,6 +9,7 @@ COMMANDS = {
     "step": "one training step, ours beside HF transformers' model of the same shape",
     "attention": "each attention kernel's time and memory over sequence lengths",
     "zero": "memory and tokens/s per ZeRO stage at 2 processes; 1 vs 2 processes",
+    "host": "host memory per process building, loading and exporting: ZeRO-3 (partitioned) vs ZeRO-2",
     "gpu": "the GPU checks in one command (wheels, pytest -m gpu, the benchmarks in bf16)",
 }
 

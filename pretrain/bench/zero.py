@@ -114,7 +114,7 @@ def worker(argv: list[str]) -> None:
 
     from pretrain.bench import sync
     from pretrain.config import DeepSpeedSection, TrainConfig, load_config
-    from pretrain.engine import deepspeed_config, init_distributed, initialize, param_groups
+    from pretrain.engine import deepspeed_config, init_distributed, initialize, param_groups, partitioned_construction
     from pretrain.model import Transformer
     from pretrain.trainer import lm_loss
 
@@ -122,12 +122,17 @@ def worker(argv: list[str]) -> None:
     rank, world = init_distributed(300)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = load_config(args.config, args.overrides).model
-    torch.manual_seed(0)
-    model = Transformer(cfg)
     train = TrainConfig(lr=1e-4, warmup_steps=0, max_steps=10**6, micro_batch_size=args.batch)
     ds = DeepSpeedSection(zero_stage=args.stage, precision=args.dtype, offload_optimizer=args.offload_optimizer,
                           offload_params=args.offload_params)  # fmt: skip
-    engine = initialize(model, deepspeed_config(ds, train, world, 1), train, param_groups(model, 0.1, 1e-4))
+    ds_config = deepspeed_config(ds, train, world, 1)
+    construction, gather = partitioned_construction(ds_config)  # ZeRO-3 builds it partitioned, as a run does
+    torch.manual_seed(0)
+    with construction:
+        model = Transformer(cfg)
+    if gather is not None:
+        model.reset_parameters(gather)
+    engine = initialize(model, ds_config, train, param_groups(model, 0.1, 1e-4))
     gen = torch.Generator().manual_seed(rank)
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), generator=gen).to(device)
     batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}

@@ -65,6 +65,17 @@ def test_zero_runs_real_processes_per_stage(tmp_path):
 
 
 @pytest.mark.slow
+def test_host_memory_of_building_loading_and_exporting(tmp_path):
+    bench("host", "configs/model/debug.yaml", "--out", tmp_path, timeout=400)
+    record = json.loads((tmp_path / "host.json").read_text())
+    rows = {(r["phase"], r["setting"]): r for r in record["rows"]}
+    assert set(rows) == {("build", "ZeRO-2"), ("build", "ZeRO-3"), ("load", "ZeRO-2"), ("load", "ZeRO-3"),
+                         ("export", "ZeRO-3 checkpoint, streamed"), ("export", "ZeRO-3 checkpoint, whole")}  # fmt: skip
+    for r in rows.values():
+        assert r["peak_mib"] >= r["base_mib"] > 100 and r["above_base_mib"] == r["peak_mib"] - r["base_mib"]
+    assert record["parameters"] > 0 and "host memory" not in record["table"]
+
+
 def test_gpu_plan_dry_run_completes_every_step(tmp_path):
     bench("gpu", "--dry-run", "--out", tmp_path, timeout=500)
     summary = (tmp_path / "summary.md").read_text()
