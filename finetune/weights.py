@@ -12,6 +12,7 @@ import torch
 
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError
+from pretrain.export import shape_of
 from pretrain.model import ModelConfig
 from pretrain.shards import ShardedWeights, has_weights
 
@@ -73,6 +74,9 @@ class BodyWeights(Mapping):
     def __getitem__(self, name: str):
         return self._tensors["body." + name]
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        return shape_of(self._tensors, "body." + name)
+
     def __iter__(self):
         return iter(self._names)
 
@@ -95,18 +99,24 @@ def _opened(model_cfg: ModelConfig, tensors: Mapping, tok, source: str) -> Pretr
 
 
 def _from_hf_dir(path: Path) -> Pretrained:
-    """HF weights are converted through transformers' own model class, so they are read here, whole."""
+    """An HF folder: our config from its config.json, our tensors made from its safetensors one at a
+    time (pretrain.model.hf.FromHF). Weights only in a pickle-based file (pytorch_model.bin) are
+    read by transformers' own class, whole."""
     import transformers
 
-    from pretrain.model.hf import from_hf
+    from pretrain.model.hf import FromHF, config_from_hf, from_hf
 
     hf_cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-    auto = transformers.AutoModelForMaskedLM if hf_cfg.model_type == "bert" else transformers.AutoModelForCausalLM
+    tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    source = f"HF {hf_cfg.model_type} model {path}"
     try:
+        model_cfg = config_from_hf(hf_cfg)
+        if has_weights(path):
+            return _opened(model_cfg, FromHF(model_cfg, ShardedWeights(path)), tok, source)
+        auto = transformers.AutoModelForMaskedLM if hf_cfg.model_type == "bert" else transformers.AutoModelForCausalLM
         hf_model = auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
         model_cfg, model = from_hf(hf_model)
-    except ValueError as e:
+    except (ValueError, KeyError) as e:
         raise ConfigError(f"init_from={str(path)!r}: {e}") from None
-    tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     state = model.state_dict()
-    return Pretrained(model_cfg, lambda: state, tok, f"HF {hf_cfg.model_type} model {path}")
+    return Pretrained(model_cfg, lambda: state, tok, source)

@@ -127,6 +127,11 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     return written
 
 
+def shape_of(tensors, name: str) -> tuple[int, ...]:
+    """A tensor's shape from a source, without reading its data where the source can tell."""
+    return tuple(tensors.shape(name) if hasattr(tensors, "shape") else tensors[name].shape)
+
+
 def check_fits(tensors, model_cfg, skip: tuple[str, ...] = ()) -> None:
     """The names and shapes a model of ``model_cfg`` has are all there (read from the meta device),
     but for those starting with one of ``skip``."""
@@ -138,7 +143,7 @@ def check_fits(tensors, model_cfg, skip: tuple[str, ...] = ()) -> None:
     tied = {model_output_key(model_cfg)} if model_cfg.tie_embeddings else set()
     missing = sorted(set(own) - set(tensors) - tied)
     unexpected = sorted(set(tensors) - set(own))
-    wrong = [k for k in set(own) & set(tensors) if tuple(tensors[k].shape) != own[k]]
+    wrong = [k for k in set(own) & set(tensors) if shape_of(tensors, k) != own[k]]
     if missing or unexpected or wrong:
         raise ConfigError(f"the weights do not fit the model: missing {missing}, unexpected {unexpected}, "
                           f"other shape {sorted(wrong)}")  # fmt: skip

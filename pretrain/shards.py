@@ -79,6 +79,13 @@ class ShardedWeights(Mapping):
         with safe_open(str(self._folder / self._where[name]), framework="pt") as f:
             return f.get_tensor(name)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Read from the file's header, not its data."""
+        from safetensors import safe_open
+
+        with safe_open(str(self._folder / self._where[name]), framework="pt") as f:
+            return tuple(f.get_slice(name).get_shape())
+
     def __iter__(self):
         return iter(self._where)
 

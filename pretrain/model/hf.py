@@ -191,21 +191,63 @@ def _table(family: str, cfg: ModelConfig):
         yield "head.decoder.bias", ("cls.predictions.bias",), False
 
 
+def config_from_hf(hf_cfg) -> ModelConfig:
+    """Our config for a transformers config, or a ValueError saying what is not supported."""
+    cfg = _config_from_hf(hf_cfg)
+    family = family_of(cfg)
+    if family != hf_cfg.model_type:
+        raise ValueError(f"{hf_cfg.model_type} model mapped to a {family}-shaped config")
+    return cfg
+
+
+class FromHF(Mapping):
+    """Our tensors by name, each made when asked from an HF state dict or a lazy source of one (such
+    as pretrain.shards.ShardedWeights over an HF folder): fused matrices concatenated, GPT-2's
+    transposed ones turned. Names saved without the base model's prefix (``h.0...`` for
+    ``transformer.h.0...``, as older hub checkpoints have them) are found too. A tied output matrix
+    is not listed."""
+
+    def __init__(self, cfg: ModelConfig, hf: Mapping):
+        self._hf = hf
+        self._table = {name: (hf_names, transposed) for name, hf_names, transposed in _table(family_of(cfg), cfg)
+                       if not (cfg.tie_embeddings and name == _output_key(cfg))}  # fmt: skip
+
+    def _get(self, hf_name: str) -> torch.Tensor:
+        if hf_name in self._hf:
+            return self._hf[hf_name]
+        return self._hf[hf_name.split(".", 1)[1]]  # a KeyError names what is missing
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        hf_names, transposed = self._table[name]
+        parts = [self._get(h).t() if transposed else self._get(h) for h in hf_names]
+        return (torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]).contiguous()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Without reading the data where the source can say (a header)."""
+        hf_names, transposed = self._table[name]
+        shapes = [tuple(self._source_shape(h)) for h in hf_names]
+        shapes = [s[::-1] if transposed else s for s in shapes]
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+    def _source_shape(self, hf_name: str):
+        key = hf_name if hf_name in self._hf else hf_name.split(".", 1)[1]
+        return self._hf.shape(key) if hasattr(self._hf, "shape") else self._hf[key].shape
+
+    def __iter__(self):
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
 def from_hf(hf_model) -> tuple[ModelConfig, Transformer]:
     """Our config and model holding the same weights as ``hf_model`` (same dtype, on CPU)."""
-    cfg = _config_from_hf(hf_model.config)
-    family = family_of(cfg)
-    if family != hf_model.config.model_type:
-        raise ValueError(f"{hf_model.config.model_type} model mapped to a {family}-shaped config")
+    cfg = config_from_hf(hf_model.config)
     hf_sd = hf_model.state_dict()
-    model = Transformer(cfg)
-    ours = {}
-    for name, hf_names, transposed in _table(family, cfg):
-        parts = [hf_sd[h].t() if transposed else hf_sd[h] for h in hf_names]
-        ours[name] = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+    model = Transformer(cfg).to(hf_sd[next(iter(hf_sd))].dtype)
+    ours = dict(FromHF(cfg, hf_sd))
     if cfg.tie_embeddings:
         ours[_output_key(cfg)] = ours["embed.tokens.weight"]
-    model = model.to(hf_sd[next(iter(hf_sd))].dtype)
     model.load_state_dict(ours, strict=True)
     return cfg, model
 

@@ -141,3 +141,33 @@ def test_unsupported_architectures_are_refused_clearly(kw, message):
     cfg = ModelConfig(**{**dict(vocab_size=50, d_model=32, num_layers=1, num_heads=4, mlp="gelu_tanh"), **kw})
     with pytest.raises(ValueError, match=message):
         family_of(cfg)
+
+
+@pytest.mark.parametrize("name", list(hf_models()))
+def test_an_hf_folder_is_read_tensor_by_tensor_with_or_without_the_base_prefix(name, tmp_path):
+    """Fine-tuning from an HF folder reads its safetensors lazily (FromHF over ShardedWeights); hub
+    checkpoints saved from the base model have names without its prefix (``h.0...``)."""
+    from safetensors.torch import save_file
+
+    from pretrain.model.hf import FromHF, config_from_hf
+    from pretrain.shards import ShardedWeights
+
+    hf = hf_models()[name]()
+    perturb(hf)
+    cfg, ours = from_hf(hf)
+    expected = ours.state_dict()
+    state = {k: v.contiguous().clone() for k, v in hf.state_dict().items()
+             if not (cfg.tie_embeddings and k in {"lm_head.weight", "cls.predictions.decoder.weight"})}  # fmt: skip
+    for prefixed in (True, False):
+        folder = tmp_path / str(prefixed)
+        folder.mkdir()
+        base = ("transformer.", "model.", "bert.")
+        names = state if prefixed else {k.split(".", 1)[1] if k.startswith(base) else k: v for k, v in state.items()}
+        if name == "bert":  # the decoder bias is the same tensor as cls.predictions.bias: stored once
+            names.pop("cls.predictions.decoder.bias", None)
+        save_file(dict(names), str(folder / "model.safetensors"))
+        lazy = FromHF(config_from_hf(hf.config), ShardedWeights(folder))
+        assert set(lazy) == set(expected) - ({"head.weight", "head.decoder.weight"} if cfg.tie_embeddings else set())
+        for key in lazy:
+            assert lazy.shape(key) == tuple(expected[key].shape), key
+            torch.testing.assert_close(lazy[key], expected[key], atol=0, rtol=0, msg=key)
