@@ -21,24 +21,35 @@ def test_frozen_body_trains_the_head_only():
     assert trained == {id(model.classifier.weight), id(model.classifier.bias)}
 
 
-def test_layer_wise_learning_rates():
-    model = Classifier(body(), num_labels=3, pooling="last", dropout=0.0)
+def real_lr_scale(decay: float, num_layers: int):
+    """FinetuneTask.lr_scale itself, on a task holding only what the method reads."""
+    from types import SimpleNamespace
+
+    from finetune.tasks import FinetuneTask
+
+    task = FinetuneTask.__new__(FinetuneTask)
+    task.cfg = SimpleNamespace(task=SimpleNamespace(layer_lr_decay=decay))
+    task.pretrained = SimpleNamespace(model_cfg=SimpleNamespace(num_layers=num_layers))
+    return task.lr_scale
+
+
+@pytest.mark.parametrize("position", ["learned", "relative"])
+def test_layer_wise_learning_rates(position):
+    model = Classifier(Transformer(ModelConfig(vocab_size=50, d_model=16, num_layers=3, num_heads=2, max_seq_len=32,
+                                               position=position, arch="encoder")),
+                       num_labels=3, pooling="first", dropout=0.0)  # fmt: skip
     names = {id(p): n for n, p in model.named_parameters()}
-
-    def scale(name):  # what FinetuneTask.lr_scale computes with layer_lr_decay=0.5 over 3 layers
-        name = name.removeprefix("body.")
-        if name.startswith("layers."):
-            return 0.5 ** (3 - int(name.split(".")[1]))
-        return 0.5**4 if name.startswith("embed.") else 1.0
-
-    groups = param_groups(model, 0.1, 1e-3, scale)
+    groups = param_groups(model, 0.1, 1e-3, real_lr_scale(0.5, 3))
     lr_of = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     assert lr_of["body.layers.2.mlp.fc.weight"] == (pytest.approx(5e-4), 0.1)
     assert lr_of["body.layers.0.mlp.fc.weight"] == (pytest.approx(1.25e-4), 0.1)
     assert lr_of["body.embed.tokens.weight"] == (pytest.approx(6.25e-5), 0.0)  # embeddings never decay
+    if position == "relative":  # the position module sits below the first layer, like the embeddings
+        assert lr_of["body.position.embedding.weight"] == (pytest.approx(6.25e-5), 0.0)
     assert lr_of["classifier.weight"] == (pytest.approx(1e-3), 0.1)
     assert lr_of["body.layers.1.attn_norm.weight"][1] == 0.0
     assert len(lr_of) == sum(p.numel() > 0 for p in model.parameters())
+    assert real_lr_scale(1.0, 3)("body.layers.0.mlp.fc.weight") == 1.0
 
 
 def test_pooling_last_reads_the_last_real_token():
@@ -56,3 +67,38 @@ def test_classification_metrics_from_a_confusion_matrix():
     f1_a, f1_b = 2 * 5 / (2 * 5 + 2 + 1), 2 * 2 / (2 * 2 + 1 + 2)
     assert m["val_macro_f1"] == pytest.approx((f1_a + f1_b) / 2)
     assert m["val_loss"] == pytest.approx(0.3) and m["val_confusion"][1] == [2, 2, 0]
+
+
+class CharTokenizer:
+    """Just what finetune.generate needs: characters in, ids out (no special tokens)."""
+
+    pad_token_id, eos_token_id = 0, None
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [1 + ord(c) % 90 for c in text]}
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(str(int(i)) for i in row) for row in rows]
+
+
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope", "alibi", "relative"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_batched_generation_with_left_padding_equals_each_prompt_alone(position, use_cache):
+    """Prompts of different lengths are padded on the left: each row's positions must count from its
+    first real token, as they do for the prompt alone (learned and sinusoidal positions show a shift
+    that RoPE's relative rotation hides)."""
+    from finetune.generate import Sampling, generate
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, max_seq_len=64,
+                                    position=position)).eval()  # fmt: skip
+    with torch.no_grad():  # weights large enough that the continuation depends on position
+        for p in model.parameters():
+            p.mul_(8.0)
+    prompts = ["def f(x):", "import os, sys  # a longer prompt"]
+    s = Sampling(max_new_tokens=6, temperature=0.0)
+    tok = CharTokenizer()
+    together = generate(model, tok, prompts, s, use_cache=use_cache)
+    alone = [generate(model, tok, [p], s, use_cache=use_cache)[0] for p in prompts]
+    assert together == alone
+    assert len(set(together)) == 2  # the two rows differ: the comparison is not between constants

@@ -177,7 +177,8 @@ def test_kubernetes_manifest_has_the_rendezvous_nodes_gpus_and_environment(kind)
     (["runs", "/nonexistent"], "RUNS_DIR='/nonexistent': no such directory"),
 ])  # fmt: skip
 def test_bad_input_is_one_clear_error_before_anything_starts(args, message, tmp_path):
-    extra = [] if args[0] == "runs" else ["--dry-run", f"output_dir={tmp_path}"]
+    # not a dry run: had the mistake passed, the launcher would write the job's files under tmp_path
+    extra = [] if args[0] == "runs" else [f"output_dir={tmp_path}"]
     proc = launch(*args, *extra)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr

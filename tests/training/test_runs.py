@@ -25,7 +25,10 @@ def test_export_loads_in_transformers_with_the_same_logits(make_config, tmp_path
     if family != "bert":  # masked LM is too noisy to fall reliably in 6 steps; the weights check below holds
         assert losses(run_dir)[6] < losses(run_dir)[1]
     evals = metrics(run_dir, "eval")
-    assert sorted(evals) == [3, 6] and 0.0 <= evals[6]["val_accuracy"] <= 1.0
+    from pretrain.config import load_config
+
+    vocab = load_config(run_dir / "config.yaml").model.vocab_size
+    assert sorted(evals) == [3, 6] and 2 / vocab < evals[6]["val_accuracy"] < 1  # above chance, not all right
     out = tmp_path / "export"
     shard = ["--max-shard-mib", "0.05"] if stage == 3 else []  # the ZeRO-3 run streams into 50 KiB files
     proc = subprocess.run([sys.executable, "-m", "pretrain.export", str(run_dir), str(out), *shard], cwd=ROOT,
@@ -144,7 +147,7 @@ def test_impossible_deepspeed_settings_stop_before_anything_starts(make_config, 
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert "deepspeed" not in proc.stdout.lower()  # DeepSpeed never started
-    assert not (tmp_path / "runs" / "run" / "bad").exists()
+    assert not (tmp_path / "runs" / "bad").exists()  # the run folder (output_dir/name) was never made
 
 
 def test_resume_refuses_a_new_shape_and_warns_about_a_new_batch(make_config, tmp_path):
