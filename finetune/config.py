@@ -24,6 +24,12 @@ class TaskConfig:
     response_column: str = "response"
     pooling: Literal["auto", "first", "last", "mean"] = "auto"
     """auto: the first token for encoders ([CLS]), the last real token for decoders."""
+
+    def pooling_for(self, arch: str) -> str:
+        """The pooling a model of ``arch`` uses under this setting (``auto`` resolved)."""
+        if self.pooling != "auto":
+            return self.pooling
+        return "first" if arch == "encoder" else "last"
     freeze_body: bool = False
     """Train the classification head only."""
     layer_lr_decay: float = 1.0

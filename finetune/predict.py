@@ -30,7 +30,7 @@ def load_classifier(path: str | Path):
         raise ConfigError(f"{tag_dir} is not a classification checkpoint (no labels.json)")
     cfg = load_finetune_config(tag_dir / "config.yaml")
     labels = json.loads((tag_dir / "labels.json").read_text())
-    pooling = cfg.task.pooling if cfg.task.pooling != "auto" else ("first" if cfg.model.arch == "encoder" else "last")
+    pooling = cfg.task.pooling_for(cfg.model.arch)
     model = Classifier(Transformer(cfg.model), len(labels), pooling, cfg.task.classifier_dropout)
     model.load_state_dict(consolidated_state_dict(tag_dir), strict=False)
     tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")

@@ -271,9 +271,7 @@ class FinetuneTask:
             load_weights(body, self.pretrained.tensors(), gather, skip=self.pretrained.skip)
         if self.kind == "generate":
             return body
-        pooling = self.cfg.task.pooling
-        if pooling == "auto":
-            pooling = "first" if body.cfg.arch == "encoder" else "last"
+        pooling = self.cfg.task.pooling_for(body.cfg.arch)
         model = Classifier(body, len(self.labels), pooling, self.cfg.task.classifier_dropout)
         if gather is not None:
             model.reset_head(gather)

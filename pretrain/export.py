@@ -66,7 +66,7 @@ def load_weights(model, tensors, gather=None, skip: tuple[str, ...] = ()) -> Non
     import torch.distributed as dist
 
     own = {k: p for k, p in model.named_parameters() if not k.startswith(skip)}  # tied: once
-    tied = {"head.weight", "head.decoder.weight"} if model.cfg.tie_embeddings else set()
+    tied = model.cfg.tied_output_keys
     names = set(tensors.keys())
     missing, unexpected = sorted(set(own) - names), sorted(names - set(own) - tied)
     if missing or unexpected:
@@ -103,7 +103,7 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
     out = Path(out)
     cons = out / "consolidated"
-    tied = {model_output_key(cfg.model)} if cfg.model.tie_embeddings else set()  # one tensor, stored once
+    tied = cfg.model.tied_output_keys  # one tensor, stored once
     try:
         write_sharded(((name, lambda t=t: materialize(t)) for name, t in tensors.items() if name not in tied),
                       cons, max_shard_bytes)  # fmt: skip
@@ -140,17 +140,13 @@ def check_fits(tensors, model_cfg, skip: tuple[str, ...] = ()) -> None:
     with torch.device("meta"):
         model = Transformer(model_cfg)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(skip)}
-    tied = {model_output_key(model_cfg)} if model_cfg.tie_embeddings else set()
+    tied = model_cfg.tied_output_keys
     missing = sorted(set(own) - set(tensors) - tied)
     unexpected = sorted(set(tensors) - set(own))
     wrong = [k for k in set(own) & set(tensors) if shape_of(tensors, k) != own[k]]
     if missing or unexpected or wrong:
         raise ConfigError(f"the weights do not fit the model: missing {missing}, unexpected {unexpected}, "
                           f"other shape {sorted(wrong)}")  # fmt: skip
-
-
-def model_output_key(model_cfg) -> str:
-    return "head.weight" if model_cfg.causal else "head.decoder.weight"
 
 
 def load_consolidated(folder: str | Path):

@@ -104,12 +104,11 @@ def worker(argv: list[str]) -> None:
         _export(arg, tmp, cfg, out, base)
         return
     if phase == "source":
-        from pretrain.export import model_output_key
         from pretrain.model import Transformer
         from pretrain.shards import write_sharded
 
         model = Transformer(cfg.model)
-        tied = {model_output_key(cfg.model)} if cfg.model.tie_embeddings else set()
+        tied = cfg.model.tied_output_keys
         weights = ((k, lambda v=v: v) for k, v in model.state_dict().items() if k not in tied)
         write_sharded(weights, tmp / "consolidated")
         return

@@ -83,6 +83,14 @@ class ModelConfig:
         return self.arch == "decoder"
 
     @property
+    def tied_output_keys(self) -> set[str]:
+        """State-dict name of the output matrix when it is the token embedding (saved and exported
+        once, as the embedding); empty when untied."""
+        if not self.tie_embeddings:
+            return set()
+        return {"head.weight" if self.causal else "head.decoder.weight"}
+
+    @property
     def kv_heads(self) -> int:
         return self.num_kv_heads or self.num_heads
 

@@ -210,7 +210,7 @@ class FromHF(Mapping):
     def __init__(self, cfg: ModelConfig, hf: Mapping):
         self._hf = hf
         self._table = {name: (hf_names, transposed) for name, hf_names, transposed in _table(family_of(cfg), cfg)
-                       if not (cfg.tie_embeddings and name == _output_key(cfg))}  # fmt: skip
+                       if name not in cfg.tied_output_keys}  # fmt: skip
 
     def _get(self, hf_name: str) -> torch.Tensor:
         if hf_name in self._hf:
@@ -246,8 +246,8 @@ def from_hf(hf_model) -> tuple[ModelConfig, Transformer]:
     hf_sd = hf_model.state_dict()
     model = Transformer(cfg).to(hf_sd[next(iter(hf_sd))].dtype)
     ours = dict(FromHF(cfg, hf_sd))
-    if cfg.tie_embeddings:
-        ours[_output_key(cfg)] = ours["embed.tokens.weight"]
+    for key in cfg.tied_output_keys:
+        ours[key] = ours["embed.tokens.weight"]
     model.load_state_dict(ours, strict=True)
     return cfg, model
 
@@ -269,7 +269,7 @@ def hf_tensors(cfg: ModelConfig, ours: Mapping, take: Callable = lambda t: t) ->
         return make
 
     for name, hf_names, transposed in _table(family, cfg):
-        if cfg.tie_embeddings and name == _output_key(cfg):
+        if name in cfg.tied_output_keys:
             continue
         for i, h in enumerate(hf_names):
             yield h, part(name, i, len(hf_names), transposed)
@@ -300,10 +300,6 @@ def to_hf(model: Transformer):
     if cfg.tie_embeddings:
         hf_model.tie_weights()
     return hf_model.eval()
-
-
-def _output_key(cfg: ModelConfig) -> str:
-    return "head.weight" if cfg.causal else "head.decoder.weight"
 
 
 def _hf_tied_keys(family: str) -> set[str]:
