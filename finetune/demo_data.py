@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import sys
 import sysconfig
 from pathlib import Path
 
 from pretrain.data.sources import stdlib_files
+from pretrain.files import write_atomic
 
 PACKAGES = ("asyncio", "email", "http", "importlib", "logging", "multiprocessing", "unittest", "xml")
 MAX_CHARS = 1500
@@ -54,13 +54,9 @@ def builtin_task_file(name: str, cache_dir: Path) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        for package, source, head, body in functions():
-            if name == "stdlib-packages":
-                row = {"text": source, "label": package}
-            else:
-                row = {"prompt": head, "response": body}
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    rows = []
+    for package, source, head, body in functions():
+        row = {"text": source, "label": package} if name == "stdlib-packages" else {"prompt": head, "response": body}
+        rows.append(json.dumps(row) + "\n")
+    write_atomic(path, "".join(rows))
     return path

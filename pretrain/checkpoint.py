@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 from pretrain.checkpoint_layout import COMPLETE, checkpoints_dir, complete_tags, is_complete, newest_complete, tag_for
 from pretrain.config import CheckpointConfig, ConfigError, RunConfig, save_config
+from pretrain.files import fsync_dir, write_atomic
 
 __all__ = ["COMPLETE", "checkpoints_dir", "complete_tags", "is_complete", "newest_complete", "tag_for"]
 
@@ -133,7 +134,7 @@ def set_aside_newer(resume: Path, warn=print) -> Path | None:
         os.rename(root / name, aside / name)
         if (root / f"{name}_universal").is_dir():
             os.rename(root / f"{name}_universal", aside / f"{name}_universal")
-    _write_atomic(root / "latest", resume.name)
+    write_atomic(root / "latest", resume.name)
     if (root / "best").exists() and (root / "best").read_text().strip() in newer:
         (root / "best").unlink()
     warn(f"warning: resuming from {resume.name}: the newer checkpoints {sorted(set(newer))} (another timeline) "
@@ -201,24 +202,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Checkpointer:
     def __init__(self, cfg: CheckpointConfig, run_dir: Path, rank: int, world_size: int):
         self.cfg, self.root, self.rank, self.world = cfg, checkpoints_dir(run_dir), rank, world_size
@@ -242,7 +225,7 @@ class Checkpointer:
             str(self.root), tag=work_tag, client_state={"pretrain": client_state, "universal_checkpoint_info": {}},
             save_latest=False,
         )  # fmt: skip
-        _write_atomic(tag_dir / f"rank_state_{self.rank:05d}.json", json.dumps(rng_state()))
+        write_atomic(tag_dir / f"rank_state_{self.rank:05d}.json", json.dumps(rng_state()))
         _barrier()  # every rank's files are there
         mine = [f.name for f in tag_dir.iterdir() if f.is_file() and _written_by(f.name) == self.rank]
         files = manifest(tag_dir, mine)  # fsynced, with sizes and checksums (each rank its own shards)
@@ -261,14 +244,14 @@ class Checkpointer:
         if self.rank == 0:
             info = {"step": step, "world_size": self.world, "time": time.time(), "files": files,
                     "data_samples": (client_state.get("data") or {}).get("num_samples")}
-            _write_atomic(tag_dir / COMPLETE, json.dumps(info))
+            write_atomic(tag_dir / COMPLETE, json.dumps(info))
             if final.exists():  # the same step saved by an earlier timeline: keep it, named, beside
                 os.rename(final, self.root / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}-{tag}")
             os.rename(tag_dir, final)
-            _fsync_dir(self.root)
-            _write_atomic(self.root / "latest", tag)
+            fsync_dir(self.root)
+            write_atomic(self.root / "latest", tag)
             if best:
-                _write_atomic(self.root / "best", tag)
+                write_atomic(self.root / "best", tag)
             self.prune()
         _barrier()
         return final

@@ -429,12 +429,11 @@ def to_yaml(cfg: Any) -> str:
 
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config atomically (temp file, then rename)."""
+    from pretrain.files import write_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(path)
-    return path
+    return write_atomic(path, to_yaml(cfg))
 
 
 def parse_cli(argv: list[str], cls: type = None) -> RunConfig:

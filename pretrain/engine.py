@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pretrain.config import DeepSpeedSection, TrainConfig, deep_merge, read_deepspeed_json
+from pretrain.files import free_port
 
 
 def deepspeed_config(ds: DeepSpeedSection, train: TrainConfig, world_size: int, grad_accum: int) -> dict:
@@ -142,7 +143,7 @@ def init_distributed(timeout_s: float = 1800.0) -> tuple[int, int]:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
+        os.environ["MASTER_PORT"] = str(free_port())
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -214,10 +215,3 @@ def initialize(model: nn.Module, config: dict, train: TrainConfig, groups: list[
     )
     return engine
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

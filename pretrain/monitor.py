@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from pretrain.config import LogConfig
+from pretrain.files import write_atomic
 
 # Dense peak TFLOP/s per device and precision, by a substring of torch.cuda.get_device_name();
 # first match wins. fp32 is the plain (non-tensor-core) rate; tf32 applies when torch allows it.
@@ -234,9 +235,7 @@ def _drop_records_after(path: Path, step: int) -> None:
     lines = path.read_text().splitlines()
     kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
     if len(kept) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in kept))
-        os.replace(tmp, path)
+        write_atomic(path, "".join(ln + "\n" for ln in kept))
 
 
 def _wandb_logged_in() -> bool:

@@ -16,6 +16,8 @@ import socket
 import time
 from pathlib import Path
 
+from pretrain.files import write_atomic
+
 FILE = "status.json"
 STATES = ("running", "finished", "failed")
 
@@ -29,13 +31,7 @@ def write_status(run_dir: str | Path, state: str, **fields) -> None:
     if state == "running" and old.get("state") != "running":
         record["started"] = now
         record.pop("error", None)
-    tmp = path.with_name(FILE + ".tmp")
-    try:
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # no half-written file left behind (a full disk, say)
-        raise
+    write_atomic(path, json.dumps(record, indent=1))  # a full disk leaves no half-written file behind
 
 
 HEARTBEATS = "heartbeat"
@@ -45,14 +41,11 @@ def write_heartbeat(run_dir: str | Path, rank: int, step: int) -> None:
     """Each rank's last step reached, so that a launcher can name the rank that stopped progressing."""
     folder = Path(run_dir) / HEARTBEATS
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"rank_{rank:05d}.json"
-    tmp = folder / f".rank_{rank:05d}.tmp"
     record = {"rank": rank, "step": step, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
     try:
-        tmp.write_text(json.dumps(record))
-        tmp.replace(path)
+        write_atomic(folder / f"rank_{rank:05d}.json", json.dumps(record), durable=False)
     except OSError:
-        tmp.unlink(missing_ok=True)  # a heartbeat is best effort: never the reason a run stops
+        pass  # a heartbeat is best effort: never the reason a run stops
 
 
 def stalled_rank(run_dir: str | Path, quiet_s: float = 5.0) -> str | None:

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from tests.training.conftest import ENV, ROOT, free_port, kill_tree
+from pretrain.files import free_port
+from tests.training.conftest import ENV, ROOT, kill_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

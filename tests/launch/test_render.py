@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pretrain.files import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 GPT = "configs/pretrain/gpt2-small-4nodes.yaml"
 
@@ -102,7 +104,7 @@ def test_the_rendered_slurm_script_trains_and_resumes(make_config, tmp_path):
 
     cfg = make_config(name="slurmrun", train={"max_steps": 4}, checkpoint={"every_steps": 2})
     proc = launch("slurm", cfg, "--nodes", "1", "--gpus-per-node", "2", "--dry-run", "cluster.gpus=false",
-                  f"--master-port={_free_port()}")  # fmt: skip
+                  f"--master-port={free_port()}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "#SBATCH --gpus-per-node" not in proc.stdout  # a CPU cluster
     script = tmp_path / "job.sh"
@@ -119,14 +121,6 @@ def test_the_rendered_slurm_script_trains_and_resumes(make_config, tmp_path):
     assert second.returncode == 0, second.stdout[-3000:]
     assert "resuming from" in second.stdout and "step_00000004" in second.stdout
     assert max(losses(run_dir)) == 6
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("kind", ["pytorchjob", "indexed-job"])

@@ -1,0 +1,45 @@
+"""Small helpers on files and ports shared by runs, checkpoints, status and tests: a write that
+readers see whole or not at all, and a free TCP port."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+def write_atomic(path: str | Path, text: str, durable: bool = True) -> Path:
+    """Write ``text`` to a hidden temporary file beside ``path`` and rename it over ``path``, so a
+    reader never sees half a file. ``durable``: fsync the file and the folder, so the new content
+    also survives a crash of the machine. A failure (a full disk) leaves no temporary file behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+    return path
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a folder's entries (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
