@@ -29,11 +29,8 @@ from typing import Any, Literal
 import yaml
 
 from pretrain.data.config import DataConfig
+from pretrain.errors import ConfigError  # re-exported: the commands import it from here
 from pretrain.model.config import ModelConfig
-
-
-class ConfigError(ValueError):
-    """A user error in a config file or override."""
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.config import ConfigError
+from pretrain.errors import ConfigError
 
 
 class UnsafeCheckpointError(ConfigError):

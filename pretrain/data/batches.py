@@ -104,7 +104,7 @@ class Batches:
     def check_resumable(self, num_samples: int) -> None:
         """A ConfigError when the data is not the checkpoint's (the saved position would mean nothing)."""
         if num_samples != len(self.dataset):
-            from pretrain.config import ConfigError
+            from pretrain.errors import ConfigError
 
             raise ConfigError(
                 f"the checkpoint's data has {num_samples} sequences, this run's has {len(self.dataset)}: the corpus, "

@@ -9,8 +9,8 @@ import os
 import sysconfig
 from pathlib import Path
 
-from pretrain.config import ConfigError
 from pretrain.data.config import DataConfig, SourceConfig
+from pretrain.errors import ConfigError
 
 BUILDERS = {".txt": "text", ".md": "text", ".py": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
             ".parquet": "parquet"}  # fmt: skip
