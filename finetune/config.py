@@ -18,27 +18,33 @@ class TaskConfig:
     with the top-level standard-library package it comes from; stdlib-bodies asks for a
     function's body from its signature and docstring. Replaces data.sources."""
     text_column: str = "text"
+    """classify: the column with the text."""
     text_pair_column: str | None = None
+    """classify: a second text column for pair tasks (NLI, similarity); None for single texts."""
     label_column: str = "label"
+    """classify: the column with the label (names or numbers, mapped to ids and saved as labels.json)."""
     prompt_column: str = "prompt"
+    """generate: the column with the prompt (no loss on it)."""
     response_column: str = "response"
+    """generate: the column with the response the model learns to produce."""
     pooling: Literal["auto", "first", "last", "mean"] = "auto"
     """auto: the first token for encoders ([CLS]), the last real token for decoders."""
-
-    def pooling_for(self, arch: str) -> str:
-        """The pooling a model of ``arch`` uses under this setting (``auto`` resolved)."""
-        if self.pooling != "auto":
-            return self.pooling
-        return "first" if arch == "encoder" else "last"
     freeze_body: bool = False
     """Train the classification head only."""
     layer_lr_decay: float = 1.0
     """Layer-wise learning rates: layer l of L trains at lr * layer_lr_decay ** (L - l); the
     embeddings at lr * layer_lr_decay ** (L + 1); heads at lr. 1.0 turns it off."""
     classifier_dropout: float = 0.1
+    """Dropout on the pooled output before the classification head."""
     max_train_examples: int | None = None
     """Train on this many examples (a seeded random subset, the same in every process); None: all.
     For low-data comparisons and quick tries; validation is never cut."""
+
+    def pooling_for(self, arch: str) -> str:
+        """The pooling a model of ``arch`` uses under this setting (``auto`` resolved)."""
+        if self.pooling != "auto":
+            return self.pooling
+        return "first" if arch == "encoder" else "last"
 
     def validate(self) -> None:
         if not 0.0 < self.layer_lr_decay <= 1.0:
@@ -62,6 +68,7 @@ class FinetuneConfig(RunConfig):
     init_random: bool = False
     """Take only the shape and tokenizer from init_from and start from random weights (a baseline)."""
     task: TaskConfig = field(default_factory=TaskConfig)
+    """What to fine-tune for and on which columns."""
 
     def validate(self) -> None:
         if not self.init_from:

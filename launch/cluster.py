@@ -24,22 +24,28 @@ DEFAULT_FORWARD = ["NCCL_*", "GLOO_*", "WANDB_*", "HF_*", "TORCH_*", "OMP_NUM_TH
 @dataclass
 class SlurmConfig:
     partition: str | None = None
+    """sbatch --partition; None: the cluster's default."""
     account: str | None = None
+    """sbatch --account; None: the user's default."""
     qos: str | None = None
+    """sbatch --qos; None: the default quality of service."""
     time: str = "24:00:00"
     """Wall-clock limit (HH:MM:SS or D-HH:MM:SS)."""
     cpus_per_node: int | None = None
+    """sbatch --cpus-per-task for the one task per node; None: Slurm's default."""
     mem: str | None = None
     """Memory per node as sbatch takes it (e.g. 480G; 0 is all of it)."""
     max_requeues: int = 3
     """A failed or preempted job goes back in the queue this many times, resuming from its newest
     checkpoint; the time limit's warning signal requeues too."""
     signal_before_end_s: int = 120
+    """Seconds before the time limit that Slurm sends SIGUSR1, on which the job checkpoints and requeues."""
     setup: list[str] = field(default_factory=list)
     """Shell lines run first on every node (module load ..., source .venv/bin/activate)."""
     sbatch: list[str] = field(default_factory=list)
     """More sbatch options, e.g. ["--exclusive", "--constraint=h100"]."""
     submit: str = "sbatch"
+    """The command that submits the script (sbatch; tests put a stand-in)."""
 
     def validate(self) -> None:
         if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", self.time):
@@ -56,16 +62,23 @@ class K8sConfig:
     image: str | None = None
     """The container image with this project installed (required)."""
     namespace: str = "default"
+    """The Kubernetes namespace the job goes to."""
     gpu_resource: str = "nvidia.com/gpu"
+    """The resource each pod requests nproc_per_node of (nvidia.com/gpu, or a vendor's name)."""
     cpu: str | None = None
+    """CPU request per pod (e.g. "32"); None: none set."""
     memory: str | None = None
+    """Memory request per pod (e.g. 480Gi); None: none set."""
     runs_claim: str | None = None
     """A PersistentVolumeClaim mounted at workdir/output_dir: checkpoints outlive the pods."""
     workdir: str = "/workspace"
+    """Where the project sits in the image; the job runs there."""
     shm_size: str = "16Gi"
+    """Size of /dev/shm in each pod (DataLoader workers and NCCL use it; the 64M default is too small)."""
     backoff_limit: int = 3
     """Pod restarts before the job fails; each restart resumes from the newest checkpoint."""
     node_selector: dict = field(default_factory=dict)
+    """Labels a node must have to run the pods (e.g. {gpu: h100})."""
 
     def validate(self) -> None:
         if self.backoff_limit < 0:
@@ -75,6 +88,7 @@ class K8sConfig:
 @dataclass
 class ClusterConfig:
     nodes: int = 1
+    """Machines in the job."""
     nproc_per_node: int = 1
     """Processes per node: one per GPU (or CPU processes without GPUs)."""
     gpus: bool | None = None
@@ -92,6 +106,7 @@ class ClusterConfig:
     master_addr: str | None = None
     """The rendezvous host; None: the first host (hosts), the first node (slurm, k8s), localhost."""
     master_port: int = 29500
+    """TCP port of the rendezvous on master_addr."""
     workdir: str | None = None
     """The project's directory on every node (a shared filesystem); None: the current directory."""
     python: str | None = None
@@ -105,7 +120,9 @@ class ClusterConfig:
     grace_s: float = 30.0
     """local, hosts: when one node fails, how long the others get to stop before they are killed."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    """Settings for python -m launch slurm."""
     k8s: K8sConfig = field(default_factory=K8sConfig)
+    """Settings for python -m launch k8s."""
 
     def validate(self) -> None:
         for name in ("nodes", "nproc_per_node"):

@@ -36,12 +36,15 @@ from pretrain.model.config import ModelConfig
 @dataclass
 class TrainConfig:
     seed: int = 1234
+    """Seed of the initial weights and the data order (dropout adds the rank)."""
     lr: float = 3e-4
     """Peak learning rate, reached after warmup."""
     min_lr_ratio: float = 0.1
     """The decay ends at lr * min_lr_ratio."""
     decay: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate shape after warmup: cosine or linear down to lr * min_lr_ratio at max_steps, or constant."""
     warmup_steps: int = 100
+    """Optimizer steps of linear warmup from ~0 to lr."""
     max_steps: int = 1000
     """Optimizer steps in the whole run (the learning-rate schedule ends here)."""
     stop_at_step: int | None = None
@@ -55,13 +58,17 @@ class TrainConfig:
     weight_decay: float = 0.1
     """AdamW decay, applied to matrices only (never to norms, biases or embeddings)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW's (beta1, beta2): 0.95 for beta2 is the usual choice for LM pretraining."""
     eps: float = 1e-8
+    """AdamW's epsilon (added to the root of the second moment)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping."""
     eval_every: int = 100
     """Validation loss every N steps (and at the end); 0 disables it."""
     eval_batches: int = 20
+    """Micro-batches per rank in each evaluation (at most one pass over the validation data)."""
     activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass: less memory, ~30% more compute."""
     compile: bool = False
     """torch.compile the model (GPU only)."""
     max_nonfinite: int = 5
@@ -110,9 +117,13 @@ class DeepSpeedSection:
     offload_params: bool = False
     """Keep parameters on the CPU between uses: ZeRO stage 3 only."""
     overlap_comm: bool = True
+    """ZeRO 1-3: overlap gradient reduction with the backward pass."""
     contiguous_gradients: bool = True
+    """ZeRO 1-3: copy gradients into one buffer as they are made (less fragmentation)."""
     reduce_bucket_size: int = 50_000_000
+    """ZeRO 1-3: elements reduced at once; larger is faster and takes more memory."""
     allgather_bucket_size: int = 50_000_000
+    """ZeRO 1-2: elements gathered at once after the optimizer step."""
     initial_scale_power: int = 16
     """fp16: the first loss scale is 2**initial_scale_power."""
     config_file: str | None = None
@@ -148,10 +159,13 @@ class LogConfig:
     every_steps: int = 10
     """Console and dashboard metrics every N optimizer steps."""
     progress_bar: bool = True
+    """A tqdm bar on rank 0 (off in logs that are files)."""
     tensorboard: bool = True
+    """Write TensorBoard events under RUN/tensorboard."""
     wandb: Literal["auto", "online", "offline", "off"] = "auto"
     """auto: online when logged in to wandb, offline (sync later) otherwise."""
     wandb_project: str = "pretrain"
+    """The wandb project runs are logged to."""
     peak_tflops: float | None = None
     """Peak dense TFLOP/s of one device for MFU; None looks the GPU up in a table."""
     inspect_every: int = 0
@@ -170,12 +184,19 @@ class RunConfig:
     name: str = "run"
     """The run directory is output_dir/name."""
     output_dir: str = "runs"
+    """Folder holding run directories."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The Transformer's shape (pretrain.model.config.ModelConfig)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Sources, tokenizer, packing and batching (pretrain.data.config.DataConfig)."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimizer, schedule, batch sizes, evaluation and resume."""
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    """ZeRO stage, offload, precision and DeepSpeed's own JSON."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """How often to save and how many to keep."""
     log: LogConfig = field(default_factory=LogConfig)
+    """Console, TensorBoard and wandb reporting."""
 
     @property
     def run_dir(self) -> Path:

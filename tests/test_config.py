@@ -170,3 +170,21 @@ def test_main_job_writes_resolved_config_next_to_the_run(tmp_path):
 def test_shipped_run_configs_validate_at_their_world_size(name, gpus, accumulation):
     cfg = load_config(ROOT / "configs" / "pretrain" / f"{name}.yaml")
     assert cfg.check_world_size(gpus) == accumulation
+
+
+def test_every_config_field_has_a_docstring():
+    """The README says each field's docstring says what it does: keep it true."""
+    import ast
+
+    missing = []
+    for path in ("pretrain/config.py", "pretrain/model/config.py", "pretrain/data/config.py", "finetune/config.py",
+                 "launch/cluster.py"):  # fmt: skip
+        tree = ast.parse((ROOT / path).read_text())
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            for field, after in zip(cls.body, [*cls.body[1:], None], strict=True):
+                if isinstance(field, ast.AnnAssign) and not (
+                    isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)
+                ):  # fmt: skip
+                    missing.append(f"{path}: {cls.name}.{field.target.id}")
+    assert not missing, missing

@@ -20,11 +20,13 @@ class SourceConfig:
     hub: str | None = None
     """A dataset id on the HF hub (needs network the first time; then datasets' cache)."""
     hub_config: str | None = None
+    """The dataset's configuration name on the hub (e.g. sample-10BT), if it has several."""
     split: str = "train"
     """The split training reads."""
     validation_split: str | None = None
     """A named validation split; None holds out data.validation_fraction of the documents."""
     text_column: str = "text"
+    """The column holding the text (json, jsonl, csv, parquet and hub data)."""
     weight: float = 1.0
     """Relative share of documents when several sources are mixed."""
 
@@ -58,7 +60,9 @@ class TokenizerConfig:
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(builtin="python-stdlib")])
+    """Where the text comes from; several are mixed by weight."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """Load a tokenizer or train one on the training data."""
     seq_len: int = 256
     """Tokens in one training sequence."""
     validation_fraction: float = 0.01
@@ -75,6 +79,7 @@ class DataConfig:
     mlm_probability: float = 0.15
     """Encoders: share of tokens selected for masked-LM prediction."""
     shuffle: bool = True
+    """Shuffle sequences each epoch (seeded: the same order on every run and resume)."""
 
     def validate(self) -> None:
         if self.seq_len < 2:

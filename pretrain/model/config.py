@@ -33,7 +33,9 @@ class ModelConfig:
     d_model: int = 768
     """Width of the residual stream."""
     num_layers: int = 12
+    """Transformer blocks in the stack."""
     num_heads: int = 12
+    """Attention (query) heads; d_model must divide by it."""
     num_kv_heads: int | None = None
     """Key/value heads: None or num_heads is multi-head, 1 is multi-query, else grouped-query."""
     ffn_hidden_size: int | None = None
@@ -44,13 +46,18 @@ class ModelConfig:
     position: Position = "learned"
     """learned (GPT-2, BERT), sinusoidal (original Transformer), rope (LLaMA), alibi, relative (T5)."""
     rope_base: float = 10000.0
+    """RoPE's theta: frequencies are rope_base ** (-2i / rotated dims) (LLaMA 10000; larger for long contexts)."""
     rotary_fraction: float = 1.0
     """Fraction of each head's dimensions that RoPE rotates (GPT-NeoX rotates 0.25)."""
     relative_num_buckets: int = 32
+    """T5 relative bias: distance buckets (half exact, half log-spaced)."""
     relative_max_distance: int = 128
+    """T5 relative bias: distances beyond this share the last bucket."""
 
     norm: Norm = "layernorm"
+    """layernorm (GPT-2, BERT) or rmsnorm (LLaMA, T5)."""
     norm_eps: float = 1e-5
+    """Epsilon inside the norms (1e-5 GPT-2/LLaMA, 1e-12 BERT, 1e-6 T5)."""
     norm_position: NormPosition = "pre"
     """pre: norm inside each residual branch (GPT-2, LLaMA) plus a final norm.
     post: norm after each residual add (original Transformer, BERT) plus a norm on the embeddings."""
@@ -68,7 +75,9 @@ class ModelConfig:
     dropout: float = 0.0
     """Dropout on embeddings and on each residual branch."""
     attention_dropout: float = 0.0
+    """Dropout on the attention weights (0 for pretraining at scale)."""
     init_std: float = 0.02
+    """Standard deviation of the normal init of weight matrices and embeddings."""
     scaled_residual_init: bool = True
     """Scale the init of each branch's output projection by 1/sqrt(2 * num_layers) (GPT-2)."""
 
