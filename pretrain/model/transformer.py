@@ -102,9 +102,10 @@ class Transformer(nn.Module):
         seen: set[int] = set()
         for module in self.modules():
             params = list(module.parameters(recurse=False))
-            with gather(params):
+            with gather([p for p in params if id(p) not in seen]):  # a tied matrix is not gathered again
                 if isinstance(module, (nn.Linear, nn.Embedding)):
-                    weight = module.weight if id(module.weight) not in seen else torch.empty(module.weight.shape)
+                    w = module.weight  # already drawn (tied): a draw of its shape, thrown away, as before the tie
+                    weight = w if id(w) not in seen else torch.empty(getattr(w, "ds_shape", None) or w.shape)
                     nn.init.normal_(weight, 0.0, std)
                 if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
