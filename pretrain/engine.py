@@ -71,11 +71,13 @@ def deepspeed_config(ds: DeepSpeedSection, train: TrainConfig, world_size: int, 
 def param_groups(model: nn.Module, weight_decay: float, lr: float, lr_scale=lambda name: 1.0) -> list[dict]:
     """AdamW groups: decay for weight matrices, none for norms, biases and embeddings; each group at
     lr * lr_scale(name) (layer-wise rates for fine-tuning). Frozen parameters are left out."""
+    from pretrain.model.flops import whole_shape
+
     no_decay_modules = (nn.LayerNorm, nn.RMSNorm, nn.Embedding)
     skip = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if isinstance(module, no_decay_modules) or name == "bias" or len(getattr(p, "ds_shape", p.shape)) < 2:
+            if isinstance(module, no_decay_modules) or name == "bias" or len(whole_shape(p)) < 2:
                 skip.add(id(p))
     groups: dict[tuple[float, bool], list] = {}
     seen = set()

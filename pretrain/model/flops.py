@@ -11,6 +11,11 @@ def numel(p) -> int:
     return getattr(p, "ds_numel", None) or p.numel()
 
 
+def whole_shape(p) -> tuple[int, ...]:
+    """Shape of a parameter, whole even when ZeRO-3 partitioned it (kept as ``ds_shape``)."""
+    return tuple(getattr(p, "ds_shape", None) or p.shape)
+
+
 def count_parameters(model: nn.Module, exclude_input_embedding: bool = False) -> int:
     """Trainable parameters, each shared tensor once.
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from .attention import KVCache, build_context
 from .config import ModelConfig
+from .flops import whole_shape
 from .layers import ACTIVATIONS, Block, build_norm
 from .loss import IGNORE, OutputLayer
 from .position import build_position, sinusoidal
@@ -105,7 +106,7 @@ class Transformer(nn.Module):
             with gather([p for p in params if id(p) not in seen]):  # a tied matrix is not gathered again
                 if isinstance(module, (nn.Linear, nn.Embedding)):
                     w = module.weight  # already drawn (tied): a draw of its shape, thrown away, as before the tie
-                    weight = w if id(w) not in seen else torch.empty(getattr(w, "ds_shape", None) or w.shape)
+                    weight = w if id(w) not in seen else torch.empty(whole_shape(w))
                     nn.init.normal_(weight, 0.0, std)
                 if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
