@@ -21,8 +21,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m launch local configs/pretrain/default.yaml --cluster configs/cluster/local-cpu.yaml
 
+# Two workers for the bulk (most tests wait on process start-up, not on both cores), then the drills
+# that time real timeouts, alone so that a busy machine cannot fake a hang.
 test: setup browser
-	$(PY) -m pytest
+	rc=0; $(PY) -m pytest -n 2 --dist worksteal -m "not serial" || rc=$$?; \
+	$(PY) -m pytest -m serial || rc=$$?; exit $$rc
 
 # The dashboard test drives Debian's Chromium headless; install it where we may (root, apt-get).
 browser:

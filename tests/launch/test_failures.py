@@ -15,7 +15,7 @@ import yaml
 
 from tests.training.conftest import ENV, ROOT, kill_tree
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(600)]
 
 
 def start(cfg, *extra):

@@ -21,7 +21,7 @@ import pytest
 
 from tests.training.conftest import ENV, ROOT, kill_tree, losses
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(900)]
 
 TIMEOUT_S, GRACE_S = 15, 10
 

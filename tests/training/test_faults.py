@@ -135,6 +135,7 @@ def test_stop_at_step_keeps_the_schedule_and_a_changed_max_steps_is_warned(make_
     assert "the learning-rate schedule changed (train.max_steps: 8 -> 12): from step 9" in longer
 
 
+@pytest.mark.serial
 def test_wandb_online_without_a_server_falls_back_to_offline_and_wandb_mode_is_honoured(make_config, tmp_path):
     cfg = make_config(name="dash", train={"max_steps": 2, "dist_timeout_s": 30}, log={"wandb": "auto"})
     env = {"WANDB_API_KEY": "x" * 40, "WANDB_MODE": "offline"}
