@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pretrain.config import ConfigError, RunConfig, load_config
+from pretrain.config import ConfigError, RunConfig, TrainConfig, load_config
 
 
 @dataclass
@@ -69,6 +69,8 @@ class FinetuneConfig(RunConfig):
     """Take only the shape and tokenizer from init_from and start from random weights (a baseline)."""
     task: TaskConfig = field(default_factory=TaskConfig)
     """What to fine-tune for and on which columns."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(eval_batches=None))
+    """As in pretraining, except that each evaluation scores the whole validation set."""
 
     def validate(self) -> None:
         if not self.init_from:

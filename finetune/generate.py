@@ -116,7 +116,8 @@ def load_decoder(path: str):
     from pretrain.config import ConfigError
     from pretrain.export import load_model
 
-    pre = load_pretrained(path)
+    pre = load_pretrained(path, best=True)
+    print(f"weights: {pre.source}", file=sys.stderr)
     if pre.model_cfg.arch != "decoder":
         raise ConfigError(f"{path}: generation needs a decoder checkpoint; this is an {pre.model_cfg.arch}")
     return load_model(pre.state_dict(), pre.model_cfg).eval(), pre.tokenizer

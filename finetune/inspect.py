@@ -30,7 +30,7 @@ def load_body(path: str):
     from pretrain.export import load_weights
     from pretrain.model import Transformer
 
-    pre = load_pretrained(path)
+    pre = load_pretrained(path, best=True)
     model = Transformer(pre.model_cfg)
     load_weights(model, pre.tensors(), skip=pre.skip)
     return model.eval(), pre.tokenizer, pre.source

@@ -1,7 +1,9 @@
 """python -m finetune.predict CHECKPOINT FILE [--out OUT.jsonl] [--text-column text] [--pair-column COL]
 
-Labels and probabilities for a file of texts (one per line, or JSON lines / CSV with a text
-column) from a classification fine-tuning run or checkpoint. Writes JSON lines:
+Labels and probabilities for a file of texts from a classification fine-tuning run (its best
+checkpoint, else the newest) or checkpoint. FILE is .txt (one text per line), or csv, tsv,
+jsonl/json or parquet with a text column (the run's, or --text-column; headerless tables take
+--no-header --column-names). Writes JSON lines:
 {"text": ..., "label": ..., "probabilities": {label: p, ...}}.
 """
 
@@ -15,9 +17,10 @@ from pathlib import Path
 import torch
 
 
-def load_classifier(path: str | Path):
-    """(model, tokenizer, labels, run config) from a classification fine-tuning checkpoint."""
-    from finetune.config import load_finetune_config
+def load_classifier(path: str | Path, warn=print, say=None):
+    """(model, tokenizer, labels, run config) from a classification fine-tuning run (its best
+    checkpoint, else the newest) or checkpoint; every weight of the classifier must be there.
+    ``say`` is told which checkpoint that is."""
     from finetune.tasks import Classifier
     from pretrain import checkpoint as ckpt
     from pretrain.config import ConfigError
@@ -25,26 +28,59 @@ def load_classifier(path: str | Path):
     from pretrain.export import consolidated_state_dict
     from pretrain.model import Transformer
 
-    tag_dir = ckpt.resolve(path)
-    if not (tag_dir / "labels.json").exists():
-        raise ConfigError(f"{tag_dir} is not a classification checkpoint (no labels.json)")
-    cfg = load_finetune_config(tag_dir / "config.yaml")
+    tag_dir = ckpt.resolve(path, warn=warn, best=True)
+    if say is not None:
+        say(f"weights: {ckpt.describe(tag_dir)}")
+    cfg = classifier_config(tag_dir)
     labels = json.loads((tag_dir / "labels.json").read_text())
     pooling = cfg.task.pooling_for(cfg.model.arch)
     model = Classifier(Transformer(cfg.model), len(labels), pooling, cfg.task.classifier_dropout)
-    model.load_state_dict(consolidated_state_dict(tag_dir), strict=False)
+    missing, unexpected = model.load_state_dict(consolidated_state_dict(tag_dir), strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"{tag_dir}: the weights do not fit the classifier its config describes (missing "
+                          f"{missing[:5]}, unexpected {unexpected[:5]})")  # fmt: skip
     tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
     return model.eval(), tok, labels, cfg
 
 
-def read_texts(file: str, text_column: str, pair_column: str | None) -> tuple[list[str], list[str] | None]:
-    path = Path(file)
-    if path.suffix in (".jsonl", ".json", ".csv"):
-        import datasets
+def classifier_config(tag_dir: Path):
+    """The fine-tuning config of a classification checkpoint (a ConfigError for any other)."""
+    from finetune.config import load_finetune_config
+    from pretrain.config import ConfigError
 
-        ds = datasets.load_dataset("json" if path.suffix != ".csv" else "csv", data_files=str(path), split="train")
-        return [str(x) for x in ds[text_column]], [str(x) for x in ds[pair_column]] if pair_column else None
-    return path.read_text().splitlines(), None
+    if not (tag_dir / "labels.json").exists():
+        raise ConfigError(f"{tag_dir} is not a classification checkpoint (no labels.json)")
+    return load_finetune_config(tag_dir / "config.yaml")
+
+
+def read_texts(file: str, args, cfg) -> tuple[list[str], list[str] | None]:
+    """The texts (and pair texts) to classify. A .txt file is one text per line, and a line that
+    holds a tab (text and a label?) is refused: such a file is a table (.tsv)."""
+    from finetune.data import file_source
+    from pretrain.config import ConfigError
+    from pretrain.data.sources import load_table
+
+    path = Path(file)
+    if not path.is_file():
+        raise ConfigError(f"{file}: no such file")
+    if path.suffix in (".txt", ""):
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines, 1):
+            if "\t" in line:
+                raise ConfigError(
+                    f"{file} line {number} holds {line.count(chr(9)) + 1} tab-separated fields (a text and a label?): "
+                    "as .txt each whole line is one text; name the file .tsv and say which column is the text "
+                    "(--text-column, or --no-header --column-names text,label)"
+                )  # fmt: skip
+        return [line for line in lines if line.strip()], None
+    text_column = args.text_column or cfg.task.text_column
+    pair_column = args.pair_column or cfg.task.text_pair_column
+    table = load_table(file_source(file, args), "train", file)
+    for flag, column in (("--text-column", text_column), ("--pair-column", pair_column)):
+        if column and column not in table.column_names:
+            raise ConfigError(f"{file}: no column {column!r} ({flag}); the file has {table.column_names}")
+    texts = [str(x) for x in table[text_column]]
+    return texts, [str(x) for x in table[pair_column]] if pair_column else None
 
 
 @torch.no_grad()
@@ -70,21 +106,24 @@ def predict(model, tok, labels: list[str], texts: list[str], pairs=None, max_len
 
 
 def main(argv: list[str] | None = None) -> None:
+    from finetune.data import add_file_arguments
     from pretrain.config import exit_on_config_error
 
     ap = argparse.ArgumentParser(description="Classify a file of texts with a fine-tuned checkpoint.")
     ap.add_argument("checkpoint")
     ap.add_argument("file")
     ap.add_argument("--out", help="where to write JSON lines (default: standard output)")
-    ap.add_argument("--text-column", default=None)
-    ap.add_argument("--pair-column", default=None)
+    add_file_arguments(ap)
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
 
     @exit_on_config_error
     def run() -> None:
-        model, tok, labels, cfg = load_classifier(args.checkpoint)
-        texts, pairs = read_texts(args.file, args.text_column or cfg.task.text_column,
-                                  args.pair_column or cfg.task.text_pair_column)  # fmt: skip
+        say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        from pretrain import checkpoint as ckpt
+
+        tag_dir = ckpt.resolve(args.checkpoint, warn=say, best=True)
+        texts, pairs = read_texts(args.file, args, classifier_config(tag_dir))  # the file is checked before the weights
+        model, tok, labels, cfg = load_classifier(tag_dir, warn=say, say=say)
         rows = predict(model, tok, labels, texts, pairs, max_length=cfg.data.seq_len)
         lines = "".join(json.dumps(r) + "\n" for r in rows)
         if args.out:

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune.config import FinetuneConfig
+from finetune.data import check_task_sources, task_tables
 from finetune.weights import Pretrained, load_pretrained
 from pretrain.data.batches import IGNORE, Batches
-from pretrain.data.config import SourceConfig
-from pretrain.data.sources import DataError, HoldOut, load_table, require_columns
+from pretrain.data.sources import DataError
 from pretrain.data.tokenizer import tokenizer_hash
 from pretrain.export import load_weights
 from pretrain.model import Transformer, pool
@@ -104,10 +104,11 @@ def classify_loss(engine, batch: dict):
     kwargs = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
     logits = engine(batch["input_ids"], **kwargs)
     labels = batch["labels"]
-    loss = F.cross_entropy(logits.float(), labels)
-    n = logits.shape[-1]
-    confusion = torch.bincount(labels * n + logits.argmax(-1), minlength=n * n).view(n, n)  # rows: truth
-    return loss, {"count": labels.numel(), "confusion": confusion}
+    loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
+    n, scored = logits.shape[-1], labels != IGNORE  # evaluation ignores the examples that fill a last batch
+    guess = logits.argmax(-1)[scored]
+    confusion = torch.bincount(labels[scored] * n + guess, minlength=n * n).view(n, n)  # rows: truth
+    return loss, {"count": int(scored.sum()), "confusion": confusion}
 
 
 def classification_metrics(sums: dict) -> dict:
@@ -122,6 +123,38 @@ def classification_metrics(sums: dict) -> dict:
         "val_macro_f1": f1.mean().item() if len(f1) else 0.0,
         "val_confusion": confusion.tolist(),
     }
+
+
+def check_labels(table, column: str, labels: list[str], what: str) -> None:
+    """A ConfigError naming the labels of ``table`` that the classifier was not trained on."""
+    unseen = sorted({str(x) for x in table[column]} - set(labels))
+    if unseen:
+        raise DataError(f"labels {unseen[:10]} appear in {what} but never in training (training has "
+                        f"{labels[:20]}); add training examples or drop those rows")  # fmt: skip
+
+
+def classification_rows(tok, table, t, labels: list[str], seq_len: int, with_types: bool) -> list[dict]:
+    """Tokenized examples (text or text pair, cut to seq_len) with their label's index."""
+    index = {name: i for i, name in enumerate(labels)}
+    pairs = table[t.text_pair_column] if t.text_pair_column else None
+    enc = tok([str(x) for x in table[t.text_column]], [str(x) for x in pairs] if pairs is not None else None,
+              truncation=True, max_length=seq_len, return_token_type_ids=with_types)  # fmt: skip
+    return [{"input_ids": ids, "label": index[str(label)],
+             **({"token_type_ids": enc["token_type_ids"][i]} if with_types else {})}
+            for i, (ids, label) in enumerate(zip(enc["input_ids"], table[t.label_column], strict=True))]  # fmt: skip
+
+
+def sft_rows(tok, table, t, seq_len: int) -> list[dict]:
+    """prompt + response + eos, cut to seq_len + 1 tokens; examples left without a response token
+    (a prompt filling the length) are dropped, as they have nothing to learn or score."""
+    prompts = tok([str(x) for x in table[t.prompt_column]], add_special_tokens=False)["input_ids"]
+    responses = tok([str(x) for x in table[t.response_column]], add_special_tokens=False)["input_ids"]
+    rows = []
+    for p, r in zip(prompts, responses, strict=True):
+        ids = (p + r + [tok.eos_token_id])[: seq_len + 1]
+        if len(ids) > len(p):
+            rows.append({"input_ids": ids, "prompt_len": len(p)})
+    return rows
 
 
 class FinetuneTask:
@@ -160,49 +193,19 @@ class FinetuneTask:
 
     # -- data
 
-    def _sources(self) -> list[SourceConfig]:
-        if self.cfg.task.builtin:
-            from finetune.demo_data import builtin_task_file
-
-            path = builtin_task_file(self.cfg.task.builtin, Path(self.cfg.data.cache_dir))
-            return [SourceConfig(files=str(path))]
-        return self.cfg.data.sources
-
-    def _tables(self):
-        import datasets
-
-        t = self.cfg.task
-        columns = ({"text_column": t.text_column, "label_column": t.label_column} if self.kind == "classify"
-                   else {"prompt_column": t.prompt_column, "response_column": t.response_column})  # fmt: skip
-        if self.kind == "classify" and t.text_pair_column:
-            columns["text_pair_column"] = t.text_pair_column
-        key = t.text_column if self.kind == "classify" else t.prompt_column
-        parts = {"train": [], "validation": []}
-        for i, src in enumerate(self._sources()):
-            where = f"data.sources[{i}]"
-            train = load_table(src, src.split, where)
-            require_columns(train, columns, "task")
-            train = train.select_columns(list(columns.values()))
-            if src.validation_split:
-                val = load_table(src, src.validation_split, where).select_columns(list(columns.values()))
-            else:
-                frac = self.cfg.data.validation_fraction
-                val = train.filter(HoldOut(frac, True), input_columns=key)
-                train = train.filter(HoldOut(frac, False), input_columns=key)
-            parts["train"].append(train)
-            parts["validation"].append(val)
-        tables = {k: datasets.concatenate_datasets(v) for k, v in parts.items()}
-        limit = t.max_train_examples
-        if limit is not None and limit < len(tables["train"]):
-            tables["train"] = tables["train"].shuffle(seed=self.cfg.train.seed).select(range(limit))
-        return tables
+    def check_data(self) -> None:
+        check_task_sources(self.cfg)
 
     def prepare(self, rank: int, world: int, run_dir: Path, say) -> None:
-        tables = self._tables()
-        if len(tables["train"]) == 0 or len(tables["validation"]) == 0:
-            n_train, n_val = len(tables["train"]), len(tables["validation"])
+        tables = task_tables(self.cfg, say)
+        if tables["validation"] is None:
+            say("warning: no validation data (data.validation_fraction=0 and no source gives validation_files or "
+                "validation_split): evaluation is off")  # fmt: skip
+            tables = {"train": tables["train"]}
+        if len(tables["train"]) == 0 or len(tables.get("validation", [None])) == 0:
+            n_train, n_val = len(tables["train"]), len(tables.get("validation", []))
             raise DataError(f"the task has {n_train} training and {n_val} validation examples; both need at "
-                            "least one (raise data.validation_fraction?)")  # fmt: skip
+                            "least one (add data, or give validation_files)")  # fmt: skip
         if self.kind == "classify":
             rows = self._classification_rows(tables)
             collate = ClassifyCollator(self.tokenizer.pad_token_id)
@@ -213,9 +216,9 @@ class FinetuneTask:
         self.train_batches = Batches(ExampleDataset(rows["train"]), collate, micro, rank, world, seed,
                                      shuffle=True, num_workers=self.cfg.data.num_workers)  # fmt: skip
         self.val_batches = Batches(ExampleDataset(rows["validation"]), collate, micro, rank, world, seed,
-                                   shuffle=False, num_workers=0)  # fmt: skip
+                                   shuffle=False, num_workers=0) if "validation" in rows else None  # fmt: skip
         say(
-            f"task {self.kind}: {len(rows['train'])} training and {len(rows['validation'])} validation examples"
+            f"task {self.kind}: {len(rows['train'])} training and {len(rows.get('validation', []))} validation examples"
             + (f", {len(self.labels)} labels" if self.labels else "")
             + f"; weights from {self.pretrained.source}"
         )
@@ -223,41 +226,15 @@ class FinetuneTask:
     def _classification_rows(self, tables) -> dict:
         t = self.cfg.task
         self.labels = sorted({str(x) for x in tables["train"][t.label_column]})
-        index = {name: i for i, name in enumerate(self.labels)}
-        unseen = sorted({str(x) for x in tables["validation"][t.label_column]} - set(index))
-        if unseen:
-            raise DataError(
-                f"labels {unseen[:10]} appear in the validation data but never in training "
-                f"(training has {self.labels[:20]}); add training examples or drop those rows"
-            )
+        if "validation" in tables:
+            check_labels(tables["validation"], t.label_column, self.labels, "the validation data")
         with_types = self.pretrained.model_cfg.type_vocab_size > 0
-        out = {}
-        for split, table in tables.items():
-            pairs = table[t.text_pair_column] if t.text_pair_column else None
-            enc = self.tokenizer(
-                [str(x) for x in table[t.text_column]], [str(x) for x in pairs] if pairs is not None else None,
-                truncation=True, max_length=self.cfg.data.seq_len, return_token_type_ids=with_types,
-            )  # fmt: skip
-            out[split] = [
-                {"input_ids": ids, "label": index[str(label)],
-                 **({"token_type_ids": enc["token_type_ids"][i]} if with_types else {})}
-                for i, (ids, label) in enumerate(zip(enc["input_ids"], table[t.label_column], strict=True))
-            ]  # fmt: skip
-        return out
+        return {split: classification_rows(self.tokenizer, table, t, self.labels, self.cfg.data.seq_len, with_types)
+                for split, table in tables.items()}  # fmt: skip
 
     def _sft_rows(self, tables) -> dict:
-        t, tok, limit = self.cfg.task, self.tokenizer, self.cfg.data.seq_len + 1
-        out = {}
-        for split, table in tables.items():
-            prompts = tok([str(x) for x in table[t.prompt_column]], add_special_tokens=False)["input_ids"]
-            responses = tok([str(x) for x in table[t.response_column]], add_special_tokens=False)["input_ids"]
-            rows = []
-            for p, r in zip(prompts, responses, strict=True):
-                ids = (p + r + [tok.eos_token_id])[:limit]
-                if len(ids) > len(p):  # keep examples with at least one response token to learn
-                    rows.append({"input_ids": ids, "prompt_len": len(p)})
-            out[split] = rows
-        return out
+        return {split: sft_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len)
+                for split, table in tables.items()}  # fmt: skip
 
     # -- model
 

@@ -40,8 +40,9 @@ class Pretrained:
         return {name: materialize(t) for name, t in self.tensors().items()}
 
 
-def load_pretrained(init_from: str) -> Pretrained:
-    """Shape, tokenizer and a way to open the weights; the weights themselves are not read here."""
+def load_pretrained(init_from: str, best: bool = False) -> Pretrained:
+    """Shape, tokenizer and a way to open the weights; the weights themselves are not read here.
+    ``best``: from a run directory, its ``best`` checkpoint where there is one (else the newest)."""
     from pretrain.data.tokenizer import load_tokenizer
 
     path = Path(init_from)
@@ -55,13 +56,13 @@ def load_pretrained(init_from: str) -> Pretrained:
         return _opened(cfg.model, ShardedWeights(path), tok, f"consolidated export {path}")
     if (path / "config.json").exists():  # an HF transformers directory
         return _from_hf_dir(path)
-    tag_dir = ckpt.resolve(path)  # names the newest complete checkpoint when given a partial one
+    tag_dir = ckpt.resolve(path, best=best)  # names the newest complete checkpoint when given a partial one
     from pretrain.export import consolidated_tensors
 
     cfg = ckpt.saved_config(tag_dir)
     tensors = consolidated_tensors(tag_dir)  # opened (memory-mapped) now: a refused or unfit file stops us here
     tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
-    return _opened(cfg.model, tensors, tok, f"checkpoint {tag_dir}")
+    return _opened(cfg.model, tensors, tok, ckpt.describe(tag_dir))
 
 
 class BodyWeights(Mapping):

@@ -20,6 +20,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
             help="default: finetune when the config has init_from or task, else pretrain",
         )
         p.add_argument("--dry-run", action="store_true", help="validate and print what would run; start nothing")
-        p.add_argument("--skip-preflight", action="store_true", help="do not check GPU and host memory")
+        p.add_argument("--skip-preflight", action="store_true", help="do not check memory and data files")
         p.add_argument("--nproc-per-node", "--gpus-per-node", type=int, dest="nproc_per_node")
         p.add_argument("--gpu-memory-gib", type=float)
         p.add_argument("--cpu-memory-gib", type=float, help="host memory of one node (default: this machine's)")
@@ -253,13 +254,20 @@ PLANS = {"local": plan_local, "hosts": plan_hosts, "slurm": plan_slurm, "k8s": p
 def _supervise(nodes, grace_s: float, env: dict, run_dir: Path | None = None) -> int:
     """Run the nodes; on failure say which rank stalled (heartbeats), record the failure in the
     run's status.json when the run could not (rank 0 killed), and say how to resume."""
+    import tempfile
+
     from launch.processes import JobFailed, run_nodes
     from pretrain.checkpoint_layout import checkpoints_dir, newest_complete
     from pretrain.status import load_status, stalled_rank, write_status
 
+    errors = Path(tempfile.mkdtemp(prefix="launch-")) / "config-errors"  # ranks note a ConfigError here
     try:
-        run_nodes(nodes, grace_s, env)
+        run_nodes(nodes, grace_s, {**env, "PRETRAIN_ERROR_FILE": str(errors)})
     except JobFailed as e:
+        said = errors.read_text().splitlines() if errors.is_file() else []
+        if said:  # the job's own input was refused (it said so above): nothing to resume
+            print(f"launch: the job stopped on a configuration error: {said[0]}", file=sys.stderr)
+            return 2
         cause = str(e)
         if run_dir is not None:
             stalled = stalled_rank(run_dir)
@@ -273,17 +281,21 @@ def _supervise(nodes, grace_s: float, env: dict, run_dir: Path | None = None) ->
         hint = f" Start the same command again to resume from {newest.name}." if newest else ""
         print(f"launch: {cause}.{hint}", file=sys.stderr)
         return 1
+    finally:
+        shutil.rmtree(errors.parent, ignore_errors=True)
     return 0
 
 
 def preflight(ns, plan: Plan, cluster) -> None:
-    """GPU and host memory against what the job needs, in a process that may import torch."""
+    """GPU and host memory against what the job needs and (local and hosts jobs, whose data this
+    machine sees) every local data file read, in one process that may import torch."""
     from launch.cluster import local_gpus, local_memory_gib
     from launch.preflight import DOES_NOT_FIT
 
     if ns.skip_preflight:
         return
     here = ns.mode in ("local", "hosts")
+    checks = ["--data"] if here else []
     gpu_gib = cluster.gpu_memory_gib
     if cluster.gpus and gpu_gib is None and here:
         gpu_gib = local_gpus()[1]
@@ -293,9 +305,12 @@ def preflight(ns, plan: Plan, cluster) -> None:
     if cpu_gib is None:
         print("# preflight: host memory unknown, not checked (give it with --cpu-memory-gib or cluster.cpu_memory_gib)")
     if (gpu_gib is None or not cluster.gpus) and cpu_gib is None:
-        return
+        if not checks:
+            return
+        checks.append("--no-memory")
     job = plan.job
-    args = ["--nodes", str(cluster.nodes), "--nproc-per-node", str(cluster.nproc_per_node), "--program", job.program]
+    args = [*checks, "--nodes", str(cluster.nodes), "--nproc-per-node", str(cluster.nproc_per_node),
+            "--program", job.program]  # fmt: skip
     if cluster.gpus and gpu_gib is not None:
         args += ["--gpu-gib", str(gpu_gib)]
     if cpu_gib is not None:
@@ -309,6 +324,9 @@ def preflight(ns, plan: Plan, cluster) -> None:
             print(("# " if ns.dry_run else "launch: ") + line)
     if proc.returncode == DOES_NOT_FIT:
         raise ConfigError(proc.stderr.strip())
+    said = [line for line in proc.stderr.splitlines() if line.startswith("config error: ")]
+    if proc.returncode == 2 and said:  # bad data: its own one line
+        raise ConfigError(said[-1].removeprefix("config error: "))
     if proc.returncode != 0:
         raise ConfigError(f"preflight failed: {proc.stderr.strip()[-2000:]}")
 

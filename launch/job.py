@@ -45,7 +45,7 @@ class Job:
         cmd = [
             python,
             "-m",
-            "torch.distributed.run",
+            "launch.torchrun",  # torchrun, with a one-line account of a failure
             "--nproc-per-node",
             str(nproc),
             "--max-restarts",

@@ -63,6 +63,20 @@ def model_config(program: str, cfg):
     return None  # an HF directory: the shape is only known once transformers reads it
 
 
+def check_data(program: str, cfg) -> None:
+    """The job's local data files read in their formats with the columns the job needs (a
+    DataError, so one line and exit 2, naming the first that does not)."""
+    if program == "pretrain":
+        from pretrain.data.sources import check_local_sources
+
+        check_local_sources(cfg.data)
+    else:
+        from finetune.data import check_task_sources
+
+        check_task_sources(cfg)
+    print("preflight: data files read and their columns found")
+
+
 def cpu_device_bytes(params: int, largest: int, stage: int, world: int) -> float:
     """Bytes per process of fp32 AdamW model states on CPU devices (no GPUs): weights 4, gradients 4,
     moments 8 per parameter; ZeRO-1 partitions the moments, ZeRO-2 the gradients too, ZeRO-3 all of
@@ -139,9 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nproc-per-node", type=int, default=1)
     ap.add_argument("--program", choices=("pretrain", "finetune"), default="pretrain")
     ap.add_argument("--no-gpus", action="store_true", help="the model states live in host memory")
+    ap.add_argument("--data", action="store_true", help="also read every local data file (format, columns)")
+    ap.add_argument("--no-memory", action="store_true", help="do not check memory")
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*")
     ns = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if ns.data:
+        check_data(ns.program, run_config(ns.program, ns.config, ns.overrides))
+    if ns.no_memory:
+        return
     sys.exit(check(ns.gpu_gib, ns.cpu_gib, ns.nodes, ns.nproc_per_node, ns.program, ns.config, ns.overrides,
                    gpus=not ns.no_gpus))  # fmt: skip
 

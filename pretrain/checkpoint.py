@@ -44,10 +44,11 @@ from pretrain.files import fsync_dir, write_atomic
 __all__ = ["COMPLETE", "checkpoints_dir", "complete_tags", "is_complete", "newest_complete", "tag_for"]
 
 
-def resolve(path: str | Path, warn=print) -> Path:
+def resolve(path: str | Path, warn=print, best: bool = False) -> Path:
     """A run directory, its checkpoints folder, or a tag folder -> the complete, intact tag folder
     to use. Given a run, a damaged newest checkpoint is skipped (``warn`` says why) for the newest
-    intact one; given a damaged tag, the error names the bad file and the newest intact tag."""
+    intact one; given a damaged tag, the error names the bad file and the newest intact tag.
+    ``best`` (commands that use a run's weights): the checkpoint named ``best`` where there is one."""
     path = Path(path)
     if (path / COMPLETE).is_file():
         problem = verify(path)
@@ -58,6 +59,12 @@ def resolve(path: str | Path, warn=print) -> Path:
         return path
     for root in (path, checkpoints_dir(path)):
         if complete_tags(root):
+            chosen = best_tag(root) if best else None
+            if chosen is not None:
+                problem = verify(chosen) if is_complete(chosen) else f"{chosen} is incomplete"
+                if problem is None:
+                    return chosen
+                warn(f"warning: not using the best checkpoint {chosen.name}: {problem}")
             found = newest_intact(root, warn)
             if found is None:
                 raise ConfigError(f"no intact checkpoint in {root}: every complete one failed its check (see above)")
@@ -67,6 +74,32 @@ def resolve(path: str | Path, warn=print) -> Path:
         hint = f"the newest complete one is {newest}" if newest else "there is no complete checkpoint beside it"
         raise ConfigError(f"checkpoint {path} is incomplete (no {COMPLETE}: its save did not finish); {hint}")
     raise ConfigError(f"no complete checkpoint in {path} (looked for {COMPLETE} under {path} and {path}/checkpoints)")
+
+
+def best_tag(root: Path) -> Path | None:
+    """The tag folder the ``best`` pointer names (kept by runs that select a metric), or None."""
+    pointer = root / "best"
+    return root / pointer.read_text().strip() if pointer.is_file() else None
+
+
+def describe(tag_dir: Path) -> str:
+    """What a command says it used: "checkpoint RUN/checkpoints/step_N (best: val_accuracy 0.91)"."""
+    chosen = best_tag(tag_dir.parent)
+    if chosen is not None and chosen.name == tag_dir.name:
+        return f"checkpoint {tag_dir} (best{_evaluation(tag_dir)})"
+    if newest_complete(tag_dir.parent) == tag_dir:
+        return f"checkpoint {tag_dir} (newest{_evaluation(tag_dir)})"
+    return f"checkpoint {tag_dir}"
+
+
+def _evaluation(tag_dir: Path) -> str:
+    """": val_accuracy 0.91, val_loss 0.3" from the evaluation saved with a checkpoint, or ""."""
+    try:
+        state = saved_info(tag_dir).get("evaluation") or {}
+    except (OSError, ValueError):
+        return ""
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in state.items() if k != "step" and isinstance(v, float))
+    return f": {shown}" if shown else ""
 
 
 def file_digest(path: Path) -> str:
@@ -243,7 +276,9 @@ class Checkpointer:
             files = {k: v for part in gathered for k, v in part.items()}
         if self.rank == 0:
             info = {"step": step, "world_size": self.world, "time": time.time(), "files": files,
-                    "data_samples": (client_state.get("data") or {}).get("num_samples")}
+                    "data_samples": (client_state.get("data") or {}).get("num_samples"),
+                    "evaluation": {k: v for k, v in ((client_state.get("trainer") or {}).get("last_eval") or {}).items()
+                                   if isinstance(v, int | float)}}  # fmt: skip
             write_atomic(tag_dir / COMPLETE, json.dumps(info))
             if final.exists():  # the same step saved by an earlier timeline: keep it, named, beside
                 os.rename(final, self.root / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}-{tag}")

@@ -65,8 +65,13 @@ class TrainConfig:
     """Clip the global gradient norm to this; 0 disables clipping."""
     eval_every: int = 100
     """Validation loss every N steps (and at the end); 0 disables it."""
-    eval_batches: int = 20
-    """Micro-batches per rank in each evaluation (at most one pass over the validation data)."""
+    eval_batches: int | None = 20
+    """Micro-batches per rank in each evaluation (at most one pass over the validation data);
+    null: the whole validation set, every example scored exactly once (fine-tuning's default)."""
+    early_stopping_patience: int | None = None
+    """End the run after this many evaluations in a row without improving the task's metric
+    (fine-tuning: accuracy or validation loss; pretraining: val_loss); the best checkpoint stays
+    named `best`. null: never."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass: less memory, ~30% more compute."""
     compile: bool = False
@@ -92,8 +97,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
         if self.stop_at_step is not None and self.stop_at_step < 1:
             raise ValueError(f"stop_at_step={self.stop_at_step}: must be >= 1 or null")
-        for name in ("micro_batch_size", "max_steps", "eval_batches", "max_nonfinite"):
-            if getattr(self, name) < 1:
+        for name in ("micro_batch_size", "max_steps", "eval_batches", "max_nonfinite", "early_stopping_patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
@@ -473,6 +478,12 @@ def exit_on_config_error(fn):
         except ConfigError as e:
             if os.environ.get("RANK", "0") == "0":  # every rank finds the same error; one says it
                 print(f"config error: {e}", file=sys.stderr)
+            if os.environ.get("PRETRAIN_ERROR_FILE"):  # python -m launch reads it: no "resume" advice
+                try:
+                    with open(os.environ["PRETRAIN_ERROR_FILE"], "a") as f:
+                        f.write(f"{e}".replace("\n", " ") + "\n")
+                except OSError:
+                    pass
             sys.exit(2)
 
     return wrapper

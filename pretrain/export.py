@@ -96,7 +96,8 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     from pretrain.model.hf import family_of, hf_config, hf_tensors
     from pretrain.shards import write_sharded
 
-    tag_dir = ckpt.resolve(source)
+    tag_dir = ckpt.resolve(source, best=True)
+    print(f"exporting {ckpt.describe(tag_dir)}")
     cfg = ckpt.saved_config(tag_dir)
     tensors = consolidated_tensors(tag_dir)
     check_fits(tensors, cfg.model)
@@ -112,6 +113,7 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     except Exception as e:  # noqa: BLE001 - a shard cut short shows when its tensors are read
         raise ConfigError(f"checkpoint {tag_dir} cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
     save_config(cfg, cons / "config.yaml")
+    tok.model_max_length = cfg.model.max_seq_len  # what the positions allow (transformers' default is 1e30)
     tok.save_pretrained(str(cons / "tokenizer"))
     written = {"checkpoint": tag_dir, "consolidated": cons}
     try:
@@ -120,11 +122,24 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
         print(f"no HF export: {e}")
         return written
     hf_dir = out / "hf"
-    hf_config(cfg.model).save_pretrained(str(hf_dir))
+    hf_cfg, ids = hf_config(cfg.model), special_token_ids(tok)
+    for name, value in ids.items():
+        setattr(hf_cfg, name, value)
+    hf_cfg.save_pretrained(str(hf_dir))
+    if cfg.model.arch == "decoder":  # generate() and pipelines stop at end-of-text and pad with it
+        from transformers import GenerationConfig
+
+        GenerationConfig(**ids).save_pretrained(str(hf_dir))
     write_sharded(hf_tensors(cfg.model, tensors, materialize), hf_dir, max_shard_bytes)
     tok.save_pretrained(str(hf_dir))
     written["hf"] = hf_dir
     return written
+
+
+def special_token_ids(tok) -> dict[str, int]:
+    """bos/eos/pad token ids of a tokenizer, as transformers' configs name them (those it has)."""
+    ids = {f"{name}_token_id": getattr(tok, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
+    return {k: v for k, v in ids.items() if v is not None}
 
 
 def shape_of(tensors, name: str) -> tuple[int, ...]:

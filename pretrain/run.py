@@ -5,7 +5,8 @@ the others after a barrier, so shared files are written once), builds the model,
 compute the loss and the evaluation metrics. Everything else — the DeepSpeed engine, resume,
 checkpoints, monitoring and the loop — is this one function.
 
-A task has: ``prepare(rank, world, run_dir, say)`` setting ``train_batches``, ``val_batches`` and
+A task has: ``check_data()`` (its local files readable, before any process group);
+``prepare(rank, world, run_dir, say)`` setting ``train_batches``, ``val_batches`` and
 ``tokenizer``; ``build_model()``; ``loss_fn``; ``eval_metrics(sums)``; ``select_metric`` (a
 (name, max|min) pair or None) for keeping the best checkpoint; ``lr_scale(param_name)``;
 and ``extra_files()``.
@@ -55,8 +56,17 @@ class LanguageModelTask:
         self.tokenizer = run_tokenizer(cfg.data, arch, cfg.model.vocab_size, run_dir, log=say)
         micro, seed = cfg.train.micro_batch_size, cfg.train.seed
         self.train_batches = batches(cfg.data, self.tokenizer, arch, "train", micro, rank, world, seed, log=say)
-        self.val_batches = batches(cfg.data, self.tokenizer, arch, "validation", micro, rank, world, seed, log=say) \
-            if cfg.train.eval_every else None  # fmt: skip
+        self.val_batches = None
+        if cfg.train.eval_every and not cfg.data.has_validation():
+            say("warning: no validation data (data.validation_fraction=0 and no source gives validation_files or "
+                "validation_split): evaluation is off")  # fmt: skip
+        elif cfg.train.eval_every:
+            self.val_batches = batches(cfg.data, self.tokenizer, arch, "validation", micro, rank, world, seed, log=say)
+
+    def check_data(self) -> None:
+        from pretrain.data.sources import check_local_sources
+
+        check_local_sources(self.cfg.data)
 
     def build_model(self, gather=None):
         """The model, initialised; ``gather`` (ZeRO-3) when it is built partitioned, see
@@ -123,6 +133,10 @@ def _choose_resume(cfg: RunConfig):
     return resume
 
 
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+"""What gloo says when another rank's process is gone: not this rank's story to tell at length."""
+
+
 def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
     # Python stacks of every thread on a fatal signal (NCCL's watchdog aborts on a collective
     # timeout) and on SIGUSR1, which the launcher sends to every rank before it stops a failed job.
@@ -130,10 +144,18 @@ def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     grad_accum = cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # before DeepSpeed starts
     task = make_task(cfg)  # may fill in cfg (a fine-tuning run takes its model shape from init_from)
+    task.check_data()  # a bad file is one line from here, before any process group ties the ranks together
     rank, world = init_distributed(cfg.train.dist_timeout_s)
     resume = find_resume(cfg, rank, world)  # a refusal here leaves the run directory as it was
     if rank != 0:
-        _run(cfg, task, rank, world, grad_accum, resume)
+        try:
+            _run(cfg, task, rank, world, grad_accum, resume)
+        except Exception as e:
+            if any(s in str(e) for s in PEER_GONE):  # rank 0 (or another) ended first and said why
+                print(f"rank {rank}: stopped, another process of the job ended ({str(e).splitlines()[0][:200]})",
+                      file=sys.stderr)  # fmt: skip
+                sys.exit(1)
+            raise
         _leave_process_group()
         return
     started = False
@@ -281,6 +303,8 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
         last = trainer.last_eval
         shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)) or "no evaluation"
         print(f"\ndone: step {trainer.step}; {shown}")
+        if trainer.stopped_early:
+            print(trainer.stopped_early + " (train.early_stopping_patience)")
         print(f"run directory: {run_dir}")
         print(f"checkpoints: {root} (newest: {newest.name if newest else 'none'})")
         if (root / "best").exists():

@@ -25,6 +25,15 @@ def lm_loss(engine, batch: dict) -> tuple[torch.Tensor, dict]:
     return loss, {"correct": correct, "count": count}
 
 
+def accumulate(sums: dict, loss: torch.Tensor, extra: dict) -> None:
+    """Add one batch's loss (times its count) and the loss function's other sums into ``sums``."""
+    count = torch.as_tensor(extra["count"], dtype=torch.float64)
+    loss_sum = torch.where(count > 0, loss.detach().double() * count, 0.0)  # nothing scored: the mean is nan
+    for key, value in {"loss_sum": loss_sum, **extra}.items():
+        value = torch.as_tensor(value, dtype=torch.float64)
+        sums[key] = sums[key] + value if key in sums else value
+
+
 class Trainer:
     """Runs optimizer steps until train.max_steps. Everything it counts is in ``state_dict``."""
 
@@ -54,10 +63,15 @@ class Trainer:
         self.skipped = 0
         self.nonfinite_in_row = 0
         self.last_eval: dict = {}
+        self.watched: float | None = None
+        """Best value so far of the metric early stopping watches."""
+        self.stale_evals = 0
+        """Evaluations in a row that did not improve ``watched``."""
+        self.stopped_early = ""
 
     def state_dict(self) -> dict:
         return {"step": self.step, "tokens": self.tokens, "predicted": self.predicted, "skipped": self.skipped,
-                "best": self.best,
+                "best": self.best, "watched": self.watched, "stale_evals": self.stale_evals,
                 "nonfinite_in_row": self.nonfinite_in_row, "last_eval": self.last_eval}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
@@ -65,6 +79,7 @@ class Trainer:
         self.nonfinite_in_row, self.last_eval = state["nonfinite_in_row"], state.get("last_eval", {})
         self.best = state.get("best", {})
         self.predicted = state.get("predicted", 0)
+        self.watched, self.stale_evals = state.get("watched"), state.get("stale_evals", 0)
 
     def _all_reduce(self, values: list) -> torch.Tensor:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64)
@@ -111,19 +126,21 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Metrics over the validation batches (at most one pass, the same batches every time):
-        every quantity the loss function reports is summed over batches and ranks, then turned
-        into metrics by ``eval_metrics``."""
+        """Metrics over the validation batches, the same ones every time: one whole pass
+        (train.eval_batches null) or its first eval_batches micro-batches per rank. A pass scores
+        every example exactly once at any world size: the last batches are filled up with examples
+        from the start of the stream whose labels are ignored. Every quantity the loss function
+        reports is summed over batches and ranks, then turned into metrics by ``eval_metrics``."""
         self.engine.eval()
         self.val_batches.consumed = 0
-        per_batch = self.val_batches.micro * self.world
-        n = max(1, min(self.cfg.eval_batches, len(self.val_batches.dataset) // per_batch))  # at most one pass
+        size = len(self.val_batches.dataset)
+        n = math.ceil(size / (self.val_batches.micro * self.world))  # one pass
+        if self.cfg.eval_batches is not None:
+            n = min(self.cfg.eval_batches, n)
         sums: dict = {}
         for batch in _take(self.val_batches, n):
-            loss, extra = self.loss_fn(self.engine, batch)
-            for key, value in {"loss_sum": loss.detach().double() * extra["count"], **extra}.items():
-                value = torch.as_tensor(value, dtype=torch.float64)
-                sums[key] = sums[key] + value if key in sums else value
+            batch["labels"][batch["position"] >= size] = IGNORE  # a second look at an example: no score
+            accumulate(sums, *self.loss_fn(self.engine, batch))
         if self.world > 1:
             for value in sums.values():
                 dist.all_reduce(value)
@@ -173,13 +190,32 @@ class Trainer:
                 self.monitor.eval(self.step, {k: v for k, v in self.last_eval.items() if k != "step"})
                 if self.inspect_every and (self.step // self.eval_every) % self.inspect_every == 0:
                     self.monitor.attention(self.step, self.inspect())
+                stop = self._stale() and self.step < end
                 if self._improved():
                     self.best = {"step": self.step, self.select_metric[0]: self.last_eval[self.select_metric[0]]}
                     self.checkpoint(self.step, last, best=True)
                     self.monitor.restart_clock()
                     continue
+                if stop:  # early stopping: end here as a finished run, with a checkpoint of this step
+                    name = (self.select_metric or ("val_loss", min))[0]
+                    self.stopped_early = (f"stopped early at step {self.step}: {name} has not improved for "
+                                          f"{self.stale_evals} evaluations (best {self.watched:.4g})")  # fmt: skip
+                    self.checkpoint(self.step, True)
+                    break
             if self.checkpoint(self.step, last):
                 self.monitor.restart_clock()
+
+    def _stale(self) -> bool:
+        """Note the last evaluation against the best so far of the watched metric (the task's, or
+        val_loss); True once train.early_stopping_patience evaluations in a row did not improve it."""
+        name, better = self.select_metric or ("val_loss", min)
+        value = self.last_eval[name]
+        if self.watched is None or better(value, self.watched) != self.watched:
+            self.watched, self.stale_evals = value, 0
+        else:
+            self.stale_evals += 1
+        patience = self.cfg.early_stopping_patience
+        return patience is not None and self.stale_evals >= patience
 
     def _improved(self) -> bool:
         if self.select_metric is None:

@@ -23,6 +23,8 @@ def _files(tmp):
     (tmp / "empty.jsonl").write_text("")
     (tmp / "latin.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
     (tmp / "ids.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
+    (tmp / "pairs.tsv").write_text("good film\t1\nbad film\t0\n")
+    (tmp / "pairs.txt").write_text("good film\t1\nbad film\t0\n")
     damaged = tmp / "ck" / "step_00000010"
     shutil.copytree(GOLDEN, damaged)
     shard = damaged / "mp_rank_00_model_states.pt"
@@ -40,6 +42,15 @@ def _files(tmp):
     info = ckpt.saved_info(planted)
     info["files"].update(ckpt.manifest(planted, ["mp_rank_00_model_states.pt"]))
     (planted / ckpt.COMPLETE).write_text(json.dumps(info))
+    # what a classifier's checkpoint says of itself (its labels and task), without its weights
+    cls = tmp / "cls" / "step_00000010"
+    shutil.copytree(GOLDEN, cls)
+    (cls / "labels.json").write_text('["0", "1"]')
+    with open(cls / "config.yaml", "a") as f:
+        f.write(f"init_from: {GOLDEN}\ntask: {{kind: classify}}\n")
+    info = ckpt.saved_info(cls)
+    info["files"].update(ckpt.manifest(cls, ["config.yaml", "labels.json"]))
+    (cls / ckpt.COMPLETE).write_text(json.dumps(info))
 
 
 def pretrain(*overrides):
@@ -71,6 +82,18 @@ CASES = [
      "latin.jsonl is not UTF-8 text (byte 13); convert it, e.g. iconv -f latin1 -t utf-8"),
     ("data: text column of numbers", pretrain("data.sources=[{files: '{tmp}/ids.jsonl', text_column: id}]"),
      "config error: data.sources[0].text_column='id': holds int64 values, not text"),
+    ("data: named split on local files", pretrain("data.sources=[{files: '{tmp}/pairs.tsv', validation_split: dev}]"),
+     "config error: data.sources[0].validation_split='dev': only hub datasets have named splits; for local files "
+     "give validation_files"),
+    ("data: headerless table without names", pretrain("data.sources=[{files: '{tmp}/pairs.tsv', header: false}]"),
+     "config error: data.sources[0].header=false: give column_names, e.g. [text, label]"),
+    ("data: a column the table does not have",
+     pretrain("data.sources=[{files: '{tmp}/pairs.tsv', header: false, column_names: [sentence, label]}]"),
+     "config error: data.sources[0].text_column='text': no such column; the data has ['sentence', 'label']"),
+    ("data: bad file under the launcher", ["launch", "local", DEBUG, "--nproc-per-node", "2",
+                                           "output_dir={tmp}/runs", "data.cache_dir={tmp}/cache",
+                                           "data.sources=[{files: '{tmp}/latin.jsonl'}]"],
+     "config error: data.sources[0].files: {tmp}/latin.jsonl is not UTF-8 text"),
     ("checkpoint: none there", ["pretrain.export", "{tmp}/nothing", "{tmp}/out"],
      "config error: no complete checkpoint in"),
     ("checkpoint: damaged file", ["pretrain.export", "{tmp}/ck/step_00000010", "{tmp}/out"],
@@ -87,6 +110,10 @@ CASES = [
      "init_from='{tmp}/nowhere': no such file or directory"),
     ("generation: bad sampling flag", ["finetune.generate", "{tmp}/ck", "--prompt", "x", "--max-new-tokens", "-3"],
      "config error: --max-new-tokens -3: must be an integer >= 1"),
+    ("prediction: text and label lines as plain text", ["finetune.predict", "{tmp}/cls", "{tmp}/pairs.txt"],
+     "line 1 holds 2 tab-separated fields (a text and a label?)"),
+    ("evaluation: no test data", ["finetune.evaluate", "{tmp}/cls", "--split", "test"],
+     "config error: no test data: no source of this run gives test_files (or test_split)"),
     ("inspection: layer out of range", ["finetune.inspect", str(GOLDEN), "--text", "x", "--layer", "5",
                                         "--out", "{tmp}/pictures"],
      "config error: --layer 5: this model has 2 layers (0-1)"),

@@ -15,18 +15,43 @@ class SourceConfig:
     builtin: Literal["python-stdlib"] | None = None
     """python-stdlib: the source files of the running interpreter's standard library (no download)."""
     files: list[str] | str | None = None
-    """Local file(s): a path, a glob or a directory; .txt (one document per file), .json/.jsonl,
-    .csv, .parquet."""
+    """Local file(s): a path, a glob or a directory; .txt/.md (text, see sample_by), .json/.jsonl,
+    .csv/.tsv (see delimiter, header), .parquet."""
+    validation_files: list[str] | str | None = None
+    """Local files (path, glob or directory) holding this source's validation data; when given,
+    nothing is held out of ``files``."""
+    test_files: list[str] | str | None = None
+    """Local files with labeled test data (fine-tuning): never read in training;
+    `python -m finetune.evaluate RUN --split test` scores them."""
     hub: str | None = None
     """A dataset id on the HF hub (needs network the first time; then datasets' cache)."""
     hub_config: str | None = None
     """The dataset's configuration name on the hub (e.g. sample-10BT), if it has several."""
     split: str = "train"
-    """The split training reads."""
+    """The hub split training reads."""
     validation_split: str | None = None
-    """A named validation split; None holds out data.validation_fraction of the documents."""
+    """A named hub split for validation; None holds out data.validation_fraction (local files:
+    use validation_files)."""
+    test_split: str | None = None
+    """A named hub split for test data (fine-tuning; like test_files)."""
     text_column: str = "text"
-    """The column holding the text (json, jsonl, csv, parquet and hub data)."""
+    """The column holding the text (json, jsonl, csv, tsv, parquet and hub data)."""
+    sample_by: Literal["document", "paragraph", "line"] = "document"
+    """Text files: one example per file, per blank-line-separated paragraph, or per line."""
+    chunk_chars: int | None = None
+    """Cut texts longer than this many characters into pieces at line breaks (one big file becomes
+    many documents for the hold-out, shuffling and document masks); None keeps texts whole."""
+    delimiter: str | None = None
+    """csv/tsv: the field separator; None: ',' for .csv, a tab for .tsv."""
+    header: bool = True
+    """csv/tsv: the first line names the columns; false: it is data, and column_names names them."""
+    column_names: list[str] | None = None
+    """csv/tsv: the columns' names, in order (required with header: false; with a header they
+    replace its names)."""
+    quotechar: str = '"'
+    """csv/tsv: the character that quotes a field holding the delimiter or a line break."""
+    quoting: Literal["minimal", "all", "nonnumeric", "none"] = "minimal"
+    """csv/tsv: Python csv quoting; none reads quote characters as text (common for raw TSV)."""
     weight: float = 1.0
     """Relative share of documents when several sources are mixed."""
 
@@ -39,6 +64,29 @@ class SourceConfig:
             )
         if self.weight <= 0:
             raise ValueError(f"weight={self.weight}: must be > 0")
+        for name in ("validation_split", "test_split"):
+            if getattr(self, name) and not self.hub:
+                files = name.replace("split", "files")
+                raise ValueError(f"{name}={getattr(self, name)!r}: only hub datasets have named splits; for local "
+                                 f"files give {files} (a path, glob or directory)")  # fmt: skip
+        for name in ("validation_files", "test_files"):
+            if getattr(self, name) and not self.files:
+                raise ValueError(f"{name}: goes with files (local training files); for hub data use "
+                                 f"{name.replace('files', 'split')}")  # fmt: skip
+        if not self.header and not self.column_names:
+            raise ValueError("header=false: give column_names, e.g. [text, label], so the columns can be named")
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise ValueError(f"delimiter={self.delimiter!r}: must be one character, e.g. ',' or a tab")
+        if len(self.quotechar) != 1:
+            raise ValueError(f"quotechar={self.quotechar!r}: must be one character")
+        if self.chunk_chars is not None and self.chunk_chars < 64:
+            raise ValueError(f"chunk_chars={self.chunk_chars}: must be >= 64 (or null to keep texts whole)")
+
+    def names(self, part: str) -> bool:
+        """Whether this source names its own data for ``part`` (train, validation or test)."""
+        if part == "train":
+            return True
+        return bool(getattr(self, f"{part}_files") or getattr(self, f"{part}_split"))
 
 
 @dataclass
@@ -66,8 +114,10 @@ class DataConfig:
     seq_len: int = 256
     """Tokens in one training sequence."""
     validation_fraction: float = 0.01
-    """Share of documents held out for validation where a source names no validation split; chosen
-    by a hash of each document's text, so the same documents are held out on every run."""
+    """Share held out for validation where a source names no validation data: the documents chosen
+    by a hash of their text (the same on every run), or, where that would hold out almost nothing
+    (a few long documents), the last part of the text. 0: no hold-out (no evaluation without
+    validation data)."""
     cache_dir: str = "data_cache"
     """Packed token shards, one folder per fingerprint of (sources, tokenizer, seq_len, split)."""
     num_proc: int = 2
@@ -80,6 +130,10 @@ class DataConfig:
     """Encoders: share of tokens selected for masked-LM prediction."""
     shuffle: bool = True
     """Shuffle sequences each epoch (seeded: the same order on every run and resume)."""
+
+    def has_validation(self) -> bool:
+        """Whether any validation data exists: a held-out share, or a source with its own."""
+        return self.validation_fraction > 0 or any(s.names("validation") for s in self.sources)
 
     def validate(self) -> None:
         if self.seq_len < 2:

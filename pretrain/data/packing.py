@@ -51,7 +51,7 @@ def pack(cfg: DataConfig, tok, arch: str, split: str = "train", seed: int = 0, l
     if (final / "index.json").exists():
         return final
     start = time.time()
-    texts = load_corpus(cfg, split, seed)
+    texts = load_corpus(cfg, split, seed, log)
     sep = separator_id(tok, arch)
 
     def encode(batch):

@@ -9,11 +9,14 @@ import os
 import sysconfig
 from pathlib import Path
 
+import numpy as np
+
 from pretrain.data.config import DataConfig, SourceConfig
 from pretrain.errors import ConfigError
 
 BUILDERS = {".txt": "text", ".md": "text", ".py": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
-            ".parquet": "parquet"}  # fmt: skip
+            ".tsv": "csv", ".parquet": "parquet"}  # fmt: skip
+QUOTING = {"minimal": 0, "all": 1, "nonnumeric": 2, "none": 3}  # Python's csv.QUOTE_* values
 
 
 class DataError(ConfigError):
@@ -36,7 +39,7 @@ def resolve_files(spec: list[str] | str, where: str) -> list[str]:
         else:
             found = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
         if not found:
-            raise DataError(f"{where}.files: nothing matches {pattern!r} (give a file, a glob or a directory)")
+            raise DataError(f"{where}: nothing matches {pattern!r} (give a file, a glob or a directory)")
         out += found
     return sorted(set(out))
 
@@ -47,15 +50,19 @@ def file_stats(files: list[str]) -> list[tuple[str, int, int]]:
 
 
 def source_files(src: SourceConfig, where: str) -> list[str]:
+    """Every local file a source reads (its training, validation and test files)."""
     if src.builtin == "python-stdlib":
         return stdlib_files()
-    if src.files:
-        return resolve_files(src.files, where)
-    return []
+    out = []
+    for part in ("files", "validation_files", "test_files"):
+        if getattr(src, part):
+            out += resolve_files(getattr(src, part), f"{where}.{part}")
+    return out
 
 
-def load_table(src: SourceConfig, split: str, where: str):
-    """One source's split as a datasets.Dataset with all its columns."""
+def load_table(src: SourceConfig, part: str, where: str):
+    """One source's ``part`` (train, validation or test: its files or hub split) as a
+    datasets.Dataset with all its columns."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -65,29 +72,49 @@ def load_table(src: SourceConfig, split: str, where: str):
             "text", data_files=stdlib_files(), sample_by="document", split="train", encoding_errors="replace"
         )
     if src.files:
-        files = resolve_files(src.files, where)
-        kinds = {BUILDERS.get(Path(f).suffix) for f in files}
-        if None in kinds or len(kinds) > 1:
-            raise DataError(
-                f"{where}.files: found {sorted({Path(f).suffix for f in files})}; one source takes files of one "
-                f"kind among {sorted(BUILDERS)}"
-            )
-        builder = kinds.pop()
-        if builder != "parquet":  # datasets takes bad bytes into Arrow strings and fails far later
-            bad = _bad_text_file(files)
-            if bad:
-                raise DataError(f"{where}.files: {bad}")
-        extra = {"sample_by": "document"} if builder == "text" else {}
-        try:
-            return datasets.load_dataset(builder, data_files={split: files}, split=split, **extra)
-        except Exception as e:  # noqa: BLE001 - datasets raises many kinds; find the file and say why
-            raise DataError(f"{where}.files: {_unreadable(files, builder, e)}") from None
+        field = "files" if part == "train" else f"{part}_files"
+        return _load_files(src, resolve_files(getattr(src, field), f"{where}.{field}"), f"{where}.{field}")
+    split = src.split if part == "train" else getattr(src, f"{part}_split")
     try:
         return datasets.load_dataset(src.hub, src.hub_config, split=split)
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; all mean the same to a user
         raise DataError(
             f"{where}.hub: could not load {src.hub!r} (config {src.hub_config}, split {split}): {e}"
         ) from None
+
+
+def builder_options(src: SourceConfig, suffix: str) -> dict:
+    """What datasets' text or csv builder is told about a source's files (the config's options)."""
+    builder = BUILDERS[suffix]
+    if builder == "text":
+        return {"sample_by": src.sample_by}
+    if builder == "csv":
+        return {"delimiter": src.delimiter or ("\t" if suffix == ".tsv" else ","),
+                "header": 0 if src.header else None, "column_names": src.column_names,
+                "quotechar": src.quotechar, "quoting": QUOTING[src.quoting],
+                "na_filter": False}  # text such as "NA" or "null" stays text  # fmt: skip
+    return {}
+
+
+def _load_files(src: SourceConfig, files: list[str], where: str):
+    import datasets
+
+    suffixes = {Path(f).suffix for f in files}
+    kinds = {BUILDERS.get(x) for x in suffixes}
+    if None in kinds or len(suffixes) > 1:
+        raise DataError(f"{where}: found {sorted(suffixes)}; one source takes files of one kind among "
+                        f"{sorted(BUILDERS)}")  # fmt: skip
+    suffix = suffixes.pop()
+    builder = BUILDERS[suffix]
+    if builder != "parquet":  # datasets takes bad bytes into Arrow strings and fails far later
+        bad = _bad_text_file(files)
+        if bad:
+            raise DataError(f"{where}: {bad}")
+    try:
+        return datasets.load_dataset(builder, data_files={"train": files}, split="train",
+                                     **builder_options(src, suffix))  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds; find the file and say why
+        raise DataError(f"{where}: {_unreadable(files, builder, e)}") from None
 
 
 def _unreadable(files: list[str], builder: str, error: Exception) -> str:
@@ -123,25 +150,68 @@ def _bad_text_file(files: list[str]) -> str | None:
     return None
 
 
-def require_columns(ds, columns: dict[str, str], where: str) -> None:
-    """columns: config field -> column name; a missing one is named with what the data has."""
+def require_columns(ds, columns: dict[str, str], where: str, source: str = "") -> None:
+    """columns: config field -> column name; a missing one is named with what the data has (and,
+    given ``source``, where the data came from)."""
     for field_name, column in columns.items():
         if column not in ds.column_names:
-            raise DataError(f"{where}.{field_name}={column!r}: no such column; the data has {ds.column_names}")
+            raise DataError(f"{where}.{field_name}={column!r}: no such column{' in ' + source if source else ''}; "
+                            f"the data has {ds.column_names}")  # fmt: skip
 
 
-def load_source(src: SourceConfig, split: str, where: str, num_proc: int = 1):
-    """One source's split as a datasets.Dataset with the single column ``text``."""
-    ds = load_table(src, split, where)
+def text_table(src: SourceConfig, part: str, where: str):
+    """One source's ``part`` with its text column checked: there, and holding text."""
+    ds = load_table(src, part, where)
     require_columns(ds, {"text_column": src.text_column}, where)
     kind = getattr(ds.features[src.text_column], "dtype", None)
     if kind not in ("string", "large_string"):
         raise DataError(f"{where}.text_column={src.text_column!r}: holds {kind or ds.features[src.text_column]} "
                         f"values, not text; name a text column among {ds.column_names}")  # fmt: skip
+    return ds
+
+
+def check_local_sources(cfg: DataConfig) -> None:
+    """Every local file of every source (training, validation, test) exists, reads in its format
+    and has its text column: a DataError naming the first that does not. Run before any process
+    group exists (and by the launcher, in one process), so a bad file is one line, not a crash of
+    every rank. Hub and built-in data are left to the run."""
+    for i, src in enumerate(cfg.sources):
+        if src.files:
+            for part in ("train", "validation", "test"):
+                if src.names(part) and (part == "train" or getattr(src, f"{part}_files")):
+                    text_table(src, part, f"data.sources[{i}]")
+
+
+def load_source(src: SourceConfig, part: str, where: str, num_proc: int = 1):
+    """One source's ``part`` as a datasets.Dataset with the single column ``text``, empty texts
+    dropped and long ones cut (chunk_chars)."""
+    ds = text_table(src, part, where)
     ds = ds.select_columns([src.text_column])
     if src.text_column != "text":
         ds = ds.rename_column(src.text_column, "text")
-    return ds.filter(lambda t: bool(t and t.strip()), input_columns="text", num_proc=_procs(num_proc, ds))
+    ds = ds.filter(lambda t: bool(t and t.strip()), input_columns="text", num_proc=_procs(num_proc, ds))
+    if src.chunk_chars:
+        ds = ds.map(Chunks(src.chunk_chars), batched=True, input_columns="text", num_proc=_procs(num_proc, ds))
+    return ds
+
+
+class Chunks:
+    """Picklable batched map: texts -> pieces of at most ``size`` characters, cut after a line
+    break where there is one in the second half of the piece."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, texts: list[str]) -> dict:
+        out = []
+        for text in texts:
+            while len(text) > self.size:
+                cut = text.rfind("\n", self.size // 2, self.size) + 1 or self.size
+                out.append(text[:cut])
+                text = text[cut:]
+            if text.strip():
+                out.append(text)
+        return {"text": out}
 
 
 def held_out(text: str, fraction: float) -> bool:
@@ -161,36 +231,103 @@ class HoldOut:
         return held_out(text, self.fraction) == self.keep_held_out
 
 
-def load_corpus(cfg: DataConfig, split: str, seed: int = 0):
-    """The ``train`` or ``validation`` text of all sources, mixed by weight."""
+def characters(ds, column: str = "text") -> np.ndarray:
+    """Each row's length in characters, read batch by batch from Arrow."""
+    import pyarrow.compute as pc
+
+    parts = [pc.utf8_length(b[column]).to_numpy(zero_copy_only=False)
+             for b in ds.with_format("arrow").iter(batch_size=10_000)]  # fmt: skip
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+def hold_out(ds, fraction: float, part: str, where: str, num_proc: int = 1, log=None, key: str = "text",
+             whole_rows: bool = False):  # fmt: skip
+    """``part`` (train or validation) of a table without validation data of its own.
+
+    By document: the rows whose ``key`` hashes into the share. Where that would hold out almost
+    nothing or everything (a few long documents; below a quarter or above four times the asked
+    share of the characters), the last ``fraction`` of the text instead, cut at a line break: one
+    long file still gets a validation tail, and training never sees it. ``whole_rows`` (examples of
+    a table): the tail is the last rows, at least one, and no row is cut."""
+    lengths = characters(ds, key)
+    total = int(lengths.sum())
+    held = ds.filter(HoldOut(fraction, True), input_columns=key, num_proc=_procs(num_proc, ds))
+    held_chars = int(characters(held, key).sum())
+    if fraction * total / 4 <= held_chars <= min(4 * fraction * total, total - 1):
+        return held if part == "validation" else ds.filter(HoldOut(fraction, False), input_columns=key,
+                                                          num_proc=_procs(num_proc, ds))  # fmt: skip
+    if whole_rows:
+        n = min(len(ds) - 1, max(1, round(fraction * len(ds))))
+        if n < 1:
+            raise DataError(f"{where}: {len(ds)} example(s) are too few to hold out {fraction:.1%} for validation; "
+                            "add data or give validation_files")  # fmt: skip
+        train, validation = ds.select(range(len(ds) - n)), ds.select(range(len(ds) - n, len(ds)))
+        said = f"the last {n} of {len(ds)} examples"
+    else:
+        train, validation = _tail(ds, lengths, fraction, where, key)
+        kept = int(characters(validation, key).sum())
+        said = f"the last {fraction:.1%} of the text ({kept:,} of {total:,} characters)"
+    if log is not None and part == "validation":
+        log(f"{where}: holding out {said} for validation: by document, {len(held)} of {len(ds)} would be held out")
+    return validation if part == "validation" else train
+
+
+def _tail(ds, lengths: np.ndarray, fraction: float, where: str, key: str):
+    """(head, tail) of the rows' text in order, split at (1 - fraction) of the characters; the
+    row holding the cut is split at a line break near it (the other columns copied)."""
+    import datasets
+
+    ends = np.cumsum(lengths)
+    cut = int(round((1 - fraction) * ends[-1])) if len(ends) else 0
+    k = int(np.searchsorted(ends, cut, side="right")) if len(ends) else 0
+    if len(ends) == 0 or k >= len(ds):
+        raise DataError(f"{where}: the text is too short to hold out {fraction:.1%} for validation; "
+                        "add data or give validation data")  # fmt: skip
+    row = ds[k]
+    text = row[key]
+    at = cut - (int(ends[k - 1]) if k else 0)
+    newline = text.find("\n", at)
+    at = newline + 1 if newline != -1 else at
+    head_row, tail_row = {**row, key: text[:at]}, {**row, key: text[at:]}
+    one = lambda r: datasets.Dataset.from_list([r], features=ds.features)  # noqa: E731
+    head = ([ds.select(range(k))] if k else []) + ([one(head_row)] if head_row[key].strip() else [])
+    tail = ([one(tail_row)] if tail_row[key].strip() else []) + ([ds.select(range(k + 1, len(ds)))]
+                                                                 if k + 1 < len(ds) else [])  # fmt: skip
+    if not head or not tail:
+        raise DataError(f"{where}: the text is too short to hold out {fraction:.1%} for validation; "
+                        "add data or give validation data")  # fmt: skip
+    return datasets.concatenate_datasets(head), datasets.concatenate_datasets(tail)
+
+
+def load_corpus(cfg: DataConfig, split: str, seed: int = 0, log=None):
+    """The ``train`` or ``validation`` text of all sources, mixed by weight. Sources with
+    validation data of their own train on all of their training data; the others share
+    ``validation_fraction`` (see hold_out). None for ``validation`` when there is none at all."""
     import datasets
 
     if split not in ("train", "validation"):
         raise ValueError(f"split={split!r}: use 'train' or 'validation'")
-    parts = []
+    parts, weights = [], []
     for i, src in enumerate(cfg.sources):
         where = f"data.sources[{i}]"
-        if src.validation_split and src.files:
-            raise DataError(f"{where}.validation_split: local files have no named splits; use data.validation_fraction")
-        if split == "validation" and src.validation_split:
-            ds = load_source(src, src.validation_split, where, cfg.num_proc)
-        else:
-            ds = load_source(src, src.split, where, cfg.num_proc)
-            if not src.validation_split and cfg.validation_fraction > 0:
-                ds = ds.filter(
-                    HoldOut(cfg.validation_fraction, split == "validation"),
-                    input_columns="text",
-                    num_proc=_procs(cfg.num_proc, ds),
-                )
+        own = src.names("validation")
+        if split == "validation" and not own and cfg.validation_fraction == 0:
+            continue
+        ds = load_source(src, split if own else "train", where, cfg.num_proc)
         if len(ds) == 0:
-            raise DataError(f"{where}: the {split} split has no non-empty documents ({_describe(src)})")
+            part = "train" if split == "train" or not own else "validation"
+            raise DataError(f"{where}: the {part} data has no non-empty documents ({_describe(src)})")
+        if not own and cfg.validation_fraction > 0:
+            ds = hold_out(ds, cfg.validation_fraction, split, where, cfg.num_proc, log)
         parts.append(ds)
+        weights.append(src.weight)
+    if not parts:
+        return None
     if len(parts) == 1:
         return parts[0]
-    total = sum(s.weight for s in cfg.sources)
     return datasets.interleave_datasets(
         parts,
-        probabilities=[s.weight / total for s in cfg.sources],
+        probabilities=[w / sum(weights) for w in weights],
         seed=seed,
         stopping_strategy="all_exhausted",
     )

@@ -158,3 +158,15 @@ def test_a_changed_corpus_on_resume_is_one_line_and_leaves_the_run_alone(make_co
     assert changed.returncode == 2, changed.stdout[-2000:]
     assert "config error: the checkpoint's data has" in changed.stdout and "Traceback" not in changed.stdout
     assert {name: (run_dir / name).read_text() for name in before} == before
+    # the same mistake under the launcher at 2 processes: rank 0's line, exit 2, no advice to resume
+    # (a checkpoint exists, but starting again would meet the same error), no traceback from rank 1
+    proc = subprocess.run([sys.executable, "-m", "launch", "local", str(cfg), "--nproc-per-node", "2",
+                           "cluster.gpus=false", f"data.sources=[{{files: {other}}}]", "train.max_steps=4"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 2, said[-3000:]
+    assert said.count("config error: the checkpoint's data has") == 1, said[-3000:]
+    assert "launch: the job stopped on a configuration error: the checkpoint's data has" in proc.stderr
+    assert "Start the same command again" not in said, said[-3000:]
+    assert "DistBackendError" not in said and "RuntimeError" not in said, said[-3000:]  # rank 1: one line at most
+    assert {name: (run_dir / name).read_text() for name in before} == before

@@ -159,7 +159,7 @@ def test_bad_task_data_and_wrong_checkpoints_are_named(make_config, tmp_path, to
     }
     cases = [
         ("dec", {"kind": "classify"}, {"sources": [{"files": str(bad["missing_label"])}]},
-         "task.label_column='label': no such column; the data has ['text', 'tag']"),
+         "task.label_column='label': no such column in data.sources[0] (train data); the data has ['text', 'tag']"),
         ("dec", {"kind": "classify"}, {"sources": [{"files": str(bad["unseen_label"])}]},
          "labels ['never-trained'] appear in the validation data but never in training"),
         ("enc", {"kind": "generate"}, {"sources": [{"files": str(bad["unseen_label"])}]},
@@ -203,3 +203,71 @@ def test_kv_cache_generation_equals_full_recompute_for_every_position_scheme():
         prompts = ["def f(x):", "import os", "a"]  # different lengths: left padding
         s = Sampling(max_new_tokens=10, temperature=0.0)
         assert generate(model, Tok(), prompts, s) == generate(model, Tok(), prompts, s, use_cache=False), position
+
+
+def test_headerless_tsv_files_with_early_stopping_the_best_checkpoint_and_a_test_set(make_config, tmp_path):
+    """A user's classification set as headerless `sentence<TAB>label` files (train/dev/test): two
+    processes score every dev example once at each evaluation (7 examples, batches of 2 x 2), early
+    stopping ends the run, and evaluate/predict use the best checkpoint and agree with training."""
+    launch(1, make_config(name="pre", train={"max_steps": 2}))
+    import random
+
+    rows = [(head.splitlines()[0].replace("\t", " "), pkg) for pkg, _, head, _ in function_rows()]
+    random.Random(0).shuffle(rows)  # all three packages in every file
+    files = {}
+    for name, part in (("train", rows[:40]), ("dev", rows[40:47]), ("test", rows[47:56])):
+        files[name] = tmp_path / f"{name}.tsv"
+        files[name].write_text("".join(f"{s}\t{label}\n" for s, label in part))
+    source = {"files": str(files["train"]), "validation_files": str(files["dev"]), "test_files": str(files["test"]),
+              "header": False, "column_names": ["sentence", "label"], "quoting": "none"}  # fmt: skip
+    task = {"kind": "classify", "text_column": "sentence", "classifier_dropout": 0.0}
+    # lr so small that nothing changes: the second evaluation cannot improve on the first
+    cfg = finetune_config(make_config, "sst", tmp_path / "runs" / "pre", task, data={"sources": [source]},
+                          train={"max_steps": 40, "eval_every": 1, "micro_batch_size": 2, "lr": 1e-9,
+                                 "early_stopping_patience": 1, "eval_batches": None})  # fmt: skip
+    out = launch(2, cfg, module="finetune").stdout
+    run_dir = tmp_path / "runs" / "sst"
+    assert "task classify: 40 training and 7 validation examples" in out
+    assert "stopped early at step 2: val_accuracy has not improved for 1 evaluations" in out
+    assert "best checkpoint: " in out and "step_00000001" in out
+    evals = metrics(run_dir, "eval")
+    assert sorted(evals) == [1, 2] and len(evals[1]["val_confusion"]) == 3
+    assert all(sum(map(sum, e["val_confusion"])) == 7 for e in evals.values())  # 7 of 7, at 2 processes
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+
+    def command(module, *args):
+        proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        return proc
+
+    table = ["--no-header", "--column-names", "sentence,label", "--quoting", "none"]
+    dev = command("finetune.evaluate", run_dir, "--data", files["dev"], *table, "--out", tmp_path / "dev.json")
+    assert dev.returncode == 0, dev.stderr[-3000:]
+    assert "scoring checkpoint" in dev.stderr and "step_00000001 (best" in dev.stderr
+    scored = json.loads((tmp_path / "dev.json").read_text())
+    assert scored["examples"] == 7 and scored["confusion"] == evals[1]["val_confusion"]  # one process, same scores
+    assert scored["accuracy"] == pytest.approx(evals[1]["val_accuracy"], abs=1e-9)
+    assert scored["macro_f1"] == pytest.approx(evals[1]["val_macro_f1"], abs=1e-9)
+
+    test = command("finetune.evaluate", run_dir, "--split", "test", "--out", tmp_path / "test.json")
+    assert test.returncode == 0, test.stderr[-3000:]
+    on_test = json.loads((tmp_path / "test.json").read_text())
+    assert on_test["examples"] == 9 and sum(map(sum, on_test["confusion"])) == 9
+    pred = command("finetune.predict", run_dir, files["test"], *table, "--out", tmp_path / "pred.jsonl")
+    assert pred.returncode == 0 and "step_00000001 (best" in pred.stderr, pred.stderr[-3000:]
+    predicted = [json.loads(line)["label"] for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    truth = [label for _, label in rows[47:56]]
+    assert sum(p == t for p, t in zip(predicted, truth, strict=True)) / 9 == pytest.approx(on_test["accuracy"])
+
+    (tmp_path / "plain.txt").write_text(files["test"].read_text())  # text<TAB>label as plain text
+    refused = command("finetune.predict", run_dir, tmp_path / "plain.txt")
+    assert refused.returncode == 2 and "line 1 holds 2 tab-separated fields" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+    # no validation data at all: training goes on, evaluation is off, with one warning
+    bare = {k: v for k, v in source.items() if k != "validation_files"}
+    cfg = finetune_config(make_config, "bare", tmp_path / "runs" / "pre", task,
+                          data={"sources": [bare], "validation_fraction": 0.0}, train={"max_steps": 2})  # fmt: skip
+    out = launch(1, cfg, module="finetune").stdout
+    assert "no validation data" in out and "evaluation is off" in out
+    assert metrics(tmp_path / "runs" / "bare", "eval") == {}

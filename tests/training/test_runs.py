@@ -55,6 +55,24 @@ def test_export_loads_in_transformers_with_the_same_logits(make_config, tmp_path
     keep = enc["attention_mask"].bool()
     torch.testing.assert_close(got[keep], expected[keep], atol=1e-4, rtol=0)
 
+    # the special tokens and the length travel with the export, so transformers stops where we stop
+    assert tok.model_max_length == ours.cfg.max_seq_len
+    assert hf.config.pad_token_id == tok.pad_token_id is not None
+    if family == "bert":
+        assert tok.mask_token == "[MASK]" and tok.cls_token_id is not None and tok.sep_token_id is not None
+    else:
+        assert hf.config.eos_token_id == hf.generation_config.eos_token_id == tok.eos_token_id is not None
+        assert hf.generation_config.pad_token_id == tok.pad_token_id
+        from transformers import pipeline
+
+        assert tok.eos_token_id == 0  # trained tokenizers put end-of-text first
+        with torch.no_grad():  # all logits 0: greedy picks id 0, end-of-text, at once
+            hf.get_output_embeddings().weight.zero_()
+        made = pipeline("text-generation", model=hf, tokenizer=tok)("import logging", max_new_tokens=20,
+                                                                    do_sample=False, return_tensors=True)  # fmt: skip
+        ids = made[0]["generated_token_ids"]
+        assert ids[-1] == tok.eos_token_id and len(ids) == len(tok("import logging")["input_ids"]) + 1, ids
+
     from finetune.weights import load_pretrained  # fine-tuning starts from either export form too
 
     for form in ("consolidated", "hf"):

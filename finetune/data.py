@@ -1,0 +1,127 @@
+"""A fine-tuning task's examples: each source's train, validation and test tables reduced to the
+columns the task reads. Training, `finetune.evaluate` and `finetune.predict` read them here, so a
+held-out validation set is the same examples everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pretrain.data.config import SourceConfig
+from pretrain.data.sources import DataError, hold_out, load_table, require_columns
+
+
+def task_columns(cfg) -> dict[str, str]:
+    """Config field -> column name, for the columns ``cfg.task`` reads."""
+    t = cfg.task
+    if t.kind == "generate":
+        return {"prompt_column": t.prompt_column, "response_column": t.response_column}
+    columns = {"text_column": t.text_column, "label_column": t.label_column}
+    if t.text_pair_column:
+        columns["text_pair_column"] = t.text_pair_column
+    return columns
+
+
+def task_sources(cfg) -> list[SourceConfig]:
+    """The data sources: the config's, or the built-in demo task's file."""
+    if cfg.task.builtin:
+        from finetune.demo_data import builtin_task_file
+
+        return [SourceConfig(files=str(builtin_task_file(cfg.task.builtin, Path(cfg.data.cache_dir))))]
+    return cfg.data.sources
+
+
+def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: str):
+    """One source's ``part`` (train, validation or test) reduced to ``columns``, each one checked."""
+    table = load_table(src, part, where)
+    require_columns(table, columns, "task", f"{where} ({part} data)")
+    return table.select_columns(list(columns.values()))
+
+
+def check_task_sources(cfg) -> None:
+    """Every local file of the task's sources (training, validation, test) reads in its format
+    and has the task's columns: a DataError naming the first that does not (before any process
+    group exists; the launcher runs it too). Built-in tasks and hub data are left to the run."""
+    if cfg.task.builtin:
+        return
+    columns = task_columns(cfg)
+    for i, src in enumerate(cfg.data.sources):
+        if src.files:
+            for part in ("train", "validation", "test"):
+                if part == "train" or getattr(src, f"{part}_files"):
+                    source_table(src, part, columns, f"data.sources[{i}]")
+
+
+def task_tables(cfg, say=print) -> dict:
+    """{"train": table, "validation": table or None}: validation from each source's own
+    validation data, else held out of its training data (pretrain.data.sources.hold_out, whole
+    examples); max_train_examples cuts training only."""
+    import datasets
+
+    t, frac, columns = cfg.task, cfg.data.validation_fraction, task_columns(cfg)
+    key = t.text_column if t.kind == "classify" else t.prompt_column
+    parts = {"train": [], "validation": []}
+    for i, src in enumerate(task_sources(cfg)):
+        where = f"data.sources[{i}]"
+        train = source_table(src, "train", columns, where)
+        if src.names("validation"):
+            parts["validation"].append(source_table(src, "validation", columns, where))
+        elif frac > 0 and len(train):
+            parts["validation"].append(hold_out(train, frac, "validation", where, log=say, key=key, whole_rows=True))
+            train = hold_out(train, frac, "train", where, key=key, whole_rows=True)
+        parts["train"].append(train)
+    tables = {k: datasets.concatenate_datasets(v) if v else None for k, v in parts.items()}
+    limit = t.max_train_examples
+    if limit is not None and limit < len(tables["train"]):
+        tables["train"] = tables["train"].shuffle(seed=cfg.train.seed).select(range(limit))
+    return tables
+
+
+def named_part(cfg, part: str):
+    """The examples of every source that names its own data for ``part`` (validation or test)."""
+    import datasets
+
+    columns = task_columns(cfg)
+    found = [source_table(src, part, columns, f"data.sources[{i}]")
+             for i, src in enumerate(task_sources(cfg)) if src.names(part)]  # fmt: skip
+    if not found:
+        raise DataError(f"no {part} data: no source of this run gives {part}_files (or {part}_split); "
+                        "score a file with --data FILE instead")  # fmt: skip
+    return datasets.concatenate_datasets(found)
+
+
+def add_file_arguments(ap) -> None:
+    """The options that say how to read a labeled or unlabeled file (evaluate, predict)."""
+    ap.add_argument("--text-column", help="classification: the column with the text (default: the run's)")
+    ap.add_argument("--pair-column", help="classification: the second text column of pair tasks")
+    ap.add_argument("--label-column", help="classification: the column with the label (default: the run's)")
+    ap.add_argument("--prompt-column", help="generation: the prompt column (default: the run's)")
+    ap.add_argument("--response-column", help="generation: the response column (default: the run's)")
+    ap.add_argument("--delimiter", help="csv/tsv field separator (default: ',' for .csv, a tab for .tsv)")
+    ap.add_argument("--no-header", action="store_true", help="csv/tsv: the first line is data (give --column-names)")
+    ap.add_argument("--column-names", help="csv/tsv: the columns' names in order, comma-separated, e.g. text,label")
+    ap.add_argument("--quoting", choices=["minimal", "all", "nonnumeric", "none"], default="minimal",
+                    help="csv/tsv quoting (none: quote characters are text)")  # fmt: skip
+
+
+def file_source(file: str, args) -> SourceConfig:
+    """A SourceConfig for one file given on the command line, checked like a config's."""
+    from pretrain.config import ConfigError
+
+    names = [c.strip() for c in args.column_names.split(",")] if args.column_names else None
+    src = SourceConfig(files=file, header=not args.no_header, column_names=names, quoting=args.quoting,
+                       delimiter=args.delimiter.replace("\\t", "\t") if args.delimiter else None)  # fmt: skip
+    try:
+        src.validate()
+    except ValueError as e:
+        said = str(e).replace("header=false", "--no-header").replace("column_names", "--column-names")
+        raise ConfigError(f"{file}: {said}") from None
+    return src
+
+
+def override_columns(cfg, args) -> None:
+    """The run's task columns, replaced where the command line names others."""
+    for field, arg in (("text_column", "text_column"), ("text_pair_column", "pair_column"),
+                       ("label_column", "label_column"), ("prompt_column", "prompt_column"),
+                       ("response_column", "response_column")):  # fmt: skip
+        if getattr(args, arg, None):
+            setattr(cfg.task, field, getattr(args, arg))

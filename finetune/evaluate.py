@@ -1,0 +1,155 @@
+"""python -m finetune.evaluate RUN_OR_CHECKPOINT (--data FILE | --split validation|test) [--out F.json]
+
+Scores a fine-tuned checkpoint on labeled examples in one process. Classification: loss,
+accuracy, macro-F1 and the confusion matrix (rows: true label). Generation: loss and token
+accuracy on the response tokens, and exact match of greedy completions with the responses.
+Given a run directory it uses the run's best checkpoint (else the newest) and says which.
+
+FILE is csv, tsv, jsonl/json or parquet with the run's columns (or the ones given:
+--text-column, --label-column, --no-header --column-names text,label, ...). --split reads the
+run's own data: `validation` is exactly what training evaluated on, `test` the sources'
+test_files (or test_split), which training never reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+@torch.no_grad()
+def score(model, rows: list[dict], collate, loss_fn, batch_size: int) -> dict:
+    """Sums over all ``rows``, each scored once, as the trainer's evaluation sums them."""
+    from pretrain.trainer import accumulate
+
+    sums: dict = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = collate([{**r, "position": start + i} for i, r in enumerate(chunk)])
+        accumulate(sums, *loss_fn(model, batch))
+    return {k: (v.item() if v.dim() == 0 else v) for k, v in sums.items()}
+
+
+def examples(cfg, args, say):
+    """The labeled table the command scores: --data FILE, or the run's validation or test data."""
+    from finetune.data import file_source, named_part, override_columns, source_table, task_columns, task_tables
+    from pretrain.config import ConfigError
+
+    override_columns(cfg, args)
+    if args.data:
+        return source_table(file_source(args.data, args), "train", task_columns(cfg), "--data"), args.data
+    if args.split == "test":
+        return named_part(cfg, "test"), "the run's test data"
+    table = task_tables(cfg, say)["validation"]
+    if table is None:
+        raise ConfigError("--split validation: this run had no validation data; give --data FILE")
+    return table, "the run's validation data"
+
+
+def evaluate_classifier(tag_dir: Path, args, say) -> dict:
+    from finetune.data import override_columns
+    from finetune.predict import classifier_config, load_classifier
+    from finetune.tasks import (
+        ClassifyCollator,
+        check_labels,
+        classification_metrics,
+        classification_rows,
+        classify_loss,
+    )
+
+    table, what = examples(classifier_config(tag_dir), args, say)  # the data is checked before the weights
+    model, tok, labels, cfg = load_classifier(tag_dir)
+    override_columns(cfg, args)
+    check_labels(table, cfg.task.label_column, labels, what)
+    rows = classification_rows(tok, table, cfg.task, labels, cfg.data.seq_len, model.cfg.type_vocab_size > 0)
+    metrics = classification_metrics(score(model, rows, ClassifyCollator(tok.pad_token_id), classify_loss,
+                                           args.batch_size))  # fmt: skip
+    out = {k.removeprefix("val_"): v for k, v in metrics.items()}
+    return {"task": "classify", "data": what, "examples": len(rows), "labels": labels, **out}
+
+
+def evaluate_generator(tag_dir: Path, args, say) -> dict:
+    from finetune.config import load_finetune_config
+    from finetune.generate import Sampling, generate, load_decoder
+    from finetune.tasks import SFTCollator, sft_rows
+    from pretrain.run import LanguageModelTask
+    from pretrain.trainer import lm_loss
+
+    cfg = load_finetune_config(tag_dir / "config.yaml")
+    table, what = examples(cfg, args, say)  # the data is checked before the weights
+    model, tok = load_decoder(str(tag_dir))
+    rows = sft_rows(tok, table, cfg.task, cfg.data.seq_len)
+    sums = score(model, rows, SFTCollator(tok.pad_token_id), lm_loss, args.batch_size)
+    metrics = LanguageModelTask.eval_metrics(sums)
+    prompts = [tok.decode(r["input_ids"][: r["prompt_len"]]) for r in rows]
+    wanted = [tok.decode(r["input_ids"][r["prompt_len"] :], skip_special_tokens=True).strip() for r in rows]
+    longest = max((len(r["input_ids"]) - r["prompt_len"] for r in rows), default=1)
+    got = generate(model, tok, prompts, Sampling(max_new_tokens=longest, temperature=0.0)) if rows else []
+    exact = sum(g.strip() == w for g, w in zip(got, wanted, strict=True)) / max(len(rows), 1)
+    out = {k.removeprefix("val_"): v for k, v in metrics.items()}
+    return {"task": "generate", "data": what, "examples": len(rows), **out, "exact_match": exact}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from finetune.data import add_file_arguments
+    from pretrain import checkpoint as ckpt
+    from pretrain.config import ConfigError, exit_on_config_error
+
+    ap = argparse.ArgumentParser(description="Score a fine-tuned checkpoint on labeled examples.")
+    ap.add_argument("checkpoint", help="a fine-tuning run directory (its best checkpoint) or checkpoint")
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data", help="a labeled file: csv, tsv, jsonl/json or parquet")
+    where.add_argument("--split", choices=["validation", "test"], help="the run's own validation or test data")
+    ap.add_argument("--out", help="also write the metrics here as JSON")
+    ap.add_argument("--batch-size", type=int, default=32)
+    add_file_arguments(ap)
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.batch_size < 1:
+        ap.error(f"--batch-size {args.batch_size}: must be >= 1")
+
+    @exit_on_config_error
+    def run() -> None:
+        say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        tag_dir = ckpt.resolve(args.checkpoint, warn=say, best=True)
+        say(f"scoring {ckpt.describe(tag_dir)}")
+        if (tag_dir / "labels.json").exists():
+            result = evaluate_classifier(tag_dir, args, say)
+        elif (_raw_config(tag_dir).get("task") or {}).get("kind") == "generate":
+            result = evaluate_generator(tag_dir, args, say)
+        else:
+            raise ConfigError(f"{tag_dir} is a pretraining checkpoint; evaluate takes a fine-tuning run or checkpoint")
+        result["checkpoint"] = str(tag_dir)
+        _show(result)
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+            print(f"wrote {args.out}")
+
+    run()
+
+
+def _raw_config(tag_dir: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((tag_dir / "config.yaml").read_text()) or {}
+
+
+def _show(result: dict) -> None:
+    print(f"{result['examples']} examples from {result['data']}")
+    for key, value in result.items():
+        if isinstance(value, float):
+            print(f"  {key:<12} {value:.4f}")
+    if "confusion" in result:
+        labels = result["labels"]
+        width = max(len(x) for x in labels) + 2
+        print("  confusion (rows: true label, columns: predicted)")
+        print(" " * (width + 2) + "".join(f"{x:>{width}}" for x in labels))
+        for name, row in zip(labels, result["confusion"], strict=True):
+            print(f"  {name:<{width}}" + "".join(f"{int(v):>{width}}" for v in row))
+
+
+if __name__ == "__main__":
+    main()
