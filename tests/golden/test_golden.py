@@ -28,3 +28,27 @@ def test_the_committed_checkpoint_of_this_release_loads_and_continues_the_curve(
     assert sorted(got) == list(range(SAVED + 1, STEPS + 1))
     for step in got:
         assert got[step] == GOLDEN[step], f"step {step}: the checkpoint no longer continues as it did"
+
+
+def test_activation_checkpointing_recomputes_the_same_curve_and_the_schedule_has_its_shape(tmp_path):
+    """Activation checkpointing inside the DeepSpeed engine changes memory, not numbers: the golden
+    curve exactly. The same run's learning rates: linear warmup to the peak over 2 steps, then a
+    cosine decay that ends at min_lr_ratio (0.1) of it at max_steps."""
+    got = train(tmp_path, HERE / "checkpoint" / "tokenizer", "train.activation_checkpointing=true")
+    assert got == GOLDEN
+    records = [json.loads(line) for line in (tmp_path / "runs" / "golden" / "metrics.jsonl").read_text().splitlines()]
+    lr = [r["lr"] for r in records if r["kind"] == "train"]
+    peak = lr.index(max(lr))
+    assert max(lr) == pytest.approx(3e-3) and 0 < peak <= 2 and lr[0] < max(lr)
+    assert all(a >= b for a, b in zip(lr[peak:], lr[peak + 1 :], strict=False))  # never rises again
+    assert lr[-1] == pytest.approx(3e-4, rel=1e-6)
+    middle = lr[peak + (len(lr) - peak) // 2]  # half-way through a cosine: half-way between peak and floor
+    assert middle == pytest.approx((3e-3 + 3e-4) / 2, rel=0.1)
+
+
+def test_document_masking_reaches_the_model(tmp_path):
+    """With data.document_mask, tokens stop attending across the documents packed into a sequence:
+    the sequences that span two documents give other losses than the golden curve, all finite."""
+    got = train(tmp_path, HERE / "checkpoint" / "tokenizer", "data.document_mask=true")
+    assert sorted(got) == sorted(GOLDEN) and all(v == v and abs(v) < 100 for v in got.values())
+    assert any(got[s] != GOLDEN[s] for s in GOLDEN)
