@@ -40,6 +40,16 @@ class TaskConfig:
     """Train on this many examples (a seeded random subset, the same in every process); None: all.
     For low-data comparisons and quick tries; validation is never cut."""
 
+    lora_rank: int = 0
+    """LoRA (peft): rank of the adapters on the body's lora_targets, which then train alone (with the
+    task's head); 0 trains every weight. 8-64 is usual."""
+    lora_alpha: float = 16.0
+    """LoRA: the adapters' output is scaled by lora_alpha / lora_rank."""
+    lora_dropout: float = 0.0
+    """LoRA: dropout on the adapters' input."""
+    lora_targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"])
+    """LoRA: the body's linear layers that get adapters (module names, matched at the end)."""
+
     def pooling_for(self, arch: str) -> str:
         """The pooling a model of ``arch`` uses under this setting (``auto`` resolved)."""
         if self.pooling != "auto":
@@ -53,6 +63,15 @@ class TaskConfig:
             raise ValueError(f"max_train_examples={self.max_train_examples}: must be >= 1 (or null for all)")
         if not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout={self.classifier_dropout}: must be in [0, 1)")
+        if self.lora_rank < 0 or (self.lora_rank and self.lora_alpha <= 0):
+            raise ValueError(f"lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha}: need rank >= 0 (0: off) "
+                             "and alpha > 0")  # fmt: skip
+        if self.lora_rank and self.freeze_body:
+            raise ValueError("lora_rank with freeze_body: LoRA already freezes the body but for its adapters; "
+                             "choose one")  # fmt: skip
+        if not self.lora_targets or not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_targets={self.lora_targets}, lora_dropout={self.lora_dropout}: give at least "
+                             "one target (e.g. attn.qkv) and a dropout in [0, 1)")  # fmt: skip
         if self.builtin == "stdlib-packages" and self.kind != "classify":
             raise ValueError("builtin='stdlib-packages' is a classification task: set task.kind=classify")
         if self.builtin == "stdlib-bodies" and self.kind != "generate":

@@ -246,15 +246,19 @@ class FinetuneTask:
             body.reset_parameters(gather)
         if not self.cfg.init_random:
             load_weights(body, self.pretrained.tensors(), gather, skip=self.pretrained.skip)
-        if self.kind == "generate":
-            return body
-        pooling = self.cfg.task.pooling_for(body.cfg.arch)
-        model = Classifier(body, len(self.labels), pooling, self.cfg.task.classifier_dropout)
-        if gather is not None:
-            model.reset_head(gather)
+        model = body
+        if self.kind == "classify":
+            pooling = self.cfg.task.pooling_for(body.cfg.arch)
+            model = Classifier(body, len(self.labels), pooling, self.cfg.task.classifier_dropout)
+            if gather is not None:
+                model.reset_head(gather)
         if self.cfg.task.freeze_body:
-            for p in model.body.parameters():
+            for p in body.parameters():
                 p.requires_grad_(False)
+        if self.cfg.task.lora_rank:  # last: its random draws leave the head's as without LoRA
+            from finetune.lora import add_adapters
+
+            add_adapters(body, self.cfg.task, gather, seed=self.cfg.train.seed)
         return model
 
     def lr_scale(self, name: str) -> float:

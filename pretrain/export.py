@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, exit_on_config_error, load_config, save_config
@@ -30,11 +31,19 @@ def consolidated_tensors(tag_dir: Path) -> dict:
     cfg = ckpt.saved_config(tag_dir)
     try:
         if cfg.deepspeed.zero_stage == 0:  # no ZeRO shards: the module states hold the full model
-            return safe_load.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", mmap=True)["module"]
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            tensors = safe_load.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", mmap=True)["module"]
+        else:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        with safe_load.restricted_torch_load():
-            return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name, lazy_mode=True)
+            with safe_load.restricted_torch_load():
+                tensors = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
+                                                                   lazy_mode=True)  # fmt: skip
+        from pretrain.adapters import MergedAdapters, has_adapters
+
+        if has_adapters(tensors):  # a LoRA fine-tuning checkpoint: read as the merged model
+            task = (yaml.safe_load((tag_dir / "config.yaml").read_text()) or {}).get("task") or {}
+            return MergedAdapters(tensors, float(task.get("lora_alpha", 16.0)))
+        return tensors
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which checkpoint, in one line

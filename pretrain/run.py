@@ -199,6 +199,7 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
     """Setup, resume and fit in one process; returns the last step. ``ready`` (rank 0) is called
     once the data is prepared."""
     from pretrain.model import count_parameters, flops_per_token
+    from pretrain.model.flops import numel
     from pretrain.monitor import Monitor
     from pretrain.trainer import Trainer
 
@@ -241,6 +242,9 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
         model = task.build_model(gather)
     if gather is not None:
         say("built the model partitioned across the ranks (ZeRO-3, deepspeed.zero.Init)")
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    if trainable < sum(numel(p) for p in model.parameters()):  # a frozen body, or LoRA adapters
+        say(f"{trainable:,} of {sum(numel(p) for p in model.parameters()):,} parameters train; the rest are frozen")
     body = getattr(model, "body", model)
     body.activation_checkpointing = cfg.train.activation_checkpointing
     groups = param_groups(model, cfg.train.weight_decay, cfg.train.lr, task.lr_scale)

@@ -147,6 +147,33 @@ def test_sft_then_generation_with_and_without_the_kv_cache(make_config, tmp_path
     line = json.loads(proc.stdout.strip().splitlines()[-1])
     assert line["completion"] == generate(model, tok, ["def f(x):\n"], Sampling(8, 0.0))[0]
 
+    # evaluate scores the run's own validation set: the loss training reported, and greedy exact match
+    scores = tmp_path / "sft.json"
+    proc = subprocess.run([sys.executable, "-m", "finetune.evaluate", str(run_dir), "--split", "validation",
+                           "--out", str(scores)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scored = json.loads(scores.read_text())
+    assert scored["loss"] == pytest.approx(metrics(run_dir, "eval")[8]["val_loss"], rel=1e-5)
+    assert 0.0 <= scored["exact_match"] <= 1.0 and scored["examples"] > 0
+
+    # LoRA for generation: adapters alone train; export merges them into a model transformers loads
+    from transformers import AutoModelForCausalLM
+
+    cfg = finetune_config(make_config, "sft-lora", tmp_path / "runs" / "pre", {"kind": "generate", "lora_rank": 4},
+                          data={"sources": sources, "seq_len": 48}, train={"micro_batch_size": 4})  # fmt: skip
+    assert "parameters train; the rest are frozen" in launch(1, cfg, module="finetune").stdout
+    lora_dir = tmp_path / "runs" / "sft-lora"
+    merged, _ = load_decoder(str(lora_dir))
+    proc = subprocess.run([sys.executable, "-m", "pretrain.export", str(lora_dir), str(tmp_path / "exp")], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "exp" / "hf").eval()
+    ids = tok(["def f(x):\n    return"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids).logits, merged(ids), atol=1e-4, rtol=0)
+        assert not torch.allclose(merged(ids), model(ids), atol=1e-3)  # not the fully fine-tuned model
+
 
 def test_bad_task_data_and_wrong_checkpoints_are_named(make_config, tmp_path, tokenizers):
     launch(1, make_config(name="enc", family="bert", train={"max_steps": 2}))
@@ -271,3 +298,57 @@ def test_headerless_tsv_files_with_early_stopping_the_best_checkpoint_and_a_test
     out = launch(1, cfg, module="finetune").stdout
     assert "no validation data" in out and "evaluation is off" in out
     assert metrics(tmp_path / "runs" / "bare", "eval") == {}
+
+
+def test_lora_adapters_train_alone_under_zero_2_and_3_and_merge_into_the_same_model(make_config, tmp_path):
+    """LoRA via peft: adapters start at zero (the first loss is full fine-tuning's), only they and
+    the head train, ZeRO-2 and ZeRO-3 at 2 processes agree, the base weights stay as pretrained, and
+    the checkpoint read merged (what predict, evaluate and export see) gives the adapter model's logits."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from finetune.config import TaskConfig
+    from finetune.lora import add_adapters
+    from finetune.predict import load_classifier
+    from finetune.tasks import Classifier
+    from pretrain.export import consolidated_state_dict
+    from pretrain.model import Transformer
+
+    launch(1, make_config(name="pre", train={"max_steps": 2}))
+    pre = tmp_path / "runs" / "pre"
+    rows = [{"text": src, "label": pkg} for pkg, src, _, _ in function_rows()]
+    data = {"sources": [{"files": str(write_jsonl(tmp_path / "f.jsonl", rows))}]}
+    lora = {"kind": "classify", "classifier_dropout": 0.0, "lora_rank": 4, "lora_alpha": 8.0}
+    train = {"global_batch_size": 2, "max_steps": 4, "eval_every": 4}
+    full = finetune_config(make_config, "full", pre, {**lora, "lora_rank": 0}, data=data, train=train)
+    launch(1, full, module="finetune")
+    runs = {}
+    for stage in (2, 3):
+        cfg = finetune_config(make_config, f"lora{stage}", pre, lora, data=data, train=train,
+                              deepspeed={"zero_stage": stage})  # fmt: skip
+        out = launch(2, cfg, module="finetune").stdout
+        # adapters: 2 layers x (rank 4 x (in + out) of qkv, proj, fc, mlp.proj); the head: 32 x 3 + 3
+        adapters = 2 * (4 * (32 + 96) + 4 * (32 + 32) + 4 * (32 + 64) + 4 * (64 + 32)) + 32 * 3 + 3
+        assert f"{adapters:,} of " in out and "parameters train; the rest are frozen" in out, out[-2000:]
+        runs[stage] = losses(tmp_path / "runs" / f"lora{stage}")
+    whole = losses(tmp_path / "runs" / "full")
+    assert runs[2][1] == pytest.approx(whole[1], rel=1e-5) and runs[3][1] == pytest.approx(whole[1], rel=1e-5)
+    assert runs[3] == pytest.approx(runs[2], rel=1e-4)
+    assert runs[2][4] != pytest.approx(whole[4], rel=1e-6)  # but it is not full fine-tuning
+
+    tag = tmp_path / "runs" / "lora2" / "checkpoints" / "step_00000004"
+    raw = get_fp32_state_dict_from_zero_checkpoint(str(tag.parent), tag=tag.name)
+    base = consolidated_state_dict(pre / "checkpoints" / "step_00000002")
+    qkv = "layers.0.attn.qkv"
+    assert torch.equal(raw[f"body.{qkv}.base_layer.weight"], base[f"{qkv}.weight"])  # frozen
+    assert raw[f"body.{qkv}.lora_B.default.weight"].abs().max() > 0  # trained away from zero
+
+    merged, tok, labels, cfg = load_classifier(tag)
+    adapted = Classifier(Transformer(cfg.model), len(labels), "last", 0.0)
+    add_adapters(adapted.body, TaskConfig(**{k: v for k, v in lora.items() if k != "classifier_dropout"}))
+    adapted.load_state_dict(raw)
+    enc = tok(["def f(x):\n    return x", "import json"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = adapted.eval()(enc["input_ids"], attention_mask=enc["attention_mask"])
+        got = merged(enc["input_ids"], attention_mask=enc["attention_mask"])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert not torch.equal(merged.body.layers[0].attn.qkv.weight, base[f"{qkv}.weight"])  # the adapter is in it
