@@ -352,3 +352,32 @@ def test_lora_adapters_train_alone_under_zero_2_and_3_and_merge_into_the_same_mo
         got = merged(enc["input_ids"], attention_mask=enc["attention_mask"])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert not torch.equal(merged.body.layers[0].attn.qkv.weight, base[f"{qkv}.weight"])  # the adapter is in it
+
+
+def test_freeze_body_layer_lr_decay_and_init_random_under_deepspeed(make_config, tmp_path):
+    """One optimizer step of AdamW moves every weight by about its group's lr (the first step is
+    lr * sign(gradient)), so after one step the per-layer updates show each setting at work."""
+    from pretrain.export import consolidated_state_dict
+
+    launch(1, make_config(name="pre", train={"max_steps": 2}))
+    pre = tmp_path / "runs" / "pre"
+    base = consolidated_state_dict(pre / "checkpoints" / "step_00000002")
+    rows = [{"text": src, "label": pkg} for pkg, src, _, _ in function_rows()]
+    data = {"sources": [{"files": str(write_jsonl(tmp_path / "f.jsonl", rows))}]}
+    train = {"max_steps": 1, "eval_every": 1, "warmup_steps": 0, "weight_decay": 0.0, "lr": 1e-3}
+
+    def one_step(name, *overrides, **task):
+        cfg = finetune_config(make_config, name, pre, {"kind": "classify", **task}, data=data, train=train)
+        launch(1, cfg, *overrides, module="finetune")
+        after = consolidated_state_dict(tmp_path / "runs" / name / "checkpoints" / "step_00000001")
+        return {k: (after[f"body.{k}"] - base[k]).abs().mean().item() for k in base if f"body.{k}" in after}, after
+
+    frozen, after = one_step("frozen", freeze_body=True)
+    assert max(frozen.values()) == 0.0 and after["classifier.weight"].abs().sum() > 0  # only the head moved
+    decayed, _ = one_step("decay", layer_lr_decay=0.5)
+    w = "attn.qkv.weight"
+    assert decayed[f"layers.1.{w}"] == pytest.approx(0.5e-3, rel=0.1)  # layer l of L=2: lr * 0.5 ** (2 - l)
+    assert decayed[f"layers.0.{w}"] == pytest.approx(0.25e-3, rel=0.1)
+    assert decayed["embed.tokens.weight"] < 0.2e-3  # embeddings: lr * 0.5 ** 3, on the rows the batch used
+    fresh, _ = one_step("random", "init_random=true", "train.seed=7")  # pretraining drew with seed 1
+    assert fresh[f"layers.0.{w}"] > 10 * 1e-3  # far from the pretrained weights: a new draw, not one step
