@@ -179,3 +179,17 @@ def test_resume_refuses_a_new_shape_and_warns_about_a_new_batch(make_config, tmp
     assert sorted(losses(tmp_path / "runs" / "shape")) == [1, 2, 3, 4, 5]
     never = run_quiet(cfg, "train.resume=never", "train.max_steps=6")
     assert never.returncode == 2 and "train.resume=never but" in never.stderr
+
+
+def test_a_deepspeed_config_file_is_merged_section_by_section(make_config, tmp_path):
+    """A user's DeepSpeed JSON adds to the generated config key by key: its timers switch on, and
+    its one ZeRO key leaves our ZeRO stage (2: the optimizer states go in a file of their own)."""
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"wall_clock_breakdown": True, "steps_per_print": 1,
+                                "zero_optimization": {"reduce_bucket_size": 100000}}))  # fmt: skip
+    out = launch(1, make_config(name="merged", train={"max_steps": 2}, deepspeed={"config_file": str(user)})).stdout
+    assert "fwd_microstep" in out or "time (ms)" in out, out[-3000:]  # DeepSpeed's own timers, from the file
+    saved = tmp_path / "runs" / "merged" / "checkpoints" / "step_00000002"
+    assert (saved / "zero_pp_rank_0_mp_rank_00_optim_states.pt").is_file()  # still ZeRO-2
+    plain = launch(1, make_config(name="plain", train={"max_steps": 2})).stdout
+    assert "fwd_microstep" not in plain and "time (ms)" not in plain
