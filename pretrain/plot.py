@@ -3,9 +3,10 @@ from its metrics.jsonl."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from pretrain.status import metric_records
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,13 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     import matplotlib.pyplot as plt
 
     run_dir, out = Path(args[0]), Path(args[1])
-    train, val = {}, {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["kind"] == "train":
-            train[rec["step"]] = rec["loss"]
-        else:
-            val[rec["step"]] = rec["val_loss"]
+    train = {r["step"]: r["loss"] for r in metric_records(run_dir, "train")}
+    val = {r["step"]: r["val_loss"] for r in metric_records(run_dir, "eval")}
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     ax.plot(sorted(train), [train[s] for s in sorted(train)], label="train loss", lw=1)
     ax.plot(sorted(val), [val[s] for s in sorted(val)], "o-", label="validation loss")

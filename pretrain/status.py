@@ -18,6 +18,18 @@ from pathlib import Path
 
 from pretrain.files import write_atomic
 
+METRICS = "metrics.jsonl"
+
+
+def metric_records(run_dir: str | Path, kind: str | None = None) -> list[dict]:
+    """The records of ``RUN/metrics.jsonl`` in order (those of one ``kind``: train, eval, ...);
+    none when there is no file yet. One record per step: a resume drops the replayed ones first."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if kind is None or r.get("kind") == kind]
+
 FILE = "status.json"
 STATES = ("running", "finished", "failed")
 

@@ -19,6 +19,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from pretrain.status import metric_records
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 STEPS = 30
@@ -52,8 +54,7 @@ def train(work: Path, tokenizer: Path | None, *extra: str) -> dict[int, float]:
                            *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
-    records = [json.loads(line) for line in (work / "runs" / "golden" / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+    return {r["step"]: r["loss"] for r in metric_records(work / "runs" / "golden", "train")}
 
 
 def main() -> None:

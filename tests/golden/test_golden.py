@@ -8,6 +8,8 @@ import shutil
 
 import pytest
 
+from pretrain.status import metric_records
+
 from .regenerate import HERE, SAVED, STEPS, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -36,8 +38,7 @@ def test_activation_checkpointing_recomputes_the_same_curve_and_the_schedule_has
     cosine decay that ends at min_lr_ratio (0.1) of it at max_steps."""
     got = train(tmp_path, HERE / "checkpoint" / "tokenizer", "train.activation_checkpointing=true")
     assert got == GOLDEN
-    records = [json.loads(line) for line in (tmp_path / "runs" / "golden" / "metrics.jsonl").read_text().splitlines()]
-    lr = [r["lr"] for r in records if r["kind"] == "train"]
+    lr = [r["lr"] for r in metric_records(tmp_path / "runs" / "golden", "train")]
     peak = lr.index(max(lr))
     assert max(lr) == pytest.approx(3e-3) and 0 < peak <= 2 and lr[0] < max(lr)
     assert all(a >= b for a, b in zip(lr[peak:], lr[peak + 1 :], strict=False))  # never rises again

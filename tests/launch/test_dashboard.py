@@ -3,7 +3,6 @@
 (Debian's package; ``make test`` installs it) shows the loss chart with the run's last loss. The
 screenshot is saved to test-artifacts/dashboard.png."""
 
-import json
 import re
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ import time
 import pytest
 
 from pretrain.files import free_port
+from pretrain.status import metric_records
 from tests.training.conftest import ENV, ROOT, kill_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -42,8 +42,7 @@ def test_local_run_listed_and_its_loss_chart_in_the_dashboard(make_config, tmp_p
     trained = launch("local", cfg, "--nproc-per-node", "2", "cluster.gpus=false")
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     assert trained.stdout.count("done: step 8;") == 1
-    records = [json.loads(line) for line in (runs / "dash" / "metrics.jsonl").read_text().splitlines()]
-    last_loss = [r for r in records if r["kind"] == "train"][-1]["loss"]
+    last_loss = metric_records(runs / "dash", "train")[-1]["loss"]
 
     listed = launch("runs", runs).stdout
     row = next(line for line in listed.splitlines() if line.startswith("dash "))

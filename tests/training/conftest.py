@@ -4,7 +4,6 @@ Every run is a subprocess in its own process group with a hard timeout: a hang k
 and fails the test instead of blocking CI.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from pretrain.files import free_port
+from pretrain.status import metric_records
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
@@ -68,12 +68,7 @@ def launch(nproc: int, config: Path, *overrides: str, timeout: float = 300, chec
 
 def metrics(run_dir: Path, kind: str = "train") -> dict[int, dict]:
     """The last record of each step (a resumed run writes the steps after its checkpoint again)."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["kind"] == kind:
-            out[rec["step"]] = rec
-    return out
+    return {rec["step"]: rec for rec in metric_records(run_dir, kind)}
 
 
 def losses(run_dir: Path) -> dict[int, float]:

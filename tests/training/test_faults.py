@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pretrain import checkpoint as ckpt
+from pretrain.status import metric_records
 
 from .conftest import ENV, ROOT, launch, losses, metrics
 
@@ -102,8 +103,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_everywhere_for_the_intact_one(ma
     got = losses(run_dir)
     for step in range(6, 11):  # the resumed run repeats steps 6-10 exactly
         assert got[step] == pytest.approx(reference[step], rel=1e-6), step
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in records if r["kind"] == "train"]
+    steps = [r["step"] for r in metric_records(run_dir, "train")]
     assert steps == list(range(1, 13))  # one record per step: the replayed ones were dropped first
 
 

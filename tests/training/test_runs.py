@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+from pretrain.status import metric_records
+
 from .conftest import ENV, ROOT, launch, losses, metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -99,8 +101,7 @@ def test_dashboards_get_the_metrics_and_the_config(make_config, tmp_path):
 
     run_cfg = load_config(run_dir / "config.yaml")
     fpt = flops_per_token(Transformer(run_cfg.model), run_cfg.data.seq_len, 1.0)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["kind"] == "train"]
+    train = metric_records(run_dir, "train")
     assert len(train) == 4
     for r in train:
         assert r["mfu"] == pytest.approx(fpt * r["tokens_per_s"] / (2 * 0.5e12), rel=1e-6)
