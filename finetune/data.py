@@ -45,10 +45,8 @@ def check_task_sources(cfg) -> None:
         return
     columns = task_columns(cfg)
     for i, src in enumerate(cfg.data.sources):
-        if src.files:
-            for part in ("train", "validation", "test"):
-                if part == "train" or getattr(src, f"{part}_files"):
-                    source_table(src, part, columns, f"data.sources[{i}]")
+        for part in src.local_parts():
+            source_table(src, part, columns, f"data.sources[{i}]")
 
 
 def task_tables(cfg, say=print) -> dict:

@@ -51,7 +51,6 @@ def examples(cfg, args, say):
 
 
 def evaluate_classifier(tag_dir: Path, args, say) -> dict:
-    from finetune.data import override_columns
     from finetune.predict import classifier_config, load_classifier
     from finetune.tasks import (
         ClassifyCollator,
@@ -61,9 +60,9 @@ def evaluate_classifier(tag_dir: Path, args, say) -> dict:
         classify_loss,
     )
 
-    table, what = examples(classifier_config(tag_dir), args, say)  # the data is checked before the weights
-    model, tok, labels, cfg = load_classifier(tag_dir)
-    override_columns(cfg, args)
+    cfg = classifier_config(tag_dir)
+    table, what = examples(cfg, args, say)  # the data is checked before the weights
+    model, tok, labels, _ = load_classifier(tag_dir)
     check_labels(table, cfg.task.label_column, labels, what)
     rows = classification_rows(tok, table, cfg.task, labels, cfg.data.seq_len, model.cfg.type_vocab_size > 0)
     metrics = classification_metrics(score(model, rows, ClassifyCollator(tok.pad_token_id), classify_loss,

@@ -243,8 +243,9 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
     if gather is not None:
         say("built the model partitioned across the ranks (ZeRO-3, deepspeed.zero.Init)")
     trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
-    if trainable < sum(numel(p) for p in model.parameters()):  # a frozen body, or LoRA adapters
-        say(f"{trainable:,} of {sum(numel(p) for p in model.parameters()):,} parameters train; the rest are frozen")
+    total = sum(numel(p) for p in model.parameters())
+    if trainable < total:  # a frozen body, or LoRA adapters
+        say(f"{trainable:,} of {total:,} parameters train; the rest are frozen")
     body = getattr(model, "body", model)
     body.activation_checkpointing = cfg.train.activation_checkpointing
     groups = param_groups(model, cfg.train.weight_decay, cfg.train.lr, task.lr_scale)

@@ -82,6 +82,12 @@ class SourceConfig:
         if self.chunk_chars is not None and self.chunk_chars < 64:
             raise ValueError(f"chunk_chars={self.chunk_chars}: must be >= 64 (or null to keep texts whole)")
 
+    def local_parts(self) -> list[str]:
+        """The parts (train, validation, test) this source reads from local files."""
+        if not self.files:
+            return []
+        return ["train"] + [part for part in ("validation", "test") if getattr(self, f"{part}_files")]
+
     def names(self, part: str) -> bool:
         """Whether this source names its own data for ``part`` (train, validation or test)."""
         if part == "train":

@@ -54,9 +54,9 @@ def source_files(src: SourceConfig, where: str) -> list[str]:
     if src.builtin == "python-stdlib":
         return stdlib_files()
     out = []
-    for part in ("files", "validation_files", "test_files"):
-        if getattr(src, part):
-            out += resolve_files(getattr(src, part), f"{where}.{part}")
+    for part in src.local_parts():
+        field = "files" if part == "train" else f"{part}_files"
+        out += resolve_files(getattr(src, field), f"{where}.{field}")
     return out
 
 
@@ -176,10 +176,8 @@ def check_local_sources(cfg: DataConfig) -> None:
     group exists (and by the launcher, in one process), so a bad file is one line, not a crash of
     every rank. Hub and built-in data are left to the run."""
     for i, src in enumerate(cfg.sources):
-        if src.files:
-            for part in ("train", "validation", "test"):
-                if src.names(part) and (part == "train" or getattr(src, f"{part}_files")):
-                    text_table(src, part, f"data.sources[{i}]")
+        for part in src.local_parts():
+            text_table(src, part, f"data.sources[{i}]")
 
 
 def load_source(src: SourceConfig, part: str, where: str, num_proc: int = 1):
