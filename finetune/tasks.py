@@ -241,9 +241,7 @@ class FinetuneTask:
     def build_model(self, gather=None) -> nn.Module:
         """The pretrained body (or a fresh one for init_random) and the task's head. ``gather``
         (ZeRO-3): the model is being built partitioned; weights stream in one tensor at a time."""
-        body = Transformer(self.pretrained.model_cfg)
-        if gather is not None:  # the same random draws as an unpartitioned build, in the same order
-            body.reset_parameters(gather)
+        body = Transformer(self.pretrained.model_cfg, gather)
         if not self.cfg.init_random:
             load_weights(body, self.pretrained.tensors(), gather, skip=self.pretrained.skip)
         model = body

@@ -159,6 +159,21 @@ def init_distributed(timeout_s: float = 1800.0) -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+def leave_process_group() -> None:
+    """Every rank done: free the engine and take the process groups down while the interpreter is
+    whole. The DeepSpeed engine (and deepspeed.zero.Init's parameters) live in reference cycles that
+    hold process groups and gloo work; left to the interpreter's final collection, their C++ threads
+    die mid-teardown and the rank aborts ("terminate called without an active exception"), failing
+    a finished job. Every process that called init_distributed ends with this."""
+    import gc
+
+    gc.collect()
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    gc.collect()
+
+
 def partitioned_construction(config: dict):
     """(context, gather) for building the model. Under ZeRO-3 the context is deepspeed.zero.Init:
     each parameter is partitioned across the ranks as its module is created, so no rank ever holds

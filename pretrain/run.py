@@ -15,7 +15,6 @@ and ``extra_files()``.
 from __future__ import annotations
 
 import faulthandler
-import gc
 import os
 import shutil
 import signal
@@ -31,6 +30,7 @@ from pretrain.engine import (
     deepspeed_config,
     init_distributed,
     initialize,
+    leave_process_group,
     param_groups,
     partitioned_construction,
     repair_loaded_optimizer,
@@ -73,10 +73,7 @@ class LanguageModelTask:
         pretrain.engine.partitioned_construction."""
         from pretrain.model import Transformer
 
-        model = Transformer(self.cfg.model)
-        if gather is not None:  # the constructor's init saw only placeholders: draw the weights again
-            model.reset_parameters(gather)
-        return model
+        return Transformer(self.cfg.model, gather)
 
     @staticmethod
     def eval_metrics(sums: dict) -> dict:
@@ -156,7 +153,7 @@ def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
                       file=sys.stderr)  # fmt: skip
                 sys.exit(1)
             raise
-        _leave_process_group()
+        leave_process_group()
         return
     started = False
 
@@ -180,19 +177,7 @@ def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
                 print(f"warning: could not record the failure in status.json ({status_error})", file=sys.stderr)
         raise
     write_status(cfg.run_dir, "finished", step=step)
-    _leave_process_group()
-
-
-def _leave_process_group() -> None:
-    """Every rank done: free the engine and take the process groups down while the interpreter is
-    whole. The DeepSpeed engine lives in reference cycles that hold process groups and gloo work; left
-    to the interpreter's final collection, their C++ threads die mid-teardown and the rank aborts
-    ("terminate called without an active exception"), failing a finished job."""
-    gc.collect()
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    gc.collect()
+    leave_process_group()
 
 
 def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, ready=None) -> int:

@@ -96,7 +96,7 @@ def worker(argv: list[str]) -> None:
     tmp, out = Path(tmp), Path(out)
     import deepspeed  # noqa: F401 - in the base, as in a training process
 
-    from pretrain.config import RunConfig, load_config, save_config
+    from pretrain.config import load_config
 
     base = _peak_mib()
     cfg = load_config(config, overrides)
@@ -114,41 +114,45 @@ def worker(argv: list[str]) -> None:
         return
     import torch.distributed as dist
 
-    from pretrain.config import DeepSpeedSection, TrainConfig
-    from pretrain.engine import deepspeed_config, init_distributed, initialize, param_groups, partitioned_construction
+    from pretrain.engine import init_distributed, leave_process_group
+
+    rank, world = init_distributed(600)
+    _build(phase, int(arg), tmp, cfg, rank, world)  # what it built is freed on return
+    reports = [None] * world
+    dist.all_gather_object(reports, {"rank": rank, "peak_mib": _peak_mib(), "base_mib": base})
+    if rank == 0:
+        out.write_text(json.dumps(reports))
+    leave_process_group()
+
+
+def _build(phase: str, stage: int, tmp: Path, cfg, rank: int, world: int) -> None:
+    """Build the model at a ZeRO stage as a run does (pretrain.run): construction, init and loading
+    inside the partitioned context; ``save`` then writes a ZeRO-3 checkpoint for the export rows."""
+    from pretrain.config import DeepSpeedSection, RunConfig, TrainConfig, save_config
+    from pretrain.engine import deepspeed_config, initialize, param_groups, partitioned_construction
     from pretrain.export import load_weights, materialize
     from pretrain.model import Transformer
     from pretrain.shards import ShardedWeights
 
-    stage = int(arg)
-    rank, world = init_distributed(600)
     source = tmp / "consolidated"
     train = TrainConfig(lr=1e-4, warmup_steps=0, max_steps=10, micro_batch_size=1)
     ds_config = deepspeed_config(DeepSpeedSection(zero_stage=stage, precision="fp32"), train, world, 1)
     construction, gather = partitioned_construction(ds_config)
     torch.manual_seed(0)
-    with construction:  # as a run builds it (pretrain.run): construction, init and loading inside
-        model = Transformer(cfg.model)
-        if gather is not None:
-            model.reset_parameters(gather)
+    with construction:
+        model = Transformer(cfg.model, gather)
         if phase == "load" and gather is None:  # as before streaming: every rank reads the whole state dict
             whole = {k: materialize(v) for k, v in ShardedWeights(source).items()}
             load_weights(model, whole)
             del whole
         elif phase == "load":
             load_weights(model, ShardedWeights(source), gather)
-    if phase == "save":  # a ZeRO-3 checkpoint with AdamW states, for the export rows
+    if phase == "save":  # a ZeRO-3 checkpoint with AdamW states
         engine = initialize(model, ds_config, train, param_groups(model, 0.1, 1e-4))
         engine.save_checkpoint(str(tmp / "checkpoints"), tag="step_00000001")
         if rank == 0:
             save_config(RunConfig(model=cfg.model, deepspeed=DeepSpeedSection(zero_stage=3)),
                         tmp / "checkpoints" / "step_00000001" / "config.yaml")  # fmt: skip
-    reports = [None] * world
-    dist.all_gather_object(reports, {"rank": rank, "peak_mib": _peak_mib(), "base_mib": base})
-    if rank == 0:
-        out.write_text(json.dumps(reports))
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def _export(how: str, tmp: Path, cfg, out: Path, base: float) -> None:

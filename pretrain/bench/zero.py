@@ -112,14 +112,29 @@ def worker(argv: list[str]) -> None:
 
     import torch.distributed as dist
 
-    from pretrain.bench import sync
-    from pretrain.config import DeepSpeedSection, TrainConfig, load_config
-    from pretrain.engine import deepspeed_config, init_distributed, initialize, param_groups, partitioned_construction
-    from pretrain.model import Transformer
-    from pretrain.trainer import lm_loss
+    from pretrain.engine import init_distributed, leave_process_group
 
     base = _peak_mib()
     rank, world = init_distributed(300)
+    report = {"rank": rank, **_train(args, rank, world), "base_mib": base}  # the engine is freed on return
+    if torch.cuda.is_available():
+        report["base_mib"] = 0.0
+    reports = [None] * world
+    dist.all_gather_object(reports, report)
+    if rank == 0:
+        args.out.write_text(json.dumps(reports))
+    leave_process_group()
+
+
+def _train(args, rank: int, world: int) -> dict:
+    import torch.distributed as dist
+
+    from pretrain.bench import sync
+    from pretrain.config import DeepSpeedSection, TrainConfig, load_config
+    from pretrain.engine import deepspeed_config, initialize, param_groups, partitioned_construction
+    from pretrain.model import Transformer
+    from pretrain.trainer import lm_loss
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = load_config(args.config, args.overrides).model
     train = TrainConfig(lr=1e-4, warmup_steps=0, max_steps=10**6, micro_batch_size=args.batch)
@@ -129,9 +144,7 @@ def worker(argv: list[str]) -> None:
     construction, gather = partitioned_construction(ds_config)  # ZeRO-3 builds it partitioned, as a run does
     torch.manual_seed(0)
     with construction:
-        model = Transformer(cfg)
-    if gather is not None:
-        model.reset_parameters(gather)
+        model = Transformer(cfg, gather)
     engine = initialize(model, ds_config, train, param_groups(model, 0.1, 1e-4))
     gen = torch.Generator().manual_seed(rank)
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), generator=gen).to(device)
@@ -153,14 +166,7 @@ def worker(argv: list[str]) -> None:
     dist.barrier()
     elapsed = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_mib()
-    report = {"rank": rank, "tokens_per_s": world * args.batch * args.seq_len * args.steps / elapsed,
-              "peak_mib": peak, "base_mib": 0.0 if device.type == "cuda" else base}  # fmt: skip
-    reports = [None] * world
-    dist.all_gather_object(reports, report)
-    if rank == 0:
-        args.out.write_text(json.dumps(reports))
-    dist.barrier()
-    dist.destroy_process_group()
+    return {"tokens_per_s": world * args.batch * args.seq_len * args.steps / elapsed, "peak_mib": peak}
 
 
 def _peak_mib() -> float:

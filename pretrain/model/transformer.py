@@ -69,7 +69,10 @@ class MLMHead(nn.Module):
 class Transformer(nn.Module):
     """Decoder-only (causal LM head) or encoder-only (masked LM head) Transformer."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, gather: Callable | None = None):
+        """``gather``: the model is being built partitioned (DeepSpeed ZeRO-3, see
+        pretrain.engine.partitioned_construction); the weights are drawn through it, the same draws
+        as an unpartitioned build."""
         super().__init__()
         cfg.validate()
         self.cfg = cfg
@@ -83,7 +86,7 @@ class Transformer(nn.Module):
             self.head = MLMHead(cfg)
         self.activation_checkpointing = False
         """Recompute each block in the backward pass instead of storing its activations."""
-        self.reset_parameters()
+        self.reset_parameters(gather)
 
     @property
     def output(self) -> nn.Linear:
