@@ -22,27 +22,46 @@ from .position import ALiBi, RelativeBias, Rotary, apply_rotary
 
 @dataclass
 class AttentionContext:
-    """What attention needs for one forward pass, shared by every layer."""
+    """What attention needs for one forward pass, shared by every layer: the constraints (the same
+    for every kernel), then the configured kernel's form of them, filled in by ``build_context``."""
 
     kernel: str
     q_len: int
     k_len: int
-    mask: torch.Tensor | None = None
-    """(B or 1, 1, T, S) bool, True where a query may see a key; None when nothing is masked or
-    when ``is_causal`` says all there is to say."""
-    is_causal: bool = False
-    """The only constraint is the plain causal mask with T == S (lets SDPA use its fast path)."""
-    bias: torch.Tensor | None = None
-    """(1, H, T, S) float added to the scores (ALiBi, relative)."""
+    offset: int = 0
+    """Index of the first query (the cached length when decoding)."""
+    causal: bool = False
+    """Each query sees the keys at or before its own position."""
+    window: int | None = None
+    """Each query sees only the keys fewer than this many positions away."""
+    padding: torch.Tensor | None = None
+    """(B, S) bool, True for real keys."""
+    document_ids: torch.Tensor | None = None
+    """(B, T) packed document of each token; queries see their own document only."""
     rope: tuple[torch.Tensor, torch.Tensor] | None = None
     """cos, sin of shape (B, 1, T, rot_dim)."""
-    has_padding: bool = False
-    has_documents: bool = False
-    causal: bool = False
-    window: int | None = None
     alibi_slopes: torch.Tensor | None = None
+    # eager and sdpa
+    mask: torch.Tensor | None = None
+    """(B or 1, 1, T, S) bool, True where a query may see a key; None when nothing is masked, or
+    (sdpa) when ``plain_causal`` says all there is to say."""
+    bias: torch.Tensor | None = None
+    """(1, H, T, S) float added to the scores (ALiBi, relative)."""
+    # flex
     block_mask: object | None = None
     score_mod: object | None = None
+
+    @property
+    def masks_nothing(self) -> bool:
+        """Every query sees every key: bidirectional, or one causal query at the end of the cache."""
+        plain = self.padding is None and self.document_ids is None and self.window is None
+        return plain and (not self.causal or self.q_len == 1)
+
+    @property
+    def plain_causal(self) -> bool:
+        """The only constraint is the causal mask over T == S (SDPA's and flash's ``is_causal``)."""
+        plain = self.padding is None and self.document_ids is None and self.window is None
+        return plain and self.causal and self.offset == 0
 
 
 def build_context(
@@ -57,7 +76,8 @@ def build_context(
     memory_len: int | None = None,
     device: torch.device | None = None,
 ) -> AttentionContext:
-    """Collect the constraints for queries at indices offset..offset+q_len-1 over keys 0..S-1.
+    """Collect the constraints for queries at indices offset..offset+q_len-1 over keys 0..S-1, in the
+    form the configured kernel takes.
 
     attention_mask: (B, S) with 1 for real tokens, 0 for padding, covering the cache too.
     document_ids: (B, T) ids of the packed document each token belongs to (no cache).
@@ -65,74 +85,89 @@ def build_context(
     then attention_mask is the memory's padding and nothing else applies (no causality, window
     or position bias).
     """
-    causal = cfg.causal and memory_len is None
-    k_len = offset + q_len if memory_len is None else memory_len
+    cross = memory_len is not None
+    k_len = memory_len if cross else offset + q_len
     if attention_mask is not None and attention_mask.shape[-1] != k_len:
         raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} keys but there are {k_len}")
     if document_ids is not None and offset:
         raise ValueError("document_ids cannot be combined with a KV cache")
-    window = cfg.sliding_window if memory_len is None else None
-    ctx = AttentionContext(cfg.attention, q_len, k_len, causal=causal, window=window)
-    if memory_len is not None:
-        position = None
-    ctx.has_padding = attention_mask is not None
-    if isinstance(position, Rotary):
-        ctx.rope = position.angles(positions)
-    if isinstance(position, ALiBi):
-        ctx.alibi_slopes = position.slopes
+    position = None if cross else position
+    ctx = AttentionContext(
+        cfg.attention,
+        q_len,
+        k_len,
+        offset,
+        causal=cfg.causal and not cross,
+        window=None if cross else cfg.sliding_window,
+        padding=attention_mask.bool() if attention_mask is not None else None,
+        document_ids=document_ids,
+        rope=position.angles(positions) if isinstance(position, Rotary) else None,
+        alibi_slopes=position.slopes if isinstance(position, ALiBi) else None,
+    )
+    KERNEL_FORMS[cfg.attention](ctx, position, device)
+    return ctx
 
-    q_idx = torch.arange(offset, offset + q_len, device=device)
-    k_idx = torch.arange(k_len, device=device)
-    pad = attention_mask.bool() if attention_mask is not None else None
 
-    if cfg.attention == "flex":
-        ctx.block_mask = _flex_block_mask(ctx, offset, pad, document_ids, device)
-        if isinstance(position, ALiBi):  # -slope_h * |k - q|, computed in the kernel from H numbers
-            slopes = position.slopes
-            ctx.score_mod = lambda s, b, h, q, k: s - (slopes[h] * (k - q - offset).abs()).to(s.dtype)
-        elif isinstance(position, RelativeBias):
-            # Bias depends on k - q only: tabulate it over every distance, index it in score_mod.
-            table = position.by_distance(torch.arange(-(k_len - 1), k_len, device=device))  # (H, R)
-            shift = q_len - 1 + offset  # index of distance 0 is k_len - 1
-            ctx.score_mod = lambda s, b, h, q, k: s + table[h, k - q - offset + shift].to(s.dtype)
-        return ctx
-
-    if cfg.attention == "flash_attn":  # causality, window and ALiBi are its own arguments
-        ctx.has_documents = document_ids is not None
-        return ctx
-
+def _dense_forms(ctx: AttentionContext, position, device) -> None:
+    """eager and sdpa: a (B, 1, T, S) bool mask and a (1, H, T, S) position bias."""
+    q_idx = torch.arange(ctx.offset, ctx.offset + ctx.q_len, device=device)
+    k_idx = torch.arange(ctx.k_len, device=device)
     if isinstance(position, (ALiBi, RelativeBias)):
-        ctx.bias = position.by_distance(k_idx[None, :] - q_idx[:, None])[None]  # (1, H, T, S)
-
-    only_plain_causal = pad is None and document_ids is None and ctx.window is None and ctx.bias is None
-    if only_plain_causal and (not causal or q_len == 1):
-        return ctx  # nothing to mask: bidirectional, or one query that sees the whole cache
-    if only_plain_causal and offset == 0:
-        ctx.is_causal = True
-        if cfg.attention in ("sdpa", "flash"):
-            return ctx
-    mask = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+        ctx.bias = position.by_distance(k_idx[None, :] - q_idx[:, None])[None]
+    if ctx.masks_nothing or (ctx.kernel == "sdpa" and ctx.plain_causal and ctx.bias is None):
+        return  # sdpa's is_causal path (it takes no mask beside it)
     rel = q_idx[:, None] - k_idx[None, :]  # how far back each key is
-    if causal:
+    mask = torch.ones(ctx.q_len, ctx.k_len, dtype=torch.bool, device=device)
+    if ctx.causal:
         mask &= rel >= 0
     if ctx.window is not None:
         mask &= rel.abs() < ctx.window
     mask = mask[None, None]
-    if pad is not None:
-        mask = mask & pad[:, None, None, :]
-    if document_ids is not None:
-        mask = mask & (document_ids[:, None, :, None] == document_ids[:, None, None, :])
+    if ctx.padding is not None:
+        mask = mask & ctx.padding[:, None, None, :]
+    if ctx.document_ids is not None:
+        mask = mask & (ctx.document_ids[:, None, :, None] == ctx.document_ids[:, None, None, :])
     ctx.mask = mask
-    ctx.is_causal = False
-    return ctx
 
 
-def _flex_block_mask(ctx, offset, pad, document_ids, device):
+def _flash_forms(ctx: AttentionContext, position, device) -> None:
+    """flash: plain causal or nothing; it takes no mask or bias."""
+    if isinstance(position, (ALiBi, RelativeBias)) or not (ctx.masks_nothing or ctx.plain_causal):
+        what = "a padding mask" if ctx.padding is not None else "a mask or bias other than plain causal"
+        raise ValueError(f"attention='flash' cannot take {what}; use attention='sdpa' or 'flex'")
+
+
+def _flex_forms(ctx: AttentionContext, position, device) -> None:
+    """flex: a BlockMask from the constraints, and the position bias as a score_mod."""
+    ctx.block_mask = _flex_block_mask(ctx, device)
+    offset, k_len = ctx.offset, ctx.k_len
+    if isinstance(position, ALiBi):  # -slope_h * |k - q|, computed in the kernel from H numbers
+        slopes = position.slopes
+        ctx.score_mod = lambda s, b, h, q, k: s - (slopes[h] * (k - q - offset).abs()).to(s.dtype)
+    elif isinstance(position, RelativeBias):
+        # Bias depends on k - q only: tabulate it over every distance, index it in score_mod.
+        table = position.by_distance(torch.arange(-(k_len - 1), k_len, device=device))  # (H, R)
+        shift = ctx.q_len - 1 + offset  # index of distance 0 is k_len - 1
+        ctx.score_mod = lambda s, b, h, q, k: s + table[h, k - q - offset + shift].to(s.dtype)
+
+
+def _flash_attn_forms(ctx: AttentionContext, position, device) -> None:
+    """flash_attn: causality, window and ALiBi slopes are its own arguments; no padding or documents."""
+    if ctx.padding is not None or ctx.document_ids is not None:
+        raise ValueError("attention='flash_attn' takes no padding or document mask here; use 'sdpa' or 'flex'")
+
+
+KERNEL_FORMS = {"eager": _dense_forms, "sdpa": _dense_forms, "flash": _flash_forms, "flex": _flex_forms,
+                "flash_attn": _flash_attn_forms}  # fmt: skip
+"""How each kernel wants the constraints, filled into the context once per forward."""
+
+
+def _flex_block_mask(ctx: AttentionContext, device):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    causal, window = ctx.causal, ctx.window
-    if not (causal or window or pad is not None or document_ids is not None):
+    if ctx.masks_nothing:
         return None
+    causal, window, offset, pad, document_ids = ctx.causal, ctx.window, ctx.offset, ctx.padding, ctx.document_ids
 
     def mask_mod(b, h, q, k):
         qa = q + offset
@@ -162,8 +197,6 @@ def _eager(q, k, v, ctx, dropout_p, need_weights=False):
     if ctx.bias is not None:
         scores = scores + ctx.bias
     mask = ctx.mask
-    if mask is None and ctx.is_causal:
-        mask = torch.ones(ctx.q_len, ctx.k_len, dtype=torch.bool, device=q.device).tril()
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = scores.softmax(dim=-1)
@@ -192,7 +225,7 @@ def _sdpa(q, k, v, ctx, dropout_p, need_weights=False):
         v,
         attn_mask=mask,
         dropout_p=dropout_p,
-        is_causal=ctx.is_causal,
+        is_causal=mask is None and ctx.plain_causal,
         enable_gqa=q.shape[1] != k.shape[1],
     )
     return out, None
@@ -201,14 +234,11 @@ def _sdpa(q, k, v, ctx, dropout_p, need_weights=False):
 def _flash(q, k, v, ctx, dropout_p, need_weights=False):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if ctx.mask is not None or ctx.bias is not None:
-        what = "a padding mask" if ctx.has_padding else "a mask or bias other than plain causal"
-        raise ValueError(f"attention='flash' cannot take {what}; use attention='sdpa' or 'flex'")
     if q.device.type == "cuda" and q.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"attention='flash' on CUDA needs float16 or bfloat16 inputs, got {q.dtype}")
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout_p, is_causal=ctx.is_causal, enable_gqa=q.shape[1] != k.shape[1]
+            q, k, v, dropout_p=dropout_p, is_causal=ctx.plain_causal, enable_gqa=q.shape[1] != k.shape[1]
         )
     return out, None
 
@@ -235,8 +265,6 @@ def _flash_attn(q, k, v, ctx, dropout_p, need_weights=False):
         from flash_attn import flash_attn_func
     except ImportError as e:
         raise ImportError("attention='flash_attn' needs the flash-attn package: pip install '.[flash]'") from e
-    if ctx.has_padding or ctx.has_documents:
-        raise ValueError("attention='flash_attn' takes no padding or document mask here; use 'sdpa' or 'flex'")
     left = ctx.window - 1 if ctx.window else -1
     right = 0 if ctx.causal else left
     out = flash_attn_func(
