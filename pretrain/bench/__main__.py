@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> None:
                                             formatter_class=argparse.RawDescriptionHelpFormatter))  # fmt: skip
     args = ap.parse_args(argv)
     importlib.import_module(f"pretrain.bench.{args.command}").run(args)
+    from pretrain.engine import leave_process_group
+
+    leave_process_group()  # `step --engine` joined a process group of one; its engines are freed here
 
 
 if __name__ == "__main__":
