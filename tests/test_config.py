@@ -59,6 +59,14 @@ def test_dotted_overrides_are_typed():
     assert load_config(MODELS / "debug.yaml", ["model.num_kv_heads=null"]).model.num_kv_heads is None
 
 
+
+def test_a_yaml_file_with_exponent_floats_reads_them_as_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads 3e-4 without a dot as a string; a float field takes it as the number."""
+    (tmp_path / "run.yaml").write_text(f"base: {MODELS / 'debug.yaml'}\ntrain:\n  lr: 3e-4\n  weight_decay: 1e-2\n")
+    assert yaml.safe_load("lr: 3e-4")["lr"] == "3e-4"  # what the coercion is for
+    cfg = load_config(tmp_path / "run.yaml")
+    assert cfg.train.lr == 3e-4 and cfg.train.weight_decay == 0.01
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -81,6 +89,14 @@ def test_dotted_overrides_are_typed():
         ("model.dropout=1.5", "model.dropout=1.5: must be in [0, 1)"),
         ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4: must be 0, 1, 2 or 3"),
         ("model.use_bias=true", "did you mean 'model.bias'?"),
+        # the typing rules of pretrain.config._coerce, one case each
+        ("model.bias=1", "model.bias=1: expected true or false"),  # no int for a bool
+        ("train.lr=true", "train.lr=True: expected a number"),  # no bool for a number
+        ("model.num_layers=2.5", "model.num_layers=2.5: expected an integer"),
+        ("model.sliding_window=abc", "model.sliding_window='abc': expected an integer"),  # int | None
+        ("train.resume=3", "train.resume=3: expected a string"),
+        ("data.sources=abc", "data.sources='abc': expected a list"),
+        ("model.arch=decodr", "must be one of ['decoder', 'encoder'] (did you mean 'decoder'?)"),
         (
             "data.sources=[{builtin: python-stdlib, files: x.txt}]",
             "data.sources[0].builtin/files/hub: give exactly one; got ['builtin', 'files']",
