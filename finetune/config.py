@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pretrain.config import ConfigError, RunConfig, TrainConfig, load_config
@@ -97,7 +97,13 @@ class FinetuneConfig(RunConfig):
                 "init_from is required: a pretraining run or checkpoint, an export's consolidated/ folder, "
                 "or an HF model directory"
             )
-        super().validate()
+        self.check_run()  # the model's shape is the checkpoint's: with_model checks against it
+
+    def with_model(self, model) -> FinetuneConfig:
+        """This config with init_from's model shape, checked against it (a new object)."""
+        cfg = replace(self, model=model)
+        cfg.check_model()
+        return cfg
 
 
 def load_finetune_config(path, overrides=None) -> FinetuneConfig:

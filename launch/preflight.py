@@ -96,6 +96,8 @@ def check(gpu_gib: float | None, cpu_gib: float | None, nodes: int, nproc: int, 
     if model is None:
         print("preflight: the model's size is not known before it is loaded (an HF directory); memory not checked")
         return 0
+    if program == "finetune":
+        cfg.with_model(model)  # data.seq_len and the kernel against the checkpoint's shape
     params, largest = model_sizes(model)
     chosen = setting_name(ds.zero_stage, ds.offload_optimizer, ds.offload_params)
     if gpus:

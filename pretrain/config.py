@@ -209,6 +209,11 @@ class RunConfig:
 
     def validate(self) -> None:
         """Checks that span sections (each section checks itself first)."""
+        self.check_run()
+        self.check_model()
+
+    def check_run(self) -> None:
+        """The cross-section checks that do not depend on the model's shape."""
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
             raise ConfigError(
                 f"name={self.name!r}: use letters, digits, '.', '_' and '-' (it names a folder, a Slurm job "
@@ -216,6 +221,17 @@ class RunConfig:
             )
         if any(c in self.output_dir for c in "\n\r\0"):
             raise ConfigError(f"output_dir={self.output_dir!r}: must not hold line breaks or NUL")
+        if self.deepspeed.config_file:
+            user = read_deepspeed_json(self.deepspeed.config_file)
+            both = [k for k in ("bf16", "fp16") if (user.get(k) or {}).get("enabled", k == self.deepspeed.precision)]
+            if len(both) > 1:
+                raise ConfigError(
+                    f"deepspeed.config_file={self.deepspeed.config_file!r} enables both bf16 and fp16; "
+                    "enable at most one (or set deepspeed.precision)"
+                )
+
+    def check_model(self) -> None:
+        """The data and kernel settings against the model's shape."""
         if self.model.position == "learned" and self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len}: longer than the model's {self.model.max_seq_len} learned "
@@ -226,14 +242,6 @@ class RunConfig:
                 f"data.document_mask=true needs an attention kernel that takes masks; "
                 f"model.attention={self.model.attention!r} does not (use sdpa, flex or eager)"
             )
-        if self.deepspeed.config_file:
-            user = read_deepspeed_json(self.deepspeed.config_file)
-            both = [k for k in ("bf16", "fp16") if (user.get(k) or {}).get("enabled", k == self.deepspeed.precision)]
-            if len(both) > 1:
-                raise ConfigError(
-                    f"deepspeed.config_file={self.deepspeed.config_file!r} enables both bf16 and fp16; "
-                    "enable at most one (or set deepspeed.precision)"
-                )
 
     def check_world_size(self, world_size: int) -> int:
         """The gradient accumulation steps for this many data-parallel processes, or a ConfigError."""

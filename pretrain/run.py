@@ -140,7 +140,8 @@ def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     grad_accum = cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # before DeepSpeed starts
-    task = make_task(cfg)  # may fill in cfg (a fine-tuning run takes its model shape from init_from)
+    task = make_task(cfg)
+    cfg = task.cfg  # the run's config as the task resolved it (fine-tuning: init_from's model shape)
     task.check_data()  # a bad file is one line from here, before any process group ties the ranks together
     rank, world = init_distributed(cfg.train.dist_timeout_s)
     resume = find_resume(cfg, rank, world)  # a refusal here leaves the run directory as it was
@@ -183,22 +184,37 @@ def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
 def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, ready=None) -> int:
     """Setup, resume and fit in one process; returns the last step. ``ready`` (rank 0) is called
     once the data is prepared."""
-    from pretrain.model import count_parameters, flops_per_token
-    from pretrain.model.flops import numel
-    from pretrain.monitor import Monitor
-    from pretrain.trainer import Trainer
-
     say = print if rank == 0 else (lambda *a, **k: None)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
+    keep_data = _prepare_data(cfg, task, rank, world, resume, ready, say)
+    saved_world = ckpt.saved_info(resume)["world_size"] if resume is not None else world
+    # ZeRO-1-3 shards are per rank: another world size loads their universal form. A ZeRO-0
+    # checkpoint holds the whole model and optimizer in one file, which any world size loads as it is.
+    universal = saved_world != world and ckpt.saved_config(resume).deepspeed.zero_stage > 0
+    engine, weight_decays = _build_engine(cfg, task, world, grad_accum, universal, say)
+    torch.manual_seed(cfg.train.seed + rank)  # dropout differs across ranks
+    state = None
+    if resume is not None:
+        say(f"resuming from {resume} (saved by {saved_world} process(es), now {world})")
+        state = _load_checkpoint(engine, resume, universal, weight_decays)
+        if keep_data:
+            task.train_batches.load_state_dict(state["data"])
+        rng = ckpt.load_rng_state(resume, rank) if saved_world == world else None
+        if rng is not None:
+            ckpt.set_rng_state(rng)
+    return _fit(cfg, task, engine, rank, world, grad_accum, state, say)
+
+
+def _prepare_data(cfg: RunConfig, task, rank: int, world: int, resume, ready, say) -> bool:
+    """Tokenizer and data on rank 0 first, then the others read what it made; rank 0 then marks the
+    run started (``ready``). Returns whether a resume keeps the checkpoint's data position."""
     run_dir = cfg.run_dir
     keep = {"data": True}
     if resume is not None:
         info = ckpt.saved_info(resume)
         keep = ckpt.compare_for_resume(ckpt.saved_config(resume), cfg, info["world_size"], world,
                                        lambda m: say(f"warning: {m}"), step=info["step"])  # fmt: skip
-
-    # Shared preparation on rank 0 (config, tokenizer, data caches); the others then read it.
     if rank == 0 and resume is not None and not (run_dir / "tokenizer").exists() and (resume / "tokenizer").exists():
         shutil.copytree(resume / "tokenizer", run_dir / "tokenizer")  # the folder appears only with what goes in it
     for turn in ((0,), tuple(range(1, world))):
@@ -213,12 +229,15 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
         ready()
         for name, text in task.extra_files().items():
             (run_dir / name).write_text(text)
+    return keep["data"]
 
-    saved_world = ckpt.saved_info(resume)["world_size"] if resume is not None else world
+
+def _build_engine(cfg: RunConfig, task, world: int, grad_accum: int, universal: bool, say):
+    """The model (partitioned as it is built under ZeRO-3) inside a DeepSpeed engine; also each
+    parameter group's weight decay, which a loaded checkpoint's optimizer state may not keep."""
+    from pretrain.model.flops import numel
+
     ds_config = deepspeed_config(cfg.deepspeed, cfg.train, world, grad_accum)
-    # ZeRO-1-3 shards are per rank: another world size loads their universal form. A ZeRO-0
-    # checkpoint holds the whole model and optimizer in one file, which any world size loads as it is.
-    universal = saved_world != world and ckpt.saved_config(resume).deepspeed.zero_stage > 0
     if universal:
         ds_config["checkpoint"] = {"load_universal": True}
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
@@ -231,8 +250,7 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
     total = sum(numel(p) for p in model.parameters())
     if trainable < total:  # a frozen body, or LoRA adapters
         say(f"{trainable:,} of {total:,} parameters train; the rest are frozen")
-    body = getattr(model, "body", model)
-    body.activation_checkpointing = cfg.train.activation_checkpointing
+    getattr(model, "body", model).activation_checkpointing = cfg.train.activation_checkpointing
     groups = param_groups(model, cfg.train.weight_decay, cfg.train.lr, task.lr_scale)
     weight_decays = [g["weight_decay"] for g in groups]  # before DeepSpeed holds (and may rewrite) them
     engine = initialize(model, ds_config, cfg.train, groups)
@@ -241,27 +259,32 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
             engine.compile()
         else:
             warnings.warn("train.compile=true has no effect on CPU; the model runs uncompiled", stacklevel=1)
-    torch.manual_seed(cfg.train.seed + rank)  # dropout differs across ranks
+    return engine, weight_decays
 
-    start_step = 0
-    state = None
-    if resume is not None:
-        tag = ckpt.universal_tag(resume) if universal else resume.name
-        say(f"resuming from {resume} (saved by {saved_world} process(es), now {world})")
-        from pretrain import safe_load
 
-        safe_load.install(engine)
-        with safe_load.restricted_torch_load():  # also DeepSpeed's universal loaders, which bypass the engine's
-            _, client = engine.load_checkpoint(str(resume.parent), tag=tag, load_module_strict=True)
-        repair_loaded_optimizer(engine, weight_decays)
-        state = client["pretrain"]
-        start_step = state["trainer"]["step"]
-        if keep["data"]:
-            task.train_batches.load_state_dict(state["data"])
-        rng = ckpt.load_rng_state(resume, rank) if saved_world == world else None
-        if rng is not None:
-            ckpt.set_rng_state(rng)
+def _load_checkpoint(engine, resume, universal: bool, weight_decays: list[float]) -> dict:
+    """Weights, optimizer and scheduler from ``resume`` into the engine; returns what the run saved
+    beside them (trainer and data state)."""
+    from pretrain import safe_load
 
+    safe_load.install(engine)
+    tag = ckpt.universal_tag(resume) if universal else resume.name
+    with safe_load.restricted_torch_load():  # also DeepSpeed's universal loaders, which bypass the engine's
+        _, client = engine.load_checkpoint(str(resume.parent), tag=tag, load_module_strict=True)
+    repair_loaded_optimizer(engine, weight_decays)
+    return client["pretrain"]
+
+
+def _fit(cfg: RunConfig, task, engine, rank: int, world: int, grad_accum: int, state, say) -> int:
+    """Train from the resumed state (or step 0) to the end, saving as configured; rank 0 prints
+    where everything is."""
+    from pretrain.model import count_parameters, flops_per_token
+    from pretrain.monitor import Monitor
+    from pretrain.trainer import Trainer
+
+    run_dir = cfg.run_dir
+    body = getattr(engine.module, "body", engine.module)
+    start_step = state["trainer"]["step"] if state is not None else 0
     say(f"training {cfg.model.arch} ({count_parameters(body):,} parameters) on {world} "
         f"process(es), ZeRO-{cfg.deepspeed.zero_stage}, {cfg.deepspeed.precision}, {grad_accum} accumulation "
         f"step(s), from step {start_step} to {cfg.train.max_steps}")  # fmt: skip
@@ -270,11 +293,11 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
                       precision=cfg.deepspeed.precision, wandb_timeout_s=min(30.0, cfg.train.dist_timeout_s / 3))
     saver = ckpt.Checkpointer(cfg.checkpoint, run_dir, rank, world)
 
-    def checkpoint(step: int, last: bool, best: bool = False) -> bool:
-        if not (saver.due(step, last) or best):
+    def checkpoint(trainer, last: bool, best: bool = False) -> bool:
+        if not (saver.due(trainer.step, last) or best):
             return False
         client = {"trainer": trainer.state_dict(), "data": task.train_batches.state_dict()}
-        saver.save(engine, step, client, cfg, task.tokenizer, task.extra_files(), best=best)
+        saver.save(engine, trainer.step, client, cfg, task.tokenizer, task.extra_files(), best=best)
         return True
 
     trainer = Trainer(cfg.train, engine, task.train_batches, task.val_batches, monitor, checkpoint, grad_accum,
@@ -288,17 +311,20 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
     finally:
         lines = monitor.close()
     if rank == 0:
-        root = ckpt.checkpoints_dir(run_dir)
-        newest = ckpt.newest_complete(root)
-        last = trainer.last_eval
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)) or "no evaluation"
-        print(f"\ndone: step {trainer.step}; {shown}")
-        if trainer.stopped_early:
-            print(trainer.stopped_early + " (train.early_stopping_patience)")
-        print(f"run directory: {run_dir}")
-        print(f"checkpoints: {root} (newest: {newest.name if newest else 'none'})")
-        if (root / "best").exists():
-            print(f"best checkpoint: {root / (root / 'best').read_text().strip()} ({trainer.best})")
-        for line in lines:
-            print(line)
+        _print_summary(run_dir, trainer, lines)
     return trainer.step
+
+
+def _print_summary(run_dir, trainer, lines: list[str]) -> None:
+    root = ckpt.checkpoints_dir(run_dir)
+    newest = ckpt.newest_complete(root)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in trainer.last_eval.items() if isinstance(v, float)) or "no evaluation"
+    print(f"\ndone: step {trainer.step}; {shown}")
+    if trainer.stopped_early:
+        print(trainer.stopped_early + " (train.early_stopping_patience)")
+    print(f"run directory: {run_dir}")
+    print(f"checkpoints: {root} (newest: {newest.name if newest else 'none'})")
+    if (root / "best").exists():
+        print(f"best checkpoint: {root / (root / 'best').read_text().strip()} ({trainer.best})")
+    for line in lines:
+        print(line)

@@ -43,6 +43,7 @@ class Trainer:
                  select_metric: tuple[str, Callable] | None = None, heartbeat: Callable | None = None,
                  inspect_every: int = 0):  # fmt: skip
         self.cfg, self.engine, self.monitor, self.checkpoint = cfg, engine, monitor, checkpoint
+        """checkpoint(trainer, last, best=False) -> whether it saved (the saver decides if the step is due)."""
         self.train_batches, self.val_batches = train_batches, val_batches
         self.grad_accum = grad_accum
         self.eval_every, self.log_every = eval_every, log_every
@@ -193,16 +194,16 @@ class Trainer:
                 stop = self._stale() and self.step < end
                 if self._improved():
                     self.best = {"step": self.step, self.select_metric[0]: self.last_eval[self.select_metric[0]]}
-                    self.checkpoint(self.step, last, best=True)
+                    self.checkpoint(self, last, best=True)
                     self.monitor.restart_clock()
                     continue
                 if stop:  # early stopping: end here as a finished run, with a checkpoint of this step
                     name = (self.select_metric or ("val_loss", min))[0]
                     self.stopped_early = (f"stopped early at step {self.step}: {name} has not improved for "
                                           f"{self.stale_evals} evaluations (best {self.watched:.4g})")  # fmt: skip
-                    self.checkpoint(self.step, True)
+                    self.checkpoint(self, True)
                     break
-            if self.checkpoint(self.step, last):
+            if self.checkpoint(self, last):
                 self.monitor.restart_clock()
 
     def _stale(self) -> bool:

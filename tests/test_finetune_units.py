@@ -102,3 +102,18 @@ def test_batched_generation_with_left_padding_equals_each_prompt_alone(position,
     alone = [generate(model, tok, [p], s, use_cache=use_cache)[0] for p in prompts]
     assert together == alone
     assert len(set(together)) == 2  # the two rows differ: the comparison is not between constants
+
+
+def test_the_model_section_is_checked_against_init_froms_shape_not_the_default():
+    """A fine-tuning config's own model section is unused: data.seq_len is checked against the
+    checkpoint's positions (with_model), on a new config, leaving the parsed one as it was."""
+    from finetune.config import load_finetune_config
+    from pretrain.config import ConfigError
+
+    cfg = load_finetune_config(None, ["init_from=somewhere", "data.seq_len=4096"])  # beyond the default 1024
+    rope = ModelConfig(vocab_size=50, d_model=16, num_layers=2, num_heads=2, position="rope")
+    resolved = cfg.with_model(rope)
+    assert resolved.model is rope and resolved.data.seq_len == 4096
+    assert cfg.model == ModelConfig()  # not rewritten in place
+    with pytest.raises(ConfigError, match="data.seq_len=4096: longer than the model's 256 learned positions"):
+        cfg.with_model(ModelConfig(vocab_size=50, d_model=16, num_layers=2, num_heads=2, max_seq_len=256))
