@@ -47,10 +47,11 @@ def overrides(work: Path, tokenizer: Path | None) -> list[str]:
             "log.every_steps=1", "log.progress_bar=false", "log.tensorboard=false", "log.wandb=off"]  # fmt: skip
 
 
-def train(work: Path, tokenizer: Path | None, *extra: str) -> dict[int, float]:
+def train(work: Path, tokenizer: Path | None, *extra: str, program: tuple[str, ...] = ("-m", "pretrain")):
+    """The run's training losses by step. ``program``: how python starts `python -m pretrain`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "pretrain", "configs/model/debug.yaml", *overrides(work, tokenizer),
+    proc = subprocess.run([sys.executable, *program, "configs/model/debug.yaml", *overrides(work, tokenizer),
                            *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])

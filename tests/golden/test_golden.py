@@ -14,10 +14,28 @@ from .regenerate import HERE, SAVED, STEPS, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 GOLDEN = {int(k): v for k, v in json.loads((HERE / "losses.json").read_text()).items()}
+# `python -m pretrain` with torch.utils.checkpoint.checkpoint counted (each call: one block whose
+# activations are recomputed in backward), the count written to the file named by $CHECKPOINT_CALLS.
+COUNTING = """import atexit, os, runpy, torch.utils.checkpoint as tc
+calls, plain = [0], tc.checkpoint
+def counted(*args, **kwargs):
+    calls[0] += 1
+    return plain(*args, **kwargs)
+tc.checkpoint = counted
+atexit.register(lambda: open(os.environ["CHECKPOINT_CALLS"], "w").write(str(calls[0])))
+runpy.run_module("pretrain", run_name="__main__")
+"""
 
 
-def test_first_30_losses_match_the_golden_curve_exactly(tmp_path):
-    got = train(tmp_path, HERE / "checkpoint" / "tokenizer")
+def checkpointed_blocks(tmp_path, monkeypatch, *extra) -> tuple[dict, int]:
+    monkeypatch.setenv("CHECKPOINT_CALLS", str(tmp_path / "calls"))
+    got = train(tmp_path, HERE / "checkpoint" / "tokenizer", *extra, program=("-c", COUNTING))
+    return got, int((tmp_path / "calls").read_text())
+
+
+def test_first_30_losses_match_the_golden_curve_exactly(tmp_path, monkeypatch):
+    got, recomputed = checkpointed_blocks(tmp_path, monkeypatch)
+    assert recomputed == 0  # activation checkpointing is off by default
     assert sorted(got) == list(range(1, STEPS + 1))
     mismatched = {s: (got[s], GOLDEN[s]) for s in GOLDEN if got[s] != GOLDEN[s]}
     assert not mismatched, f"training changed (regenerate on purpose if meant): {mismatched}"
@@ -32,11 +50,13 @@ def test_the_committed_checkpoint_of_this_release_loads_and_continues_the_curve(
         assert got[step] == GOLDEN[step], f"step {step}: the checkpoint no longer continues as it did"
 
 
-def test_activation_checkpointing_recomputes_the_same_curve_and_the_schedule_has_its_shape(tmp_path):
-    """Activation checkpointing inside the DeepSpeed engine changes memory, not numbers: the golden
-    curve exactly. The same run's learning rates: linear warmup to the peak over 2 steps, then a
-    cosine decay that ends at min_lr_ratio (0.1) of it at max_steps."""
-    got = train(tmp_path, HERE / "checkpoint" / "tokenizer", "train.activation_checkpointing=true")
+def test_activation_checkpointing_recomputes_the_same_curve_and_the_schedule_has_its_shape(tmp_path, monkeypatch):
+    """Activation checkpointing inside the DeepSpeed engine changes memory, not numbers: every block
+    of every training forward is checkpointed (2 layers x 30 steps), and the curve is the golden one
+    exactly. The same run's learning rates: linear warmup to the peak over 2 steps, then a cosine
+    decay that ends at min_lr_ratio (0.1) of it at max_steps."""
+    got, recomputed = checkpointed_blocks(tmp_path, monkeypatch, "train.activation_checkpointing=true")
+    assert recomputed == 2 * STEPS
     assert got == GOLDEN
     lr = [r["lr"] for r in metric_records(tmp_path / "runs" / "golden", "train")]
     peak = lr.index(max(lr))
