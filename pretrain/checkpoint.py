@@ -6,8 +6,9 @@ keeps one; retention never deletes it)::
     step_00000100/             DeepSpeed's files for this tag (model, ZeRO optimizer shards)
       rank_state_00000.json    per-rank RNG states
       config.yaml, tokenizer/  the resolved config and the tokenizer
-      complete.json            written last, after every rank finished: step, world size, and
-                               each file's size and checksum (blake2b), which every load verifies
+      complete.json            written last, after every rank finished: step, world size, the
+                               checkpoint format, and each file's size and checksum (blake2b),
+                               which every load verifies
     step_00000100_universal/   made on demand to resume at another world size
     latest                     the newest complete tag (DeepSpeed's own pointer file)
     superseded-<time>/         tags newer than the one a run resumed from, moved aside (not deleted)
@@ -43,6 +44,29 @@ from pretrain.files import fsync_dir, write_atomic
 
 __all__ = ["COMPLETE", "checkpoints_dir", "complete_tags", "is_complete", "newest_complete", "tag_for"]
 
+FORMAT = 1
+"""What a tag holds and how (file layout, state keys, config keys), recorded in complete.json. A
+release that changes it raises the number and either reads the older formats it lists in READS or
+refuses them with MIGRATION. Tags without the key are format 1 (every release before the key)."""
+READS = (1,)
+MIGRATION = ("load it with the release that wrote it and export it there (python -m pretrain.export TAG OUT), "
+             "then fine-tune from OUT/consolidated or OUT/hf, which this release reads")  # fmt: skip
+
+
+def check_format(tag_dir: Path) -> Path:
+    """``tag_dir`` if this release reads its format and its config, else a ConfigError that says
+    what to do."""
+    fmt = saved_info(tag_dir).get("format", 1)
+    if fmt in READS:
+        if (tag_dir / "config.yaml").is_file():
+            saved_config(tag_dir)
+        return tag_dir
+    if isinstance(fmt, int) and fmt > FORMAT:
+        raise ConfigError(f"checkpoint {tag_dir} is in checkpoint format {fmt}, written by a newer release; this "
+                          f"one reads format {', '.join(map(str, READS))}: upgrade the project to load it")  # fmt: skip
+    raise ConfigError(f"checkpoint {tag_dir} is in checkpoint format {fmt!r}, which this release no longer reads "
+                      f"(it reads {', '.join(map(str, READS))}): {MIGRATION}")  # fmt: skip
+
 
 def resolve(path: str | Path, warn=print, best: bool = False) -> Path:
     """A run directory, its checkpoints folder, or a tag folder -> the complete, intact tag folder
@@ -56,19 +80,19 @@ def resolve(path: str | Path, warn=print, best: bool = False) -> Path:
             other = newest_intact(path.parent, warn=lambda _: None)
             hint = f"the newest intact checkpoint is {other}" if other else "there is no intact checkpoint beside it"
             raise ConfigError(f"checkpoint {path} is damaged: {problem}; {hint}")
-        return path
+        return check_format(path)
     for root in (path, checkpoints_dir(path)):
         if complete_tags(root):
             chosen = best_tag(root) if best else None
             if chosen is not None:
                 problem = verify(chosen) if is_complete(chosen) else f"{chosen} is incomplete"
                 if problem is None:
-                    return chosen
+                    return check_format(chosen)
                 warn(f"warning: not using the best checkpoint {chosen.name}: {problem}")
             found = newest_intact(root, warn)
             if found is None:
                 raise ConfigError(f"no intact checkpoint in {root}: every complete one failed its check (see above)")
-            return found
+            return check_format(found)
     if path.is_dir() and path.name.startswith("step_"):
         newest = newest_complete(path.parent)
         hint = f"the newest complete one is {newest}" if newest else "there is no complete checkpoint beside it"
@@ -190,7 +214,10 @@ def saved_config(tag_dir: Path) -> RunConfig:
 
     data = yaml.safe_load((tag_dir / "config.yaml").read_text())
     names = {f.name for f in dataclasses.fields(RunConfig)}
-    return from_dict(RunConfig, {k: v for k, v in data.items() if k in names})
+    try:
+        return from_dict(RunConfig, {k: v for k, v in data.items() if k in names})
+    except ConfigError as e:  # a key renamed or a value no longer valid since the release that wrote it
+        raise ConfigError(f"the config of checkpoint {tag_dir} does not read in this release ({e}); {MIGRATION}") from e
 
 
 def rng_state() -> dict:
@@ -275,7 +302,7 @@ class Checkpointer:
             dist.all_gather_object(gathered, files)
             files = {k: v for part in gathered for k, v in part.items()}
         if self.rank == 0:
-            info = {"step": step, "world_size": self.world, "time": time.time(), "files": files,
+            info = {"format": FORMAT, "step": step, "world_size": self.world, "time": time.time(), "files": files,
                     "data_samples": (client_state.get("data") or {}).get("num_samples"),
                     "evaluation": {k: v for k, v in ((client_state.get("trainer") or {}).get("last_eval") or {}).items()
                                    if isinstance(v, int | float)}}  # fmt: skip

@@ -125,6 +125,7 @@ def _choose_resume(cfg: RunConfig):
         if resume is None:
             raise ConfigError(f"every checkpoint in {root} is damaged (see the warnings above); "
                               "set train.resume=never with another name= to start over")  # fmt: skip
+        ckpt.check_format(resume)
     else:
         resume = ckpt.resolve(cfg.train.resume)
     return resume

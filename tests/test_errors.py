@@ -42,6 +42,16 @@ def _files(tmp):
     info = ckpt.saved_info(planted)
     info["files"].update(ckpt.manifest(planted, ["mp_rank_00_model_states.pt"]))
     (planted / ckpt.COMPLETE).write_text(json.dumps(info))
+    # a checkpoint of a newer release (format 99), and one whose config has a key this release lacks
+    newer, older = tmp / "newer" / "step_00000010", tmp / "older" / "step_00000010"
+    for tag in (newer, older):
+        shutil.copytree(GOLDEN, tag)
+    info = ckpt.saved_info(newer)
+    (newer / ckpt.COMPLETE).write_text(json.dumps({**info, "format": 99}))
+    (older / "config.yaml").write_text((older / "config.yaml").read_text().replace("num_layers:", "n_layer:"))
+    info = ckpt.saved_info(older)
+    info["files"].update(ckpt.manifest(older, ["config.yaml"]))
+    (older / ckpt.COMPLETE).write_text(json.dumps(info))
     # what a classifier's checkpoint says of itself (its labels and task), without its weights
     cls = tmp / "cls" / "step_00000010"
     shutil.copytree(GOLDEN, cls)
@@ -100,6 +110,11 @@ CASES = [
      "mp_rank_00_model_states.pt has 100 bytes"),
     ("checkpoint: pickle payload", ["pretrain.export", "{tmp}/planted/step_00000010", "{tmp}/out"],
      "refusing to load"),
+    ("checkpoint: written by a newer release", ["pretrain.export", "{tmp}/newer", "{tmp}/out"],
+     "config error: checkpoint {tmp}/newer/step_00000010 is in checkpoint format 99, written by a newer release"),
+    ("checkpoint: config of an older release", pretrain("train.resume={tmp}/older/step_00000010"),
+     "config error: the config of checkpoint {tmp}/older/step_00000010 does not read in this release (unknown key "
+     "'model.n_layer'; did you mean 'model.num_layers'?); load it with the release that wrote it and export it"),
     ("cluster: hosts without a hostfile", ["launch", "hosts", "configs/pretrain/default.yaml", "--dry-run"],
      "config error: hosts needs a hostfile"),
     ("cluster: image with shell characters",

@@ -58,6 +58,8 @@ def test_checkpoint_files_are_listed_with_sizes_and_checksums_and_verified(tmp_p
         s.save(FakeEngine(), step, {}, RunConfig(), tokenizer=None)
     root = tmp_path / "checkpoints"
     files = ckpt.saved_info(root / "step_00000020")["files"]
+    assert ckpt.saved_info(root / "step_00000020")["format"] == ckpt.FORMAT == 1
+    assert ckpt.resolve(root) == root / "step_00000020"  # a format this release reads
     assert set(files) == {"mp_rank_00_model_states.pt", "rank_state_00000.json", "config.yaml"}
     assert files["mp_rank_00_model_states.pt"][0] == len("shard")
     assert ckpt.verify(root / "step_00000020") is None
