@@ -89,6 +89,7 @@ def test_a_yaml_file_with_exponent_floats_reads_them_as_numbers(tmp_path):
         ("model.dropout=1.5", "model.dropout=1.5: must be in [0, 1)"),
         ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4: must be 0, 1, 2 or 3"),
         ("model.use_bias=true", "did you mean 'model.bias'?"),
+        ("model.arch=encoder-decoder", "model.arch='encoder-decoder': the model is built"),
         # the typing rules of pretrain.config._coerce, one case each
         ("model.bias=1", "model.bias=1: expected true or false"),  # no int for a bool
         ("train.lr=true", "train.lr=True: expected a number"),  # no bool for a number
@@ -96,7 +97,7 @@ def test_a_yaml_file_with_exponent_floats_reads_them_as_numbers(tmp_path):
         ("model.sliding_window=abc", "model.sliding_window='abc': expected an integer"),  # int | None
         ("train.resume=3", "train.resume=3: expected a string"),
         ("data.sources=abc", "data.sources='abc': expected a list"),
-        ("model.arch=decodr", "must be one of ['decoder', 'encoder'] (did you mean 'decoder'?)"),
+        ("model.arch=decodr", "must be one of ['decoder', 'encoder', 'encoder-decoder'] (did you mean 'decoder'?)"),
         (
             "data.sources=[{builtin: python-stdlib, files: x.txt}]",
             "data.sources[0].builtin/files/hub: give exactly one; got ['builtin', 'files']",

@@ -9,6 +9,7 @@ from .config import ModelConfig
 _LAZY = {
     "KVCache": ".attention",
     "Transformer": ".transformer",
+    "EncoderDecoder": ".seq2seq",
     "pool": ".transformer",
     "count_parameters": ".flops",
     "flops_per_token": ".flops",

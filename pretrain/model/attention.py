@@ -75,6 +75,7 @@ def build_context(
     document_ids: torch.Tensor | None = None,
     memory_len: int | None = None,
     device: torch.device | None = None,
+    causal: bool | None = None,
 ) -> AttentionContext:
     """Collect the constraints for queries at indices offset..offset+q_len-1 over keys 0..S-1, in the
     form the configured kernel takes.
@@ -84,8 +85,10 @@ def build_context(
     memory_len: for cross-attention, the length of the memory (encoder output) the queries read;
     then attention_mask is the memory's padding and nothing else applies (no causality, window
     or position bias).
+    causal: the stack's own (an encoder-decoder has one of each); by default the model's.
     """
     cross = memory_len is not None
+    causal = cfg.causal if causal is None else causal
     k_len = memory_len if cross else offset + q_len
     if attention_mask is not None and attention_mask.shape[-1] != k_len:
         raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} keys but there are {k_len}")
@@ -97,7 +100,7 @@ def build_context(
         q_len,
         k_len,
         offset,
-        causal=cfg.causal and not cross,
+        causal=causal and not cross,
         window=None if cross else cfg.sliding_window,
         padding=attention_mask.bool() if attention_mask is not None else None,
         document_ids=document_ids,
@@ -289,12 +292,16 @@ class KVCache:
     all layers have run.
     """
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
-        shape = (cfg.num_layers, batch_size, cfg.kv_heads, max_len, cfg.head_dim)
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32,
+                 num_layers: int | None = None):  # fmt: skip
+        layers = num_layers or cfg.num_layers
+        shape = (layers, batch_size, cfg.kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0
+        self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layers
+        """Per layer, the cross-attention keys and values of the encoder's output (encoder-decoder)."""
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[2]
@@ -336,18 +343,23 @@ class Attention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, _ = x.shape
         H, Hkv, D = self.num_heads, self.kv_heads, self.head_dim
-        if self.cross:
-            q = self.q(x)
-            k, v = self.kv(memory).split(Hkv * D, dim=-1)
+        if self.cross:  # keys and values of the memory: projected once per generation when cached
+            q = self.q(x).view(B, T, H, D).transpose(1, 2)
+            if cache is not None and cache.cross[layer] is not None:
+                k, v = cache.cross[layer]
+            else:
+                k, v = (t.view(B, -1, Hkv, D).transpose(1, 2) for t in self.kv(memory).split(Hkv * D, dim=-1))
+                if cache is not None:
+                    cache.cross[layer] = (k, v)
         else:
             q, k, v = self.qkv(x).split((H * D, Hkv * D, Hkv * D), dim=-1)
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, -1, Hkv, D).transpose(1, 2)  # (B, Hkv, S, D)
-        v = v.view(B, -1, Hkv, D).transpose(1, 2)
-        if ctx.rope is not None:
-            q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
+            q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+            k = k.view(B, -1, Hkv, D).transpose(1, 2)  # (B, Hkv, S, D)
+            v = v.view(B, -1, Hkv, D).transpose(1, 2)
+            if ctx.rope is not None:
+                q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
         if need_weights and ctx.kernel != "eager":
             raise ValueError(f"attention weights come from attention='eager' only, not {ctx.kernel!r}")

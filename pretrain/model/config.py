@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Arch = Literal["decoder", "encoder"]
+Arch = Literal["decoder", "encoder", "encoder-decoder"]
 Position = Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"]
 Kernel = Literal["sdpa", "flash", "flex", "eager", "flash_attn"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
-MLP = Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"]
+MLP = Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh"]
 
 # Which attention kernels can express which extra terms. `flash` is SDPA restricted to the flash
 # backend, which takes no mask or bias; the flash-attn package takes ALiBi slopes and a window
@@ -27,13 +27,17 @@ KERNELS_WITH_WINDOW = ("eager", "sdpa", "flex", "flash_attn")
 @dataclass
 class ModelConfig:
     arch: Arch = "decoder"
-    """decoder: causal self-attention, trained as a causal LM. encoder: bidirectional, masked LM."""
+    """decoder: causal self-attention, trained as a causal LM. encoder: bidirectional, masked LM.
+    encoder-decoder: a bidirectional encoder stack and a causal decoder stack that cross-attends to
+    the encoder's output (the original Transformer, T5)."""
     vocab_size: int = 50304
     """Rows of the token embedding (round up to a multiple of 64 for fast matmuls)."""
     d_model: int = 768
     """Width of the residual stream."""
     num_layers: int = 12
-    """Transformer blocks in the stack."""
+    """Transformer blocks in the stack (the encoder's, for encoder-decoder)."""
+    num_decoder_layers: int | None = None
+    """encoder-decoder: blocks in the decoder stack; None means num_layers."""
     num_heads: int = 12
     """Attention (query) heads; d_model must divide by it."""
     num_kv_heads: int | None = None
@@ -62,7 +66,8 @@ class ModelConfig:
     """pre: norm inside each residual branch (GPT-2, LLaMA) plus a final norm.
     post: norm after each residual add (original Transformer, BERT) plus a norm on the embeddings."""
     mlp: MLP = "gelu"
-    """gelu/gelu_tanh/relu: two-matrix MLP. swiglu/geglu: gated MLP with three matrices."""
+    """gelu/gelu_tanh/relu: two-matrix MLP. swiglu/geglu/geglu_tanh: gated MLP with three matrices
+    (geglu_tanh: the tanh-approximated GELU gate of T5 v1.1 and Gemma)."""
     bias: bool = True
     """Biases in the linear layers (and LayerNorm)."""
     tie_embeddings: bool = True
@@ -113,13 +118,24 @@ class ModelConfig:
 
     @property
     def gated(self) -> bool:
-        return self.mlp in ("swiglu", "geglu")
+        return self.mlp in ("swiglu", "geglu", "geglu_tanh")
+
+    @property
+    def decoder_layers(self) -> int:
+        """encoder-decoder: blocks in the decoder stack."""
+        return self.num_decoder_layers or self.num_layers
 
     def validate(self) -> None:
         """Raise ValueError naming the field, its value and what would be valid."""
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be a positive integer")
+        if self.num_decoder_layers is not None and (self.num_decoder_layers < 1 or self.arch != "encoder-decoder"):
+            raise ValueError(f"num_decoder_layers={self.num_decoder_layers}: a positive integer, and only for "
+                             "arch=encoder-decoder (null otherwise)")  # fmt: skip
+        if self.arch == "encoder-decoder" and self.type_vocab_size:
+            raise ValueError(f"type_vocab_size={self.type_vocab_size}: segment embeddings are for encoders "
+                             "(BERT); use 0 with arch=encoder-decoder")  # fmt: skip
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"num_heads={self.num_heads}: must divide d_model={self.d_model} "

@@ -15,6 +15,7 @@ ACTIVATIONS = {
     "relu": F.relu,
     "swiglu": F.silu,
     "geglu": F.gelu,
+    "geglu_tanh": lambda x: F.gelu(x, approximate="tanh"),
 }
 
 
@@ -87,6 +88,6 @@ class Block(nn.Module):
             x, self.attn_norm, lambda h: self.attn(h, ctx, cache, layer, need_weights=need_weights)
         )
         if memory is not None:
-            x, _ = self._residual(x, self.cross_norm, lambda h: self.cross_attn(h, memory_ctx, memory=memory))
+            x, _ = self._residual(x, self.cross_norm, lambda h: self.cross_attn(h, memory_ctx, cache, layer, memory))
         x, _ = self._residual(x, self.mlp_norm, self.mlp)
         return x, weights

@@ -85,9 +85,9 @@ class ALiBi(nn.Module):
 class RelativeBias(nn.Module):
     """T5's learned bias per head over log-spaced distance buckets (shared by all layers)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, causal: bool | None = None):
         super().__init__()
-        self.bidirectional = not cfg.causal
+        self.bidirectional = not (cfg.causal if causal is None else causal)
         self.num_buckets = cfg.relative_num_buckets
         self.max_distance = cfg.relative_max_distance
         self.embedding = nn.Embedding(cfg.relative_num_buckets, cfg.num_heads)

@@ -25,6 +25,36 @@ def _whole(params):
     return contextlib.nullcontext()
 
 
+def init_weights(model: nn.Module, blocks, cfg: ModelConfig, gather: Callable) -> None:
+    """Normal(0, init_std) weights, zero biases, unit norms, in module order; with
+    scaled_residual_init each block's output projections get std / sqrt(2 * len(blocks)).
+    ``gather``: see Transformer.reset_parameters."""
+    std = cfg.init_std
+    seen: set[int] = set()
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        with gather([p for p in params if id(p) not in seen]):  # a tied matrix is not gathered again
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                w = module.weight  # already drawn (tied): a draw of its shape, thrown away, as before the tie
+                weight = w if id(w) not in seen else torch.empty(whole_shape(w))
+                nn.init.normal_(weight, 0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        seen.update(id(p) for p in params)
+    if cfg.scaled_residual_init:
+        for block in blocks:
+            projections = [block.attn.proj, block.mlp.proj]
+            if hasattr(block, "cross_attn"):
+                projections.insert(1, block.cross_attn.proj)
+            for proj in projections:
+                with gather([proj.weight]):
+                    nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * len(blocks)))
+
+
 class Embeddings(nn.Module):
     """Tokens (+ learned or sinusoidal positions) (+ token types), then norm for post-norm stacks."""
 
@@ -75,6 +105,8 @@ class Transformer(nn.Module):
         as an unpartitioned build."""
         super().__init__()
         cfg.validate()
+        if cfg.arch == "encoder-decoder":
+            raise ValueError("arch='encoder-decoder' is built by pretrain.model.EncoderDecoder, not Transformer")
         self.cfg = cfg
         self.embed = Embeddings(cfg)
         self.position = build_position(cfg)
@@ -101,28 +133,7 @@ class Transformer(nn.Module):
         model partitioned) are whole and what rank 0 writes into them is kept. The random draws are
         the same in the same order either way, so a seed gives the same weights partitioned or not
         (a matrix already tied gets its draw thrown away, as it was before the tie)."""
-        gather = gather or _whole
-        std = self.cfg.init_std
-        seen: set[int] = set()
-        for module in self.modules():
-            params = list(module.parameters(recurse=False))
-            with gather([p for p in params if id(p) not in seen]):  # a tied matrix is not gathered again
-                if isinstance(module, (nn.Linear, nn.Embedding)):
-                    w = module.weight  # already drawn (tied): a draw of its shape, thrown away, as before the tie
-                    weight = w if id(w) not in seen else torch.empty(whole_shape(w))
-                    nn.init.normal_(weight, 0.0, std)
-                if isinstance(module, nn.Linear) and module.bias is not None:
-                    nn.init.zeros_(module.bias)
-                if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-                    nn.init.ones_(module.weight)
-                    if getattr(module, "bias", None) is not None:
-                        nn.init.zeros_(module.bias)
-            seen.update(id(p) for p in params)
-        if self.cfg.scaled_residual_init:
-            for block in self.layers:
-                for proj in (block.attn.proj, block.mlp.proj):
-                    with gather([proj.weight]):
-                        nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.cfg.num_layers))
+        init_weights(self, self.layers, self.cfg, gather or _whole)
         if self.cfg.tie_embeddings:
             self.output.weight = self.embed.tokens.weight
 

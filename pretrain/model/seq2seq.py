@@ -1,0 +1,142 @@
+"""The encoder-decoder Transformer ("Attention Is All You Need", T5): a bidirectional encoder stack
+reads the source; a causal decoder stack reads the target so far and cross-attends to the
+encoder's output in every block; a linear layer over the vocabulary predicts the next target token.
+
+One token embedding (with the learned or sinusoidal positions, if any) serves both stacks, and the
+output layer may share it. Each stack has its own position module where positions are a module:
+T5's relative bias (one per stack, shared by its layers; bidirectional in the encoder), RoPE, ALiBi.
+Decoding runs the encoder once; the decoder's self-attention keys and values go to a KVCache and
+each layer's cross-attention keys and values of the encoder output are projected once, on the
+first step, and kept in the same cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from .attention import KVCache, build_context
+from .config import ModelConfig
+from .layers import Block, build_norm
+from .loss import IGNORE, OutputLayer
+from .position import RelativeBias, build_position
+from .transformer import Embeddings, _whole, init_weights
+
+
+def _stack_position(cfg: ModelConfig, causal: bool) -> nn.Module | None:
+    if cfg.position == "relative":
+        return RelativeBias(cfg, causal=causal)
+    return build_position(cfg)
+
+
+class EncoderDecoder(nn.Module):
+    """arch=encoder-decoder. ``gather``: the model is being built partitioned (ZeRO-3), see
+    pretrain.model.Transformer."""
+
+    def __init__(self, cfg: ModelConfig, gather: Callable | None = None):
+        super().__init__()
+        cfg.validate()
+        if cfg.arch != "encoder-decoder":
+            raise ValueError(f"arch={cfg.arch!r}: EncoderDecoder builds arch=encoder-decoder")
+        self.cfg = cfg
+        self.embed = Embeddings(cfg)
+        self.encoder_position = _stack_position(cfg, causal=False)
+        self.decoder_position = _stack_position(cfg, causal=True)
+        self.encoder = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.decoder = nn.ModuleList(Block(cfg, cross_attention=True) for _ in range(cfg.decoder_layers))
+        pre = cfg.norm_position == "pre"
+        self.encoder_norm = build_norm(cfg) if pre else None
+        self.decoder_norm = build_norm(cfg) if pre else None
+        self.head = OutputLayer(cfg.d_model, cfg.vocab_size, bias=False)
+        self.activation_checkpointing = False
+        """Recompute each block in the backward pass instead of storing its activations."""
+        self.reset_parameters(gather)
+
+    @property
+    def output(self) -> nn.Linear:
+        return self.head
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """Every block, encoder's then decoder's (what FLOP counts and layer-wise rates walk)."""
+        return nn.ModuleList([*self.encoder, *self.decoder])
+
+    def reset_parameters(self, gather: Callable | None = None) -> None:
+        """As Transformer.reset_parameters, with the residual scaling over both stacks' depth."""
+        init_weights(self, self.layers, self.cfg, gather or _whole)
+        if self.cfg.tie_embeddings:
+            self.head.weight = self.embed.tokens.weight
+
+    def _positions(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        B, T = ids.shape
+        if self.cfg.position == "learned" and offset + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {offset + T} tokens is longer than the {self.cfg.max_seq_len} learned "
+                             "positions")  # fmt: skip
+        return torch.arange(offset, offset + T, device=ids.device).expand(B, T)
+
+    def _stack(self, blocks, x, ctx, cache=None, memory=None, memory_ctx=None):
+        for i, block in enumerate(blocks):
+            if self.activation_checkpointing and self.training:
+                x, _ = torch.utils.checkpoint.checkpoint(block, x, ctx, None, i, memory, memory_ctx,
+                                                         use_reentrant=False)  # fmt: skip
+            else:
+                x, _ = block(x, ctx, cache, i, memory, memory_ctx)
+        return x
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Source ids (B, S) -> the encoder's output (B, S, D)."""
+        positions = self._positions(input_ids)
+        ctx = build_context(self.cfg, self.encoder_position, q_len=input_ids.shape[1], positions=positions,
+                            attention_mask=attention_mask, device=input_ids.device, causal=False)  # fmt: skip
+        x = self._stack(self.encoder, self.embed(input_ids, positions), ctx)
+        return self.encoder_norm(x) if self.encoder_norm is not None else x
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        memory: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Target ids so far (B, T) and the encoder's output -> the decoder's hidden states (B, T, D).
+        attention_mask: the source's padding; decoder_attention_mask: the target's (covering the
+        cache too, as in Transformer.hidden_states)."""
+        offset = cache.length if cache is not None else 0
+        T = decoder_input_ids.shape[1]
+        positions = self._positions(decoder_input_ids, offset)
+        device = decoder_input_ids.device
+        ctx = build_context(self.cfg, self.decoder_position, q_len=T, offset=offset, positions=positions,
+                            attention_mask=decoder_attention_mask, device=device, causal=True)  # fmt: skip
+        memory_ctx = build_context(self.cfg, None, q_len=T, attention_mask=attention_mask, memory_len=memory.shape[1],
+                                   device=device)  # fmt: skip
+        x = self._stack(self.decoder, self.embed(decoder_input_ids, positions), ctx, cache, memory, memory_ctx)
+        if cache is not None:
+            cache.length += T
+        return self.decoder_norm(x) if self.decoder_norm is not None else x
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ):
+        """Source (B, S) and target inputs (B, T) -> logits (B, T, vocab); with ``labels`` (B, T),
+        IGNORE where there is none: (mean cross-entropy, number right, number labelled)."""
+        memory = self.encode(input_ids, attention_mask)
+        hidden = self.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
+        if labels is not None:
+            select = labels != IGNORE
+            loss, correct = self.head(hidden[select], labels[select])
+            return loss, correct, select.sum()
+        return self.head(hidden)
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        p = self.embed.tokens.weight
+        layers = self.cfg.decoder_layers
+        return KVCache(self.cfg, batch_size, max_len, device=p.device, dtype=p.dtype, num_layers=layers)

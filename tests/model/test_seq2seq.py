@@ -1,0 +1,126 @@
+"""The encoder-decoder family: masks that hold, cached decoding equal to uncached, and T5 both ways."""
+
+import pytest
+import torch
+
+from pretrain.model import EncoderDecoder, ModelConfig, Transformer
+from pretrain.model.loss import IGNORE
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(arch="encoder-decoder", vocab_size=61, d_model=32, num_layers=2, num_decoder_layers=3, num_heads=4,
+                max_seq_len=32, position="relative", norm="rmsnorm", norm_position="pre", mlp="geglu_tanh", bias=False,
+                tie_embeddings=False)  # fmt: skip
+    return ModelConfig(**{**base, **kw})
+
+
+POSITIONS = ["relative", "sinusoidal", "learned", "rope", "alibi"]
+
+
+def batch(gen, B=2, S=7, T=5, vocab=61):
+    src = torch.randint(3, vocab, (B, S), generator=gen)
+    tgt = torch.randint(3, vocab, (B, T), generator=gen)
+    src_mask = torch.ones(B, S, dtype=torch.long)
+    src_mask[1, 4:] = 0  # the second source is padded
+    return src, tgt, src_mask
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_the_decoder_is_causal_and_the_encoder_sees_all_but_padding(position):
+    torch.manual_seed(0)
+    model = EncoderDecoder(tiny(position=position, norm_position="post" if position == "sinusoidal" else "pre")).eval()
+    src, tgt, src_mask = batch(torch.Generator().manual_seed(1))
+    logits = model(src, tgt, src_mask)
+    assert logits.shape == (2, 5, 61)
+    changed = tgt.clone()
+    changed[:, 3] = 2  # a later target token cannot change earlier predictions
+    after = model(src, changed, src_mask)
+    assert torch.allclose(logits[:, :3], after[:, :3], atol=1e-6) and not torch.allclose(logits[:, 3:], after[:, 3:])
+    padded = src.clone()
+    padded[1, 4:] = 1  # what stands in the padding does not matter ...
+    assert torch.allclose(model(padded, tgt, src_mask)[1], logits[1], atol=1e-6)
+    early = src.clone()
+    early[:, 0] = 2  # ... but every real source token does, for every target position
+    assert not torch.isclose(model(early, tgt, src_mask), logits, atol=1e-6).all(-1).any()
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_cached_decoding_equals_uncached_token_for_token(position):
+    """Greedy decoding with the KV cache (the encoder run once, cross-attention keys and values
+    projected once) gives the same logits at every step as running the decoder over the whole prefix."""
+    torch.manual_seed(0)
+    model = EncoderDecoder(tiny(position=position)).eval()
+    src, _, src_mask = batch(torch.Generator().manual_seed(2))
+    memory = model.encode(src, src_mask)
+    cache = model.new_cache(2, 8)
+    out = torch.zeros(2, 1, dtype=torch.long)  # the start token
+    with torch.no_grad():
+        for _ in range(6):
+            step = model.head(model.decode(out[:, -1:], memory, src_mask, cache=cache))[:, -1]
+            full = model(src, out, src_mask)[:, -1]
+            assert torch.allclose(step, full, atol=1e-5)
+            out = torch.cat([out, step.argmax(-1, keepdim=True)], dim=1)
+    assert all(kv is not None for kv in cache.cross) and cache.length == 6
+
+
+def test_labels_give_the_mean_loss_over_labelled_targets():
+    torch.manual_seed(0)
+    model = EncoderDecoder(tiny())
+    src, tgt, src_mask = batch(torch.Generator().manual_seed(3))
+    labels = tgt.clone()
+    labels[0, 3:] = IGNORE
+    loss, correct, count = model(src, tgt, src_mask, labels=labels)
+    logits = model(src, tgt, src_mask)
+    keep = labels != IGNORE
+    assert count == keep.sum() == 8
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits[keep], labels[keep]).item(), rel=1e-5)
+    loss.backward()
+    assert model.encoder[0].attn.qkv.weight.grad.abs().sum() > 0  # the loss reaches the encoder
+
+
+def test_config_refusals():
+    with pytest.raises(ValueError, match="num_decoder_layers=2: a positive integer, and only for arch=encoder-decoder"):
+        ModelConfig(num_decoder_layers=2).validate()
+    with pytest.raises(ValueError, match="built by pretrain.model.EncoderDecoder"):
+        Transformer(tiny())
+
+
+def hf_t5(gated: bool, tied: bool):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(vocab_size=61, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3,
+                                num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                dropout_rate=0.0, feed_forward_proj="gated-gelu" if gated else "relu",
+                                tie_word_embeddings=tied, decoder_start_token_id=0, pad_token_id=0)  # fmt: skip
+    hf = transformers.T5ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # HF's init leaves some tensors at zero or one: make every weight count
+        for p in hf.parameters():
+            p.normal_(0.0, 0.3)
+    return hf
+
+
+@pytest.mark.parametrize("gated, tied", [(True, False), (False, True)])  # T5 v1.1; the original T5
+def test_t5_both_ways_gives_the_same_logits_on_padded_batches(gated, tied):
+    from pretrain.model.hf_t5 import t5_from_hf, t5_to_hf
+
+    hf = hf_t5(gated, tied)
+    src, tgt, src_mask = batch(torch.Generator().manual_seed(4))
+    tgt_mask = torch.ones_like(tgt)
+    tgt_mask[0, 4:] = 0
+    with torch.no_grad():
+        want = hf(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt, decoder_attention_mask=tgt_mask).logits
+        cfg, ours = t5_from_hf(hf)
+        got = ours(src, tgt, src_mask, tgt_mask)
+        assert cfg.mlp == ("geglu_tanh" if gated else "relu") and cfg.decoder_layers == 3
+        assert torch.allclose(got[0, :4], want[0, :4], atol=1e-4) and torch.allclose(got[1], want[1], atol=1e-4)
+        back = t5_to_hf(ours)
+        again = back(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt, decoder_attention_mask=tgt_mask)
+        assert torch.allclose(again.logits[1], want[1], atol=1e-4)
+
+
+def test_an_output_layer_of_its_own_has_no_t5_form():
+    from pretrain.model.hf_t5 import t5_to_hf
+
+    pytest.importorskip("transformers")
+    with pytest.raises(ValueError, match="this model's output layer is neither"):
+        t5_to_hf(EncoderDecoder(tiny()))  # untied, drawn apart from the embedding
