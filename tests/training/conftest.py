@@ -116,29 +116,44 @@ MODELS = {
 }  # fmt: skip
 
 
+def write_config(folder: Path, corpus, tokenizers, data_cache, family: str = "gpt2", name: str = "run",
+                 **sections) -> Path:  # fmt: skip
+    """A tiny run config under ``folder`` (runs in folder/runs); keyword sections update the defaults."""
+    arch = MODELS[family]["arch"]
+    cfg = {
+        "name": name,
+        "output_dir": str(folder / "runs"),
+        "model": {"vocab_size": 320, "d_model": 32, "num_layers": 2, "num_heads": 4, "max_seq_len": 64,
+                  "ffn_hidden_size": 64, **MODELS[family]},
+        "data": {"sources": [{"files": str(corpus)}], "seq_len": 32, "cache_dir": str(data_cache),
+                 "tokenizer": {"path": str(tokenizers[arch])}, "validation_fraction": 0.15, "num_proc": 1},
+        "train": {"max_steps": 10, "micro_batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "eval_every": 0,
+                  "seed": 1, "deterministic": True},
+        "deepspeed": {"zero_stage": 2, "precision": "fp32"},
+        "checkpoint": {"every_steps": 0},
+        "log": {"every_steps": 1, "progress_bar": False, "tensorboard": False, "wandb": "off"},
+    }  # fmt: skip
+    for section, values in sections.items():
+        cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 @pytest.fixture
 def make_config(tmp_path, corpus, tokenizers, data_cache):
-    """Write a tiny run config; keyword sections update the defaults."""
+    """Write a tiny run config into the test's folder; keyword sections update the defaults."""
 
     def make(family: str = "gpt2", name: str = "run", **sections) -> Path:
-        arch = MODELS[family]["arch"]
-        cfg = {
-            "name": name,
-            "output_dir": str(tmp_path / "runs"),
-            "model": {"vocab_size": 320, "d_model": 32, "num_layers": 2, "num_heads": 4, "max_seq_len": 64,
-                      "ffn_hidden_size": 64, **MODELS[family]},
-            "data": {"sources": [{"files": str(corpus)}], "seq_len": 32, "cache_dir": str(data_cache),
-                     "tokenizer": {"path": str(tokenizers[arch])}, "validation_fraction": 0.15, "num_proc": 1},
-            "train": {"max_steps": 10, "micro_batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "eval_every": 0,
-                      "seed": 1, "deterministic": True},
-            "deepspeed": {"zero_stage": 2, "precision": "fp32"},
-            "checkpoint": {"every_steps": 0},
-            "log": {"every_steps": 1, "progress_bar": False, "tensorboard": False, "wandb": "off"},
-        }  # fmt: skip
-        for section, values in sections.items():
-            cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        return path
+        return write_config(tmp_path, corpus, tokenizers, data_cache, family, name, **sections)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory, corpus, tokenizers, data_cache) -> Path:
+    """One tiny GPT-2 pretraining run (2 steps, one process) that fine-tuning tests start from and
+    only read: made once per test process."""
+    folder = tmp_path_factory.mktemp("pretrained")
+    launch(1, write_config(folder, corpus, tokenizers, data_cache, name="pre", train={"max_steps": 2}))
+    return folder / "runs" / "pre"

@@ -232,11 +232,10 @@ def test_kv_cache_generation_equals_full_recompute_for_every_position_scheme():
         assert generate(model, Tok(), prompts, s) == generate(model, Tok(), prompts, s, use_cache=False), position
 
 
-def test_headerless_tsv_files_with_early_stopping_the_best_checkpoint_and_a_test_set(make_config, tmp_path):
+def test_headerless_tsv_files_with_early_stopping_the_best_checkpoint_and_a_test_set(make_config, tmp_path, pretrained):
     """A user's classification set as headerless `sentence<TAB>label` files (train/dev/test): two
     processes score every dev example once at each evaluation (7 examples, batches of 2 x 2), early
     stopping ends the run, and evaluate/predict use the best checkpoint and agree with training."""
-    launch(1, make_config(name="pre", train={"max_steps": 2}))
     import random
 
     rows = [(head.splitlines()[0].replace("\t", " "), pkg) for pkg, _, head, _ in function_rows()]
@@ -249,7 +248,7 @@ def test_headerless_tsv_files_with_early_stopping_the_best_checkpoint_and_a_test
               "header": False, "column_names": ["sentence", "label"], "quoting": "none"}  # fmt: skip
     task = {"kind": "classify", "text_column": "sentence", "classifier_dropout": 0.0}
     # lr so small that nothing changes: the second evaluation cannot improve on the first
-    cfg = finetune_config(make_config, "sst", tmp_path / "runs" / "pre", task, data={"sources": [source]},
+    cfg = finetune_config(make_config, "sst", pretrained, task, data={"sources": [source]},
                           train={"max_steps": 40, "eval_every": 1, "micro_batch_size": 2, "lr": 1e-9,
                                  "early_stopping_patience": 1, "eval_batches": None})  # fmt: skip
     out = launch(2, cfg, module="finetune").stdout
@@ -286,21 +285,18 @@ def test_headerless_tsv_files_with_early_stopping_the_best_checkpoint_and_a_test
     truth = [label for _, label in rows[47:56]]
     assert sum(p == t for p, t in zip(predicted, truth, strict=True)) / 9 == pytest.approx(on_test["accuracy"])
 
-    (tmp_path / "plain.txt").write_text(files["test"].read_text())  # text<TAB>label as plain text
-    refused = command("finetune.predict", run_dir, tmp_path / "plain.txt")
-    assert refused.returncode == 2 and "line 1 holds 2 tab-separated fields" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    # (text<TAB>label lines given as plain text are refused: tests/test_errors.py)
 
     # no validation data at all: training goes on, evaluation is off, with one warning
     bare = {k: v for k, v in source.items() if k != "validation_files"}
-    cfg = finetune_config(make_config, "bare", tmp_path / "runs" / "pre", task,
+    cfg = finetune_config(make_config, "bare", pretrained, task,
                           data={"sources": [bare], "validation_fraction": 0.0}, train={"max_steps": 2})  # fmt: skip
     out = launch(1, cfg, module="finetune").stdout
     assert "no validation data" in out and "evaluation is off" in out
     assert metrics(tmp_path / "runs" / "bare", "eval") == {}
 
 
-def test_lora_adapters_train_alone_under_zero_2_and_3_and_merge_into_the_same_model(make_config, tmp_path):
+def test_lora_adapters_train_alone_under_zero_2_and_3_and_merge_into_the_same_model(make_config, tmp_path, pretrained):
     """LoRA via peft: adapters start at zero (the first loss is full fine-tuning's), only they and
     the head train, ZeRO-2 and ZeRO-3 at 2 processes agree, the base weights stay as pretrained, and
     the checkpoint read merged (what predict, evaluate and export see) gives the adapter model's logits."""
@@ -313,8 +309,7 @@ def test_lora_adapters_train_alone_under_zero_2_and_3_and_merge_into_the_same_mo
     from pretrain.export import consolidated_state_dict
     from pretrain.model import Transformer
 
-    launch(1, make_config(name="pre", train={"max_steps": 2}))
-    pre = tmp_path / "runs" / "pre"
+    pre = pretrained
     rows = [{"text": src, "label": pkg} for pkg, src, _, _ in function_rows()]
     data = {"sources": [{"files": str(write_jsonl(tmp_path / "f.jsonl", rows))}]}
     lora = {"kind": "classify", "classifier_dropout": 0.0, "lora_rank": 4, "lora_alpha": 8.0}
@@ -354,13 +349,12 @@ def test_lora_adapters_train_alone_under_zero_2_and_3_and_merge_into_the_same_mo
     assert not torch.equal(merged.body.layers[0].attn.qkv.weight, base[f"{qkv}.weight"])  # the adapter is in it
 
 
-def test_freeze_body_layer_lr_decay_and_init_random_under_deepspeed(make_config, tmp_path):
+def test_freeze_body_layer_lr_decay_and_init_random_under_deepspeed(make_config, tmp_path, pretrained):
     """One optimizer step of AdamW moves every weight by about its group's lr (the first step is
     lr * sign(gradient)), so after one step the per-layer updates show each setting at work."""
     from pretrain.export import consolidated_state_dict
 
-    launch(1, make_config(name="pre", train={"max_steps": 2}))
-    pre = tmp_path / "runs" / "pre"
+    pre = pretrained
     base = consolidated_state_dict(pre / "checkpoints" / "step_00000002")
     rows = [{"text": src, "label": pkg} for pkg, src, _, _ in function_rows()]
     data = {"sources": [{"files": str(write_jsonl(tmp_path / "f.jsonl", rows))}]}
