@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pretrain.config import ConfigError, RunConfig, TrainConfig, load_config
@@ -98,12 +98,6 @@ class FinetuneConfig(RunConfig):
                 "or an HF model directory"
             )
         self.check_run()  # the model's shape is the checkpoint's: with_model checks against it
-
-    def with_model(self, model) -> FinetuneConfig:
-        """This config with init_from's model shape, checked against it (a new object)."""
-        cfg = replace(self, model=model)
-        cfg.check_model()
-        return cfg
 
 
 def load_finetune_config(path, overrides=None) -> FinetuneConfig:

@@ -185,7 +185,7 @@ class FinetuneTask:
                 )
         if self.tokenizer.pad_token_id is None:
             raise DataError(f"the tokenizer of {self.pretrained.source} has no pad token, which batching needs")
-        self.cfg = cfg.with_model(self.pretrained.model_cfg)  # e.g. data.seq_len against its positions
+        self.model_cfg = self.pretrained.model_cfg  # the shape is the checkpoint's (run checks the config against it)
         self.loss_fn = classify_loss if self.kind == "classify" else lm_loss
         self.eval_metrics = classification_metrics if self.kind == "classify" else LanguageModelTask.eval_metrics
         self.select_metric = ("val_accuracy", max) if self.kind == "classify" else ("val_loss", min)

@@ -230,6 +230,15 @@ class RunConfig:
                     "enable at most one (or set deepspeed.precision)"
                 )
 
+    def with_model(self, model: ModelConfig) -> RunConfig:
+        """This config with ``model`` (a new object, the same one when it is this config's), checked
+        against it."""
+        if model is self.model:
+            return self
+        cfg = dataclasses.replace(self, model=model)
+        cfg.check_model()
+        return cfg
+
     def check_model(self) -> None:
         """The data and kernel settings against the model's shape."""
         if self.model.arch == "encoder-decoder":

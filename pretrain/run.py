@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 
 from pretrain import checkpoint as ckpt
-from pretrain.config import ConfigError, RunConfig, save_config, to_dict
+from pretrain.config import ConfigError, RunConfig, TrainConfig, save_config, to_dict
+from pretrain.data.config import DataConfig
 from pretrain.engine import (
     deepspeed_config,
     init_distributed,
@@ -35,45 +36,54 @@ from pretrain.engine import (
     partitioned_construction,
     repair_loaded_optimizer,
 )
+from pretrain.model.config import ModelConfig
 from pretrain.status import write_heartbeat, write_status
 
 
 class LanguageModelTask:
-    """Pretraining: causal LM for decoders, masked LM for encoders, on packed token shards."""
+    """Pretraining: causal LM for decoders, masked LM for encoders, on packed token shards.
+
+    A task gets the sections it reads. What run() asks of one: ``model_cfg`` (the shape it trains),
+    check_data, prepare, build_model, loss_fn, eval_metrics, select_metric, lr_scale, extra_files,
+    and after prepare ``tokenizer``, ``train_batches``, ``val_batches``."""
 
     select_metric = None
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, model: ModelConfig, data: DataConfig, train: TrainConfig):
         from pretrain.trainer import lm_loss
 
-        self.cfg = cfg
+        self.model_cfg, self.data, self.train = model, data, train
         self.loss_fn = lm_loss
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig) -> LanguageModelTask:
+        return cls(cfg.model, cfg.data, cfg.train)
 
     def prepare(self, rank: int, world: int, run_dir, say) -> None:
         from pretrain.data.pipeline import batches, run_tokenizer
 
-        cfg, arch = self.cfg, self.cfg.model.arch
-        self.tokenizer = run_tokenizer(cfg.data, arch, cfg.model.vocab_size, run_dir, log=say)
-        micro, seed = cfg.train.micro_batch_size, cfg.train.seed
-        self.train_batches = batches(cfg.data, self.tokenizer, arch, "train", micro, rank, world, seed, log=say)
+        data, arch = self.data, self.model_cfg.arch
+        self.tokenizer = run_tokenizer(data, arch, self.model_cfg.vocab_size, run_dir, log=say)
+        micro, seed = self.train.micro_batch_size, self.train.seed
+        self.train_batches = batches(data, self.tokenizer, arch, "train", micro, rank, world, seed, log=say)
         self.val_batches = None
-        if cfg.train.eval_every and not cfg.data.has_validation():
+        if self.train.eval_every and not data.has_validation():
             say("warning: no validation data (data.validation_fraction=0 and no source gives validation_files or "
                 "validation_split): evaluation is off")  # fmt: skip
-        elif cfg.train.eval_every:
-            self.val_batches = batches(cfg.data, self.tokenizer, arch, "validation", micro, rank, world, seed, log=say)
+        elif self.train.eval_every:
+            self.val_batches = batches(data, self.tokenizer, arch, "validation", micro, rank, world, seed, log=say)
 
     def check_data(self) -> None:
         from pretrain.data.sources import check_local_sources
 
-        check_local_sources(self.cfg.data)
+        check_local_sources(self.data)
 
     def build_model(self, gather=None):
         """The model, initialised; ``gather`` (ZeRO-3) when it is built partitioned, see
         pretrain.engine.partitioned_construction."""
         from pretrain.model import Transformer
 
-        return Transformer(self.cfg.model, gather)
+        return Transformer(self.model_cfg, gather)
 
     @staticmethod
     def eval_metrics(sums: dict) -> dict:
@@ -135,14 +145,14 @@ PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 """What gloo says when another rank's process is gone: not this rank's story to tell at length."""
 
 
-def run(cfg: RunConfig, make_task=LanguageModelTask) -> None:
+def run(cfg: RunConfig, make_task=LanguageModelTask.for_run) -> None:
     # Python stacks of every thread on a fatal signal (NCCL's watchdog aborts on a collective
     # timeout) and on SIGUSR1, which the launcher sends to every rank before it stops a failed job.
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     grad_accum = cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # before DeepSpeed starts
     task = make_task(cfg)
-    cfg = task.cfg  # the run's config as the task resolved it (fine-tuning: init_from's model shape)
+    cfg = cfg.with_model(task.model_cfg)  # fine-tuning trains init_from's shape: checked against it
     task.check_data()  # a bad file is one line from here, before any process group ties the ranks together
     rank, world = init_distributed(cfg.train.dist_timeout_s)
     resume = find_resume(cfg, rank, world)  # a refusal here leaves the run directory as it was
