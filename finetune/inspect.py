@@ -31,6 +31,11 @@ def load_body(path: str):
     from pretrain.model import Transformer
 
     pre = load_pretrained(path, best=True)
+    if pre.model_cfg.arch == "encoder-decoder":
+        from pretrain.config import ConfigError
+
+        raise ConfigError(f"{path}: an encoder-decoder; inspect draws decoder or encoder stacks (cross-attention "
+                          "pictures are not built yet)")  # fmt: skip
     model = Transformer(pre.model_cfg)
     load_weights(model, pre.tensors(), skip=pre.skip)
     return model.eval(), pre.tokenizer, pre.source

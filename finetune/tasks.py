@@ -167,6 +167,9 @@ class FinetuneTask:
         self.kind = cfg.task.kind
         self.labels: list[str] = []
         arch = self.pretrained.model_cfg.arch
+        if arch == "encoder-decoder":
+            raise DataError(f"init_from={cfg.init_from!r} is an encoder-decoder ({self.pretrained.source}); its "
+                            "fine-tuning task (task.kind=seq2seq) is not built yet: start from a decoder or encoder")
         if self.kind == "generate" and arch != "decoder":
             raise DataError(
                 f"task.kind=generate needs a decoder (causal) checkpoint; init_from={cfg.init_from!r} is an "

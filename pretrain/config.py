@@ -241,12 +241,9 @@ class RunConfig:
 
     def check_model(self) -> None:
         """The data and kernel settings against the model's shape."""
-        if self.model.arch == "encoder-decoder":
-            raise ConfigError(
-                "model.arch='encoder-decoder': the model is built (pretrain.model.EncoderDecoder, exchanged with "
-                "T5 by pretrain.model.hf_t5) but no objective trains it yet (span corruption and seq2seq tasks "
-                "are to come); use model.arch=decoder or encoder"
-            )
+        if self.model.arch == "encoder-decoder" and self.data.document_mask:
+            raise ConfigError("data.document_mask=true: not for model.arch='encoder-decoder' (span corruption "
+                              "reads across the packed documents, as T5 does); set it to false")  # fmt: skip
         if self.model.position == "learned" and self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len}: longer than the model's {self.model.max_seq_len} learned "

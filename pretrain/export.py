@@ -89,10 +89,10 @@ def load_weights(model, tensors, gather=None, skip: tuple[str, ...] = ()) -> Non
 
 
 def load_model(state_dict: dict, model_cfg):
-    """Our Transformer with a consolidated state dict (a tied output matrix may be absent)."""
-    from pretrain.model import Transformer
+    """Our model with a consolidated state dict (a tied output matrix may be absent)."""
+    from pretrain.model import build_model
 
-    model = Transformer(model_cfg)
+    model = build_model(model_cfg)
     load_weights(model, state_dict)
     return model
 
@@ -125,6 +125,8 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     tok.model_max_length = cfg.model.max_seq_len  # what the positions allow (transformers' default is 1e30)
     tok.save_pretrained(str(cons / "tokenizer"))
     written = {"checkpoint": tag_dir, "consolidated": cons}
+    if cfg.model.arch == "encoder-decoder":
+        return {**written, **_export_t5(cons, cfg, tok, out / "hf")}
     try:
         family_of(cfg.model)
     except ValueError as e:
@@ -145,6 +147,27 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     return written
 
 
+def _export_t5(consolidated: Path, cfg, tok, hf_dir: Path) -> dict[str, Path]:
+    """An encoder-decoder of T5's shape as T5ForConditionalGeneration (built whole in memory)."""
+    from pretrain.model.hf_t5 import t5_to_hf
+    from pretrain.shards import ShardedWeights
+
+    model = load_model({k: materialize(v) for k, v in ShardedWeights(consolidated).items()}, cfg.model)
+    try:
+        hf = t5_to_hf(model)
+    except ValueError as e:
+        print(f"no HF export: {e}")
+        return {}
+    ids = special_token_ids(tok)
+    for name, value in ids.items():
+        setattr(hf.config, name, value)
+    hf.config.decoder_start_token_id = ids.get("pad_token_id", 0)
+    hf.generation_config.update(**ids, decoder_start_token_id=hf.config.decoder_start_token_id)
+    hf.save_pretrained(str(hf_dir))
+    tok.save_pretrained(str(hf_dir))
+    return {"hf": hf_dir}
+
+
 def special_token_ids(tok) -> dict[str, int]:
     """bos/eos/pad token ids of a tokenizer, as transformers' configs name them (those it has)."""
     ids = {f"{name}_token_id": getattr(tok, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
@@ -159,10 +182,10 @@ def shape_of(tensors, name: str) -> tuple[int, ...]:
 def check_fits(tensors, model_cfg, skip: tuple[str, ...] = ()) -> None:
     """The names and shapes a model of ``model_cfg`` has are all there (read from the meta device),
     but for those starting with one of ``skip``."""
-    from pretrain.model import Transformer
+    from pretrain.model import build_model
 
     with torch.device("meta"):
-        model = Transformer(model_cfg)
+        model = build_model(model_cfg)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(skip)}
     tied = model_cfg.tied_output_keys
     missing = sorted(set(own) - set(tensors) - tied)

@@ -26,10 +26,10 @@ def model_sizes(model_cfg) -> tuple[int, int]:
     """(parameters, parameters of the largest single layer), counted on the meta device."""
     import torch
 
-    from pretrain.model import Transformer, count_parameters
+    from pretrain.model import build_model, count_parameters
 
     with torch.device("meta"):
-        model = Transformer(model_cfg)
+        model = build_model(model_cfg)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     return count_parameters(model), largest
 

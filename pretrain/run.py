@@ -41,7 +41,8 @@ from pretrain.status import write_heartbeat, write_status
 
 
 class LanguageModelTask:
-    """Pretraining: causal LM for decoders, masked LM for encoders, on packed token shards.
+    """Pretraining on packed token shards: causal LM for decoders, masked LM for encoders, T5's span
+    corruption for encoder-decoders.
 
     A task gets the sections it reads. What run() asks of one: ``model_cfg`` (the shape it trains),
     check_data, prepare, build_model, loss_fn, eval_metrics, select_metric, lr_scale, extra_files,
@@ -50,10 +51,11 @@ class LanguageModelTask:
     select_metric = None
 
     def __init__(self, model: ModelConfig, data: DataConfig, train: TrainConfig):
+        from pretrain.data.span_corruption import seq2seq_loss
         from pretrain.trainer import lm_loss
 
         self.model_cfg, self.data, self.train = model, data, train
-        self.loss_fn = lm_loss
+        self.loss_fn = seq2seq_loss if model.arch == "encoder-decoder" else lm_loss
 
     @classmethod
     def for_run(cls, cfg: RunConfig) -> LanguageModelTask:
@@ -81,9 +83,9 @@ class LanguageModelTask:
     def build_model(self, gather=None):
         """The model, initialised; ``gather`` (ZeRO-3) when it is built partitioned, see
         pretrain.engine.partitioned_construction."""
-        from pretrain.model import Transformer
+        from pretrain.model import build_model
 
-        return Transformer(self.model_cfg, gather)
+        return build_model(self.model_cfg, gather)
 
     @staticmethod
     def eval_metrics(sums: dict) -> dict:

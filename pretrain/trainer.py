@@ -236,11 +236,11 @@ class Trainer:
 
 
 def _count_tokens(batch: dict) -> tuple[int, int]:
-    """Real input tokens (padding excluded) and, of them, those with a token label to predict
-    (next tokens, masked tokens, responses; a classifier's labels are per sequence, so none)."""
+    """Real input tokens (padding excluded) and the token labels to predict (next tokens, masked
+    tokens, responses, an encoder-decoder's targets; a classifier's labels are per sequence: none)."""
     ids, labels = batch["input_ids"], batch.get("labels")
     tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else ids.numel()
-    predicted = int((labels != IGNORE).sum()) if labels is not None and labels.shape == ids.shape else 0
+    predicted = int((labels != IGNORE).sum()) if labels is not None and labels.dim() == ids.dim() else 0
     return tokens, predicted
 
 

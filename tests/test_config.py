@@ -89,7 +89,7 @@ def test_a_yaml_file_with_exponent_floats_reads_them_as_numbers(tmp_path):
         ("model.dropout=1.5", "model.dropout=1.5: must be in [0, 1)"),
         ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4: must be 0, 1, 2 or 3"),
         ("model.use_bias=true", "did you mean 'model.bias'?"),
-        ("model.arch=encoder-decoder", "model.arch='encoder-decoder': the model is built"),
+        (("model.arch=encoder-decoder", "data.document_mask=true"), "data.document_mask=true: not for model.arch="),
         # the typing rules of pretrain.config._coerce, one case each
         ("model.bias=1", "model.bias=1: expected true or false"),  # no int for a bool
         ("train.lr=true", "train.lr=True: expected a number"),  # no bool for a number
@@ -112,10 +112,10 @@ def test_a_yaml_file_with_exponent_floats_reads_them_as_numbers(tmp_path):
 )
 def test_bad_values_name_field_value_and_what_is_valid(override, message):
     if message is None:
-        load_config(MODELS / "debug.yaml", [override])
+        load_config(MODELS / "debug.yaml", [override] if isinstance(override, str) else list(override))
         return
     with pytest.raises(ConfigError) as err:
-        load_config(MODELS / "debug.yaml", [override])
+        load_config(MODELS / "debug.yaml", [override] if isinstance(override, str) else list(override))
     assert message in str(err.value)
 
 

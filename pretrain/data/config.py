@@ -134,6 +134,10 @@ class DataConfig:
     """Limit attention to one document inside each packed sequence."""
     mlm_probability: float = 0.15
     """Encoders: share of tokens selected for masked-LM prediction."""
+    noise_density: float = 0.15
+    """Encoder-decoders: share of each sequence's tokens in the corrupted spans the decoder predicts (T5)."""
+    mean_noise_span_length: float = 3.0
+    """Encoder-decoders: mean length in tokens of a corrupted span (T5: 3)."""
     shuffle: bool = True
     """Shuffle sequences each epoch (seeded: the same order on every run and resume)."""
 
@@ -150,5 +154,8 @@ class DataConfig:
             raise ValueError(f"validation_fraction={self.validation_fraction}: must be in [0, 1)")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"mlm_probability={self.mlm_probability}: must be in (0, 1)")
+        if not 0.0 < self.noise_density < 1.0 or self.mean_noise_span_length < 1.0:
+            raise ValueError(f"noise_density={self.noise_density}, mean_noise_span_length="
+                             f"{self.mean_noise_span_length}: need a density in (0, 1) and a span length >= 1")
         if self.num_proc < 1 or self.num_workers < 0:
             raise ValueError(f"num_proc={self.num_proc}, num_workers={self.num_workers}: need >= 1 and >= 0")

@@ -8,7 +8,15 @@ from pretrain.data.batches import Batches, CausalLMCollator, MaskedLMCollator, S
 from pretrain.data.config import DataConfig
 from pretrain.data.packing import PackedTokens, pack
 from pretrain.data.sources import load_corpus
-from pretrain.data.tokenizer import check_vocab, load_tokenizer, save_tokenizer, train_tokenizer
+from pretrain.data.span_corruption import SpanCorruptionCollator, noise_counts
+from pretrain.data.tokenizer import (
+    check_vocab,
+    default_kind,
+    load_tokenizer,
+    save_tokenizer,
+    sentinel_ids,
+    train_tokenizer,
+)
 
 
 def run_tokenizer(cfg: DataConfig, arch: str, vocab_size: int, run_dir: str | Path, log=print):
@@ -22,12 +30,20 @@ def run_tokenizer(cfg: DataConfig, arch: str, vocab_size: int, run_dir: str | Pa
         save_tokenizer(tok, saved)
     else:
         size = cfg.tokenizer.vocab_size or vocab_size
-        log(f"training a {cfg.tokenizer.kind or ('bpe' if arch == 'decoder' else 'wordpiece')} tokenizer "
-            f"({size} tokens) on the training data")  # fmt: skip
-        tok = train_tokenizer(load_corpus(cfg, "train"), arch, cfg.tokenizer, size)
+        sentinels = span_sentinels(cfg) if arch == "encoder-decoder" else 0
+        log(f"training a {cfg.tokenizer.kind or default_kind(arch)} tokenizer ({size} tokens"
+            f"{f', {sentinels} span sentinels among them' if sentinels else ''}) on the training data")  # fmt: skip
+        tok = train_tokenizer(load_corpus(cfg, "train"), arch, cfg.tokenizer, size - sentinels, sentinels)
         save_tokenizer(tok, saved)
     check_vocab(tok, vocab_size, arch)
+    if arch == "encoder-decoder":
+        sentinel_ids(tok, span_sentinels(cfg))
     return tok
+
+
+def span_sentinels(cfg: DataConfig) -> int:
+    """Sentinel tokens span corruption needs: one per corrupted span of a sequence."""
+    return noise_counts(cfg.seq_len, cfg.noise_density, cfg.mean_noise_span_length)[1]
 
 
 def special_ids(tok) -> list[int]:
@@ -36,10 +52,14 @@ def special_ids(tok) -> list[int]:
 
 def batches(cfg: DataConfig, tok, arch: str, split: str, micro_batch_size: int, rank: int = 0,
             world_size: int = 1, seed: int = 0, log=print) -> Batches:  # fmt: skip
-    """Batches of one split for one rank: causal LM for decoders, masked LM for encoders."""
+    """Batches of one split for one rank: causal LM for decoders, masked LM for encoders, span
+    corruption for encoder-decoders."""
     packed = PackedTokens(pack(cfg, tok, arch, split, seed, log))
     if arch == "decoder":
         collate = CausalLMCollator(pad_id=None)  # packed sequences hold no padding
+    elif arch == "encoder-decoder":
+        collate = SpanCorruptionCollator(sentinel_ids(tok, span_sentinels(cfg)), tok.eos_token_id, tok.pad_token_id,
+                                         cfg.noise_density, cfg.mean_noise_span_length, seed)  # fmt: skip
     else:
         collate = MaskedLMCollator(tok.mask_token_id, len(tok), special_ids(tok), cfg.mlm_probability, seed)
     return Batches(

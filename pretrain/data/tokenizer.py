@@ -10,21 +10,25 @@ from pretrain.data.config import TokenizerConfig
 from pretrain.data.sources import DataError
 
 # The special tokens each family needs. Decoders (GPT-2 style) use one end-of-text token as
-# beginning, end and document separator; encoders (BERT style) need the full set for MLM and pairs.
+# beginning, end and document separator; encoders (BERT style) need the full set for MLM and pairs;
+# encoder-decoders the decoder's set, plus sentinels for span corruption (added when trained).
 SPECIALS = {
     "decoder": {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<|pad|>",
                 "unk_token": "<|unk|>"},
+    "encoder-decoder": {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<|pad|>",
+                        "unk_token": "<|unk|>"},
     "encoder": {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                 "mask_token": "[MASK]"},
 }  # fmt: skip
 
 
 def default_kind(arch: str) -> str:
-    return "bpe" if arch == "decoder" else "wordpiece"
+    return "wordpiece" if arch == "encoder" else "bpe"
 
 
-def train_tokenizer(texts, arch: str, cfg: TokenizerConfig, vocab_size: int):
-    """Train on an iterable dataset of {"text": ...} rows -> PreTrainedTokenizerFast."""
+def train_tokenizer(texts, arch: str, cfg: TokenizerConfig, vocab_size: int, sentinels: int = 0):
+    """Train on an iterable dataset of {"text": ...} rows -> PreTrainedTokenizerFast; ``sentinels``
+    extra special tokens <extra_id_0>... (span corruption) come after the trained vocabulary."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -75,7 +79,12 @@ def train_tokenizer(texts, arch: str, cfg: TokenizerConfig, vocab_size: int):
             single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
             special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
         )  # fmt: skip
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+    if sentinels:
+        from pretrain.data.span_corruption import sentinel_tokens
+
+        fast.add_special_tokens({"additional_special_tokens": sentinel_tokens(sentinels)})
+    return fast
 
 
 def load_tokenizer(path: str | Path, what: str = "data.tokenizer.path"):
@@ -111,11 +120,24 @@ def tokenizer_hash(tok) -> str:
 
 def separator_id(tok, arch: str) -> int:
     """The token put between packed documents: end-of-text for decoders, [SEP] for encoders."""
-    tid = tok.eos_token_id if arch == "decoder" else tok.sep_token_id
+    tid = tok.sep_token_id if arch == "encoder" else tok.eos_token_id
     if tid is None:
-        need = "eos_token" if arch == "decoder" else "sep_token"
+        need = "sep_token" if arch == "encoder" else "eos_token"
         raise DataError(f"the tokenizer has no {need}, which packing {arch} data needs between documents")
     return tid
+
+
+def sentinel_ids(tok, count: int) -> list[int]:
+    """The ids of <extra_id_0> ... <extra_id_{count-1}>, or a DataError naming what is missing."""
+    from pretrain.data.span_corruption import sentinel_tokens
+
+    vocab = tok.get_vocab()
+    missing = [t for t in sentinel_tokens(count) if t not in vocab]
+    if missing:
+        raise DataError(f"span corruption needs {count} sentinel tokens <extra_id_0>...; the tokenizer lacks "
+                        f"{missing[:3]}{' ...' if len(missing) > 3 else ''} (train one with the run: drop "
+                        "data.tokenizer.path)")  # fmt: skip
+    return [vocab[t] for t in sentinel_tokens(count)]
 
 
 def check_vocab(tok, vocab_size: int, arch: str) -> None:

@@ -16,6 +16,14 @@ _LAZY = {
 }
 
 
+def build_model(cfg: ModelConfig, gather=None):
+    """The model a config describes: EncoderDecoder for arch=encoder-decoder, else Transformer."""
+    from .seq2seq import EncoderDecoder
+    from .transformer import Transformer
+
+    return (EncoderDecoder if cfg.arch == "encoder-decoder" else Transformer)(cfg, gather)
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
@@ -24,4 +32,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ModelConfig", *_LAZY]
+__all__ = ["ModelConfig", "build_model", *_LAZY]

@@ -102,7 +102,7 @@ class ModelConfig:
         once, as the embedding); empty when untied."""
         if not self.tie_embeddings:
             return set()
-        return {"head.weight" if self.causal else "head.decoder.weight"}
+        return {"head.decoder.weight" if self.arch == "encoder" else "head.weight"}
 
     @property
     def kv_heads(self) -> int:

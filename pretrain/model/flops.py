@@ -47,7 +47,29 @@ def flops_per_token(model: nn.Module, seq_len: int, predicted_fraction: float = 
     Norms, activations, softmax and embedding lookups are left out (they are not matmuls).
     """
     cfg = model.cfg
+    if cfg.arch == "encoder-decoder":
+        return _encoder_decoder_flops(model, seq_len, predicted_fraction)
     body = sum(numel(m.weight) for layer in model.layers for m in layer.modules() if isinstance(m, nn.Linear))
     head = sum(numel(m.weight) for m in model.head.modules() if isinstance(m, nn.Linear))
     attention = 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len  # fwd FLOPs per token: QK^T + AV
     return 6.0 * body + 6.0 * head * predicted_fraction + 6.0 * attention
+
+
+def _encoder_decoder_flops(model: nn.Module, seq_len: int, target_fraction: float) -> float:
+    """Per encoder input token, both stacks: the encoder's matmuls over its seq_len tokens, and the
+    decoder's (self-attention, cross-attention to the seq_len encoder outputs, MLP, output layer)
+    over target_fraction x seq_len target tokens; cross-attention's keys and values are projected
+    once per encoder token."""
+    cfg = model.cfg
+
+    def linears(modules) -> int:
+        return sum(numel(m.weight) for block in modules for m in block.modules() if isinstance(m, nn.Linear))
+
+    memory = sum(numel(block.cross_attn.kv.weight) for block in model.decoder)
+    per_target = linears(model.decoder) - memory + numel(model.head.weight)
+    width = cfg.num_heads * cfg.head_dim
+    attention = cfg.num_layers * seq_len + cfg.decoder_layers * target_fraction * seq_len * target_fraction
+    cross = cfg.decoder_layers * seq_len * target_fraction  # every target reads every encoder output
+    return 6.0 * (linears(model.encoder) + memory) + 6.0 * per_target * target_fraction + 12.0 * width * (
+        attention + cross
+    )

@@ -1,0 +1,97 @@
+"""T5's span corruption, the encoder-decoder's pretraining objective (Raffel et al. 2020, 3.1.4).
+
+Of each packed sequence of L tokens, round(L x noise_density) in round(noise / mean_span_length)
+spans are chosen at random (spans and the gaps between them have random lengths, every one at
+least a token; the sequence starts with a gap). The encoder reads the sequence with each span
+replaced by one sentinel token (<extra_id_0>, <extra_id_1>, ...) and an end-of-text token; the
+decoder predicts each sentinel followed by the span it replaced, then end-of-text. Counts depend
+only on L, so every batch has the same encoder and decoder lengths and no padding. The draw for a
+sequence is seeded by its position in the stream: a resumed run corrupts it the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pretrain.model.loss import IGNORE
+
+
+def sentinel_tokens(count: int) -> list[str]:
+    return [f"<extra_id_{i}>" for i in range(count)]
+
+
+def noise_counts(length: int, density: float, mean_span_length: float) -> tuple[int, int]:
+    """(noise tokens, noise spans) of a sequence of ``length`` tokens."""
+    noise = min(max(round(length * density), 1), length - 1)
+    spans = min(max(round(noise / mean_span_length), 1), noise, length - noise)
+    return noise, spans
+
+
+def lengths(length: int, density: float, mean_span_length: float) -> tuple[int, int]:
+    """(encoder length, decoder length) for packed sequences of ``length`` tokens."""
+    noise, spans = noise_counts(length, density, mean_span_length)
+    return length - noise + spans + 1, noise + spans + 1
+
+
+def _segments(items: int, segments: int, gen: torch.Generator) -> torch.Tensor:
+    """A random split of ``items`` into ``segments`` non-empty parts: their lengths."""
+    cuts = torch.randperm(items - 1, generator=gen)[: segments - 1] + 1
+    edges = torch.cat([torch.tensor([0]), cuts.sort().values, torch.tensor([items])])
+    return edges.diff()
+
+
+def noise_mask(length: int, noise: int, spans: int, gen: torch.Generator) -> torch.Tensor:
+    """(length,) bool, True on the tokens of the noise spans; the first token is never noise."""
+    noise_lengths = _segments(noise, spans, gen)
+    keep_lengths = _segments(length - noise, spans, gen)
+    interleaved = torch.stack([keep_lengths, noise_lengths], dim=1).reshape(-1)  # keep, noise, keep, ...
+    return torch.repeat_interleave(torch.arange(2 * spans) % 2 == 1, interleaved)
+
+
+def corrupt(tokens: torch.Tensor, mask: torch.Tensor, sentinels: torch.Tensor, eos: int):
+    """One sequence and its noise mask -> (encoder input, decoder target): each run of masked
+    (encoder) or unmasked (target) tokens becomes the next sentinel, the rest of it dropped."""
+
+    def replace(drop: torch.Tensor) -> torch.Tensor:
+        starts = drop & ~torch.cat([torch.tensor([False]), drop[:-1]])
+        out = tokens.clone()
+        out[starts] = sentinels[: int(starts.sum())]
+        keep = ~drop | starts
+        return torch.cat([out[keep], torch.tensor([eos])])
+
+    return replace(mask), replace(~mask)  # sentinel i stands for noise span i in both
+
+
+class SpanCorruptionCollator:
+    """Packed sequences (L + 1 tokens; the first L used) -> encoder inputs, decoder inputs (the
+    targets shifted right behind ``start_id``) and labels, all of fixed lengths."""
+
+    def __init__(self, sentinel_ids: list[int], eos_id: int, start_id: int, density: float = 0.15,
+                 mean_span_length: float = 3.0, seed: int = 0):  # fmt: skip
+        self.sentinels = torch.tensor(sentinel_ids, dtype=torch.long)
+        self.eos, self.start, self.seed = eos_id, start_id, seed
+        self.density, self.mean_span_length = density, mean_span_length
+
+    def __call__(self, samples: list[dict]) -> dict:
+        sources, targets = [], []
+        for sample in samples:
+            tokens = sample["input_ids"][:-1]
+            noise, spans = noise_counts(len(tokens), self.density, self.mean_span_length)
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + sample["position"])
+            source, target = corrupt(tokens, noise_mask(len(tokens), noise, spans, gen), self.sentinels, self.eos)
+            sources.append(source)
+            targets.append(target)
+        labels = torch.stack(targets)
+        starts = torch.full((len(samples), 1), self.start, dtype=torch.long)
+        return {"input_ids": torch.stack(sources), "decoder_input_ids": torch.cat([starts, labels[:, :-1]], dim=1),
+                "labels": labels, "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
+
+
+def seq2seq_loss(engine, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Mean cross-entropy over the decoder's labelled targets (the corrupted spans, or a task's)."""
+    loss, correct, count = engine(batch["input_ids"], batch["decoder_input_ids"], batch.get("attention_mask"),
+                                  batch.get("decoder_attention_mask"), labels=batch["labels"])  # fmt: skip
+    return loss, {"correct": correct, "count": count}
+
+
+__all__ = ["IGNORE", "SpanCorruptionCollator", "corrupt", "lengths", "noise_counts", "noise_mask", "seq2seq_loss"]

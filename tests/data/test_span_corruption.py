@@ -1,0 +1,53 @@
+"""T5's span corruption: the counts, the sentinel format, and that inputs and targets together
+are exactly the original sequence."""
+
+import pytest
+import torch
+
+from pretrain.data.span_corruption import SpanCorruptionCollator, corrupt, lengths, noise_counts, noise_mask
+
+
+def rebuild(source: torch.Tensor, target: torch.Tensor, sentinels: list[int], eos: int) -> list[int]:
+    """Put each span of the target back where its sentinel stands in the source."""
+    spans, current = {}, None
+    for t in target.tolist()[:-1]:
+        if t in sentinels:
+            current = t
+            spans[current] = []
+        else:
+            spans[current].append(t)
+    out = []
+    for t in source.tolist()[:-1]:
+        out += spans[t] if t in sentinels else [t]
+    assert source[-1] == target[-1] == eos
+    return out
+
+
+@pytest.mark.parametrize("length", [10, 33, 128, 512])
+def test_inputs_and_targets_together_are_the_sequence(length):
+    noise, spans = noise_counts(length, 0.15, 3.0)
+    assert noise == round(0.15 * length) and spans == max(1, round(noise / 3))
+    sentinels = list(range(1000, 1000 + spans))
+    tokens = torch.arange(10, 10 + length)
+    for seed in range(5):
+        mask = noise_mask(length, noise, spans, torch.Generator().manual_seed(seed))
+        assert int(mask.sum()) == noise and not mask[0]
+        starts = mask & ~torch.cat([torch.tensor([False]), mask[:-1]])
+        assert int(starts.sum()) == spans  # exactly the asked number of separate spans
+        source, target = corrupt(tokens, mask, torch.tensor(sentinels), eos=2)
+        assert (len(source), len(target)) == lengths(length, 0.15, 3.0)
+        assert target[0] == sentinels[0] and sorted(set(source.tolist()) & set(sentinels)) == sentinels
+        assert rebuild(source, target, sentinels, 2) == tokens.tolist()
+
+
+def test_a_sequence_is_corrupted_the_same_way_wherever_it_lands_in_a_batch():
+    collate = SpanCorruptionCollator([900, 901, 902], eos_id=2, start_id=0, seed=7)
+    samples = [{"input_ids": torch.arange(5, 5 + 41) + 40 * i, "position": i} for i in range(4)]
+    batch = collate(samples)
+    alone = collate(samples[2:3])
+    assert torch.equal(batch["input_ids"][2], alone["input_ids"][0])
+    assert torch.equal(batch["labels"][2], alone["labels"][0])
+    assert not torch.equal(batch["labels"][0], batch["labels"][1] - 40)  # each position its own draw
+    assert torch.equal(batch["decoder_input_ids"][:, 0], torch.zeros(4, dtype=torch.long))
+    assert torch.equal(batch["decoder_input_ids"][:, 1:], batch["labels"][:, :-1])  # targets shifted right
+    assert batch["input_ids"].shape == (4, lengths(40, 0.15, 3.0)[0])
