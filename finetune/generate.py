@@ -1,9 +1,10 @@
 """python -m finetune.generate CHECKPOINT (--prompt TEXT ... | --prompts-file FILE) [options]
 
-Batched sampling from a decoder checkpoint (a fine-tuning or pretraining run, a checkpoint, an
-export's consolidated/ folder or an HF directory): greedy or temperature / top-k / top-p, a
-repetition penalty, stop strings, with the KV cache. Prompts are padded on the left so every
-row's next token sits at the same position.
+Batched sampling from a decoder or encoder-decoder checkpoint (a fine-tuning or pretraining run, a
+checkpoint, an export's consolidated/ folder or an HF directory): greedy or temperature / top-k /
+top-p, a repetition penalty, stop strings, with the KV cache. A decoder's prompts are padded on the
+left so every row's next token sits at the same position; an encoder-decoder's encoder reads the
+prompt once and its decoder writes the output.
 """
 
 from __future__ import annotations
@@ -63,8 +64,11 @@ def _adjust(logits: torch.Tensor, seen: torch.Tensor, s: Sampling) -> torch.Tens
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], s: Sampling, use_cache: bool = True) -> list[str]:
-    """Continuations of each prompt (without the prompt)."""
+    """Continuations of each prompt (without the prompt); for an encoder-decoder, the decoder's
+    output for each prompt as the encoder's input."""
     model.eval()
+    if model.cfg.arch == "encoder-decoder":
+        return _seq2seq(model, tokenizer, prompts, s, use_cache)
     device = next(model.parameters()).device
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     width = max(len(e) for e in encoded)
@@ -75,18 +79,59 @@ def generate(model, tokenizer, prompts: list[str], s: Sampling, use_cache: bool 
     if model.cfg.position == "learned" and total > model.cfg.max_seq_len:
         raise ValueError(f"prompt ({width} tokens) + max_new_tokens ({s.max_new_tokens}) exceed the model's "
                          f"{model.cfg.max_seq_len} positions")  # fmt: skip
-    rng = torch.Generator(device=device).manual_seed(s.seed)
     cache = model.new_cache(len(prompts), total) if use_cache else None
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    new_tokens: list[torch.Tensor] = []
-    step_ids = ids
-    for _ in range(s.max_new_tokens):
+    state = {"ids": ids, "mask": mask, "step": ids}
+
+    def next_logits() -> torch.Tensor:
+        ids, mask = state["ids"], state["mask"]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 after left padding
         if use_cache:
-            logits = model(step_ids, attention_mask=mask, cache=cache, position_ids=positions[:, -step_ids.shape[1] :])
-        else:
-            logits = model(ids, attention_mask=mask, position_ids=positions)
-        logits = _adjust(logits[:, -1].float(), ids, s)
+            step = state["step"]
+            return model(step, attention_mask=mask, cache=cache, position_ids=positions[:, -step.shape[1] :])[:, -1]
+        return model(ids, attention_mask=mask, position_ids=positions)[:, -1]
+
+    def extend(nxt: torch.Tensor) -> None:
+        state["ids"] = torch.cat([state["ids"], nxt[:, None]], dim=1)
+        state["mask"] = torch.cat([state["mask"], torch.ones_like(nxt)[:, None]], dim=1)
+        state["step"] = nxt[:, None]
+
+    return _sample(tokenizer, s, next_logits, lambda: state["ids"], extend, len(prompts), device)
+
+
+def _seq2seq(model, tokenizer, prompts: list[str], s: Sampling, use_cache: bool) -> list[str]:
+    """The encoder reads each prompt (right-padded, ending in end-of-text as in pretraining) once;
+    the decoder starts from the pad token, as T5 does, with its self- and cross-attention cached."""
+    device = next(model.parameters()).device
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] + eos for p in prompts]
+    width = max(len(e) for e in encoded)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    src = torch.tensor([e + [pad_id] * (width - len(e)) for e in encoded], device=device)
+    src_mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded], device=device)
+    memory = model.encode(src, src_mask)
+    cache = model.new_cache(len(prompts), s.max_new_tokens + 1) if use_cache else None
+    state = {"out": torch.full((len(prompts), 1), pad_id, device=device)}
+
+    def next_logits() -> torch.Tensor:
+        out = state["out"]
+        if use_cache:
+            return model.head(model.decode(out[:, -1:], memory, src_mask, cache=cache))[:, -1]
+        return model(src, out, src_mask)[:, -1]
+
+    def extend(nxt: torch.Tensor) -> None:
+        state["out"] = torch.cat([state["out"], nxt[:, None]], dim=1)
+
+    return _sample(tokenizer, s, next_logits, lambda: state["out"], extend, len(prompts), device)
+
+
+def _sample(tokenizer, s: Sampling, next_logits, seen, extend, rows: int, device) -> list[str]:
+    """The decoding loop both families share: adjust the next-token logits, pick (greedy or
+    sampled), stop rows at end-of-text and everything at the stop strings."""
+    rng = torch.Generator(device=device).manual_seed(s.seed)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    new_tokens: list[torch.Tensor] = []
+    for _ in range(s.max_new_tokens):
+        logits = _adjust(next_logits().float(), seen(), s)
         if s.temperature > 0:
             nxt = torch.multinomial(logits.softmax(-1), 1, generator=rng).squeeze(1)
         else:
@@ -95,9 +140,7 @@ def generate(model, tokenizer, prompts: list[str], s: Sampling, use_cache: bool 
             nxt = torch.where(done, torch.full_like(nxt, tokenizer.eos_token_id), nxt)
             done |= nxt == tokenizer.eos_token_id
         new_tokens.append(nxt)
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], dim=1)
-        step_ids = nxt[:, None]
+        extend(nxt)
         texts = tokenizer.batch_decode(torch.stack(new_tokens, 1), skip_special_tokens=True)
         if done.all() or (s.stop and all(any(x in t for x in s.stop) for t in texts)):
             break
@@ -111,22 +154,22 @@ def _cut(text: str, stops: tuple[str, ...]) -> str:
 
 
 def load_decoder(path: str):
-    """(model, tokenizer) from anything init_from accepts; refuses encoders."""
+    """(model, tokenizer) from anything init_from accepts; refuses encoders (they predict no next token)."""
     from finetune.weights import load_pretrained
     from pretrain.config import ConfigError
     from pretrain.export import load_model
 
     pre = load_pretrained(path, best=True)
     print(f"weights: {pre.source}", file=sys.stderr)
-    if pre.model_cfg.arch != "decoder":
-        raise ConfigError(f"{path}: generation needs a decoder checkpoint; this is an {pre.model_cfg.arch}")
+    if pre.model_cfg.arch == "encoder":
+        raise ConfigError(f"{path}: generation needs a decoder or encoder-decoder checkpoint; this is an encoder")
     return load_model(pre.state_dict(), pre.model_cfg).eval(), pre.tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
     from pretrain.config import exit_on_config_error
 
-    ap = argparse.ArgumentParser(description="Sample from a decoder checkpoint.")
+    ap = argparse.ArgumentParser(description="Sample from a decoder or encoder-decoder checkpoint.")
     ap.add_argument("checkpoint")
     ap.add_argument("--prompt", action="append", default=[])
     ap.add_argument("--prompts-file", help="one prompt per line, or JSON lines with a 'prompt' field")

@@ -212,7 +212,7 @@ def test_bad_task_data_and_wrong_checkpoints_are_named(make_config, tmp_path, to
 
 def test_kv_cache_generation_equals_full_recompute_for_every_position_scheme():
     from finetune.generate import Sampling, generate
-    from pretrain.model import ModelConfig, Transformer
+    from pretrain.model import ModelConfig, Transformer, build_model
 
     class Tok:  # a character tokenizer: enough to drive generate()
         pad_token_id, eos_token_id = 0, None
@@ -230,6 +230,18 @@ def test_kv_cache_generation_equals_full_recompute_for_every_position_scheme():
         prompts = ["def f(x):", "import os", "a"]  # different lengths: left padding
         s = Sampling(max_new_tokens=10, temperature=0.0)
         assert generate(model, Tok(), prompts, s) == generate(model, Tok(), prompts, s, use_cache=False), position
+    for position in ("relative", "sinusoidal", "rope"):  # encoder-decoders: the prompt is the encoder's input
+        torch.manual_seed(0)
+        cfg = ModelConfig(arch="encoder-decoder", vocab_size=97, d_model=32, num_layers=2, num_decoder_layers=3,
+                          num_heads=4, max_seq_len=64, position=position, norm="rmsnorm", bias=False)  # fmt: skip
+        model = build_model(cfg)
+        prompts = ["def f(x):", "import os", "a"]  # different lengths: right padding of the encoder's input
+        for s in (Sampling(max_new_tokens=10, temperature=0.0), Sampling(max_new_tokens=10, temperature=1.0, seed=3)):
+            cached = generate(model, Tok(), prompts, s)
+            assert cached == generate(model, Tok(), prompts, s, use_cache=False), position
+            assert [len(t.split()) for t in cached] == [10, 10, 10]
+        alone = generate(model, Tok(), ["a"], Sampling(max_new_tokens=10, temperature=0.0))
+        assert alone[0] == generate(model, Tok(), prompts, Sampling(max_new_tokens=10, temperature=0.0))[2]
 
 
 def test_headerless_tsv_files_with_early_stopping_the_best_checkpoint_and_a_test_set(make_config, tmp_path, pretrained):

@@ -3,11 +3,13 @@ processes, ZeRO-3 built partitioned like ZeRO-2 built whole, exact resume, and a
 transformers loads as T5ForConditionalGeneration with our logits."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from .conftest import launch, losses, metrics
+from .conftest import ENV, ROOT, launch, losses, metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -43,6 +45,12 @@ def test_span_corruption_pretraining_resumes_exactly_and_exports_to_t5(make_conf
     launch(2, t5_config(make_config, "again", train={**train, "resume": str(step3)}, deepspeed={"zero_stage": 3}))
     again = losses(tmp_path / "runs" / "again")
     assert {s: again[s] for s in (4, 5, 6)} == {s: got[s] for s in (4, 5, 6)}  # bit for bit
+
+    gen = subprocess.run([sys.executable, "-m", "finetune.generate", str(run), "--prompt", "def load(fp):",
+                          "--greedy", "--max-new-tokens", "6"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    assert json.loads(gen.stdout.splitlines()[-1])["prompt"] == "def load(fp):"
 
     from transformers import AutoModelForSeq2SeqLM
 
