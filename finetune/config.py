@@ -10,9 +10,10 @@ from pretrain.config import ConfigError, RunConfig, TrainConfig, load_config
 
 @dataclass
 class TaskConfig:
-    kind: Literal["classify", "generate"] = "classify"
-    """classify: a label per text (or text pair). generate: supervised fine-tuning on
-    prompt/response pairs, with the loss on response tokens only."""
+    kind: Literal["classify", "generate", "seq2seq"] = "classify"
+    """classify: a label per text (or text pair). generate: supervised fine-tuning of a decoder on
+    prompt/response pairs, with the loss on response tokens only. seq2seq: an encoder-decoder reads
+    the prompt (source) and learns to write the response (target)."""
     builtin: Literal["stdlib-packages", "stdlib-bodies"] | None = None
     """A demo task made from the built-in corpus (no download): stdlib-packages labels a function
     with the top-level standard-library package it comes from; stdlib-bodies asks for a
@@ -24,9 +25,9 @@ class TaskConfig:
     label_column: str = "label"
     """classify: the column with the label (names or numbers, mapped to ids and saved as labels.json)."""
     prompt_column: str = "prompt"
-    """generate: the column with the prompt (no loss on it)."""
+    """generate, seq2seq: the column with the prompt or source (no loss on it)."""
     response_column: str = "response"
-    """generate: the column with the response the model learns to produce."""
+    """generate, seq2seq: the column with the response or target the model learns to produce."""
     pooling: Literal["auto", "first", "last", "mean"] = "auto"
     """auto: the first token for encoders ([CLS]), the last real token for decoders."""
     freeze_body: bool = False
@@ -74,8 +75,9 @@ class TaskConfig:
                              "one target (e.g. attn.qkv) and a dropout in [0, 1)")  # fmt: skip
         if self.builtin == "stdlib-packages" and self.kind != "classify":
             raise ValueError("builtin='stdlib-packages' is a classification task: set task.kind=classify")
-        if self.builtin == "stdlib-bodies" and self.kind != "generate":
-            raise ValueError("builtin='stdlib-bodies' is a generation task: set task.kind=generate")
+        if self.builtin == "stdlib-bodies" and self.kind == "classify":
+            raise ValueError("builtin='stdlib-bodies' is a generation task: set task.kind=generate (a decoder) "
+                             "or seq2seq (an encoder-decoder)")  # fmt: skip
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pretrain.data.sources import DataError, hold_out, load_table, require_colum
 def task_columns(cfg) -> dict[str, str]:
     """Config field -> column name, for the columns ``cfg.task`` reads."""
     t = cfg.task
-    if t.kind == "generate":
+    if t.kind in ("generate", "seq2seq"):
         return {"prompt_column": t.prompt_column, "response_column": t.response_column}
     columns = {"text_column": t.text_column, "label_column": t.label_column}
     if t.text_pair_column:

@@ -72,25 +72,35 @@ def evaluate_classifier(tag_dir: Path, args, say) -> dict:
 
 
 def evaluate_generator(tag_dir: Path, args, say) -> dict:
+    """task.kind generate (a decoder) or seq2seq (an encoder-decoder): loss and token accuracy on
+    the targets, and greedy decoding's exact match."""
     from finetune.config import load_finetune_config
     from finetune.generate import Sampling, generate, load_decoder
-    from finetune.tasks import SFTCollator, sft_rows
+    from finetune.tasks import Seq2SeqCollator, SFTCollator, seq2seq_rows, sft_rows
+    from pretrain.data.span_corruption import seq2seq_loss
     from pretrain.run import LanguageModelTask
     from pretrain.trainer import lm_loss
 
     cfg = load_finetune_config(tag_dir / "config.yaml")
     table, what = examples(cfg, args, say)  # the data is checked before the weights
     model, tok = load_decoder(str(tag_dir))
-    rows = sft_rows(tok, table, cfg.task, cfg.data.seq_len)
-    sums = score(model, rows, SFTCollator(tok.pad_token_id), lm_loss, args.batch_size)
+    if cfg.task.kind == "seq2seq":
+        rows = seq2seq_rows(tok, table, cfg.task, cfg.data.seq_len)
+        sums = score(model, rows, Seq2SeqCollator(tok.pad_token_id), seq2seq_loss, args.batch_size)
+        prompts = [tok.decode(r["input_ids"][:-1]) for r in rows]  # generate() adds the end-of-text again
+        targets = [r["target"] for r in rows]
+    else:
+        rows = sft_rows(tok, table, cfg.task, cfg.data.seq_len)
+        sums = score(model, rows, SFTCollator(tok.pad_token_id), lm_loss, args.batch_size)
+        prompts = [tok.decode(r["input_ids"][: r["prompt_len"]]) for r in rows]
+        targets = [r["input_ids"][r["prompt_len"] :] for r in rows]
     metrics = LanguageModelTask.eval_metrics(sums)
-    prompts = [tok.decode(r["input_ids"][: r["prompt_len"]]) for r in rows]
-    wanted = [tok.decode(r["input_ids"][r["prompt_len"] :], skip_special_tokens=True).strip() for r in rows]
-    longest = max((len(r["input_ids"]) - r["prompt_len"] for r in rows), default=1)
+    wanted = [tok.decode(t, skip_special_tokens=True).strip() for t in targets]
+    longest = max((len(t) for t in targets), default=1)
     got = generate(model, tok, prompts, Sampling(max_new_tokens=longest, temperature=0.0)) if rows else []
     exact = sum(g.strip() == w for g, w in zip(got, wanted, strict=True)) / max(len(rows), 1)
     out = {k.removeprefix("val_"): v for k, v in metrics.items()}
-    return {"task": "generate", "data": what, "examples": len(rows), **out, "exact_match": exact}
+    return {"task": cfg.task.kind, "data": what, "examples": len(rows), **out, "exact_match": exact}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         say(f"scoring {ckpt.describe(tag_dir)}")
         if (tag_dir / "labels.json").exists():
             result = evaluate_classifier(tag_dir, args, say)
-        elif (_raw_config(tag_dir).get("task") or {}).get("kind") == "generate":
+        elif (_raw_config(tag_dir).get("task") or {}).get("kind") in ("generate", "seq2seq"):
             result = evaluate_generator(tag_dir, args, say)
         else:
             raise ConfigError(f"{tag_dir} is a pretraining checkpoint; evaluate takes a fine-tuning run or checkpoint")

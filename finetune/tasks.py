@@ -16,9 +16,10 @@ from finetune.data import check_task_sources, task_tables
 from finetune.weights import Pretrained, load_pretrained
 from pretrain.data.batches import IGNORE, Batches
 from pretrain.data.sources import DataError
+from pretrain.data.span_corruption import seq2seq_loss
 from pretrain.data.tokenizer import tokenizer_hash
 from pretrain.export import load_weights
-from pretrain.model import Transformer, pool
+from pretrain.model import Transformer, build_model, pool
 from pretrain.run import LanguageModelTask
 from pretrain.trainer import lm_loss
 
@@ -157,6 +158,32 @@ def sft_rows(tok, table, t, seq_len: int) -> list[dict]:
     return rows
 
 
+def seq2seq_rows(tok, table, t, seq_len: int) -> list[dict]:
+    """Source and target token ids, each ending in end-of-text and cut to seq_len."""
+    sources = tok([str(x) for x in table[t.prompt_column]], add_special_tokens=False)["input_ids"]
+    targets = tok([str(x) for x in table[t.response_column]], add_special_tokens=False)["input_ids"]
+    eos = [tok.eos_token_id]
+    return [{"input_ids": (s + eos)[:seq_len], "target": (r + eos)[:seq_len]}
+            for s, r in zip(sources, targets, strict=True)]  # fmt: skip
+
+
+class Seq2SeqCollator:
+    """Sources and targets, each padded on the right: the decoder reads the target shifted right
+    behind the pad token (T5's start) and predicts it; padding is masked and not scored."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, samples: list[dict]) -> dict:
+        source = pad([s["input_ids"] for s in samples], self.pad_id)
+        labels = pad([s["target"] for s in samples], IGNORE)
+        shifted = pad([[self.pad_id] + s["target"][:-1] for s in samples], self.pad_id)
+        real = pad([[1] * len(s["input_ids"]) for s in samples], 0)
+        return {"input_ids": source, "attention_mask": real, "decoder_input_ids": shifted,
+                "decoder_attention_mask": pad([[1] * len(s["target"]) for s in samples], 0), "labels": labels,
+                "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
+
+
 class FinetuneTask:
     """Builds data, model and loss for `python -m finetune` (see pretrain.run.run for the loop)."""
 
@@ -167,9 +194,12 @@ class FinetuneTask:
         self.kind = cfg.task.kind
         self.labels: list[str] = []
         arch = self.pretrained.model_cfg.arch
-        if arch == "encoder-decoder":
-            raise DataError(f"init_from={cfg.init_from!r} is an encoder-decoder ({self.pretrained.source}); its "
-                            "fine-tuning task (task.kind=seq2seq) is not built yet: start from a decoder or encoder")
+        if (arch == "encoder-decoder") != (self.kind == "seq2seq"):
+            raise DataError(
+                f"task.kind={self.kind} with init_from={cfg.init_from!r}, an {arch} ({self.pretrained.source}): "
+                + ("an encoder-decoder fine-tunes with task.kind=seq2seq" if arch == "encoder-decoder"
+                   else "task.kind=seq2seq needs an encoder-decoder checkpoint (T5-like)")
+            )  # fmt: skip
         if self.kind == "generate" and arch != "decoder":
             raise DataError(
                 f"task.kind=generate needs a decoder (causal) checkpoint; init_from={cfg.init_from!r} is an "
@@ -189,7 +219,7 @@ class FinetuneTask:
         if self.tokenizer.pad_token_id is None:
             raise DataError(f"the tokenizer of {self.pretrained.source} has no pad token, which batching needs")
         self.model_cfg = self.pretrained.model_cfg  # the shape is the checkpoint's (run checks the config against it)
-        self.loss_fn = classify_loss if self.kind == "classify" else lm_loss
+        self.loss_fn = {"classify": classify_loss, "generate": lm_loss, "seq2seq": seq2seq_loss}[self.kind]
         self.eval_metrics = classification_metrics if self.kind == "classify" else LanguageModelTask.eval_metrics
         self.select_metric = ("val_accuracy", max) if self.kind == "classify" else ("val_loss", min)
 
@@ -211,6 +241,10 @@ class FinetuneTask:
         if self.kind == "classify":
             rows = self._classification_rows(tables)
             collate = ClassifyCollator(self.tokenizer.pad_token_id)
+        elif self.kind == "seq2seq":
+            rows = {split: seq2seq_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len)
+                    for split, table in tables.items()}  # fmt: skip
+            collate = Seq2SeqCollator(self.tokenizer.pad_token_id)
         else:
             rows = self._sft_rows(tables)
             collate = SFTCollator(self.tokenizer.pad_token_id)
@@ -243,7 +277,7 @@ class FinetuneTask:
     def build_model(self, gather=None) -> nn.Module:
         """The pretrained body (or a fresh one for init_random) and the task's head. ``gather``
         (ZeRO-3): the model is being built partitioned; weights stream in one tensor at a time."""
-        body = Transformer(self.pretrained.model_cfg, gather)
+        body = build_model(self.pretrained.model_cfg, gather)
         if not self.cfg.init_random:
             load_weights(body, self.pretrained.tensors(), gather, skip=self.pretrained.skip)
         model = body

@@ -69,3 +69,36 @@ def test_span_corruption_pretraining_resumes_exactly_and_exports_to_t5(make_conf
     with torch.no_grad():
         want = ours(src, tgt, mask)
         assert torch.allclose(hf(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits, want, atol=1e-4)
+
+
+def test_seq2seq_fine_tuning_from_a_span_corruption_run(make_config, tmp_path):
+    """task.kind=seq2seq on source/target pairs at 2 processes; `finetune.evaluate` scores the run's
+    validation data with the loss training reported, and decodes it greedily for exact match."""
+    from .test_finetune import finetune_config
+
+    launch(1, t5_config(make_config, "pre", train={"max_steps": 2}))
+    words = ["load", "dump", "parse", "scan", "read", "write", "open", "close", "split", "join", "strip", "find"]
+    rows = [{"prompt": f"{a} {b}", "response": f"{b} {a}"} for a in words for b in words[:4]]  # swap the words
+    data_file = tmp_path / "pairs.jsonl"
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = finetune_config(make_config, "swap", tmp_path / "runs" / "pre", {"kind": "seq2seq"},
+                          data={"sources": [{"files": str(data_file)}], "validation_fraction": 0.25},
+                          train={"max_steps": 6, "eval_every": 6, "micro_batch_size": 2})  # fmt: skip
+    out = launch(2, cfg, module="finetune").stdout
+    assert "task seq2seq:" in out, out[-2000:]
+    run = tmp_path / "runs" / "swap"
+    got = losses(run)
+    assert sorted(got) == list(range(1, 7)) and all(0 < v < 20 for v in got.values())
+    val = metrics(run, "eval")[6]
+    proc = subprocess.run([sys.executable, "-m", "finetune.evaluate", str(run), "--split", "validation", "--out",
+                           str(tmp_path / "val.json")], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scored = json.loads((tmp_path / "val.json").read_text())
+    assert scored["task"] == "seq2seq" and scored["examples"] > 0 and 0 <= scored["exact_match"] <= 1
+    assert scored["loss"] == pytest.approx(val["val_loss"], rel=1e-5)  # one process scores as training did
+
+    wrong = finetune_config(make_config, "wrong", tmp_path / "runs" / "pre", {"kind": "generate"},
+                            data={"sources": [{"files": str(data_file)}]})  # fmt: skip
+    refused = launch(1, wrong, module="finetune", check=False)
+    assert refused.returncode == 2 and "an encoder-decoder fine-tunes with task.kind=seq2seq" in refused.stdout
