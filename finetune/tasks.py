@@ -184,6 +184,21 @@ class Seq2SeqCollator:
                 "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
 
 
+def check_task_fits(task, arch: str, what: str) -> None:
+    """A DataError when task.kind (and its options) cannot train a model of ``arch``."""
+    if (arch == "encoder-decoder") != (task.kind == "seq2seq"):
+        need = ("an encoder-decoder fine-tunes with task.kind=seq2seq" if arch == "encoder-decoder"
+                else "task.kind=seq2seq needs an encoder-decoder checkpoint (T5-like)")  # fmt: skip
+        raise DataError(f"task.kind={task.kind} with {what}, an {arch}: {need}")
+    if task.kind == "generate" and arch != "decoder":
+        raise DataError(f"task.kind=generate needs a decoder (causal) checkpoint; {what} is an {arch}; use "
+                        "task.kind=classify or a GPT/LLaMA checkpoint")  # fmt: skip
+    if task.kind == "seq2seq" and (task.freeze_body or task.layer_lr_decay != 1.0):
+        raise DataError(f"task.freeze_body={task.freeze_body}, task.layer_lr_decay={task.layer_lr_decay}: "
+                        "not for task.kind=seq2seq (no head apart from the body; the decay walks a decoder's or "
+                        "encoder's layers); use false and 1.0, or LoRA (task.lora_rank)")  # fmt: skip
+
+
 class FinetuneTask:
     """Builds data, model and loss for `python -m finetune` (see pretrain.run.run for the loop)."""
 
@@ -194,17 +209,7 @@ class FinetuneTask:
         self.kind = cfg.task.kind
         self.labels: list[str] = []
         arch = self.pretrained.model_cfg.arch
-        if (arch == "encoder-decoder") != (self.kind == "seq2seq"):
-            raise DataError(
-                f"task.kind={self.kind} with init_from={cfg.init_from!r}, an {arch} ({self.pretrained.source}): "
-                + ("an encoder-decoder fine-tunes with task.kind=seq2seq" if arch == "encoder-decoder"
-                   else "task.kind=seq2seq needs an encoder-decoder checkpoint (T5-like)")
-            )  # fmt: skip
-        if self.kind == "generate" and arch != "decoder":
-            raise DataError(
-                f"task.kind=generate needs a decoder (causal) checkpoint; init_from={cfg.init_from!r} is an "
-                f"{arch} ({self.pretrained.source}); use task.kind=classify or a GPT/LLaMA checkpoint"
-            )
+        check_task_fits(cfg.task, arch, f"init_from={cfg.init_from!r} ({self.pretrained.source})")
         if self.kind == "generate" and self.pretrained.body_only:
             raise DataError(f"task.kind=generate needs an LM head; {self.pretrained.source} is a classifier's body")
         if cfg.data.tokenizer.path:

@@ -117,3 +117,28 @@ def test_the_model_section_is_checked_against_init_froms_shape_not_the_default()
     assert cfg.model == ModelConfig()  # not rewritten in place
     with pytest.raises(ConfigError, match="data.seq_len=4096: longer than the model's 256 learned positions"):
         cfg.with_model(ModelConfig(vocab_size=50, d_model=16, num_layers=2, num_heads=2, max_seq_len=256))
+
+
+@pytest.mark.parametrize(
+    "task, arch, message",
+    [
+        (dict(kind="generate"), "encoder-decoder", "task.kind=generate with X, an encoder-decoder: an encoder-decoder "
+                                                   "fine-tunes with task.kind=seq2seq"),
+        (dict(kind="seq2seq"), "decoder", "task.kind=seq2seq needs an encoder-decoder checkpoint"),
+        (dict(kind="generate"), "encoder", "task.kind=generate needs a decoder (causal) checkpoint; X is an encoder"),
+        (dict(kind="seq2seq", layer_lr_decay=0.9), "encoder-decoder", "task.layer_lr_decay=0.9: not for task.kind"),
+        (dict(kind="seq2seq", freeze_body=True), "encoder-decoder", "task.freeze_body=True"),
+        (dict(kind="seq2seq"), "encoder-decoder", None),
+        (dict(kind="classify"), "encoder", None),
+    ],
+)
+def test_a_task_that_cannot_train_the_checkpoints_family_is_one_line(task, arch, message):
+    from finetune.config import TaskConfig
+    from finetune.tasks import check_task_fits
+    from pretrain.data.sources import DataError
+
+    if message is None:
+        check_task_fits(TaskConfig(**task), arch, "X")
+        return
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_task_fits(TaskConfig(**task), arch, "X")
