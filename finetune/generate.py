@@ -66,72 +66,13 @@ def _adjust(logits: torch.Tensor, seen: torch.Tensor, s: Sampling) -> torch.Tens
 def generate(model, tokenizer, prompts: list[str], s: Sampling, use_cache: bool = True) -> list[str]:
     """Continuations of each prompt (without the prompt); for an encoder-decoder, the decoder's
     output for each prompt as the encoder's input."""
-    model.eval()
-    if model.cfg.arch == "encoder-decoder":
-        return _seq2seq(model, tokenizer, prompts, s, use_cache)
+    steps = _steps(model, tokenizer, prompts, s.max_new_tokens, use_cache)
     device = next(model.parameters()).device
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    width = max(len(e) for e in encoded)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
-    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-    total = width + s.max_new_tokens
-    if model.cfg.position == "learned" and total > model.cfg.max_seq_len:
-        raise ValueError(f"prompt ({width} tokens) + max_new_tokens ({s.max_new_tokens}) exceed the model's "
-                         f"{model.cfg.max_seq_len} positions")  # fmt: skip
-    cache = model.new_cache(len(prompts), total) if use_cache else None
-    state = {"ids": ids, "mask": mask, "step": ids}
-
-    def next_logits() -> torch.Tensor:
-        ids, mask = state["ids"], state["mask"]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 after left padding
-        if use_cache:
-            step = state["step"]
-            return model(step, attention_mask=mask, cache=cache, position_ids=positions[:, -step.shape[1] :])[:, -1]
-        return model(ids, attention_mask=mask, position_ids=positions)[:, -1]
-
-    def extend(nxt: torch.Tensor) -> None:
-        state["ids"] = torch.cat([state["ids"], nxt[:, None]], dim=1)
-        state["mask"] = torch.cat([state["mask"], torch.ones_like(nxt)[:, None]], dim=1)
-        state["step"] = nxt[:, None]
-
-    return _sample(tokenizer, s, next_logits, lambda: state["ids"], extend, len(prompts), device)
-
-
-def _seq2seq(model, tokenizer, prompts: list[str], s: Sampling, use_cache: bool) -> list[str]:
-    """The encoder reads each prompt (right-padded, ending in end-of-text as in pretraining) once;
-    the decoder starts from the pad token, as T5 does, with its self- and cross-attention cached."""
-    device = next(model.parameters()).device
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] + eos for p in prompts]
-    width = max(len(e) for e in encoded)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    src = torch.tensor([e + [pad_id] * (width - len(e)) for e in encoded], device=device)
-    src_mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded], device=device)
-    memory = model.encode(src, src_mask)
-    cache = model.new_cache(len(prompts), s.max_new_tokens + 1) if use_cache else None
-    state = {"out": torch.full((len(prompts), 1), pad_id, device=device)}
-
-    def next_logits() -> torch.Tensor:
-        out = state["out"]
-        if use_cache:
-            return model.head(model.decode(out[:, -1:], memory, src_mask, cache=cache))[:, -1]
-        return model(src, out, src_mask)[:, -1]
-
-    def extend(nxt: torch.Tensor) -> None:
-        state["out"] = torch.cat([state["out"], nxt[:, None]], dim=1)
-
-    return _sample(tokenizer, s, next_logits, lambda: state["out"], extend, len(prompts), device)
-
-
-def _sample(tokenizer, s: Sampling, next_logits, seen, extend, rows: int, device) -> list[str]:
-    """The decoding loop both families share: adjust the next-token logits, pick (greedy or
-    sampled), stop rows at end-of-text and everything at the stop strings."""
     rng = torch.Generator(device=device).manual_seed(s.seed)
-    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     new_tokens: list[torch.Tensor] = []
     for _ in range(s.max_new_tokens):
-        logits = _adjust(next_logits().float(), seen(), s)
+        logits = _adjust(steps.logits().float(), steps.seen(), s)
         if s.temperature > 0:
             nxt = torch.multinomial(logits.softmax(-1), 1, generator=rng).squeeze(1)
         else:
@@ -140,12 +81,143 @@ def _sample(tokenizer, s: Sampling, next_logits, seen, extend, rows: int, device
             nxt = torch.where(done, torch.full_like(nxt, tokenizer.eos_token_id), nxt)
             done |= nxt == tokenizer.eos_token_id
         new_tokens.append(nxt)
-        extend(nxt)
+        steps.extend(nxt)
         texts = tokenizer.batch_decode(torch.stack(new_tokens, 1), skip_special_tokens=True)
         if done.all() or (s.stop and all(any(x in t for x in s.stop) for t in texts)):
             break
     texts = tokenizer.batch_decode(torch.stack(new_tokens, 1), skip_special_tokens=True)
     return [_cut(t, s.stop) for t in texts]
+
+
+@torch.no_grad()
+def beam_search(model, tokenizer, prompts: list[str], num_beams: int, max_new_tokens: int,
+                length_penalty: float = 1.0, use_cache: bool = True) -> list[list[int]]:  # fmt: skip
+    """The best continuation (token ids) of each prompt under beam search: each step keeps the
+    ``num_beams`` highest sums of log-probabilities; a beam that ends in end-of-text is set aside
+    with its sum over length ** length_penalty, and a prompt is done once ``num_beams`` are (early
+    stopping); the caches follow their beams. One beam is greedy decoding."""
+    K, B = num_beams, len(prompts)
+    steps = _steps(model, tokenizer, [p for p in prompts for _ in range(K)], max_new_tokens, use_cache)
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    scores = torch.full((B, K), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # the beams start as one: only the first expands
+    tokens = torch.zeros(B * K, 0, dtype=torch.long, device=device)
+    finished: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(B)]
+    for _ in range(max_new_tokens):
+        logp = steps.logits().float().log_softmax(-1)
+        vocab = logp.shape[-1]
+        top, index = (scores[:, :, None] + logp.view(B, K, vocab)).view(B, K * vocab).topk(2 * K, dim=1)
+        rows, picked, kept = [], [], []
+        for b in range(B):
+            chosen = 0
+            for j in range(2 * K):
+                row, token = b * K + int(index[b, j]) // vocab, int(index[b, j]) % vocab
+                if token == eos:
+                    if j < K and len(finished[b]) < K:  # among the best K: a finished hypothesis
+                        finished[b].append((float(top[b, j]) / (tokens.shape[1] + 1) ** length_penalty, tokens[row]))
+                    continue
+                if chosen < K:
+                    rows.append(row)
+                    picked.append(token)
+                    kept.append(top[b, j])
+                    chosen += 1
+        rows_t = torch.tensor(rows, device=device)
+        picked_t = torch.tensor(picked, device=device)
+        tokens = torch.cat([tokens[rows_t], picked_t[:, None]], dim=1)
+        scores = torch.stack(kept).view(B, K)
+        steps.reorder(rows_t)
+        steps.extend(picked_t)
+        if all(len(f) >= K for f in finished):
+            break
+    best = []
+    for b in range(B):
+        running = [(float(scores[b, k]) / tokens.shape[1] ** length_penalty, tokens[b * K + k]) for k in range(K)]
+        pool = finished[b] if len(finished[b]) >= K else finished[b] + running
+        best.append(max(pool, key=lambda x: x[0])[1].tolist())
+    return best
+
+
+def _steps(model, tokenizer, prompts: list[str], max_new_tokens: int, use_cache: bool):
+    model.eval()
+    if model.cfg.arch == "encoder-decoder":
+        return _Seq2SeqSteps(model, tokenizer, prompts, max_new_tokens, use_cache)
+    return _DecoderSteps(model, tokenizer, prompts, max_new_tokens, use_cache)
+
+
+class _DecoderSteps:
+    """A decoder's side of decoding: prompts padded on the left so every row's next token sits at
+    the same position; the cache (or, without it, the whole sequence) advances a token a step."""
+
+    def __init__(self, model, tokenizer, prompts: list[str], max_new_tokens: int, use_cache: bool):
+        device = next(model.parameters()).device
+        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        width = max(len(e) for e in encoded)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
+        self.mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        total = width + max_new_tokens
+        if model.cfg.position == "learned" and total > model.cfg.max_seq_len:
+            raise ValueError(f"prompt ({width} tokens) + max_new_tokens ({max_new_tokens}) exceed the model's "
+                             f"{model.cfg.max_seq_len} positions")  # fmt: skip
+        self.model, self.step = model, self.ids
+        self.cache = model.new_cache(len(prompts), total) if use_cache else None
+
+    def logits(self) -> torch.Tensor:
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 after left padding
+        if self.cache is None:
+            return self.model(self.ids, attention_mask=self.mask, position_ids=positions)[:, -1]
+        step = self.step
+        return self.model(step, attention_mask=self.mask, cache=self.cache,
+                          position_ids=positions[:, -step.shape[1] :])[:, -1]  # fmt: skip
+
+    def seen(self) -> torch.Tensor:
+        return self.ids
+
+    def extend(self, nxt: torch.Tensor) -> None:
+        self.ids = torch.cat([self.ids, nxt[:, None]], dim=1)
+        self.mask = torch.cat([self.mask, torch.ones_like(nxt)[:, None]], dim=1)
+        self.step = nxt[:, None]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.ids, self.mask = self.ids[rows], self.mask[rows]
+        if self.cache is not None:
+            self.cache.reorder(rows)
+
+
+class _Seq2SeqSteps:
+    """An encoder-decoder's side: the encoder reads each prompt (right-padded, ending in end-of-text
+    as in pretraining) once; the decoder starts from the pad token, as T5 does, with its self- and
+    cross-attention cached."""
+
+    def __init__(self, model, tokenizer, prompts: list[str], max_new_tokens: int, use_cache: bool):
+        device = next(model.parameters()).device
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] + eos for p in prompts]
+        width = max(len(e) for e in encoded)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.src = torch.tensor([e + [pad_id] * (width - len(e)) for e in encoded], device=device)
+        self.src_mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded], device=device)
+        self.model, self.memory = model, model.encode(self.src, self.src_mask)
+        self.cache = model.new_cache(len(prompts), max_new_tokens + 1) if use_cache else None
+        self.out = torch.full((len(prompts), 1), pad_id, device=device)
+
+    def logits(self) -> torch.Tensor:
+        if self.cache is None:
+            return self.model(self.src, self.out, self.src_mask)[:, -1]
+        return self.model.head(self.model.decode(self.out[:, -1:], self.memory, self.src_mask, cache=self.cache))[:, -1]
+
+    def seen(self) -> torch.Tensor:
+        return self.out
+
+    def extend(self, nxt: torch.Tensor) -> None:
+        self.out = torch.cat([self.out, nxt[:, None]], dim=1)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.src, self.src_mask, self.out = self.src[rows], self.src_mask[rows], self.out[rows]
+        self.memory = self.memory[rows]
+        if self.cache is not None:
+            self.cache.reorder(rows)
 
 
 def _cut(text: str, stops: tuple[str, ...]) -> str:
@@ -167,7 +239,7 @@ def load_decoder(path: str):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pretrain.config import exit_on_config_error
+    from pretrain.config import ConfigError, exit_on_config_error
 
     ap = argparse.ArgumentParser(description="Sample from a decoder or encoder-decoder checkpoint.")
     ap.add_argument("checkpoint")
@@ -181,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repetition-penalty", type=float, default=1.0)
     ap.add_argument("--stop", action="append", default=[])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1: sample or greedy)")
+    ap.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length ** this")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
 
     @exit_on_config_error
@@ -194,8 +268,15 @@ def main(argv: list[str] | None = None) -> None:
             ap.error("give --prompt TEXT or --prompts-file FILE")
         s = Sampling(args.max_new_tokens, 0.0 if args.greedy else args.temperature, args.top_k, args.top_p,
                      args.repetition_penalty, tuple(args.stop), args.seed)  # fmt: skip
+        if args.num_beams < 1:
+            raise ConfigError(f"--num-beams {args.num_beams}: must be an integer >= 1")
         model, tok = load_decoder(args.checkpoint)
-        for prompt, text in zip(prompts, generate(model, tok, prompts, s), strict=True):
+        if args.num_beams > 1:
+            best = beam_search(model, tok, prompts, args.num_beams, s.max_new_tokens, args.length_penalty)
+            texts = [_cut(t, s.stop) for t in tok.batch_decode(best, skip_special_tokens=True)]
+        else:
+            texts = generate(model, tok, prompts, s)
+        for prompt, text in zip(prompts, texts, strict=True):
             print(json.dumps({"prompt": prompt, "completion": text}))
 
     run()

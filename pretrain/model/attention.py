@@ -303,6 +303,11 @@ class KVCache:
         self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layers
         """Per layer, the cross-attention keys and values of the encoder's output (encoder-decoder)."""
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the batch rows ``rows`` (in that order, repeats allowed): beam search's beams."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.cross = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.cross]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[2]
         if end > self.max_len:

@@ -47,8 +47,8 @@ def test_span_corruption_pretraining_resumes_exactly_and_exports_to_t5(make_conf
     assert {s: again[s] for s in (4, 5, 6)} == {s: got[s] for s in (4, 5, 6)}  # bit for bit
 
     gen = subprocess.run([sys.executable, "-m", "finetune.generate", str(run), "--prompt", "def load(fp):",
-                          "--greedy", "--max-new-tokens", "6"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+                          "--num-beams", "3", "--max-new-tokens", "6"], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert json.loads(gen.stdout.splitlines()[-1])["prompt"] == "def load(fp):"
 
