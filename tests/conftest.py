@@ -12,9 +12,6 @@ def _isolated_torch_state():
 
 
 def pytest_collection_modifyitems(config, items):
-    # Multi-process tests (marked slow) first: with two workers the long ones start early and the
-    # short ones fill in at the end, instead of one worker finishing a long test alone.
-    items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
