@@ -77,9 +77,8 @@ def evaluate_generator(tag_dir: Path, args, say) -> dict:
     from finetune.config import load_finetune_config
     from finetune.generate import Sampling, generate, load_decoder
     from finetune.tasks import Seq2SeqCollator, SFTCollator, seq2seq_rows, sft_rows
-    from pretrain.data.span_corruption import seq2seq_loss
     from pretrain.run import LanguageModelTask
-    from pretrain.trainer import lm_loss
+    from pretrain.trainer import lm_loss, seq2seq_loss
 
     cfg = load_finetune_config(tag_dir / "config.yaml")
     table, what = examples(cfg, args, say)  # the data is checked before the weights

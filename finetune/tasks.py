@@ -16,12 +16,11 @@ from finetune.data import check_task_sources, task_tables
 from finetune.weights import Pretrained, load_pretrained
 from pretrain.data.batches import IGNORE, Batches
 from pretrain.data.sources import DataError
-from pretrain.data.span_corruption import seq2seq_loss
 from pretrain.data.tokenizer import tokenizer_hash
 from pretrain.export import load_weights
 from pretrain.model import Transformer, build_model, pool
 from pretrain.run import LanguageModelTask
-from pretrain.trainer import lm_loss
+from pretrain.trainer import lm_loss, seq2seq_loss
 
 
 class Classifier(nn.Module):

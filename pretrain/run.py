@@ -51,8 +51,7 @@ class LanguageModelTask:
     select_metric = None
 
     def __init__(self, model: ModelConfig, data: DataConfig, train: TrainConfig):
-        from pretrain.data.span_corruption import seq2seq_loss
-        from pretrain.trainer import lm_loss
+        from pretrain.trainer import lm_loss, seq2seq_loss
 
         self.model_cfg, self.data, self.train = model, data, train
         self.loss_fn = seq2seq_loss if model.arch == "encoder-decoder" else lm_loss

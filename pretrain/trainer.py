@@ -25,6 +25,14 @@ def lm_loss(engine, batch: dict) -> tuple[torch.Tensor, dict]:
     return loss, {"correct": correct, "count": count}
 
 
+def seq2seq_loss(engine, batch: dict) -> tuple[torch.Tensor, dict]:
+    """An encoder-decoder's mean cross-entropy over the decoder's labelled targets (the corrupted
+    spans in pretraining, a task's targets in fine-tuning)."""
+    loss, correct, count = engine(batch["input_ids"], batch["decoder_input_ids"], batch.get("attention_mask"),
+                                  batch.get("decoder_attention_mask"), labels=batch["labels"])  # fmt: skip
+    return loss, {"correct": correct, "count": count}
+
+
 def accumulate(sums: dict, loss: torch.Tensor, extra: dict) -> None:
     """Add one batch's loss (times its count) and the loss function's other sums into ``sums``."""
     count = torch.as_tensor(extra["count"], dtype=torch.float64)

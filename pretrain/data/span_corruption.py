@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from pretrain.model.loss import IGNORE
-
 
 def sentinel_tokens(count: int) -> list[str]:
     return [f"<extra_id_{i}>" for i in range(count)]
@@ -87,11 +85,4 @@ class SpanCorruptionCollator:
                 "labels": labels, "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
 
 
-def seq2seq_loss(engine, batch: dict) -> tuple[torch.Tensor, dict]:
-    """Mean cross-entropy over the decoder's labelled targets (the corrupted spans, or a task's)."""
-    loss, correct, count = engine(batch["input_ids"], batch["decoder_input_ids"], batch.get("attention_mask"),
-                                  batch.get("decoder_attention_mask"), labels=batch["labels"])  # fmt: skip
-    return loss, {"correct": correct, "count": count}
-
-
-__all__ = ["IGNORE", "SpanCorruptionCollator", "corrupt", "lengths", "noise_counts", "noise_mask", "seq2seq_loss"]
+__all__ = ["SpanCorruptionCollator", "corrupt", "lengths", "noise_counts", "noise_mask", "sentinel_tokens"]

@@ -59,14 +59,9 @@ class EncoderDecoder(nn.Module):
     def output(self) -> nn.Linear:
         return self.head
 
-    @property
-    def layers(self) -> nn.ModuleList:
-        """Every block, encoder's then decoder's (what FLOP counts and layer-wise rates walk)."""
-        return nn.ModuleList([*self.encoder, *self.decoder])
-
     def reset_parameters(self, gather: Callable | None = None) -> None:
         """As Transformer.reset_parameters, with the residual scaling over both stacks' depth."""
-        init_weights(self, self.layers, self.cfg, gather or _whole)
+        init_weights(self, [*self.encoder, *self.decoder], self.cfg, gather or _whole)
         if self.cfg.tie_embeddings:
             self.head.weight = self.embed.tokens.weight
 
