@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pretrain.config import ConfigError, RunConfig, TrainConfig, load_config
+from pretrain.model.config import check_padding_kernel
 
 
 @dataclass
@@ -14,10 +15,11 @@ class TaskConfig:
     """classify: a label per text (or text pair). generate: supervised fine-tuning of a decoder on
     prompt/response pairs, with the loss on response tokens only. seq2seq: an encoder-decoder reads
     the prompt (source) and learns to write the response (target)."""
-    builtin: Literal["stdlib-packages", "stdlib-bodies"] | None = None
+    builtin: Literal["stdlib-packages", "stdlib-bodies", "stdlib-names"] | None = None
     """A demo task made from the built-in corpus (no download): stdlib-packages labels a function
     with the top-level standard-library package it comes from; stdlib-bodies asks for a
-    function's body from its signature and docstring. Replaces data.sources."""
+    function's body from its signature and docstring; stdlib-names for a function's name from its
+    docstring and body. Replaces data.sources."""
     text_column: str = "text"
     """classify: the column with the text."""
     text_pair_column: str | None = None
@@ -28,8 +30,16 @@ class TaskConfig:
     """generate, seq2seq: the column with the prompt or source (no loss on it)."""
     response_column: str = "response"
     """generate, seq2seq: the column with the response or target the model learns to produce."""
+    target_len: int | None = None
+    """seq2seq: the most target tokens (with the end-of-text) the decoder reads; None: data.seq_len.
+    A longer target is refused, not cut (a cut target never learns to end)."""
+    attention: Literal["auto", "sdpa", "flex", "eager", "flash", "flash_attn"] = "auto"
+    """The attention kernel fine-tuning (and inference from it) runs: auto keeps the checkpoint's
+    where it takes the padding mask that padded batches need, else sdpa (same weights; a model
+    pretrained with flash or flash_attn). One of auto, sdpa, flex, eager."""
     pooling: Literal["auto", "first", "last", "mean"] = "auto"
-    """auto: the first token for encoders ([CLS]), the last real token for decoders."""
+    """auto: the first token for encoders ([CLS]), the last real token for decoders, the mean of
+    the encoder's output for encoder-decoders."""
     freeze_body: bool = False
     """Train the classification head only."""
     layer_lr_decay: float = 1.0
@@ -55,9 +65,13 @@ class TaskConfig:
         """The pooling a model of ``arch`` uses under this setting (``auto`` resolved)."""
         if self.pooling != "auto":
             return self.pooling
-        return "first" if arch == "encoder" else "last"
+        return {"encoder": "first", "decoder": "last"}.get(arch, "mean")
 
     def validate(self) -> None:
+        check_padding_kernel(self.attention)
+        if self.target_len is not None and self.target_len < 2:
+            raise ValueError(f"target_len={self.target_len}: must be >= 2 (a token and the end-of-text), or null "
+                             "for data.seq_len")  # fmt: skip
         if not 0.0 < self.layer_lr_decay <= 1.0:
             raise ValueError(f"layer_lr_decay={self.layer_lr_decay}: must be in (0, 1]")
         if self.max_train_examples is not None and self.max_train_examples < 1:
@@ -75,6 +89,9 @@ class TaskConfig:
                              "one target (e.g. attn.qkv) and a dropout in [0, 1)")  # fmt: skip
         if self.builtin == "stdlib-packages" and self.kind != "classify":
             raise ValueError("builtin='stdlib-packages' is a classification task: set task.kind=classify")
+        if self.builtin == "stdlib-names" and self.kind != "seq2seq":
+            raise ValueError("builtin='stdlib-names' is a sequence-to-sequence task: set task.kind=seq2seq (an "
+                             "encoder-decoder)")  # fmt: skip
         if self.builtin == "stdlib-bodies" and self.kind == "classify":
             raise ValueError("builtin='stdlib-bodies' is a generation task: set task.kind=generate (a decoder) "
                              "or seq2seq (an encoder-decoder)")  # fmt: skip
@@ -100,6 +117,18 @@ class FinetuneConfig(RunConfig):
                 "or an HF model directory"
             )
         self.check_run()  # the model's shape is the checkpoint's: with_model checks against it
+
+    @property
+    def target_len(self) -> int:
+        """seq2seq: the decoder's length."""
+        return self.task.target_len or self.data.seq_len
+
+    def check_model(self) -> None:
+        super().check_model()
+        learned = self.model.position == "learned"
+        if self.task.kind == "seq2seq" and learned and self.target_len > self.model.max_seq_len:
+            raise ConfigError(f"task.target_len={self.target_len}: longer than the model's {self.model.max_seq_len} "
+                              f"learned positions (model.max_seq_len); use task.target_len <= {self.model.max_seq_len}")
 
 
 def load_finetune_config(path, overrides=None) -> FinetuneConfig:

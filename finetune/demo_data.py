@@ -1,7 +1,8 @@
 """Demo fine-tuning tasks made from the built-in corpus (the Python standard library's source):
 
 - stdlib-packages: a function's source -> the top-level package it comes from (classification);
-- stdlib-bodies: a function's signature and docstring -> its body (generation).
+- stdlib-bodies: a function's signature and docstring -> its body (generation);
+- stdlib-names: a function's docstring and body, its signature left out -> its name (seq2seq).
 
 Functions are found with ``ast``; each task is written once as JSON lines under the data cache.
 """
@@ -13,6 +14,7 @@ import json
 import sys
 import sysconfig
 from pathlib import Path
+from typing import NamedTuple
 
 from pretrain.data.sources import stdlib_files
 from pretrain.files import write_atomic
@@ -21,8 +23,19 @@ PACKAGES = ("asyncio", "email", "http", "importlib", "logging", "multiprocessing
 MAX_CHARS = 1500
 
 
+class Function(NamedTuple):
+    package: str
+    name: str
+    head: str
+    """Decorators, signature and docstring."""
+    body: str
+    """What follows the docstring."""
+    docstring: str
+    """The docstring as written (quotes and all)."""
+
+
 def functions(packages=PACKAGES):
-    """(package, source, signature-and-docstring, body) for functions with a docstring."""
+    """The functions with a docstring and a body, dedented, at most MAX_CHARS long."""
     root = Path(sysconfig.get_paths()["stdlib"])
     for file in stdlib_files():
         rel = Path(file).relative_to(root)
@@ -44,8 +57,18 @@ def functions(packages=PACKAGES):
             start = (node.decorator_list[0].lineno if node.decorator_list else node.lineno) - 1
             head = "".join(line[indent:] for line in lines[start : doc.end_lineno])
             body = "".join(line[indent:] for line in lines[doc.end_lineno : node.end_lineno])
+            docstring = "".join(line[indent:] for line in lines[doc.lineno - 1 : doc.end_lineno])
             if len(head) + len(body) <= MAX_CHARS:
-                yield rel.parts[0], head + body, head, body
+                yield Function(rel.parts[0], node.name, head, body, docstring)
+
+
+def task_row(name: str, f: Function) -> dict:
+    """One example of the built-in task ``name``."""
+    if name == "stdlib-packages":
+        return {"text": f.head + f.body, "label": f.package}
+    if name == "stdlib-names":
+        return {"prompt": f.docstring + f.body, "response": f.name}
+    return {"prompt": f.head, "response": f.body}
 
 
 def builtin_task_file(name: str, cache_dir: Path) -> Path:
@@ -54,9 +77,5 @@ def builtin_task_file(name: str, cache_dir: Path) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for package, source, head, body in functions():
-        row = {"text": source, "label": package} if name == "stdlib-packages" else {"prompt": head, "response": body}
-        rows.append(json.dumps(row) + "\n")
-    write_atomic(path, "".join(rows))
+    write_atomic(path, "".join(json.dumps(task_row(name, f)) + "\n" for f in functions()))
     return path

@@ -2,7 +2,8 @@
 
 Scores a fine-tuned checkpoint on labeled examples in one process. Classification: loss,
 accuracy, macro-F1 and the confusion matrix (rows: true label). Generation: loss and token
-accuracy on the response tokens, and exact match of greedy completions with the responses.
+accuracy on the response tokens, and exact match and chrF (sacrebleu) of greedy completions
+against the responses.
 Given a run directory it uses the run's best checkpoint (else the newest) and says which.
 
 FILE is csv, tsv, jsonl/json or parquet with the run's columns (or the ones given:
@@ -84,7 +85,7 @@ def evaluate_generator(tag_dir: Path, args, say) -> dict:
     table, what = examples(cfg, args, say)  # the data is checked before the weights
     model, tok = load_decoder(str(tag_dir))
     if cfg.task.kind == "seq2seq":
-        rows = seq2seq_rows(tok, table, cfg.task, cfg.data.seq_len)
+        rows = seq2seq_rows(tok, table, cfg.task, cfg.data.seq_len, cfg.target_len, what)
         sums = score(model, rows, Seq2SeqCollator(tok.pad_token_id), seq2seq_loss, args.batch_size)
         prompts = [tok.decode(r["input_ids"][:-1]) for r in rows]  # generate() adds the end-of-text again
         targets = [r["target"] for r in rows]
@@ -97,9 +98,18 @@ def evaluate_generator(tag_dir: Path, args, say) -> dict:
     wanted = [tok.decode(t, skip_special_tokens=True).strip() for t in targets]
     longest = max((len(t) for t in targets), default=1)
     got = generate(model, tok, prompts, Sampling(max_new_tokens=longest, temperature=0.0)) if rows else []
-    exact = sum(g.strip() == w for g, w in zip(got, wanted, strict=True)) / max(len(rows), 1)
     out = {k.removeprefix("val_"): v for k, v in metrics.items()}
-    return {"task": cfg.task.kind, "data": what, "examples": len(rows), **out, "exact_match": exact}
+    return {"task": cfg.task.kind, "data": what, "examples": len(rows), **out, **sequence_metrics(got, wanted)}
+
+
+def sequence_metrics(got: list[str], wanted: list[str]) -> dict:
+    """Exact match (after stripping whitespace) and corpus chrF (sacrebleu's, 0-100) of decoded
+    outputs against their references."""
+    from sacrebleu.metrics import CHRF
+
+    got = [g.strip() for g in got]
+    exact = sum(g == w for g, w in zip(got, wanted, strict=True)) / max(len(got), 1)
+    return {"exact_match": exact, "chrf": CHRF().corpus_score(got, [wanted]).score if got else 0.0}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -235,7 +235,11 @@ def load_decoder(path: str):
     print(f"weights: {pre.source}", file=sys.stderr)
     if pre.model_cfg.arch == "encoder":
         raise ConfigError(f"{path}: generation needs a decoder or encoder-decoder checkpoint; this is an encoder")
-    return load_model(pre.state_dict(), pre.model_cfg).eval(), pre.tokenizer
+    cfg = pre.model_cfg.for_padding()  # batched prompts are padded
+    if cfg.attention != pre.model_cfg.attention:
+        print(f"attention: {cfg.attention} (the checkpoint's {pre.model_cfg.attention} takes no padding mask; the "
+              "weights are the same)", file=sys.stderr)  # fmt: skip
+    return load_model(pre.state_dict(), cfg).eval(), pre.tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:

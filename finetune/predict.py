@@ -26,7 +26,7 @@ def load_classifier(path: str | Path, warn=print, say=None):
     from pretrain.config import ConfigError
     from pretrain.data.tokenizer import load_tokenizer
     from pretrain.export import consolidated_state_dict
-    from pretrain.model import Transformer
+    from pretrain.model import build_model
 
     tag_dir = ckpt.resolve(path, warn=warn, best=True)
     if say is not None:
@@ -34,7 +34,8 @@ def load_classifier(path: str | Path, warn=print, say=None):
     cfg = classifier_config(tag_dir)
     labels = json.loads((tag_dir / "labels.json").read_text())
     pooling = cfg.task.pooling_for(cfg.model.arch)
-    model = Classifier(Transformer(cfg.model), len(labels), pooling, cfg.task.classifier_dropout)
+    model = Classifier(build_model(cfg.model.for_padding(cfg.task.attention)), len(labels), pooling,
+                       cfg.task.classifier_dropout)  # fmt: skip
     missing, unexpected = model.load_state_dict(consolidated_state_dict(tag_dir), strict=False)
     if missing or unexpected:
         raise ConfigError(f"{tag_dir}: the weights do not fit the classifier its config describes (missing "

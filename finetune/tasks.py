@@ -30,6 +30,8 @@ class Classifier(nn.Module):
         super().__init__()
         self.cfg = body.cfg
         self.body = body
+        if body.cfg.arch == "encoder-decoder":
+            body.drop_decoder()  # the pooled encoder output is classified
         self.body.head = nn.Identity()  # the LM head has no part here (and unused weights upset ZeRO)
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
@@ -157,13 +159,19 @@ def sft_rows(tok, table, t, seq_len: int) -> list[dict]:
     return rows
 
 
-def seq2seq_rows(tok, table, t, seq_len: int) -> list[dict]:
-    """Source and target token ids, each ending in end-of-text and cut to seq_len."""
+def seq2seq_rows(tok, table, t, seq_len: int, target_len: int, what: str) -> list[dict]:
+    """Source and target token ids, each ending in end-of-text; sources cut to seq_len. A target
+    longer than target_len is refused (DataError): cut, it would never learn to end."""
     sources = tok([str(x) for x in table[t.prompt_column]], add_special_tokens=False)["input_ids"]
-    targets = tok([str(x) for x in table[t.response_column]], add_special_tokens=False)["input_ids"]
+    targets = [r + [tok.eos_token_id] for r in
+               tok([str(x) for x in table[t.response_column]], add_special_tokens=False)["input_ids"]]  # fmt: skip
+    long = [len(r) for r in targets if len(r) > target_len]
+    if long:
+        raise DataError(f"task.target_len={target_len}: {len(long)} of the {len(targets)} targets in {what} are longer "
+                        f"(the longest has {max(long)} tokens with its end-of-text); set task.target_len >= "
+                        f"{max(long)} or drop those rows")  # fmt: skip
     eos = [tok.eos_token_id]
-    return [{"input_ids": (s + eos)[:seq_len], "target": (r + eos)[:seq_len]}
-            for s, r in zip(sources, targets, strict=True)]  # fmt: skip
+    return [{"input_ids": (s + eos)[:seq_len], "target": r} for s, r in zip(sources, targets, strict=True)]
 
 
 class Seq2SeqCollator:
@@ -185,17 +193,21 @@ class Seq2SeqCollator:
 
 def check_task_fits(task, arch: str, what: str) -> None:
     """A DataError when task.kind (and its options) cannot train a model of ``arch``."""
-    if (arch == "encoder-decoder") != (task.kind == "seq2seq"):
-        need = ("an encoder-decoder fine-tunes with task.kind=seq2seq" if arch == "encoder-decoder"
-                else "task.kind=seq2seq needs an encoder-decoder checkpoint (T5-like)")  # fmt: skip
-        raise DataError(f"task.kind={task.kind} with {what}, an {arch}: {need}")
+    if task.kind == "seq2seq" and arch != "encoder-decoder":
+        raise DataError(f"task.kind=seq2seq with {what}, an {arch}: task.kind=seq2seq needs an encoder-decoder "
+                        "checkpoint (T5-like); use task.kind=generate or classify")  # fmt: skip
+    if task.kind == "generate" and arch == "encoder-decoder":
+        raise DataError(f"task.kind=generate with {what}, an {arch}: an encoder-decoder fine-tunes with "
+                        "task.kind=seq2seq (or classify)")  # fmt: skip
     if task.kind == "generate" and arch != "decoder":
         raise DataError(f"task.kind=generate needs a decoder (causal) checkpoint; {what} is an {arch}; use "
                         "task.kind=classify or a GPT/LLaMA checkpoint")  # fmt: skip
-    if task.kind == "seq2seq" and (task.freeze_body or task.layer_lr_decay != 1.0):
-        raise DataError(f"task.freeze_body={task.freeze_body}, task.layer_lr_decay={task.layer_lr_decay}: "
-                        "not for task.kind=seq2seq (no head apart from the body; the decay walks a decoder's or "
-                        "encoder's layers); use false and 1.0, or LoRA (task.lora_rank)")  # fmt: skip
+    if task.kind == "seq2seq" and task.freeze_body:
+        raise DataError("task.freeze_body=true: not for task.kind=seq2seq (it has no head apart from the body); "
+                        "use false, or LoRA (task.lora_rank)")  # fmt: skip
+    if arch == "encoder-decoder" and task.layer_lr_decay != 1.0:
+        raise DataError(f"task.layer_lr_decay={task.layer_lr_decay}: not for an encoder-decoder (the decay walks one "
+                        "stack's layers); use 1.0, or LoRA (task.lora_rank)")  # fmt: skip
 
 
 class FinetuneTask:
@@ -222,7 +234,9 @@ class FinetuneTask:
                 )
         if self.tokenizer.pad_token_id is None:
             raise DataError(f"the tokenizer of {self.pretrained.source} has no pad token, which batching needs")
-        self.model_cfg = self.pretrained.model_cfg  # the shape is the checkpoint's (run checks the config against it)
+        # The shape is the checkpoint's (run checks the config against it); the kernel one that takes
+        # the padding of fine-tuning batches.
+        self.model_cfg = self.pretrained.model_cfg.for_padding(cfg.task.attention)
         self.loss_fn = {"classify": classify_loss, "generate": lm_loss, "seq2seq": seq2seq_loss}[self.kind]
         self.eval_metrics = classification_metrics if self.kind == "classify" else LanguageModelTask.eval_metrics
         self.select_metric = ("val_accuracy", max) if self.kind == "classify" else ("val_loss", min)
@@ -246,7 +260,8 @@ class FinetuneTask:
             rows = self._classification_rows(tables)
             collate = ClassifyCollator(self.tokenizer.pad_token_id)
         elif self.kind == "seq2seq":
-            rows = {split: seq2seq_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len)
+            rows = {split: seq2seq_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len,
+                                        self.cfg.target_len, f"the {split} data")
                     for split, table in tables.items()}  # fmt: skip
             collate = Seq2SeqCollator(self.tokenizer.pad_token_id)
         else:
@@ -257,6 +272,10 @@ class FinetuneTask:
                                      shuffle=True, num_workers=self.cfg.data.num_workers)  # fmt: skip
         self.val_batches = Batches(ExampleDataset(rows["validation"]), collate, micro, rank, world, seed,
                                    shuffle=False, num_workers=0) if "validation" in rows else None  # fmt: skip
+        trained = self.pretrained.model_cfg.attention
+        if trained != self.model_cfg.attention:
+            say(f"attention: {self.model_cfg.attention} (the checkpoint's {trained} takes no padding mask; the weights "
+                "are the same)")  # fmt: skip
         say(
             f"task {self.kind}: {len(rows['train'])} training and {len(rows.get('validation', []))} validation examples"
             + (f", {len(self.labels)} labels" if self.labels else "")
@@ -281,7 +300,7 @@ class FinetuneTask:
     def build_model(self, gather=None) -> nn.Module:
         """The pretrained body (or a fresh one for init_random) and the task's head. ``gather``
         (ZeRO-3): the model is being built partitioned; weights stream in one tensor at a time."""
-        body = build_model(self.pretrained.model_cfg, gather)
+        body = build_model(self.model_cfg, gather)
         if not self.cfg.init_random:
             load_weights(body, self.pretrained.tensors(), gather, skip=self.pretrained.skip)
         model = body

@@ -123,6 +123,10 @@ CASES = [
     ("fine-tuning: no such starting point", ["finetune", "configs/finetune/stdlib-packages.yaml",
                                              "init_from={tmp}/nowhere", "output_dir={tmp}/runs"],
      "init_from='{tmp}/nowhere': no such file or directory"),
+    ("fine-tuning: a kernel that takes no padding mask", ["finetune", "configs/finetune/stdlib-names.yaml",
+                                                          "task.attention=flash", "output_dir={tmp}/runs"],
+     "config error: task.attention='flash' takes no padding mask, which padded batches need (and an encoder-decoder's "
+     "cross-attention over padded sources); use one of ['auto', 'sdpa', 'flex', 'eager']"),
     ("generation: bad sampling flag", ["finetune.generate", "{tmp}/ck", "--prompt", "x", "--max-new-tokens", "-3"],
      "config error: --max-new-tokens -3: must be an integer >= 1"),
     ("prediction: text and label lines as plain text", ["finetune.predict", "{tmp}/cls", "{tmp}/pairs.txt"],

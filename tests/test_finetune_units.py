@@ -126,9 +126,11 @@ def test_the_model_section_is_checked_against_init_froms_shape_not_the_default()
                                                    "fine-tunes with task.kind=seq2seq"),
         (dict(kind="seq2seq"), "decoder", "task.kind=seq2seq needs an encoder-decoder checkpoint"),
         (dict(kind="generate"), "encoder", "task.kind=generate needs a decoder (causal) checkpoint; X is an encoder"),
-        (dict(kind="seq2seq", layer_lr_decay=0.9), "encoder-decoder", "task.layer_lr_decay=0.9: not for task.kind"),
-        (dict(kind="seq2seq", freeze_body=True), "encoder-decoder", "task.freeze_body=True"),
+        (dict(kind="seq2seq", layer_lr_decay=0.9), "encoder-decoder", "task.layer_lr_decay=0.9: not for an encoder-"),
+        (dict(kind="classify", layer_lr_decay=0.9), "encoder-decoder", "task.layer_lr_decay=0.9: not for an encoder-"),
+        (dict(kind="seq2seq", freeze_body=True), "encoder-decoder", "task.freeze_body=true: not for task.kind=seq2seq"),
         (dict(kind="seq2seq"), "encoder-decoder", None),
+        (dict(kind="classify", freeze_body=True), "encoder-decoder", None),
         (dict(kind="classify"), "encoder", None),
     ],
 )

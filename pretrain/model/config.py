@@ -7,7 +7,7 @@ the launcher and tests can read it without torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Arch = Literal["decoder", "encoder", "encoder-decoder"]
@@ -22,6 +22,9 @@ MLP = Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh"]
 # but no bucketed bias.
 KERNELS_WITH_BIAS = {"alibi": ("eager", "sdpa", "flex", "flash_attn"), "relative": ("eager", "sdpa", "flex")}
 KERNELS_WITH_WINDOW = ("eager", "sdpa", "flex", "flash_attn")
+# Padded batches (fine-tuning, batched decoding, an encoder-decoder's cross-attention over padded
+# sources) need a padding mask, which `flash` and (here) the flash-attn package do not take.
+KERNELS_WITH_PADDING = ("sdpa", "flex", "eager")
 
 
 @dataclass
@@ -95,6 +98,15 @@ class ModelConfig:
     @property
     def causal(self) -> bool:
         return self.arch == "decoder"
+
+    def for_padding(self, attention: str = "auto") -> ModelConfig:
+        """This shape with a kernel that takes padding masks: ``attention`` where given, else the
+        model's own kernel where it can, else sdpa (the same weights and math; on a GPU, SDPA still
+        picks a flash kernel for batches without padding). A ValueError for a kernel that cannot."""
+        check_padding_kernel(attention)
+        if attention == "auto":
+            attention = self.attention if self.attention in KERNELS_WITH_PADDING else "sdpa"
+        return replace(self, attention=attention)
 
     @property
     def tied_output_keys(self) -> set[str]:
@@ -183,6 +195,14 @@ class ModelConfig:
                 raise ValueError(
                     f"attention={self.attention!r} has no sliding window; use one of {list(KERNELS_WITH_WINDOW)}"
                 )
+
+
+def check_padding_kernel(attention: str) -> None:
+    """A ValueError naming ``attention`` when it cannot run padded batches (``auto``: pick one that can)."""
+    if attention != "auto" and attention not in KERNELS_WITH_PADDING:
+        raise ValueError(f"attention={attention!r} takes no padding mask, which padded batches need (and an "
+                         f"encoder-decoder's cross-attention over padded sources); use one of "
+                         f"{['auto', *KERNELS_WITH_PADDING]}")  # fmt: skip
 
 
 def _divisors_near(n: int, k: int) -> list[int]:

@@ -89,6 +89,16 @@ class EncoderDecoder(nn.Module):
         x = self._stack(self.encoder, self.embed(input_ids, positions), ctx)
         return self.encoder_norm(x) if self.encoder_norm is not None else x
 
+    def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """The encoder's output: what a classifier pools (see ``drop_decoder``)."""
+        return self.encode(input_ids, attention_mask)
+
+    def drop_decoder(self) -> None:
+        """Keep the embedding and the encoder stack only (classification reads the pooled encoder
+        output; unused weights would upset ZeRO)."""
+        self.decoder, self.decoder_position, self.decoder_norm = nn.ModuleList(), None, None
+        self.head = nn.Identity()
+
     def decode(
         self,
         decoder_input_ids: torch.Tensor,

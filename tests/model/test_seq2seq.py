@@ -124,3 +124,59 @@ def test_an_output_layer_of_its_own_has_no_t5_form():
     pytest.importorskip("transformers")
     with pytest.raises(ValueError, match="this model's output layer is neither"):
         t5_to_hf(EncoderDecoder(tiny()))  # untied, drawn apart from the embedding
+
+
+@pytest.mark.parametrize("kernel", ["flash", "flash_attn"])
+@pytest.mark.parametrize("arch", ["decoder", "encoder-decoder"])
+def test_a_model_trained_with_a_kernel_without_masks_runs_padded_batches_with_sdpa(kernel, arch):
+    """for_padding swaps flash / flash_attn for sdpa (what fine-tuning and batched inference run),
+    keeps a kernel that takes masks, and refuses to be told one that does not; flash's logits on an
+    unpadded batch are sdpa's, and a padded row gives what it gives alone."""
+    from pretrain.model import build_model
+
+    cfg = tiny(arch=arch, position="sinusoidal", norm_position="post", mlp="relu", attention=kernel,
+               num_decoder_layers=None if arch == "decoder" else 3)  # fmt: skip
+    assert cfg.for_padding().attention == "sdpa" and cfg.for_padding("eager").attention == "eager"
+    assert tiny(attention="flex").for_padding().attention == "flex"
+    with pytest.raises(ValueError, match=r"attention='flash' takes no padding mask.*\['auto', 'sdpa', 'flex'"):
+        cfg.for_padding("flash")
+    src, tgt, src_mask = batch(torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    fallback = build_model(cfg.for_padding()).eval()
+    args = (src, tgt) if arch == "encoder-decoder" else (src,)
+    with torch.no_grad():
+        if kernel == "flash":  # the flash-attn package is not on CPU machines
+            trained = build_model(cfg).eval()
+            trained.load_state_dict(fallback.state_dict())
+            assert torch.allclose(trained(*args), fallback(*args), atol=1e-5)
+            with pytest.raises(ValueError, match="attention='flash' cannot take a padding mask"):
+                trained(*args, attention_mask=src_mask)
+        padded = fallback(*args, attention_mask=src_mask)
+        alone = fallback(*(a[1:, :4] if a is src else a[1:] for a in args), attention_mask=src_mask[1:, :4])
+    last = slice(None) if arch == "encoder-decoder" else slice(None, 4)
+    assert torch.allclose(padded[1, last], alone[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("position", ["relative", "sinusoidal", "alibi", "rope"])
+@pytest.mark.parametrize("kernel", ["sdpa", "flex", "flash"])
+def test_each_kernel_gives_eagers_logits_where_it_can_express_the_masks(kernel, position):
+    """Padded sources and targets (sdpa, flex), or no padding (flash, which takes no mask and no
+    bias: a config error for relative and ALiBi)."""
+    from pretrain.model.config import KERNELS_WITH_BIAS
+
+    if kernel not in KERNELS_WITH_BIAS.get(position, (kernel,)):
+        with pytest.raises(ValueError, match=f"attention='{kernel}' cannot add the {position} position bias"):
+            tiny(position=position, attention=kernel).validate()
+        return
+    torch.manual_seed(0)
+    model = EncoderDecoder(tiny(position=position, attention="eager")).eval()
+    src, tgt, src_mask = batch(torch.Generator().manual_seed(4))
+    tgt_mask = torch.ones_like(tgt)
+    tgt_mask[0, 3:] = 0
+    masks = (None, None) if kernel == "flash" else (src_mask, tgt_mask)
+    with torch.no_grad():
+        want = model(src, tgt, *masks)
+        model.cfg.attention = kernel
+        got = model(src, tgt, *masks)
+    keep = torch.ones_like(tgt, dtype=torch.bool) if masks[1] is None else tgt_mask.bool()
+    torch.testing.assert_close(got[keep], want[keep], atol=1e-5, rtol=0)

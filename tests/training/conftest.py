@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,18 @@ def kill_tree(pid: int) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(procs, timeout=30)
+
+
+def kill_once_written(nproc: int, config: Path, marker: Path, timeout: float = 300) -> None:
+    """Start a run and SIGKILL all its processes as soon as ``marker`` exists (fails if it never does)."""
+    proc = subprocess.Popen([*command(nproc), str(config)], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.time() + timeout
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    kill_tree(proc.pid)
+    proc.wait()
+    assert marker.exists(), f"the run never wrote {marker}"
 
 
 def launch(nproc: int, config: Path, *overrides: str, timeout: float = 300, check: bool = True, module="pretrain",

@@ -2,6 +2,7 @@
 and the errors for bad task data or the wrong checkpoint."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -41,7 +42,7 @@ def finetune_config(make_config, name, init_from, task, data=None, **sections):
 def test_classification_from_a_zero3_two_process_checkpoint_loaded_by_one(make_config, tmp_path):
     launch(2, make_config(name="pre", deepspeed={"zero_stage": 3}, train={"max_steps": 6}))
     pre = tmp_path / "runs" / "pre"
-    rows = [{"text": src, "label": pkg} for pkg, src, _, _ in function_rows()]
+    rows = [{"text": f.head + f.body, "label": f.package} for f in function_rows()]
     data = write_jsonl(tmp_path / "functions.jsonl", rows)
     task = {"kind": "classify", "classifier_dropout": 0.0}  # no per-rank randomness in the comparison below
     cfg = finetune_config(make_config, "cls", pre, task, train={"global_batch_size": 2},
@@ -84,10 +85,10 @@ def test_text_pair_classification_from_csv_with_an_encoder(make_config, tmp_path
     funcs = function_rows()
     rng = random.Random(0)
     rows = []
-    for i, (_, _, head, body) in enumerate(funcs):
-        other = funcs[(i + rng.randrange(1, len(funcs))) % len(funcs)][3]
-        rows.append({"head": head, "body": body, "label": "match"})
-        rows.append({"head": head, "body": other, "label": "mismatch"})
+    for i, f in enumerate(funcs):
+        other = funcs[(i + rng.randrange(1, len(funcs))) % len(funcs)].body
+        rows.append({"head": f.head, "body": f.body, "label": "match"})
+        rows.append({"head": f.head, "body": other, "label": "mismatch"})
     table = tmp_path / "pairs.csv"
     with open(table, "w", newline="") as f:
         writer = csv.DictWriter(f, ["head", "body", "label"])
@@ -123,7 +124,7 @@ def test_sft_then_generation_with_and_without_the_kv_cache(make_config, tmp_path
     from finetune.generate import Sampling, generate, load_decoder
 
     launch(1, make_config(name="pre", family="llama", train={"max_steps": 4}))
-    rows = [{"prompt": head, "response": body} for _, _, head, body in function_rows()]
+    rows = [{"prompt": f.head, "response": f.body} for f in function_rows()]
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
     sources = [{"files": str(data)}]
     cfg = finetune_config(make_config, "sft", tmp_path / "runs" / "pre", {"kind": "generate"},
@@ -173,6 +174,33 @@ def test_sft_then_generation_with_and_without_the_kv_cache(make_config, tmp_path
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=ids).logits, merged(ids), atol=1e-4, rtol=0)
         assert not torch.allclose(merged(ids), model(ids), atol=1e-3)  # not the fully fine-tuned model
+
+
+def test_a_decoder_trained_with_flash_decodes_padded_batches_and_fine_tunes_with_sdpa(make_config, tmp_path,
+                                                                                      pretrained):
+    """A checkpoint whose config says attention=flash (the same weights as the sdpa one) decodes
+    prompts of different lengths as the sdpa one does, and a fine-tuning task builds it with sdpa
+    (or the kernel task.attention names)."""
+    import yaml
+
+    from finetune.config import load_finetune_config
+    from finetune.generate import Sampling, generate, load_decoder
+    from finetune.tasks import FinetuneTask
+    from pretrain.export import export
+
+    plain = export(pretrained, tmp_path / "exp")["consolidated"]
+    flash = tmp_path / "flash"
+    shutil.copytree(plain, flash)
+    cfg = yaml.safe_load((flash / "config.yaml").read_text())
+    (flash / "config.yaml").write_text(yaml.safe_dump({**cfg, "model": {**cfg["model"], "attention": "flash"}}))
+    prompts = ["def load(fp):\n", "import json\n\nclass JSONDecoder(object):\n"]
+    (model, tok), (want, _) = load_decoder(str(flash)), load_decoder(str(plain))
+    assert model.cfg.attention == "sdpa"
+    assert generate(model, tok, prompts, Sampling(8, 0.0)) == generate(want, tok, prompts, Sampling(8, 0.0))
+    for given, runs in (("auto", "sdpa"), ("eager", "eager")):
+        task = {"kind": "classify", "attention": given}
+        path = finetune_config(make_config, f"cls-{given}", flash, task, data={"sources": [{"files": str(flash)}]})
+        assert FinetuneTask(load_finetune_config(path)).model_cfg.attention == runs
 
 
 def test_bad_task_data_and_wrong_checkpoints_are_named(make_config, tmp_path, tokenizers):
@@ -250,7 +278,7 @@ def test_headerless_tsv_files_with_early_stopping_the_best_checkpoint_and_a_test
     stopping ends the run, and evaluate/predict use the best checkpoint and agree with training."""
     import random
 
-    rows = [(head.splitlines()[0].replace("\t", " "), pkg) for pkg, _, head, _ in function_rows()]
+    rows = [(f.head.splitlines()[0].replace("\t", " "), f.package) for f in function_rows()]
     random.Random(0).shuffle(rows)  # all three packages in every file
     files = {}
     for name, part in (("train", rows[:40]), ("dev", rows[40:47]), ("test", rows[47:56])):
@@ -322,7 +350,7 @@ def test_lora_adapters_train_alone_under_zero_2_and_3_and_merge_into_the_same_mo
     from pretrain.model import Transformer
 
     pre = pretrained
-    rows = [{"text": src, "label": pkg} for pkg, src, _, _ in function_rows()]
+    rows = [{"text": f.head + f.body, "label": f.package} for f in function_rows()]
     data = {"sources": [{"files": str(write_jsonl(tmp_path / "f.jsonl", rows))}]}
     lora = {"kind": "classify", "classifier_dropout": 0.0, "lora_rank": 4, "lora_alpha": 8.0}
     train = {"global_batch_size": 2, "max_steps": 4, "eval_every": 4}
@@ -368,7 +396,7 @@ def test_freeze_body_layer_lr_decay_and_init_random_under_deepspeed(make_config,
 
     pre = pretrained
     base = consolidated_state_dict(pre / "checkpoints" / "step_00000002")
-    rows = [{"text": src, "label": pkg} for pkg, src, _, _ in function_rows()]
+    rows = [{"text": f.head + f.body, "label": f.package} for f in function_rows()]
     data = {"sources": [{"files": str(write_jsonl(tmp_path / "f.jsonl", rows))}]}
     train = {"max_steps": 1, "eval_every": 1, "warmup_steps": 0, "weight_decay": 0.0, "lr": 1e-3}
 

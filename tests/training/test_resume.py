@@ -1,12 +1,9 @@
 """Checkpoints under fire: a run killed with SIGKILL resumes to exactly the uninterrupted losses;
 a 2-process checkpoint resumes on 1 process through DeepSpeed's universal format."""
 
-import subprocess
-import time
-
 import pytest
 
-from .conftest import ENV, ROOT, command, kill_tree, launch, losses
+from .conftest import kill_once_written, launch, losses
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -18,15 +15,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(make_config, tmp_path):
 
     cfg = make_config(name="killed", **common)
     run_dir = tmp_path / "runs" / "killed"
-    proc = subprocess.Popen([*command(2), str(cfg)], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    marker = run_dir / "checkpoints" / "step_00000010" / "complete.json"
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    kill_tree(proc.pid)
-    proc.wait()
-    assert marker.exists(), "the run never completed its step-10 checkpoint"
+    kill_once_written(2, cfg, run_dir / "checkpoints" / "step_00000010" / "complete.json")
     done_before = max(losses(run_dir))
     assert done_before < 30, "the run finished before it could be killed"
 

@@ -1,15 +1,17 @@
 """The encoder-decoder pretrained with span corruption through `python -m pretrain`: real DeepSpeed
-processes, ZeRO-3 built partitioned like ZeRO-2 built whole, exact resume, and an export that
-transformers loads as T5ForConditionalGeneration with our logits."""
+processes, ZeRO-3 built partitioned like ZeRO-2 built whole, exact resume after SIGKILL, an export
+that transformers loads as T5ForConditionalGeneration with our logits, and fine-tuning from it
+(sequence-to-sequence and classification) that beats the same shape from random weights."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from .conftest import ENV, ROOT, launch, losses, metrics
+from .conftest import ENV, ROOT, kill_once_written, launch, losses, metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -18,33 +20,43 @@ T5 = {"arch": "encoder-decoder", "num_decoder_layers": 2, "position": "relative"
       "relative_max_distance": 32}  # fmt: skip
 
 
-def t5_config(make_config, name, **sections):
+# "Attention Is All You Need": sinusoidal positions, post-norm, ReLU; trained here with the flash
+# kernel, which takes no padding mask (fine-tuning and batched decoding then run sdpa).
+PAPER = {"arch": "encoder-decoder", "position": "sinusoidal", "norm_position": "post", "mlp": "relu",
+         "tie_embeddings": True, "attention": "flash"}  # fmt: skip
+
+
+def t5_config(make_config, name, model=T5, **sections):
     data = {"tokenizer": {"path": None, "vocab_size": 320}, "validation_fraction": 0.15}  # trained with sentinels
-    return make_config(name=name, model=T5, data=data, **sections)
+    return make_config(name=name, model=model, data=data, **sections)
 
 
-def test_span_corruption_pretraining_resumes_exactly_and_exports_to_t5(make_config, tmp_path):
-    train = {"max_steps": 6, "eval_every": 3, "eval_batches": 2}
-    zero3 = t5_config(make_config, "t5", train=train, deepspeed={"zero_stage": 3}, checkpoint={"every_steps": 3})
-    out = launch(2, zero3).stdout
+def test_span_corruption_pretraining_resumes_exactly_after_sigkill_and_exports_to_t5(make_config, tmp_path):
+    train = {"max_steps": 24, "eval_every": 12, "eval_batches": 2}
+    common = dict(train=train, deepspeed={"zero_stage": 3}, checkpoint={"every_steps": 4, "keep_last": 2})
+    out = launch(2, t5_config(make_config, "t5", **common)).stdout
     assert "span sentinels among them" in out and "built the model partitioned" in out, out[-2000:]
     run = tmp_path / "runs" / "t5"
     got = losses(run)
-    assert sorted(got) == list(range(1, 7)) and got[6] < got[1]
+    assert sorted(got) == list(range(1, 25)) and got[24] < got[1]
     first = metrics(run)[1]
     # 32 tokens a sequence: 5 noise tokens in 2 spans -> encoder 30 tokens, decoder 8 (spans, sentinels, eos)
     assert first["tokens"] == 2 * 4 * 30
     evals = metrics(run, "eval")
-    assert sorted(evals) == [3, 6]
+    assert sorted(evals) == [12, 24]
     assert all(0 < e["val_loss"] < 20 and 0 <= e["val_accuracy"] < 1 for e in evals.values())
 
     launch(2, t5_config(make_config, "t5-zero2", train={**train, "max_steps": 1}))
     assert losses(tmp_path / "runs" / "t5-zero2")[1] == pytest.approx(got[1], rel=1e-6)  # the same initial weights
 
-    step3 = run / "checkpoints" / "step_00000003"
-    launch(2, t5_config(make_config, "again", train={**train, "resume": str(step3)}, deepspeed={"zero_stage": 3}))
-    again = losses(tmp_path / "runs" / "again")
-    assert {s: again[s] for s in (4, 5, 6)} == {s: got[s] for s in (4, 5, 6)}  # bit for bit
+    # The same run again, killed (SIGKILL, every process) once its step-4 checkpoint is complete,
+    # then started again with the same command: it resumes and gives the same losses bit for bit.
+    cfg = t5_config(make_config, "killed", **common)
+    killed = tmp_path / "runs" / "killed"
+    kill_once_written(2, cfg, killed / "checkpoints" / "step_00000004" / "complete.json")
+    assert max(losses(killed)) < 24, "the run finished before it could be killed"
+    assert "resuming from" in launch(2, cfg).stdout
+    assert losses(killed) == got  # every step, bit for bit
 
     gen = subprocess.run([sys.executable, "-m", "finetune.generate", str(run), "--prompt", "def load(fp):",
                           "--num-beams", "3", "--max-new-tokens", "6"], cwd=ROOT, env=ENV, capture_output=True,
@@ -60,9 +72,11 @@ def test_span_corruption_pretraining_resumes_exactly_and_exports_to_t5(make_conf
 
     written = export(run, tmp_path / "exp")
     hf = AutoModelForSeq2SeqLM.from_pretrained(written["hf"]).eval()
-    cfg = json.loads((written["hf"] / "config.json").read_text())
-    assert cfg["model_type"] == "t5" and cfg["eos_token_id"] is not None and cfg["decoder_start_token_id"] is not None
-    ours = load_model(dict(ShardedWeights(written["consolidated"]).items()), saved_config(step3).model).eval()
+    hf_cfg = json.loads((written["hf"] / "config.json").read_text())
+    assert hf_cfg["model_type"] == "t5" and hf_cfg["eos_token_id"] is not None
+    assert hf_cfg["decoder_start_token_id"] is not None
+    ours = load_model(dict(ShardedWeights(written["consolidated"]).items()), saved_config(written["checkpoint"]).model)
+    ours.eval()
     src, tgt = torch.randint(5, 300, (2, 12)), torch.randint(5, 300, (2, 6))
     mask = torch.ones_like(src)
     mask[1, 8:] = 0
@@ -70,22 +84,39 @@ def test_span_corruption_pretraining_resumes_exactly_and_exports_to_t5(make_conf
         want = ours(src, tgt, mask)
         assert torch.allclose(hf(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits, want, atol=1e-4)
 
-
-def test_seq2seq_fine_tuning_from_a_span_corruption_run(make_config, tmp_path):
-    """task.kind=seq2seq on source/target pairs at 2 processes; `finetune.evaluate` scores the run's
-    validation data with the loss training reported, and decodes it greedily for exact match."""
+    # The built-in demo task (a function's name from its docstring and body): fine-tuned from the
+    # resumed run, and from random weights of the same shape, with the same data and steps.
     from .test_finetune import finetune_config
 
-    launch(1, t5_config(make_config, "pre", train={"max_steps": 2}))
+    task = {"kind": "seq2seq", "builtin": "stdlib-names", "target_len": 48}
+    scores = {}
+    for name, extra in (("names", {}), ("names-random", {"init_random": True})):
+        ft = finetune_config(make_config, name, killed, task, data={"seq_len": 96, "validation_fraction": 0.1},
+                             train={"max_steps": 10, "eval_every": 10, "micro_batch_size": 4}, **extra)  # fmt: skip
+        out = launch(1, ft, module="finetune").stdout
+        assert "task seq2seq:" in out, out[-2000:]
+        scores[name] = metrics(tmp_path / "runs" / name, "eval")[10]["val_loss"]
+    assert scores["names"] < scores["names-random"] - 0.1, scores
+
+
+def test_the_papers_model_trained_with_flash_fine_tunes_for_seq2seq_and_classification(make_config, tmp_path):
+    """Pretrained with attention=flash: task.kind=seq2seq at 2 processes and classification of the
+    pooled encoder output run sdpa on their padded batches; `finetune.evaluate` scores the run's
+    validation data with the loss training reported and decodes it for exact match and chrF;
+    generation of prompts of different lengths and `finetune.predict` work; bad tasks are one line."""
+    from .test_finetune import finetune_config, function_rows, write_jsonl
+
+    launch(1, t5_config(make_config, "pre", model=PAPER, train={"max_steps": 2}))
+    pre = tmp_path / "runs" / "pre"
     words = ["load", "dump", "parse", "scan", "read", "write", "open", "close", "split", "join", "strip", "find"]
     rows = [{"prompt": f"{a} {b}", "response": f"{b} {a}"} for a in words for b in words[:4]]  # swap the words
-    data_file = tmp_path / "pairs.jsonl"
-    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = finetune_config(make_config, "swap", tmp_path / "runs" / "pre", {"kind": "seq2seq"},
+    data_file = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    cfg = finetune_config(make_config, "swap", pre, {"kind": "seq2seq"},
                           data={"sources": [{"files": str(data_file)}], "validation_fraction": 0.25},
                           train={"max_steps": 6, "eval_every": 6, "micro_batch_size": 2})  # fmt: skip
     out = launch(2, cfg, module="finetune").stdout
     assert "task seq2seq:" in out, out[-2000:]
+    assert "attention: sdpa (the checkpoint's flash takes no padding mask" in out
     run = tmp_path / "runs" / "swap"
     got = losses(run)
     assert sorted(got) == list(range(1, 7)) and all(0 < v < 20 for v in got.values())
@@ -96,9 +127,38 @@ def test_seq2seq_fine_tuning_from_a_span_corruption_run(make_config, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     scored = json.loads((tmp_path / "val.json").read_text())
     assert scored["task"] == "seq2seq" and scored["examples"] > 0 and 0 <= scored["exact_match"] <= 1
+    assert 0 <= scored["chrf"] <= 100
     assert scored["loss"] == pytest.approx(val["val_loss"], rel=1e-5)  # one process scores as training did
 
-    wrong = finetune_config(make_config, "wrong", tmp_path / "runs" / "pre", {"kind": "generate"},
-                            data={"sources": [{"files": str(data_file)}]})  # fmt: skip
+    prompts = ["def load(fp):", "class JSONDecoder(object): pass"]  # padded to the longer one
+    gen = subprocess.run([sys.executable, "-m", "finetune.generate", str(pre), "--greedy", "--max-new-tokens", "4",
+                          *(x for p in prompts for x in ("--prompt", p))], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    assert "attention: sdpa (the checkpoint's flash" in gen.stderr
+    assert [json.loads(line)["prompt"] for line in gen.stdout.splitlines() if line.startswith("{")] == prompts
+
+    functions = [{"text": f.head + f.body, "label": f.package} for f in function_rows()]
+    cls = finetune_config(make_config, "cls", pre, {"kind": "classify"},
+                          data={"sources": [{"files": str(write_jsonl(tmp_path / "f.jsonl", functions))}],
+                                "validation_fraction": 0.1}, train={"max_steps": 2, "eval_every": 2})  # fmt: skip
+    out = launch(1, cls, module="finetune").stdout
+    assert "3 labels" in out, out[-2000:]
+    assert 0 <= metrics(tmp_path / "runs" / "cls", "eval")[2]["val_accuracy"] <= 1
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": r["text"]} for r in functions[:5]])
+    proc = subprocess.run([sys.executable, "-m", "finetune.predict", str(tmp_path / "runs" / "cls"), str(texts)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labels = [json.loads(line)["label"] for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(labels) == 5 and set(labels) <= {"email", "json", "logging"}
+
+    data = {"sources": [{"files": str(data_file)}]}
+    wrong = finetune_config(make_config, "wrong", pre, {"kind": "generate"}, data=data)
     refused = launch(1, wrong, module="finetune", check=False)
     assert refused.returncode == 2 and "an encoder-decoder fine-tunes with task.kind=seq2seq" in refused.stdout
+    short = finetune_config(make_config, "short", pre, {"kind": "seq2seq", "target_len": 2}, data=data)
+    refused = launch(1, short, module="finetune", check=False)
+    assert refused.returncode == 2, refused.stdout[-2000:]
+    assert re.search(r"task.target_len=2: (\d+) of the \1 targets in the train data are longer \(the longest has "
+                     r"\d+ tokens with its end-of-text\); set task.target_len >= \d+", refused.stdout), refused.stdout
+    assert not (tmp_path / "runs" / "short" / "checkpoints").exists()
