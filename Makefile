@@ -24,7 +24,7 @@ demo: setup
 # Two workers for the bulk (most tests wait on process start-up, not on both cores), then the drills
 # that time real timeouts, alone so that a busy machine cannot fake a hang.
 test: setup browser
-	rc=0; $(PY) -m pytest -n 2 --dist worksteal -m "not serial" || rc=$$?; \
+	rc=0; $(PY) -m pytest -n 2 --dist worksteal -m "not serial" --durations=25 || rc=$$?; \
 	$(PY) -m pytest -m serial || rc=$$?; exit $$rc
 
 # The dashboard test drives Debian's Chromium headless; install it where we may (root, apt-get).

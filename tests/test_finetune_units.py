@@ -144,3 +144,33 @@ def test_a_task_that_cannot_train_the_checkpoints_family_is_one_line(task, arch,
         return
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_task_fits(TaskConfig(**task), arch, "X")
+
+
+def test_an_encoder_decoder_classifies_the_mean_of_its_encoder_output():
+    """The decoder and LM head are dropped (nothing ZeRO would see unused); the head reads the mean
+    of the encoder's output over real tokens, so padding changes nothing."""
+    from finetune.config import TaskConfig
+    from pretrain.model import EncoderDecoder
+
+    cfg = ModelConfig(arch="encoder-decoder", vocab_size=50, d_model=16, num_layers=2, num_decoder_layers=1,
+                      num_heads=2, max_seq_len=16, position="relative", norm="rmsnorm", bias=False)  # fmt: skip
+    torch.manual_seed(0)
+    body = EncoderDecoder(cfg).eval()
+    ids = torch.randint(3, 50, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    with torch.no_grad():
+        encoded = body.encode(ids, mask)
+    pooling = TaskConfig().pooling_for(cfg.arch)
+    model = Classifier(body, 3, pooling, 0.0).eval()
+    assert pooling == "mean" and not [k for k in model.state_dict() if k.startswith(("body.decoder", "body.head"))]
+    with torch.no_grad():
+        logits = model(ids, mask)
+        alone = model(ids[1:, :4], mask[1:, :4])
+    want = (encoded * mask[..., None]).sum(1) / mask.sum(1, keepdim=True) @ model.classifier.weight.T
+    torch.testing.assert_close(logits, want + model.classifier.bias, atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone[0], logits[1], atol=1e-5, rtol=0)
+    from pretrain.model import flops_per_token
+
+    encoder = sum(m.weight.numel() for m in body.encoder.modules() if isinstance(m, torch.nn.Linear))
+    assert flops_per_token(body, 6, 0.0) == 6.0 * encoder + 12.0 * cfg.d_model * cfg.num_layers * 6  # for MFU

@@ -59,14 +59,16 @@ def _encoder_decoder_flops(model: nn.Module, seq_len: int, target_fraction: floa
     """Per encoder input token, both stacks: the encoder's matmuls over its seq_len tokens, and the
     decoder's (self-attention, cross-attention to the seq_len encoder outputs, MLP, output layer)
     over target_fraction x seq_len target tokens; cross-attention's keys and values are projected
-    once per encoder token."""
+    once per encoder token. A classifier's body (decoder dropped) counts its encoder only, with
+    target_fraction 0."""
     cfg = model.cfg
 
     def linears(modules) -> int:
         return sum(numel(m.weight) for block in modules for m in block.modules() if isinstance(m, nn.Linear))
 
     memory = sum(numel(block.cross_attn.kv.weight) for block in model.decoder)
-    per_target = linears(model.decoder) - memory + numel(model.head.weight)
+    head = getattr(model.head, "weight", None)  # none on a classifier's body (encoder only)
+    per_target = linears(model.decoder) - memory + (numel(head) if head is not None else 0)
     width = cfg.num_heads * cfg.head_dim
     attention = cfg.num_layers * seq_len + cfg.decoder_layers * target_fraction * seq_len * target_fraction
     cross = cfg.decoder_layers * seq_len * target_fraction  # every target reads every encoder output

@@ -180,3 +180,21 @@ def test_each_kernel_gives_eagers_logits_where_it_can_express_the_masks(kernel, 
         got = model(src, tgt, *masks)
     keep = torch.ones_like(tgt, dtype=torch.bool) if masks[1] is None else tgt_mask.bool()
     torch.testing.assert_close(got[keep], want[keep], atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kernel", ["flash", "flash_attn", "sdpa"])
+def test_gpu_kernels_give_eagers_logits_for_the_encoder_decoder(kernel):
+    """On a GPU in bf16 (unpadded: flash and flash_attn take no padding mask), near eager in fp32."""
+    if kernel == "flash_attn":
+        pytest.importorskip("flash_attn")
+    torch.manual_seed(0)
+    model = EncoderDecoder(tiny(position="sinusoidal", norm_position="post", d_model=128, attention="eager")).cuda()
+    src, tgt = torch.randint(3, 61, (2, 48), device="cuda"), torch.randint(3, 61, (2, 24), device="cuda")
+    with torch.no_grad():
+        want = model(src, tgt)
+        model.cfg.attention = kernel
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = model(src, tgt)
+    torch.testing.assert_close(got.float(), want, atol=5e-2, rtol=5e-2)
