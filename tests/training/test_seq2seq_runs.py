@@ -101,7 +101,7 @@ def test_span_corruption_pretraining_resumes_exactly_after_sigkill_and_exports_t
 
 def test_the_papers_model_trained_with_flash_fine_tunes_for_seq2seq_and_classification(make_config, tmp_path):
     """Pretrained with attention=flash: task.kind=seq2seq at 2 processes and classification of the
-    pooled encoder output run sdpa on their padded batches; `finetune.evaluate` scores the run's
+    pooled encoder output (ZeRO-3, 2 processes) run sdpa on their padded batches; `finetune.evaluate` scores the run's
     validation data with the loss training reported and decodes it for exact match and chrF;
     generation of prompts of different lengths and `finetune.predict` work; bad tasks are one line."""
     from .test_finetune import finetune_config, function_rows, write_jsonl
@@ -141,9 +141,10 @@ def test_the_papers_model_trained_with_flash_fine_tunes_for_seq2seq_and_classifi
     functions = [{"text": f.head + f.body, "label": f.package} for f in function_rows()]
     cls = finetune_config(make_config, "cls", pre, {"kind": "classify"},
                           data={"sources": [{"files": str(write_jsonl(tmp_path / "f.jsonl", functions))}],
-                                "validation_fraction": 0.1}, train={"max_steps": 2, "eval_every": 2})  # fmt: skip
-    out = launch(1, cls, module="finetune").stdout
-    assert "3 labels" in out, out[-2000:]
+                                "validation_fraction": 0.1}, train={"max_steps": 2, "eval_every": 2},
+                          deepspeed={"zero_stage": 3})  # fmt: skip
+    out = launch(2, cls, module="finetune").stdout  # built partitioned, the decoder dropped before ZeRO sees it
+    assert "3 labels" in out and "built the model partitioned" in out, out[-2000:]
     assert 0 <= metrics(tmp_path / "runs" / "cls", "eval")[2]["val_accuracy"] <= 1
     texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": r["text"]} for r in functions[:5]])
     proc = subprocess.run([sys.executable, "-m", "finetune.predict", str(tmp_path / "runs" / "cls"), str(texts)],
