@@ -162,15 +162,14 @@ def sft_rows(tok, table, t, seq_len: int) -> list[dict]:
 def seq2seq_rows(tok, table, t, seq_len: int, target_len: int, what: str) -> list[dict]:
     """Source and target token ids, each ending in end-of-text; sources cut to seq_len. A target
     longer than target_len is refused (DataError): cut, it would never learn to end."""
+    eos = [tok.eos_token_id]
     sources = tok([str(x) for x in table[t.prompt_column]], add_special_tokens=False)["input_ids"]
-    targets = [r + [tok.eos_token_id] for r in
-               tok([str(x) for x in table[t.response_column]], add_special_tokens=False)["input_ids"]]  # fmt: skip
+    targets = [r + eos for r in tok([str(x) for x in table[t.response_column]], add_special_tokens=False)["input_ids"]]
     long = [len(r) for r in targets if len(r) > target_len]
     if long:
         raise DataError(f"task.target_len={target_len}: {len(long)} of the {len(targets)} targets in {what} are longer "
                         f"(the longest has {max(long)} tokens with its end-of-text); set task.target_len >= "
                         f"{max(long)} or drop those rows")  # fmt: skip
-    eos = [tok.eos_token_id]
     return [{"input_ids": (s + eos)[:seq_len], "target": r} for s, r in zip(sources, targets, strict=True)]
 
 
@@ -272,10 +271,11 @@ class FinetuneTask:
                                      shuffle=True, num_workers=self.cfg.data.num_workers)  # fmt: skip
         self.val_batches = Batches(ExampleDataset(rows["validation"]), collate, micro, rank, world, seed,
                                    shuffle=False, num_workers=0) if "validation" in rows else None  # fmt: skip
-        trained = self.pretrained.model_cfg.attention
-        if trained != self.model_cfg.attention:
-            say(f"attention: {self.model_cfg.attention} (the checkpoint's {trained} takes no padding mask; the weights "
-                "are the same)")  # fmt: skip
+        trained, runs = self.pretrained.model_cfg.attention, self.model_cfg.attention
+        if trained != runs:
+            why = f"the checkpoint's {trained} takes no padding mask" if self.cfg.task.attention == "auto" else (
+                f"task.attention; the checkpoint's is {trained}")  # fmt: skip
+            say(f"attention: {runs} ({why}; the weights are the same)")
         say(
             f"task {self.kind}: {len(rows['train'])} training and {len(rows.get('validation', []))} validation examples"
             + (f", {len(self.labels)} labels" if self.labels else "")
