@@ -263,3 +263,19 @@ def test_activation_checkpointing_keeps_fewer_activations_and_the_same_gradients
     assert checkpointed < full / 2
     for a, b in zip(grads, grads_ckpt, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("numel", [16, 17, 33, 1 << 20, (1 << 20) + 5, (1 << 20) + 16, 2 * (1 << 20) + 37])
+def test_a_draw_in_pieces_is_the_draw_of_the_whole(numel):
+    """ZeRO-3 on the host draws each partitioned matrix in pieces (keeping its own slice): the values
+    and the generator's state after must be those of one normal_ over the whole matrix."""
+    from pretrain.model.transformer import normal_in_pieces
+
+    torch.manual_seed(3)
+    whole = torch.empty(numel).normal_(0.0, 0.02)
+    after = torch.rand(3)
+    torch.manual_seed(3)
+    pieces = []
+    normal_in_pieces(numel, 0.02, lambda offset, piece: pieces.append((offset, piece)))
+    assert [o for o, _ in pieces] == [sum(len(p) for _, p in pieces[:i]) for i in range(len(pieces))]
+    assert torch.equal(torch.cat([p for _, p in pieces]), whole) and torch.equal(torch.rand(3), after)
