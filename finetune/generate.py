@@ -138,6 +138,10 @@ def beam_search(model, tokenizer, prompts: list[str], num_beams: int, max_new_to
     return best
 
 
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def _steps(model, tokenizer, prompts: list[str], max_new_tokens: int, use_cache: bool):
     model.eval()
     if model.cfg.arch == "encoder-decoder":
@@ -153,7 +157,7 @@ class _DecoderSteps:
         device = next(model.parameters()).device
         encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         width = max(len(e) for e in encoded)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad_id = _pad_id(tokenizer)
         self.ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
         self.mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
         total = width + max_new_tokens
@@ -195,7 +199,7 @@ class _Seq2SeqSteps:
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] + eos for p in prompts]
         width = max(len(e) for e in encoded)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad_id = _pad_id(tokenizer)
         self.src = torch.tensor([e + [pad_id] * (width - len(e)) for e in encoded], device=device)
         self.src_mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded], device=device)
         self.model, self.memory = model, model.encode(self.src, self.src_mask)
