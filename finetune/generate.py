@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> None:
                      args.repetition_penalty, tuple(args.stop), args.seed)  # fmt: skip
         if args.num_beams < 1:
             raise ConfigError(f"--num-beams {args.num_beams}: must be an integer >= 1")
+        if not math.isfinite(args.length_penalty):
+            raise ConfigError(f"--length-penalty {args.length_penalty}: must be a finite number (1: the mean "
+                              "log-probability per token; 0: the plain sum)")  # fmt: skip
         model, tok = load_decoder(args.checkpoint)
         if args.num_beams > 1:
             best = beam_search(model, tok, prompts, args.num_beams, s.max_new_tokens, args.length_penalty)

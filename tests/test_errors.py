@@ -127,6 +127,10 @@ CASES = [
                                                           "task.attention=flash", "output_dir={tmp}/runs"],
      "config error: task.attention='flash' takes no padding mask, which padded batches need (and an encoder-decoder's "
      "cross-attention over padded sources); use one of ['auto', 'sdpa', 'flex', 'eager']"),
+    ("generation: a length penalty that is not a number", ["finetune.generate", "{tmp}/ck", "--prompt", "x",
+                                                           "--num-beams", "2", "--length-penalty", "nan"],
+     "config error: --length-penalty nan: must be a finite number (1: the mean log-probability per token; 0: the "
+     "plain sum)"),
     ("generation: bad sampling flag", ["finetune.generate", "{tmp}/ck", "--prompt", "x", "--max-new-tokens", "-3"],
      "config error: --max-new-tokens -3: must be an integer >= 1"),
     ("prediction: text and label lines as plain text", ["finetune.predict", "{tmp}/cls", "{tmp}/pairs.txt"],
