@@ -9,9 +9,10 @@ on micro batch, sequence length and activation checkpointing.
 
 CPU memory per node is what the ranks of a node hold on the host: at stages 0-2 every rank builds
 the whole model in fp32 (4 bytes per parameter) before DeepSpeed takes it, at stage 3 the model is
-built partitioned (deepspeed.zero.Init: each rank holds 4 x parameters / world size, plus one
-layer whole while it is initialised), and offloaded optimizer states and parameters live there;
-DeepSpeed's estimators count it so, with their 1.5x buffer factor, and so do stages 0 and 1 here.
+built partitioned (deepspeed.zero.Init: each rank holds 4 x parameters / world size; one layer
+is whole on the GPU while it is created, and in the forward pass), and offloaded optimizer states
+and parameters live there; DeepSpeed's estimators count it so, with their 1.5x buffer factor, and
+so do stages 0 and 1 here.
 """
 
 from __future__ import annotations

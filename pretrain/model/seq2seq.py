@@ -20,10 +20,11 @@ from torch import nn
 
 from .attention import KVCache, build_context
 from .config import ModelConfig
+from .init import _whole, init_weights
 from .layers import Block, build_norm
 from .loss import IGNORE, OutputLayer
 from .position import RelativeBias, build_position
-from .transformer import Embeddings, _whole, init_weights
+from .transformer import Embeddings
 
 
 def _stack_position(cfg: ModelConfig, causal: bool) -> nn.Module | None:

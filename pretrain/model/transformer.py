@@ -5,7 +5,6 @@ A model is a plain nn.Module built from a ModelConfig; training concerns live el
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 
@@ -15,94 +14,10 @@ from torch import nn
 
 from .attention import KVCache, build_context
 from .config import ModelConfig
-from .flops import whole_shape
+from .init import _whole, init_weights
 from .layers import ACTIVATIONS, Block, build_norm
 from .loss import IGNORE, OutputLayer
 from .position import build_position, sinusoidal
-
-
-def _whole(params):
-    return contextlib.nullcontext()
-
-
-DRAW_PIECE = 1 << 20
-"""Elements per piece of a drawn-in-pieces matrix: a multiple of 16, the block torch's CPU normal_
-transforms, so drawing the pieces in order consumes the generator as one draw of the whole."""
-
-
-def normal_in_pieces(numel: int, std: float, keep: Callable[[int, torch.Tensor], None] | None = None) -> None:
-    """The values ``torch.empty(numel).normal_(0, std)`` would draw from the default CPU generator,
-    made in pieces of DRAW_PIECE in order (a tail under 16 joins the piece before it, as normal_
-    treats a tensor under 16 elements differently); ``keep(offset, piece)`` sees each piece."""
-    start = 0
-    while start < numel:
-        n = numel - start if numel - start < DRAW_PIECE + 16 else DRAW_PIECE
-        piece = torch.empty(n).normal_(0.0, std)
-        if keep is not None:
-            keep(start, piece)
-        start += n
-
-
-def normal_partition_(param: torch.Tensor, std: float) -> bool:
-    """Draw a DeepSpeed ZeRO-3 partitioned parameter held on the host without gathering it: every
-    rank makes the whole matrix's draws in pieces and keeps its own slice of the flattened matrix,
-    DeepSpeed's layout (rank r holds elements r * size ... (r + 1) * size - 1). The same values as a
-    gathered draw, without two whole copies of the largest matrix (the embedding) per process. False
-    where that does not apply (not partitioned, not fp32 on the CPU): then the caller gathers."""
-    part = getattr(param, "ds_tensor", None)
-    if part is None or part.device.type != "cpu" or param.dtype != torch.float32:
-        return False
-    size = part.numel()
-    first = size * torch.distributed.get_rank(group=param.ds_process_group)
-
-    def keep(offset: int, piece: torch.Tensor) -> None:
-        lo, hi = max(offset, first), min(offset + len(piece), first + size)
-        if lo < hi:
-            part.data[lo - first : hi - first] = piece[lo - offset : hi - offset]
-
-    normal_in_pieces(param.ds_numel, std, keep)
-    return True
-
-
-def init_weights(model: nn.Module, blocks, cfg: ModelConfig, gather: Callable) -> None:
-    """Normal(0, init_std) weights, zero biases, unit norms, in module order; with
-    scaled_residual_init each block's output projections get std / sqrt(2 * len(blocks)).
-    ``gather``: see Transformer.reset_parameters; a partitioned matrix on the host is drawn in
-    place instead (normal_partition_)."""
-    std = cfg.init_std
-    seen: set[int] = set()
-    for module in model.modules():
-        own = list(module.parameters(recurse=False))
-        params = [p for p in own if id(p) not in seen]  # a tied matrix: once
-        draw = None
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            w = module.weight
-            if id(w) in seen:  # already drawn (tied): a draw of its shape, thrown away, as before the tie
-                normal_in_pieces(math.prod(whole_shape(w)), std)
-            elif normal_partition_(w, std):
-                params.remove(w)
-            else:
-                draw = w
-        with gather(params):
-            if draw is not None:
-                nn.init.normal_(draw, 0.0, std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-                nn.init.ones_(module.weight)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-        seen.update(id(p) for p in own)
-    if cfg.scaled_residual_init:
-        for block in blocks:
-            projections = [block.attn.proj, block.mlp.proj]
-            if hasattr(block, "cross_attn"):
-                projections.insert(1, block.cross_attn.proj)
-            scaled = std / math.sqrt(2 * len(blocks))
-            for proj in projections:
-                if not normal_partition_(proj.weight, scaled):
-                    with gather([proj.weight]):
-                        nn.init.normal_(proj.weight, 0.0, scaled)
 
 
 class Embeddings(nn.Module):

@@ -269,7 +269,7 @@ def test_activation_checkpointing_keeps_fewer_activations_and_the_same_gradients
 def test_a_draw_in_pieces_is_the_draw_of_the_whole(numel):
     """ZeRO-3 on the host draws each partitioned matrix in pieces (keeping its own slice): the values
     and the generator's state after must be those of one normal_ over the whole matrix."""
-    from pretrain.model.transformer import normal_in_pieces
+    from pretrain.model.init import normal_in_pieces
 
     torch.manual_seed(3)
     whole = torch.empty(numel).normal_(0.0, 0.02)
@@ -279,3 +279,35 @@ def test_a_draw_in_pieces_is_the_draw_of_the_whole(numel):
     normal_in_pieces(numel, 0.02, lambda offset, piece: pieces.append((offset, piece)))
     assert [o for o, _ in pieces] == [sum(len(p) for _, p in pieces[:i]) for i in range(len(pieces))]
     assert torch.equal(torch.cat([p for _, p in pieces]), whole) and torch.equal(torch.rand(3), after)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(position="learned", bias=True, tie_embeddings=False),
+     dict(arch="encoder", position="learned", type_vocab_size=2),
+     dict(arch="encoder-decoder", num_decoder_layers=1, position="relative", vocab_size=(1 << 20) // 32 + 3)],
+)  # fmt: skip
+def test_torch_defaults_drawn_not_written_leave_the_weights_a_seed_gives(kw):
+    """ZeRO-3 on the host builds modules without torch's default init writing them (so the whole
+    embedding is never resident): the generator must still advance exactly as that init would,
+    so the weights init_weights draws afterwards, and every draw after, are unchanged; and every
+    nn.Linear / nn.Embedding parameter left unwritten is marked, so DeepSpeed does not broadcast it."""
+    from pretrain.model import build_model
+    from pretrain.model.init import DRAWN_LATER, torch_defaults_drawn_not_written
+
+    cfg = tiny(**kw)
+    torch.manual_seed(5)
+    whole = build_model(cfg)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    with torch_defaults_drawn_not_written():
+        deferred = build_model(cfg)
+    assert torch.equal(torch.rand(3), after)
+    for (name, a), (_, b) in zip(whole.state_dict().items(), deferred.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    marked = {id(p) for p in deferred.parameters() if getattr(p, DRAWN_LATER, False)}
+    linear_or_embedding = {id(p) for m in deferred.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))
+                           for p in m.parameters(recurse=False)}  # fmt: skip
+    assert marked == linear_or_embedding and len(marked) > 4
+    assert torch.nn.Linear.reset_parameters is not torch.nn.Embedding.reset_parameters  # restored
+    assert not any(getattr(p, DRAWN_LATER, False) for p in torch.nn.Linear(3, 4).parameters())
