@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 
 import torch
 from torch import nn
@@ -244,15 +245,51 @@ def _freed_memory_returned():
         trim(0)
 
 
+def buckets_fitted(config: dict, params: int) -> dict:
+    """``config`` with ZeRO's reduce and all-gather buckets no larger than the model's ``params``
+    elements. ZeRO-1/2 allocate the reduce bucket anew every micro step, whole (x2 with overlap_comm):
+    the default 50M elements is 400 MB per step for a model of any size, written in full where
+    deterministic algorithms fill new memory (a 30K-parameter model spent 0.26 s per step there).
+    A bucket never needs to hold more than every gradient; the reductions are the same."""
+    zero = config.get("zero_optimization", {})
+    fitted = {k: min(zero[k], max(params, 1)) for k in ("reduce_bucket_size", "allgather_bucket_size") if k in zero}
+    return {**config, "zero_optimization": {**zero, **fitted}} if fitted else config
+
+
 def initialize(model: nn.Module, config: dict, train: TrainConfig, groups: list[dict]):
     """Wrap the model in a DeepSpeed engine with AdamW over ``groups`` and the warmup/decay schedule."""
     import deepspeed
 
+    from pretrain.model.flops import numel
+
+    _muon_imported_uncompiled(config)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=groups,
-        config=config,
+        config=buckets_fitted(config, sum(numel(p) for p in model.parameters())),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train)),
     )
     return engine
 
+
+def _muon_imported_uncompiled(config: dict) -> None:
+    """DeepSpeed's ZeRO optimizers import its Muon optimizer (in the optimizer check, and again in
+    every gradient reduction) to ask whether it is the one in use; the module compiles three
+    functions with torch.compile as it loads: 3 s per process here, every run (torch's inductor
+    imported for them). Unless the config asks for Muon, import it first with torch.compile as the
+    identity, so those functions stay plain Python and nothing is compiled."""
+    name = "deepspeed.runtime.zero.muon.muon_optimizer"
+    if name in sys.modules or "muon" in str(config.get("optimizer", {}).get("type", "")).lower():
+        return
+    import importlib
+
+    compile_ = torch.compile
+
+    def identity(fn=None, **_):
+        return fn if fn is not None else (lambda f: f)
+
+    torch.compile = identity
+    try:
+        importlib.import_module(name)
+    finally:
+        torch.compile = compile_
