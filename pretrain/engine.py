@@ -250,9 +250,11 @@ def buckets_fitted(config: dict, params: int) -> dict:
     elements. ZeRO-1/2 allocate the reduce bucket anew every micro step, whole (x2 with overlap_comm):
     the default 50M elements is 400 MB per step for a model of any size, written in full where
     deterministic algorithms fill new memory (a 30K-parameter model spent 0.26 s per step there).
-    A bucket never needs to hold more than every gradient; the reductions are the same."""
+    A bucket never needs to hold more than every gradient; the reductions are the same. Rounded up
+    to a multiple of 1,024 elements (DeepSpeed wants bucket sizes aligned for its collectives)."""
     zero = config.get("zero_optimization", {})
-    fitted = {k: min(zero[k], max(params, 1)) for k in ("reduce_bucket_size", "allgather_bucket_size") if k in zero}
+    cap = max(1, -(-params // 1024)) * 1024
+    fitted = {k: min(zero[k], cap) for k in ("reduce_bucket_size", "allgather_bucket_size") if k in zero}
     return {**config, "zero_optimization": {**zero, **fitted}} if fitted else config
 
 

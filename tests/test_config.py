@@ -205,3 +205,19 @@ def test_every_config_field_has_a_docstring():
                 ):  # fmt: skip
                     missing.append(f"{path}: {cls.name}.{field.target.id}")
     assert not missing, missing
+
+
+def test_zero_buckets_are_fitted_to_the_model_aligned_and_never_grown():
+    """ZeRO-1/2 allocate the reduce bucket whole every micro step: no larger than the model, a
+    multiple of 1,024 elements (DeepSpeed asserts alignment), and a user's smaller bucket kept."""
+    from pretrain.config import DeepSpeedSection, TrainConfig
+    from pretrain.engine import buckets_fitted, deepspeed_config
+
+    config = deepspeed_config(DeepSpeedSection(zero_stage=2), TrainConfig(), 2, 1)
+    fitted = buckets_fitted(config, 29_440)["zero_optimization"]
+    assert fitted["reduce_bucket_size"] == fitted["allgather_bucket_size"] == 29 * 1024  # 29,440 rounded up
+    assert config["zero_optimization"]["reduce_bucket_size"] == 50_000_000  # the input is not changed
+    small = deepspeed_config(DeepSpeedSection(zero_stage=1, reduce_bucket_size=2048), TrainConfig(), 2, 1)
+    assert buckets_fitted(small, 10**9)["zero_optimization"]["reduce_bucket_size"] == 2048
+    assert buckets_fitted(deepspeed_config(DeepSpeedSection(zero_stage=0), TrainConfig(), 1, 1), 10) == \
+        deepspeed_config(DeepSpeedSection(zero_stage=0), TrainConfig(), 1, 1)  # fmt: skip
