@@ -17,7 +17,7 @@ from .config import ModelConfig
 from .flops import whole_shape
 
 
-def _whole(params):
+def _whole(params):  # parameters that are whole already: nothing to gather
     return contextlib.nullcontext()
 
 
@@ -103,11 +103,12 @@ def normal_partition_(param: torch.Tensor, std: float) -> bool:
     return True
 
 
-def init_weights(model: nn.Module, blocks, cfg: ModelConfig, gather: Callable) -> None:
+def init_weights(model: nn.Module, blocks, cfg: ModelConfig, gather: Callable | None = None) -> None:
     """Normal(0, init_std) weights, zero biases, unit norms, in module order; with
     scaled_residual_init each block's output projections get std / sqrt(2 * len(blocks)).
     ``gather``: see Transformer.reset_parameters; a partitioned matrix on the host is drawn in
     place instead (normal_partition_)."""
+    gather = gather or _whole
     std = cfg.init_std
     seen: set[int] = set()
     for module in model.modules():

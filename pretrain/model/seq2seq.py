@@ -20,7 +20,7 @@ from torch import nn
 
 from .attention import KVCache, build_context
 from .config import ModelConfig
-from .init import _whole, init_weights
+from .init import init_weights
 from .layers import Block, build_norm
 from .loss import IGNORE, OutputLayer
 from .position import RelativeBias, build_position
@@ -62,7 +62,7 @@ class EncoderDecoder(nn.Module):
 
     def reset_parameters(self, gather: Callable | None = None) -> None:
         """As Transformer.reset_parameters, with the residual scaling over both stacks' depth."""
-        init_weights(self, [*self.encoder, *self.decoder], self.cfg, gather or _whole)
+        init_weights(self, [*self.encoder, *self.decoder], self.cfg, gather)
         if self.cfg.tie_embeddings:
             self.head.weight = self.embed.tokens.weight
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from .attention import KVCache, build_context
 from .config import ModelConfig
-from .init import _whole, init_weights
+from .init import init_weights
 from .layers import ACTIVATIONS, Block, build_norm
 from .loss import IGNORE, OutputLayer
 from .position import build_position, sinusoidal
@@ -98,7 +98,7 @@ class Transformer(nn.Module):
         model partitioned) are whole and what rank 0 writes into them is kept. The random draws are
         the same in the same order either way, so a seed gives the same weights partitioned or not
         (a matrix already tied gets its draw thrown away, as it was before the tie)."""
-        init_weights(self, self.layers, self.cfg, gather or _whole)
+        init_weights(self, self.layers, self.cfg, gather)
         if self.cfg.tie_embeddings:
             self.output.weight = self.embed.tokens.weight
 
