@@ -24,43 +24,72 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, chunk: int):
         # hidden (N, D), weight (V, D), bias (V,) or None, target (N,) -> mean loss, number correct
-        n = hidden.shape[0]
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         want_grad = any(ctx.needs_input_grad[:3])
-        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if want_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad else None
-        grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if want_grad else None
-        for start in range(0, n, chunk):
-            h, t = hidden[start : start + chunk], target[start : start + chunk]
-            logits = h @ weight.t()
-            if bias is not None:
-                logits = logits + bias
-            logits = logits.float()  # (C, V)
-            lse = logits.logsumexp(dim=-1)
-            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            correct += (logits.argmax(dim=-1) == t).sum()
-            if want_grad:
-                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                g[torch.arange(len(t), device=g.device), t] -= 1.0
-                g = g.div_(n).to(h.dtype)  # d(mean loss)/d(logits)
-                grad_hidden[start : start + chunk] = g @ weight.to(h.dtype)
-                grad_weight += (g.t() @ h).float()
-                grad_bias += g.float().sum(0)
-        ctx.has_bias = bias is not None
-        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        with torch.autocast(device, enabled=False):  # the matmuls run in ``dtype``, the softmax in fp32
+            loss, correct, grads = _chunks(hidden.to(dtype), weight.to(dtype), bias, target, chunk, want_grad)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.save_for_backward(*grads)
         ctx.mark_non_differentiable(correct)
-        return loss / max(n, 1), correct
+        return loss, correct
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_correct):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        w_dtype, b_dtype = ctx.dtypes
-        gh = grad_hidden * grad_loss.to(grad_hidden.dtype)
-        gw = (grad_weight * grad_loss).to(w_dtype)
-        gb = (grad_bias * grad_loss).to(b_dtype) if ctx.has_bias else None
-        return gh, gw, gb, None, None
+        # The gradients were computed in forward; scaling them in place leaves them changed, so a
+        # second backward through this graph stops at autograd's check of the saved tensors.
+        grads = [g.mul_(grad_loss.to(g.dtype)).to(dt) for g, dt in zip(ctx.saved_tensors, ctx.dtypes, strict=False)]
+        return *grads, *[None] * (5 - len(grads))
+
+
+def _chunks(hidden, weight, bias, target, chunk: int, want_grad: bool):
+    """Loss, accuracy count and (when wanted) the gradients of the mean loss with respect to hidden,
+    weight and bias, ``chunk`` positions at a time. One logits buffer serves every chunk, and each
+    pass over it works in place: max (with the prediction), subtract, exp, sum, scale."""
+    n = hidden.shape[0]
+    rows = -(-n // -(-n // chunk)) if n else 1  # equal chunks of at most ``chunk`` rows
+    logits = hidden.new_empty(rows, weight.shape[0])
+    probs = logits if logits.dtype == torch.float32 else torch.empty_like(logits, dtype=torch.float32)
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+    grad_hidden = torch.empty_like(hidden) if want_grad else None
+    grad_weight = grad_bias = None
+    for start in range(0, n, rows):
+        h, t = hidden[start : start + rows], target[start : start + rows]
+        c = len(t)
+        z = logits[:c]
+        if bias is None:
+            torch.mm(h, weight.t(), out=z)
+        else:
+            torch.addmm(bias.to(z.dtype), h, weight.t(), out=z)
+        p = z if probs is logits else probs[:c].copy_(z)
+        top, best = p.max(dim=-1)
+        correct += (best == t).sum()
+        p.sub_(top[:, None])
+        target_logit = p.gather(1, t[:, None]).squeeze(1)  # minus the row's max, as every logit now
+        total = p.exp_().sum(dim=-1)
+        loss += (total.log() - target_logit).sum()
+        if not want_grad:
+            continue
+        p.mul_((1.0 / (total * n))[:, None])  # softmax / n
+        p[torch.arange(c, device=p.device), t] -= 1.0 / n  # d(mean loss)/d(logits)
+        g = p if probs is logits else z.copy_(p)
+        torch.mm(g, weight, out=grad_hidden[start : start + c])
+        if grad_weight is None:
+            grad_weight = (g.t() @ h).float()
+            grad_bias = p.sum(dim=0) if bias is not None else None
+        else:
+            if grad_weight.dtype == g.dtype:
+                grad_weight.addmm_(g.t(), h)
+            else:
+                grad_weight += g.t() @ h
+            if bias is not None:
+                grad_bias += p.sum(dim=0)
+    if want_grad and grad_weight is None:  # no position to predict: no gradient
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_bias = None if bias is None else torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+    grads = () if not want_grad else (grad_hidden, grad_weight) + (() if bias is None else (grad_bias,))
+    return loss / max(n, 1), correct, grads
 
 
 def linear_cross_entropy(

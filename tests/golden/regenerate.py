@@ -6,6 +6,9 @@
   corpus (the standard library's ``json`` package), one process, ZeRO-0, fp32, deterministic.
 - ``checkpoint/``: that run's step-10 checkpoint (DeepSpeed files, RNG and data state, config,
   tokenizer), which later versions must load and continue with the losses recorded here.
+
+``previous/`` holds checkpoints written by earlier releases. They are never regenerated: this
+release must still resume them (within rounding of the curve).
 """
 
 from __future__ import annotations

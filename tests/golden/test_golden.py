@@ -50,6 +50,20 @@ def test_the_committed_checkpoint_of_this_release_loads_and_continues_the_curve(
         assert got[step] == GOLDEN[step], f"step {step}: the checkpoint no longer continues as it did"
 
 
+def test_a_checkpoint_of_an_earlier_release_still_loads_and_continues_the_curve(tmp_path):
+    """A checkpoint written by an earlier release (2026-11-27: before complete.json carried a format
+    number, with a config of fewer fields) resumes under this one. Its losses stay within rounding of
+    the golden curve: the loss's arithmetic has changed since (last-bit differences), not training."""
+    earlier = HERE / "previous" / "step-10-2026-11-27"
+    assert "format" not in json.loads((earlier / "complete.json").read_text())
+    resumed = tmp_path / "runs" / "golden" / "checkpoints" / f"step_{SAVED:08d}"
+    shutil.copytree(earlier, resumed)
+    got = train(tmp_path, earlier / "tokenizer", f"train.resume={resumed}")
+    assert sorted(got) == list(range(SAVED + 1, STEPS + 1))
+    for step in got:
+        assert got[step] == pytest.approx(GOLDEN[step], rel=1e-5), f"step {step}"
+
+
 def test_activation_checkpointing_recomputes_the_same_curve_and_the_schedule_has_its_shape(tmp_path, monkeypatch):
     """Activation checkpointing inside the DeepSpeed engine changes memory, not numbers: every block
     of every training forward is checkpointed (2 layers x 30 steps), and the curve is the golden one

@@ -63,18 +63,52 @@ def test_fused_loss_keeps_a_third_of_the_memory_at_vocab_50k():
     assert ours <= plain / 3, (ours, plain)
 
 
-@pytest.mark.gpu
-def test_fused_loss_on_gpu_in_bf16():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("weights", ["fp32 under autocast", "bf16"])
+def test_fused_loss_in_bf16(device, weights):
+    """bf16 under autocast (fp32 weights, the benchmark's mixed precision) and bf16 weights (DeepSpeed's
+    bf16): the matmuls in bf16, the softmax in fp32, gradients in each input's own dtype."""
     torch.manual_seed(0)
-    h = torch.randn(2048, 256, device="cuda", requires_grad=True)
-    w = (torch.randn(32000, 256, device="cuda") * 0.02).requires_grad_()
-    t = torch.randint(0, 32000, (2048,), device="cuda")
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    dtype = torch.bfloat16 if weights == "bf16" else torch.float32
+    h = torch.randn(700, 64, device=device, dtype=dtype, requires_grad=True)
+    w = (torch.randn(3000, 64, device=device) * 0.02).to(dtype).requires_grad_()
+    t = torch.randint(0, 3000, (700,), device=device)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=weights != "bf16"):
         loss, _ = linear_cross_entropy(h, w, None, t)
         ref, _ = _reference(h, w, None, t)
     g = torch.autograd.grad(loss, (h, w))
     r = torch.autograd.grad(ref, (h, w))
     torch.testing.assert_close(loss, ref, atol=1e-2, rtol=1e-2)
     for a, b in zip(g, r, strict=True):
-        assert a.dtype == b.dtype
+        assert a.dtype == b.dtype == dtype
         torch.testing.assert_close(a.float(), b.float(), atol=1e-4, rtol=5e-2)
+
+
+def test_fused_loss_backward_twice_is_refused_or_right():
+    """The gradients are made in forward and scaled in backward (in place, to spare a copy of the
+    weight's gradient); a second backward through the same graph must then stop at autograd's
+    check of the saved tensors, or give the right gradients, never scale them twice."""
+    h = torch.randn(10, 8, requires_grad=True)
+    w = torch.randn(20, 8, requires_grad=True)
+    t = torch.randint(0, 20, (10,))
+    loss, _ = linear_cross_entropy(h, w, None, t)
+    (2 * loss).backward(retain_graph=True)
+    first = w.grad.clone()
+    try:
+        (3 * loss).backward()
+    except RuntimeError as e:
+        assert "modified by an inplace operation" in str(e)
+    else:
+        torch.testing.assert_close(w.grad, first * 2.5)
+
+
+def test_fused_loss_with_nothing_to_predict():
+    """A batch with no labelled position (a masked LM batch where nothing was masked): zero
+    gradients, a zero loss and no error."""
+    h = torch.randn(0, 8, requires_grad=True)
+    w = torch.randn(20, 8, requires_grad=True)
+    b = torch.randn(20, requires_grad=True)
+    loss, correct = linear_cross_entropy(h, w, b, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert float(loss.detach()) == 0 and int(correct) == 0
+    assert w.grad is not None and not w.grad.any() and not b.grad.any()
