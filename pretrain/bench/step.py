@@ -1,14 +1,16 @@
 """One training step of a model size, ours beside HF transformers' class of the same shape.
 
     python -m pretrain.bench step configs/model/gpt2-small.yaml [--batch 4 --seq-len 256]
-        [--dtype fp32|bf16] [--compile] [--engine] [--out DIR] [model.key=value ...]
+        [--dtype fp32|bf16] [--compile] [--engine] [--no-hf] [--no-nanogpt] [--out DIR] [model.key=value ...]
 
-Both models hold the same weights (``to_hf``), see the same random batch and train with the same
+The models hold the same weights (``to_hf``), see the same random batch and train with the same
 optimizer (torch AdamW, fused, our weight-decay groups), dtype (bf16 = autocast over fp32 weights)
 and threads. Ours computes its loss as training does (``pretrain.trainer.lm_loss``); HF's is its
-own ``labels=`` loss. After warm-up the candidates run in interleaved rounds; each row is the median
-step time over the rounds. ``--engine`` adds our full DeepSpeed step (one process, ZeRO-0 and 1,
-bf16 as DeepSpeed does it: bf16 weights, fp32 master copy), so the engine's overhead is a number.
+own ``labels=`` loss. A GPT-2-shaped model also runs beside a GPT written the way nanoGPT writes
+one (``pretrain.bench.reference``: every position's logits, then ``F.cross_entropy``). After
+warm-up the candidates run in interleaved rounds; each row is the median step time over the
+rounds. ``--engine`` adds our full DeepSpeed step (one process, ZeRO-0 and 1, bf16 as DeepSpeed
+does it: bf16 weights, fp32 master copy), so the engine's overhead is a number.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import torch
 
 from pretrain.bench import device_peak_tflops, machine, median, print_table, saved_bytes, timed, write_json
 
-COLUMNS = [("name", "step"), ("step_ms", "ms/step"), ("tokens_per_s", "tokens/s"), ("vs_hf", "x HF"), ("mfu", "MFU"),
+COLUMNS = [("name", "step"), ("step_ms", "ms/step"), ("tokens_per_s", "tokens/s"), ("vs_hf", "x HF"),
+           ("vs_nanogpt", "x nanoGPT-style"), ("mfu", "MFU"),
            ("peak_gib", "peak GiB"), ("saved_gib", "saved for bwd GiB"), ("loss", "first loss")]  # fmt: skip
 
 
@@ -38,11 +41,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--steps", type=int, default=1, help="steps per candidate per round")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU); default: torch's")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models")
-    ap.add_argument("--no-hf", action="store_true", help="ours only (no HF row)")
+    ap.add_argument("--no-hf", action="store_true", help="no HF row")
+    ap.add_argument("--no-nanogpt", action="store_true", help="no nanoGPT-style row (GPT-2-shaped models have one)")
     ap.add_argument("--engine", action="store_true", help="also our DeepSpeed step, ZeRO-0 and ZeRO-1")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (CPU has none)")
     ap.add_argument("--device", default=None, help="cuda or cpu; default: cuda when there is one")
     ap.add_argument("--out", type=Path, default=None, help="write step-NAME.json here")
+
+
+PLAIN = ("ours", "hf", "nanogpt-style")
+"""The candidates that are a model and torch's optimizer alone (no DeepSpeed engine)."""
 
 
 class Candidate:
@@ -77,6 +85,8 @@ def run(args) -> dict:
     from pretrain.model.loss import IGNORE
     from pretrain.trainer import lm_loss
 
+    from .reference import nanogpt_twin, unsupported
+
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -90,6 +100,7 @@ def run(args) -> dict:
     torch.manual_seed(0)
     ours = Transformer(cfg)
     hf = None if args.no_hf else _hf_twin(to_hf, ours)
+    nano = None if args.no_nanogpt or unsupported(cfg) else nanogpt_twin(ours)
     ours.train()
 
     gen = torch.Generator().manual_seed(0)
@@ -129,6 +140,12 @@ def run(args) -> dict:
         opt = adamw(hf)
         hf_loss = lambda m: m(input_ids=inputs, labels=hf_labels).loss
         candidates.append(Candidate("hf", hf, plain_step(hf_fn, hf_loss, opt), opt))
+    if nano is not None:
+        nano = nano.to(device).train()
+        nano_fn = torch.compile(nano) if args.compile else nano
+        opt = adamw(nano)
+        nano_loss = lambda m: m(inputs, labels)
+        candidates.append(Candidate("nanogpt-style", nano, plain_step(nano_fn, nano_loss, opt), opt))
     if args.engine:
         candidates += _engine_candidates(cfg, ours, batch, args, device)
 
@@ -139,7 +156,7 @@ def run(args) -> dict:
         for c in candidates:
             c.times.append(timed(lambda c=c: [c.step() for _ in range(args.steps)], device) / args.steps)
     for c in candidates:  # memory, one candidate at a time
-        if device.type == "cuda" and c.name in ("ours", "hf"):
+        if device.type == "cuda" and c.name in PLAIN:
             gc.collect()
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
@@ -160,14 +177,16 @@ def run(args) -> dict:
         if peak:
             row["mfu"] = fpt * tokens / t / (peak * 1e12)
         rows.append(row)
-    hf_row = next((r for r in rows if r["name"] == "hf"), None)
-    for r in rows:
-        r["vs_hf"] = hf_row["step_ms"] / r["step_ms"] if hf_row else None
+    for key, base in (("vs_hf", "hf"), ("vs_nanogpt", "nanogpt-style")):
+        base_row = next((r for r in rows if r["name"] == base), None)
+        for r in rows:
+            r[key] = base_row["step_ms"] / r["step_ms"] if base_row else None
     # Activation memory each model keeps for backward (one more forward, not timed).
     for c, r in zip(candidates, rows, strict=True):
-        if c.name in ("ours", "hf"):
+        if c.name in PLAIN:
             model = ours_fn if c.name == "ours" and not args.compile else c.model
-            fn = (lambda m=model: lm_loss(m, batch)[0]) if c.name == "ours" else (lambda m=model: hf_loss(m))
+            fn = {"ours": lambda m=model: lm_loss(m, batch)[0], "hf": lambda m=model: hf_loss(m),
+                  "nanogpt-style": lambda m=model: nano_loss(m)}[c.name]  # fmt: skip
             with autocast():
                 r["saved_gib"] = saved_bytes(fn) / 2**30
             c.model.zero_grad(set_to_none=True)

@@ -24,8 +24,9 @@ def test_step_runs_ours_beside_hf_with_the_same_weights_and_reports_mfu(tmp_path
     assert "x HF" in out
     record = json.loads((tmp_path / "step-debug-fp32-sdpa.json").read_text())
     rows = {r["name"]: r for r in record["rows"]}
-    assert set(rows) == {"ours", "hf"}
-    assert rows["ours"]["loss"] == pytest.approx(rows["hf"]["loss"], abs=1e-4)  # same model, same batch
+    assert set(rows) == {"ours", "hf", "nanogpt-style"}  # the debug model is GPT-2 shaped
+    for name in ("hf", "nanogpt-style"):  # same model, same batch
+        assert rows["ours"]["loss"] == pytest.approx(rows[name]["loss"], abs=1e-4)
     for r in rows.values():
         assert r["tokens_per_s"] == pytest.approx(2 * 32 / (r["step_ms"] / 1e3))
         # MFU on CPU once a peak is given: FLOPs per token x tokens/s over the peak
@@ -33,6 +34,7 @@ def test_step_runs_ours_beside_hf_with_the_same_weights_and_reports_mfu(tmp_path
     assert rows["hf"]["vs_hf"] == 1.0 and rows["ours"]["vs_hf"] == pytest.approx(
         rows["hf"]["step_ms"] / rows["ours"]["step_ms"]
     )
+    assert rows["ours"]["vs_nanogpt"] == pytest.approx(rows["nanogpt-style"]["step_ms"] / rows["ours"]["step_ms"])
     assert rows["ours"]["saved_gib"] > 0
 
 
