@@ -8,9 +8,10 @@ optimizer (torch AdamW, fused, our weight-decay groups), dtype (bf16 = autocast 
 and threads. Ours computes its loss as training does (``pretrain.trainer.lm_loss``); HF's is its
 own ``labels=`` loss. A GPT-2-shaped model also runs beside a GPT written the way nanoGPT writes
 one (``pretrain.bench.reference``: every position's logits, then ``F.cross_entropy``). After
-warm-up the candidates run in interleaved rounds; each row is the median step time over the
-rounds. ``--engine`` adds our full DeepSpeed step (one process, ZeRO-0 and 1, bf16 as DeepSpeed
-does it: bf16 weights, fp32 master copy), so the engine's overhead is a number.
+warm-up the candidates run in interleaved rounds, each round starting with the next candidate;
+each row is the median step time over the rounds. ``--engine`` adds our full DeepSpeed step (one
+process, ZeRO-0 and 1, bf16 as DeepSpeed does it: bf16 weights, fp32 master copy), so the
+engine's overhead is a number.
 """
 
 from __future__ import annotations
@@ -152,8 +153,8 @@ def run(args) -> dict:
     for c in candidates:  # warm-up (compilation, allocator, autotuning)
         for _ in range(args.warmup):
             c.step()
-    for _ in range(args.rounds):
-        for c in candidates:
+    for r in range(args.rounds):  # each round starts with the next candidate: no one always follows another
+        for c in candidates[r % len(candidates) :] + candidates[: r % len(candidates)]:
             c.times.append(timed(lambda c=c: [c.step() for _ in range(args.steps)], device) / args.steps)
     for c in candidates:  # memory, one candidate at a time
         if device.type == "cuda" and c.name in PLAIN:
