@@ -73,6 +73,8 @@ def train_tokenizer(texts, arch: str, cfg: TokenizerConfig, vocab_size: int, sen
                 return
 
     tok.train_from_iterator(batches(), trainer, length=len(texts))
+    if kind == "wordpiece":
+        tok.model = _wordpiece_in_a_fixed_order(tok, special_list)
     if arch == "encoder":  # [CLS] a [SEP] (b [SEP]) when encoding texts or pairs for fine-tuning
         cls, sep = specials["cls_token"], specials["sep_token"]
         tok.post_processor = processors.TemplateProcessing(
@@ -85,6 +87,21 @@ def train_tokenizer(texts, arch: str, cfg: TokenizerConfig, vocab_size: int, sen
 
         fast.add_special_tokens({"additional_special_tokens": sentinel_tokens(sentinels)})
     return fast
+
+
+def _wordpiece_in_a_fixed_order(tok, specials: list[str]):
+    """The trained WordPiece vocabulary with ids that depend on its tokens only: the specials first,
+    then every other token in code-point order. tokenizers' WordPiece trainer learns the same tokens
+    from the same text every time but numbers those of equal counts in its hash maps' order, which
+    changes from process to process, so the same corpus and config gave a different tokenizer (and
+    different training) each run. Which tokens a word splits into does not depend on the ids."""
+    from tokenizers import models
+
+    model = tok.model
+    rest = sorted(t for t in tok.get_vocab(with_added_tokens=False) if t not in specials)
+    ordered = {t: i for i, t in enumerate([*specials, *rest])}
+    return models.WordPiece(ordered, unk_token=model.unk_token, max_input_chars_per_word=model.max_input_chars_per_word,
+                            continuing_subword_prefix=model.continuing_subword_prefix)  # fmt: skip
 
 
 def load_tokenizer(path: str | Path, what: str = "data.tokenizer.path"):

@@ -47,6 +47,18 @@ def test_unigram_round_trips_words(corpus_dir, tmp_path):
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_the_same_text_trains_the_same_tokenizer(corpus_dir, tmp_path, kind):
+    """Twice from the same corpus and config: the same tokenizer, ids included (WordPiece's trainer
+    numbers tokens of equal counts in a hash map's order, new in every training)."""
+    cfg = data_cfg(corpus_dir, tmp_path, tokenizer=TokenizerConfig(kind=kind, vocab_size=400, max_documents=20))
+    texts = load_corpus(cfg, "train")
+    first, second = (train_tokenizer(texts, "encoder", cfg.tokenizer, 400) for _ in range(2))
+    assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()
+    vocab = first.get_vocab()
+    assert [vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 1, 2, 3, 4]
+
+
 def test_load_plain_tokenizer_json_recognises_specials(bpe, tmp_path):
     bpe.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
     tok = load_tokenizer(tmp_path / "tokenizer.json")
