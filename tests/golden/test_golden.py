@@ -1,6 +1,11 @@
 """Training did not change by accident: the debug model's first 30 losses on a fixed slice of the
-built-in corpus match the committed curve exactly (CPU, one thread, deterministic), and the
-committed step-10 checkpoint of this release still loads and continues with the recorded losses.
+built-in corpus match the committed curve (CPU, one thread, deterministic), and the committed step-10
+checkpoint of this release still loads and continues with the recorded losses.
+
+"Match" means within ROUNDING, not bit for bit: the same run on another CPU (AVX2 or AVX-512, Intel or
+AMD, each with its own kernels) differs in the last bits of its losses. Bit-exactness is a property
+of one machine, and is tested on one machine: here (activation checkpointing against the plain run)
+and in tests/training/test_resume.py (resume against the uninterrupted run).
 When a change is meant to alter training, regenerate both: `python -m tests.golden.regenerate`."""
 
 import json
@@ -14,6 +19,15 @@ from .regenerate import HERE, SAVED, STEPS, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 GOLDEN = {int(k): v for k, v in json.loads((HERE / "losses.json").read_text()).items()}
+ROUNDING = 1e-5
+"""Relative difference allowed between this machine's losses and the recorded ones. Seen between two
+CPUs of this project's CI (AVX2 and AVX-512): 1.7e-7 by step 30. A change to training (data order,
+initialisation, schedule, optimizer) moves the curve by orders of magnitude more."""
+
+
+def off_the_curve(got: dict) -> dict:
+    """The steps whose loss is not the recorded one within ROUNDING: step -> (got, recorded)."""
+    return {s: (got[s], GOLDEN[s]) for s in got if got[s] != pytest.approx(GOLDEN[s], rel=ROUNDING)}
 # `python -m pretrain` with torch.utils.checkpoint.checkpoint counted (each call: one block whose
 # activations are recomputed in backward), the count written to the file named by $CHECKPOINT_CALLS.
 COUNTING = """import atexit, os, runpy, torch.utils.checkpoint as tc
@@ -33,46 +47,22 @@ def checkpointed_blocks(tmp_path, monkeypatch, *extra) -> tuple[dict, int]:
     return got, int((tmp_path / "calls").read_text())
 
 
-def test_first_30_losses_match_the_golden_curve_exactly(tmp_path, monkeypatch):
-    got, recomputed = checkpointed_blocks(tmp_path, monkeypatch)
+def test_the_golden_curve_and_activation_checkpointing_changes_nothing_of_it(tmp_path, monkeypatch):
+    """The first 30 losses are the recorded ones. Activation checkpointing inside the DeepSpeed engine
+    changes memory, not numbers: every block of every training forward is checkpointed (2 layers x
+    30 steps), and the curve is the plain run's on this machine bit for bit. The same run's learning
+    rates: linear warmup to the peak over 2 steps, then a cosine decay that ends at min_lr_ratio (0.1)
+    of it at max_steps."""
+    plain, recomputed = checkpointed_blocks(tmp_path / "plain", monkeypatch)
     assert recomputed == 0  # activation checkpointing is off by default
-    assert sorted(got) == list(range(1, STEPS + 1))
-    mismatched = {s: (got[s], GOLDEN[s]) for s in GOLDEN if got[s] != GOLDEN[s]}
-    assert not mismatched, f"training changed (regenerate on purpose if meant): {mismatched}"
+    assert sorted(plain) == list(range(1, STEPS + 1))
+    assert not off_the_curve(plain), f"training changed (regenerate on purpose if meant): {off_the_curve(plain)}"
 
-
-def test_the_committed_checkpoint_of_this_release_loads_and_continues_the_curve(tmp_path):
-    resumed = tmp_path / "runs" / "golden" / "checkpoints" / f"step_{SAVED:08d}"
-    shutil.copytree(HERE / "checkpoint", resumed)
-    got = train(tmp_path, HERE / "checkpoint" / "tokenizer", f"train.resume={resumed}")
-    assert sorted(got) == list(range(SAVED + 1, STEPS + 1))
-    for step in got:
-        assert got[step] == GOLDEN[step], f"step {step}: the checkpoint no longer continues as it did"
-
-
-def test_a_checkpoint_of_an_earlier_release_still_loads_and_continues_the_curve(tmp_path):
-    """A checkpoint written by an earlier release (2026-11-27: before complete.json carried a format
-    number, with a config of fewer fields) resumes under this one. Its losses stay within rounding of
-    the golden curve: the loss's arithmetic has changed since (last-bit differences), not training."""
-    earlier = HERE / "previous" / "step-10-2026-11-27"
-    assert "format" not in json.loads((earlier / "complete.json").read_text())
-    resumed = tmp_path / "runs" / "golden" / "checkpoints" / f"step_{SAVED:08d}"
-    shutil.copytree(earlier, resumed)
-    got = train(tmp_path, earlier / "tokenizer", f"train.resume={resumed}")
-    assert sorted(got) == list(range(SAVED + 1, STEPS + 1))
-    for step in got:
-        assert got[step] == pytest.approx(GOLDEN[step], rel=1e-5), f"step {step}"
-
-
-def test_activation_checkpointing_recomputes_the_same_curve_and_the_schedule_has_its_shape(tmp_path, monkeypatch):
-    """Activation checkpointing inside the DeepSpeed engine changes memory, not numbers: every block
-    of every training forward is checkpointed (2 layers x 30 steps), and the curve is the golden one
-    exactly. The same run's learning rates: linear warmup to the peak over 2 steps, then a cosine
-    decay that ends at min_lr_ratio (0.1) of it at max_steps."""
-    got, recomputed = checkpointed_blocks(tmp_path, monkeypatch, "train.activation_checkpointing=true")
+    work = tmp_path / "checkpointed"
+    got, recomputed = checkpointed_blocks(work, monkeypatch, "train.activation_checkpointing=true")
     assert recomputed == 2 * STEPS
-    assert got == GOLDEN
-    lr = [r["lr"] for r in metric_records(tmp_path / "runs" / "golden", "train")]
+    assert got == plain
+    lr = [r["lr"] for r in metric_records(work / "runs" / "golden", "train")]
     peak = lr.index(max(lr))
     assert max(lr) == pytest.approx(3e-3) and 0 < peak <= 2 and lr[0] < max(lr)
     assert all(a >= b for a, b in zip(lr[peak:], lr[peak + 1 :], strict=False))  # never rises again
@@ -81,9 +71,29 @@ def test_activation_checkpointing_recomputes_the_same_curve_and_the_schedule_has
     assert middle == pytest.approx((3e-3 + 3e-4) / 2, rel=0.1)
 
 
+def test_the_committed_checkpoint_of_this_release_loads_and_continues_the_curve(tmp_path):
+    resumed = tmp_path / "runs" / "golden" / "checkpoints" / f"step_{SAVED:08d}"
+    shutil.copytree(HERE / "checkpoint", resumed)
+    got = train(tmp_path, HERE / "checkpoint" / "tokenizer", f"train.resume={resumed}")
+    assert sorted(got) == list(range(SAVED + 1, STEPS + 1))
+    assert not off_the_curve(got), f"the checkpoint no longer continues as it did: {off_the_curve(got)}"
+
+
+def test_a_checkpoint_of_an_earlier_release_still_loads_and_continues_the_curve(tmp_path):
+    """A checkpoint written by an earlier release (2026-11-27: before complete.json carried a format
+    number, with a config of fewer fields) resumes under this one, on the curve."""
+    earlier = HERE / "previous" / "step-10-2026-11-27"
+    assert "format" not in json.loads((earlier / "complete.json").read_text())
+    resumed = tmp_path / "runs" / "golden" / "checkpoints" / f"step_{SAVED:08d}"
+    shutil.copytree(earlier, resumed)
+    got = train(tmp_path, earlier / "tokenizer", f"train.resume={resumed}")
+    assert sorted(got) == list(range(SAVED + 1, STEPS + 1))
+    assert not off_the_curve(got), off_the_curve(got)
+
+
 def test_document_masking_reaches_the_model(tmp_path):
     """With data.document_mask, tokens stop attending across the documents packed into a sequence:
     the sequences that span two documents give other losses than the golden curve, all finite."""
     got = train(tmp_path, HERE / "checkpoint" / "tokenizer", "data.document_mask=true")
     assert sorted(got) == sorted(GOLDEN) and all(v == v and abs(v) < 100 for v in got.values())
-    assert any(got[s] != GOLDEN[s] for s in GOLDEN)
+    assert off_the_curve(got)
