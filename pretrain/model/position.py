@@ -40,7 +40,7 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (B, T) -> cos, sin of shape (B, 1, T, rot_dim), shared by every layer."""
+        """positions (B or 1, T) -> cos, sin of shape (B or 1, 1, T, rot_dim), shared by every layer."""
         freqs = positions.float()[..., None] * self.inv_freq  # (B, T, rot_dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         return emb.cos(), emb.sin()

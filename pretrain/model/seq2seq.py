@@ -22,7 +22,7 @@ from .attention import KVCache, build_context
 from .config import ModelConfig
 from .init import init_weights
 from .layers import Block, build_norm
-from .loss import IGNORE, OutputLayer
+from .loss import OutputLayer, labelled
 from .position import RelativeBias, build_position
 from .transformer import Embeddings
 
@@ -67,11 +67,11 @@ class EncoderDecoder(nn.Module):
             self.head.weight = self.embed.tokens.weight
 
     def _positions(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        B, T = ids.shape
+        T = ids.shape[1]
         if self.cfg.position == "learned" and offset + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {offset + T} tokens is longer than the {self.cfg.max_seq_len} learned "
                              "positions")  # fmt: skip
-        return torch.arange(offset, offset + T, device=ids.device).expand(B, T)
+        return torch.arange(offset, offset + T, device=ids.device)[None]  # (1, T): every row's
 
     def _stack(self, blocks, x, ctx, cache=None, memory=None, memory_ctx=None):
         for i, block in enumerate(blocks):
@@ -137,9 +137,9 @@ class EncoderDecoder(nn.Module):
         memory = self.encode(input_ids, attention_mask)
         hidden = self.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
         if labels is not None:
-            select = labels != IGNORE
-            loss, correct = self.head(hidden[select], labels[select])
-            return loss, correct, select.sum()
+            hidden, target, count = labelled(hidden, labels)
+            loss, correct = self.head(hidden, target)
+            return loss, correct, count
         return self.head(hidden)
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:

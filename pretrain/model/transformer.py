@@ -16,7 +16,7 @@ from .attention import KVCache, build_context
 from .config import ModelConfig
 from .init import init_weights
 from .layers import ACTIVATIONS, Block, build_norm
-from .loss import IGNORE, OutputLayer
+from .loss import OutputLayer, labelled
 from .position import build_position, sinusoidal
 
 
@@ -118,14 +118,14 @@ class Transformer(nn.Module):
         positions too (S = cached + T). position_ids default to the index in the sequence.
         document_ids (B, T): attention stays within each packed document.
         """
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         offset = cache.length if cache is not None else 0
         if position_ids is None:
             if self.cfg.position == "learned" and offset + T > self.cfg.max_seq_len:
                 raise ValueError(
                     f"sequence of {offset + T} tokens is longer than the {self.cfg.max_seq_len} learned positions"
                 )
-            position_ids = torch.arange(offset, offset + T, device=input_ids.device).expand(B, T)
+            position_ids = torch.arange(offset, offset + T, device=input_ids.device)[None]  # (1, T): every row's
         ctx = build_context(
             self.cfg,
             self.position,
@@ -169,9 +169,9 @@ class Transformer(nn.Module):
         out = self.hidden_states(input_ids, return_attention=return_attention, **kwargs)
         hidden = out[0] if return_attention else out
         if labels is not None:
-            select = labels != IGNORE
-            loss, correct = self.head(hidden[select], labels[select])
-            return loss, correct, select.sum()
+            hidden, target, count = labelled(hidden, labels)
+            loss, correct = self.head(hidden, target)
+            return loss, correct, count
         logits = self.head(hidden if select is None else hidden[select])
         return (logits, out[1]) if return_attention else logits
 

@@ -51,6 +51,19 @@ def test_model_loss_equals_logits_loss(arch):
     assert int(correct) == int((logits[sel].argmax(-1) == labels[sel]).sum())
 
 
+def test_the_accuracy_count_breaks_ties_as_argmax_does():
+    """Among tied largest logits the first token is the prediction (torch.argmax's rule), so a
+    collapsed model (every logit equal) is right only where the target is token 0, not everywhere."""
+    w = torch.randn(6, 4)
+    w[4] = w[2]  # tokens 2 and 4 always tie
+    h = w[2].repeat(8, 1) * 10  # 2 and 4 are on top in every row
+    t = torch.tensor([2, 4, 2, 4, 4, 0, 1, 2])
+    _, correct = linear_cross_entropy(h, w, None, t)
+    assert int(correct) == int((F.linear(h, w).argmax(-1) == t).sum()) == 3
+    _, correct = linear_cross_entropy(h, torch.zeros(6, 4), None, t)
+    assert int(correct) == 1  # the one target 0
+
+
 def test_fused_loss_keeps_a_third_of_the_memory_at_vocab_50k():
     """At vocab 50K and 4 x 1024 tokens the plain path keeps the (N, V) fp32 logits for backward;
     the fused one keeps gradients the size of the hidden states and of the weight."""
