@@ -34,7 +34,9 @@ class Embeddings(nn.Module):
         self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
 
     def forward(self, input_ids, positions, token_type_ids=None):
-        x = self.tokens(input_ids) * self.scale  # (B, T, D)
+        x = self.tokens(input_ids)  # (B, T, D)
+        if self.scale != 1.0:
+            x = x * self.scale
         if self.positions is not None:
             x = x + self.positions(positions)
         elif self.cfg.position == "sinusoidal":
