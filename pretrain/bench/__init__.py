@@ -58,11 +58,23 @@ def saved_bytes(fn: Callable[[], object], exclude: tuple[torch.Tensor, ...] = ()
 
 def machine() -> dict:
     """What ran the benchmark, for the JSON record."""
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or "?",
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": _cpu_name(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2 / AVX512: kernels differ
             "threads": torch.get_num_threads()}  # fmt: skip
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (platform.processor() is empty on most Linux machines)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
 
 
 def median(xs: list[float]) -> float:
