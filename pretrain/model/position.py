@@ -41,7 +41,7 @@ class Rotary(nn.Module):
 
     def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (B or 1, T) -> cos, sin of shape (B or 1, 1, T, rot_dim), shared by every layer."""
-        freqs = positions.float()[..., None] * self.inv_freq  # (B, T, rot_dim/2)
+        freqs = positions.float()[..., None] * self.inv_freq  # (B or 1, T, rot_dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         return emb.cos(), emb.sin()
 
