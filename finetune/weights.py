@@ -101,16 +101,24 @@ def _opened(model_cfg: ModelConfig, tensors: Mapping, tok, source: str) -> Pretr
 
 def _from_hf_dir(path: Path) -> Pretrained:
     """An HF folder: our config from its config.json, our tensors made from its safetensors one at a
-    time (pretrain.model.hf.FromHF). Weights only in a pickle-based file (pytorch_model.bin) are
-    read by transformers' own class, whole."""
+    time (pretrain.model.hf.FromHF). Weights only in a pickle-based file (pytorch_model.bin), and
+    encoder-decoders (T5, BART), are read by transformers' own class, whole."""
     import transformers
 
     from pretrain.model.hf import FromHF, config_from_hf, from_hf
+    from pretrain.model.hf_bart import bart_from_hf
+    from pretrain.model.hf_t5 import t5_from_hf
 
     hf_cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     source = f"HF {hf_cfg.model_type} model {path}"
+    seq2seq = {"t5": t5_from_hf, "bart": bart_from_hf}.get(hf_cfg.model_type)
     try:
+        if seq2seq is not None:
+            auto = transformers.AutoModelForSeq2SeqLM
+            model_cfg, model = seq2seq(auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32))
+            state = model.state_dict()
+            return Pretrained(model_cfg, lambda: state, tok, source)
         model_cfg = config_from_hf(hf_cfg)
         if has_weights(path):
             return _opened(model_cfg, FromHF(model_cfg, ShardedWeights(path)), tok, source)

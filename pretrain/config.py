@@ -244,10 +244,17 @@ class RunConfig:
         if self.model.arch == "encoder-decoder" and self.data.document_mask:
             raise ConfigError("data.document_mask=true: not for model.arch='encoder-decoder' (span corruption "
                               "reads across the packed documents, as T5 does); set it to false")  # fmt: skip
-        if self.model.position == "learned" and self.data.seq_len > self.model.max_seq_len:
+        if self.data.objective != "span_corruption" and self.model.arch != "encoder-decoder":
+            raise ConfigError(f"data.objective={self.data.objective!r}: an encoder-decoder's objective; "
+                              f"model.arch={self.model.arch!r} trains as a "
+                              f"{'causal' if self.model.causal else 'masked'} LM (drop data.objective)")  # fmt: skip
+        # Text infilling's decoder reads a start token and the whole sequence: one position more.
+        extra = int(self.model.arch == "encoder-decoder" and self.data.objective == "text_infilling")
+        if self.model.position == "learned" and self.data.seq_len + extra > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len}: longer than the model's {self.model.max_seq_len} learned "
-                f"positions (model.max_seq_len); use data.seq_len <= {self.model.max_seq_len}"
+                f"positions (model.max_seq_len){' with the decoder start token text infilling adds' if extra else ''}"
+                f"; use data.seq_len <= {self.model.max_seq_len - extra}"
             )
         if self.data.document_mask and self.model.attention in ("flash", "flash_attn"):
             raise ConfigError(

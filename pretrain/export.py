@@ -126,7 +126,7 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     tok.save_pretrained(str(cons / "tokenizer"))
     written = {"checkpoint": tag_dir, "consolidated": cons}
     if cfg.model.arch == "encoder-decoder":
-        return {**written, **_export_t5(cons, cfg, tok, out / "hf")}
+        return {**written, **_export_seq2seq(cons, cfg, tok, out / "hf")}
     try:
         family_of(cfg.model)
     except ValueError as e:
@@ -147,14 +147,17 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     return written
 
 
-def _export_t5(consolidated: Path, cfg, tok, hf_dir: Path) -> dict[str, Path]:
-    """An encoder-decoder of T5's shape as T5ForConditionalGeneration (built whole in memory)."""
+def _export_seq2seq(consolidated: Path, cfg, tok, hf_dir: Path) -> dict[str, Path]:
+    """An encoder-decoder as T5ForConditionalGeneration (relative positions) or
+    BartForConditionalGeneration (learned positions), built whole in memory."""
+    from pretrain.model.hf_bart import bart_to_hf
     from pretrain.model.hf_t5 import t5_to_hf
     from pretrain.shards import ShardedWeights
 
     model = load_model({k: materialize(v) for k, v in ShardedWeights(consolidated).items()}, cfg.model)
+    convert = bart_to_hf if cfg.model.position == "learned" else t5_to_hf
     try:
-        hf = t5_to_hf(model)
+        hf = convert(model)
     except ValueError as e:
         print(f"no HF export: {e}")
         return {}

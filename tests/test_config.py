@@ -90,6 +90,14 @@ def test_a_yaml_file_with_exponent_floats_reads_them_as_numbers(tmp_path):
         ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4: must be 0, 1, 2 or 3"),
         ("model.use_bias=true", "did you mean 'model.bias'?"),
         (("model.arch=encoder-decoder", "data.document_mask=true"), "data.document_mask=true: not for model.arch="),
+        ("data.objective=text_infilling", "data.objective='text_infilling': an encoder-decoder's objective; "
+         "model.arch='decoder' trains as a causal LM"),
+        ("data.objective=infilling", "data.objective='infilling': must be one of ['span_corruption', "
+         "'text_infilling']"),
+        (("model.arch=encoder-decoder", "data.objective=text_infilling", "data.seq_len=256"),
+         "data.seq_len=256: longer than the model's 256 learned positions (model.max_seq_len) with the decoder "
+         "start token text infilling adds; use data.seq_len <= 255"),
+        (("model.arch=encoder-decoder", "data.objective=text_infilling", "data.seq_len=255"), None),
         # the typing rules of pretrain.config._coerce, one case each
         ("model.bias=1", "model.bias=1: expected true or false"),  # no int for a bool
         ("train.lr=true", "train.lr=True: expected a number"),  # no bool for a number

@@ -134,10 +134,14 @@ class DataConfig:
     """Limit attention to one document inside each packed sequence."""
     mlm_probability: float = 0.15
     """Encoders: share of tokens selected for masked-LM prediction."""
+    objective: Literal["span_corruption", "text_infilling"] = "span_corruption"
+    """Encoder-decoders: span_corruption (T5: each corrupted span becomes a sentinel, and the decoder
+    predicts the spans behind their sentinels) or text_infilling (BART: each span becomes one <mask>,
+    and the decoder predicts the whole sequence)."""
     noise_density: float = 0.15
-    """Encoder-decoders: share of each sequence's tokens in the corrupted spans the decoder predicts (T5)."""
+    """Encoder-decoders: share of each sequence's tokens in the corrupted spans (T5 0.15, BART 0.3)."""
     mean_noise_span_length: float = 3.0
-    """Encoder-decoders: mean length in tokens of a corrupted span (T5: 3)."""
+    """Encoder-decoders: mean length in tokens of a corrupted span (T5 and BART: 3)."""
     shuffle: bool = True
     """Shuffle sequences each epoch (seeded: the same order on every run and resume)."""
 

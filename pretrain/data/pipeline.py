@@ -8,11 +8,13 @@ from pretrain.data.batches import Batches, CausalLMCollator, MaskedLMCollator, S
 from pretrain.data.config import DataConfig
 from pretrain.data.packing import PackedTokens, pack
 from pretrain.data.sources import load_corpus
-from pretrain.data.span_corruption import SpanCorruptionCollator, noise_counts
+from pretrain.data.span_corruption import SpanCorruptionCollator, TextInfillingCollator, noise_counts
 from pretrain.data.tokenizer import (
     check_vocab,
     default_kind,
+    infilling_mask_id,
     load_tokenizer,
+    objective_tokens,
     save_tokenizer,
     sentinel_ids,
     train_tokenizer,
@@ -30,20 +32,33 @@ def run_tokenizer(cfg: DataConfig, arch: str, vocab_size: int, run_dir: str | Pa
         save_tokenizer(tok, saved)
     else:
         size = cfg.tokenizer.vocab_size or vocab_size
-        sentinels = span_sentinels(cfg) if arch == "encoder-decoder" else 0
-        log(f"training a {cfg.tokenizer.kind or default_kind(arch)} tokenizer ({size} tokens"
-            f"{f', {sentinels} span sentinels among them' if sentinels else ''}) on the training data")  # fmt: skip
-        tok = train_tokenizer(load_corpus(cfg, "train"), arch, cfg.tokenizer, size - sentinels, sentinels)
+        extra = objective_tokens(arch, cfg.objective, span_sentinels(cfg))
+        added = [t for v in extra.values() for t in (v if isinstance(v, list) else [v])]
+        sentinels = len(extra.get("additional_special_tokens", []))
+        among = f", {sentinels} span sentinels among them" if sentinels else "".join(f", {t} among them" for t in added)
+        log(f"training a {cfg.tokenizer.kind or default_kind(arch)} tokenizer ({size} tokens{among}) on the "
+            "training data")  # fmt: skip
+        tok = train_tokenizer(load_corpus(cfg, "train"), arch, cfg.tokenizer, size - len(added), extra)
         save_tokenizer(tok, saved)
     check_vocab(tok, vocab_size, arch)
     if arch == "encoder-decoder":
-        sentinel_ids(tok, span_sentinels(cfg))
+        collator(cfg, tok)  # the objective's tokens are there
     return tok
 
 
 def span_sentinels(cfg: DataConfig) -> int:
     """Sentinel tokens span corruption needs: one per corrupted span of a sequence."""
     return noise_counts(cfg.seq_len, cfg.noise_density, cfg.mean_noise_span_length)[1]
+
+
+def collator(cfg: DataConfig, tok, seed: int = 0) -> SpanCorruptionCollator:
+    """The encoder-decoder's objective: span corruption or text infilling, with the tokenizer's
+    special tokens for it (a DataError where it lacks them). The decoder starts from padding, as T5's does."""
+    if cfg.objective == "text_infilling":
+        return TextInfillingCollator(infilling_mask_id(tok), tok.eos_token_id, tok.pad_token_id, cfg.noise_density,
+                                     cfg.mean_noise_span_length, seed)  # fmt: skip
+    return SpanCorruptionCollator(sentinel_ids(tok, span_sentinels(cfg)), tok.eos_token_id, tok.pad_token_id,
+                                  cfg.noise_density, cfg.mean_noise_span_length, seed)  # fmt: skip
 
 
 def special_ids(tok) -> list[int]:
@@ -53,13 +68,12 @@ def special_ids(tok) -> list[int]:
 def batches(cfg: DataConfig, tok, arch: str, split: str, micro_batch_size: int, rank: int = 0,
             world_size: int = 1, seed: int = 0, log=print) -> Batches:  # fmt: skip
     """Batches of one split for one rank: causal LM for decoders, masked LM for encoders, span
-    corruption for encoder-decoders."""
+    corruption or text infilling for encoder-decoders."""
     packed = PackedTokens(pack(cfg, tok, arch, split, seed, log))
     if arch == "decoder":
         collate = CausalLMCollator(pad_id=None)  # packed sequences hold no padding
     elif arch == "encoder-decoder":
-        collate = SpanCorruptionCollator(sentinel_ids(tok, span_sentinels(cfg)), tok.eos_token_id, tok.pad_token_id,
-                                         cfg.noise_density, cfg.mean_noise_span_length, seed)  # fmt: skip
+        collate = collator(cfg, tok, seed)
     else:
         collate = MaskedLMCollator(tok.mask_token_id, len(tok), special_ids(tok), cfg.mlm_probability, seed)
     return Batches(

@@ -1,4 +1,5 @@
-"""T5's span corruption, the encoder-decoder's pretraining objective (Raffel et al. 2020, 3.1.4).
+"""The encoder-decoder's pretraining objectives: T5's span corruption (Raffel et al. 2020, 3.1.4)
+and BART's text infilling (Lewis et al. 2019, 2.2).
 
 Of each packed sequence of L tokens, round(L x noise_density) in round(noise / mean_span_length)
 spans are chosen at random (spans and the gaps between them have random lengths, every one at
@@ -7,6 +8,12 @@ replaced by one sentinel token (<extra_id_0>, <extra_id_1>, ...) and an end-of-t
 decoder predicts each sentinel followed by the span it replaced, then end-of-text. Counts depend
 only on L, so every batch has the same encoder and decoder lengths and no padding. The draw for a
 sequence is seeded by its position in the stream: a resumed run corrupts it the same way.
+
+Text infilling chooses the spans the same way, replaces each with one mask token (BART's <mask>)
+and has the decoder predict the whole sequence, then end-of-text. BART draws span lengths from
+Poisson(3), zero-length spans inserting a mask; here, as in T5, counts depend only on L (fixed
+shapes) and every span has at least one token. BART's other noise, sentence permutation, is not
+done: it needs sentence boundaries, which code and most packed text do not mark.
 """
 
 from __future__ import annotations
@@ -25,10 +32,10 @@ def noise_counts(length: int, density: float, mean_span_length: float) -> tuple[
     return noise, spans
 
 
-def lengths(length: int, density: float, mean_span_length: float) -> tuple[int, int]:
+def lengths(length: int, density: float, mean_span_length: float, infilling: bool = False) -> tuple[int, int]:
     """(encoder length, decoder length) for packed sequences of ``length`` tokens."""
     noise, spans = noise_counts(length, density, mean_span_length)
-    return length - noise + spans + 1, noise + spans + 1
+    return length - noise + spans + 1, (length if infilling else noise + spans) + 1
 
 
 def _segments(items: int, segments: int, gen: torch.Generator) -> torch.Tensor:
@@ -62,7 +69,8 @@ def corrupt(tokens: torch.Tensor, mask: torch.Tensor, sentinels: torch.Tensor, e
 
 class SpanCorruptionCollator:
     """Packed sequences (L + 1 tokens; the first L used) -> encoder inputs, decoder inputs (the
-    targets shifted right behind ``start_id``) and labels, all of fixed lengths."""
+    targets shifted right behind ``start_id``) and labels, all of fixed lengths. ``sentinel_ids``:
+    one per span (span corruption); TextInfillingCollator takes one mask id instead."""
 
     def __init__(self, sentinel_ids: list[int], eos_id: int, start_id: int, density: float = 0.15,
                  mean_span_length: float = 3.0, seed: int = 0):  # fmt: skip
@@ -76,7 +84,7 @@ class SpanCorruptionCollator:
             tokens = sample["input_ids"][:-1]
             noise, spans = noise_counts(len(tokens), self.density, self.mean_span_length)
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + sample["position"])
-            source, target = corrupt(tokens, noise_mask(len(tokens), noise, spans, gen), self.sentinels, self.eos)
+            source, target = self.pair(tokens, noise_mask(len(tokens), noise, spans, gen), spans)
             sources.append(source)
             targets.append(target)
         labels = torch.stack(targets)
@@ -84,5 +92,23 @@ class SpanCorruptionCollator:
         return {"input_ids": torch.stack(sources), "decoder_input_ids": torch.cat([starts, labels[:, :-1]], dim=1),
                 "labels": labels, "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
 
+    def pair(self, tokens: torch.Tensor, mask: torch.Tensor, spans: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(encoder input, decoder target) of one sequence and its noise mask."""
+        return corrupt(tokens, mask, self.sentinels, self.eos)
 
-__all__ = ["SpanCorruptionCollator", "corrupt", "lengths", "noise_counts", "noise_mask", "sentinel_tokens"]
+
+class TextInfillingCollator(SpanCorruptionCollator):
+    """BART's text infilling: each span becomes ``mask_id`` in the encoder input; the decoder's
+    target is the whole sequence and end-of-text."""
+
+    def __init__(self, mask_id: int, eos_id: int, start_id: int, density: float = 0.3, mean_span_length: float = 3.0,
+                 seed: int = 0):  # fmt: skip
+        super().__init__([mask_id], eos_id, start_id, density, mean_span_length, seed)
+
+    def pair(self, tokens, mask, spans):
+        source, _ = corrupt(tokens, mask, self.sentinels.expand(spans), self.eos)
+        return source, torch.cat([tokens, torch.tensor([self.eos])])
+
+
+__all__ = ["SpanCorruptionCollator", "TextInfillingCollator", "corrupt", "lengths", "noise_counts", "noise_mask",
+           "sentinel_tokens"]

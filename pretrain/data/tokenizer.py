@@ -26,9 +26,10 @@ def default_kind(arch: str) -> str:
     return "wordpiece" if arch == "encoder" else "bpe"
 
 
-def train_tokenizer(texts, arch: str, cfg: TokenizerConfig, vocab_size: int, sentinels: int = 0):
-    """Train on an iterable dataset of {"text": ...} rows -> PreTrainedTokenizerFast; ``sentinels``
-    extra special tokens <extra_id_0>... (span corruption) come after the trained vocabulary."""
+def train_tokenizer(texts, arch: str, cfg: TokenizerConfig, vocab_size: int, extra: dict | None = None):
+    """Train on an iterable dataset of {"text": ...} rows -> PreTrainedTokenizerFast; ``extra``
+    special tokens come after the trained vocabulary, as transformers' add_special_tokens takes them
+    (see objective_tokens)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -82,11 +83,33 @@ def train_tokenizer(texts, arch: str, cfg: TokenizerConfig, vocab_size: int, sen
             special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
         )  # fmt: skip
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
-    if sentinels:
-        from pretrain.data.span_corruption import sentinel_tokens
-
-        fast.add_special_tokens({"additional_special_tokens": sentinel_tokens(sentinels)})
+    if extra:
+        fast.add_special_tokens(extra)
     return fast
+
+
+MASK = "<mask>"
+"""Text infilling's mask token (BART's)."""
+
+
+def objective_tokens(arch: str, objective: str, spans: int) -> dict:
+    """The special tokens an objective adds to a trained tokenizer, as add_special_tokens takes them:
+    span corruption's sentinels (one per span of a sequence), text infilling's mask token."""
+    from pretrain.data.span_corruption import sentinel_tokens
+
+    if arch != "encoder-decoder":
+        return {}
+    if objective == "text_infilling":
+        return {"mask_token": MASK}
+    return {"additional_special_tokens": sentinel_tokens(spans)}
+
+
+def infilling_mask_id(tok) -> int:
+    """The mask token's id, or a DataError saying the tokenizer has none."""
+    if tok.mask_token_id is None:
+        raise DataError(f"text infilling needs a mask token (BART's {MASK}); the tokenizer has none (train one "
+                        "with the run: drop data.tokenizer.path, or use a tokenizer with a mask_token)")  # fmt: skip
+    return tok.mask_token_id
 
 
 def _wordpiece_in_a_fixed_order(tok, specials: list[str]):

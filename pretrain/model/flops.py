@@ -28,7 +28,8 @@ def count_parameters(model: nn.Module, exclude_input_embedding: bool = False) ->
         embed = model.embed
         if not model.cfg.tie_embeddings:
             total -= numel(embed.tokens.weight)
-        for table in (embed.positions, embed.token_types):
+        decoder = getattr(model, "decoder_embed", None)  # an encoder-decoder's decoder has its own positions
+        for table in (embed.positions, embed.token_types, decoder.positions if decoder is not None else None):
             if table is not None:
                 total -= numel(table.weight)
     return total

@@ -2,9 +2,11 @@
 reads the source; a causal decoder stack reads the target so far and cross-attends to the
 encoder's output in every block; a linear layer over the vocabulary predicts the next target token.
 
-One token embedding (with the learned or sinusoidal positions, if any) serves both stacks, and the
-output layer may share it. Each stack has its own position module where positions are a module:
-T5's relative bias (one per stack, shared by its layers; bidirectional in the encoder), RoPE, ALiBi.
+One token embedding serves both stacks, and the output layer may share it. Everything else about
+positions belongs to each stack: learned position tables and, in post-norm stacks, the norm on the
+embeddings (BART: ``embed`` holds the encoder's, ``decoder_embed`` the decoder's), and position
+modules: T5's relative bias (one per stack, shared by its layers; bidirectional in the encoder),
+RoPE, ALiBi. Sinusoidal positions have no weights to own.
 Decoding runs the encoder once; the decoder's self-attention keys and values go to a KVCache and
 each layer's cross-attention keys and values of the encoder output are projected once, on the
 first step, and kept in the same cache.
@@ -43,7 +45,8 @@ class EncoderDecoder(nn.Module):
         if cfg.arch != "encoder-decoder":
             raise ValueError(f"arch={cfg.arch!r}: EncoderDecoder builds arch=encoder-decoder")
         self.cfg = cfg
-        self.embed = Embeddings(cfg)
+        self.embed = Embeddings(cfg)  # the shared token table, the encoder's positions and norm
+        self.decoder_embed = Embeddings(cfg, own_tokens=False)  # the decoder's positions and norm
         self.encoder_position = _stack_position(cfg, causal=False)
         self.decoder_position = _stack_position(cfg, causal=True)
         self.encoder = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
@@ -98,6 +101,7 @@ class EncoderDecoder(nn.Module):
         """Keep the embedding and the encoder stack only (classification reads the pooled encoder
         output; unused weights would upset ZeRO)."""
         self.decoder, self.decoder_position, self.decoder_norm = nn.ModuleList(), None, None
+        self.decoder_embed = None
         self.head = nn.Identity()
 
     def decode(
@@ -119,7 +123,8 @@ class EncoderDecoder(nn.Module):
                             attention_mask=decoder_attention_mask, device=device, causal=True)  # fmt: skip
         memory_ctx = build_context(self.cfg, None, q_len=T, attention_mask=attention_mask, memory_len=memory.shape[1],
                                    device=device)  # fmt: skip
-        x = self._stack(self.decoder, self.embed(decoder_input_ids, positions), ctx, cache, memory, memory_ctx)
+        x = self.decoder_embed(decoder_input_ids, positions, tokens=self.embed.tokens)
+        x = self._stack(self.decoder, x, ctx, cache, memory, memory_ctx)
         if cache is not None:
             cache.length += T
         return self.decoder_norm(x) if self.decoder_norm is not None else x

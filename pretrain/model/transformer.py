@@ -21,20 +21,22 @@ from .position import build_position, sinusoidal
 
 
 class Embeddings(nn.Module):
-    """Tokens (+ learned or sinusoidal positions) (+ token types), then norm for post-norm stacks."""
+    """Tokens (+ learned or sinusoidal positions) (+ token types), then norm for post-norm stacks.
+    ``own_tokens=False``: the positions and norm of a stack that looks its tokens up in another
+    stack's table, passed to forward (an encoder-decoder's decoder, as in BART)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, own_tokens: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.tokens = nn.Embedding(cfg.vocab_size, cfg.d_model) if own_tokens else None
         self.positions = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.position == "learned" else None
         self.token_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.norm = build_norm(cfg) if cfg.norm_position == "post" else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
 
-    def forward(self, input_ids, positions, token_type_ids=None):
-        x = self.tokens(input_ids)  # (B, T, D)
+    def forward(self, input_ids, positions, token_type_ids=None, tokens: nn.Embedding | None = None):
+        x = (tokens if tokens is not None else self.tokens)(input_ids)  # (B, T, D)
         if self.scale != 1.0:
             x = x * self.scale
         if self.positions is not None:

@@ -51,3 +51,27 @@ def test_a_sequence_is_corrupted_the_same_way_wherever_it_lands_in_a_batch():
     assert torch.equal(batch["decoder_input_ids"][:, 0], torch.zeros(4, dtype=torch.long))
     assert torch.equal(batch["decoder_input_ids"][:, 1:], batch["labels"][:, :-1])  # targets shifted right
     assert batch["input_ids"].shape == (4, lengths(40, 0.15, 3.0)[0])
+
+
+def test_text_infilling_masks_each_span_once_and_the_decoder_writes_the_whole_sequence():
+    """BART's objective: the source is the sequence with each span one mask token; the target is the
+    sequence itself; shapes are fixed by the length alone, and a draw depends on the stream position."""
+    from pretrain.data.span_corruption import TextInfillingCollator
+
+    collate = TextInfillingCollator(mask_id=900, eos_id=2, start_id=0, density=0.3, seed=7)
+    samples = [{"input_ids": torch.arange(5, 5 + 41) + 40 * i, "position": i} for i in range(4)]
+    batch = collate(samples)
+    noise, spans = noise_counts(40, 0.3, 3.0)
+    assert (noise, spans) == (12, 4)
+    assert batch["input_ids"].shape == (4, lengths(40, 0.3, 3.0, infilling=True)[0]) == (4, 40 - 12 + 4 + 1)
+    assert torch.equal(batch["labels"][:, :-1], torch.stack([s["input_ids"][:-1] for s in samples]))
+    assert (batch["labels"][:, -1] == 2).all() and (batch["input_ids"][:, -1] == 2).all()
+    assert torch.equal(batch["decoder_input_ids"][:, 1:], batch["labels"][:, :-1])
+    for row, sample in zip(batch["input_ids"], samples, strict=True):
+        kept = [t for t in row.tolist()[:-1] if t != 900]
+        assert (row == 900).sum() == spans and len(kept) == 40 - noise
+        tokens = sample["input_ids"][:-1].tolist()
+        assert kept == [t for t in tokens if t in kept]  # what is kept stays in order
+        assert row[0] == tokens[0]  # a sequence starts with a kept token
+    assert torch.equal(collate(samples[2:3])["input_ids"][0], batch["input_ids"][2])
+    assert not torch.equal((batch["input_ids"][0] == 900), (batch["input_ids"][1] == 900))  # own draws

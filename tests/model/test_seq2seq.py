@@ -198,3 +198,61 @@ def test_gpu_kernels_give_eagers_logits_for_the_encoder_decoder(kernel):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             got = model(src, tgt)
     torch.testing.assert_close(got.float(), want, atol=5e-2, rtol=5e-2)
+
+
+def hf_bart(act: str, tied: bool, scaled: bool):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BartConfig(vocab_size=61, d_model=32, encoder_layers=2, decoder_layers=3,
+                                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+                                  decoder_ffn_dim=48, max_position_embeddings=32, activation_function=act,
+                                  scale_embedding=scaled, tie_word_embeddings=tied, dropout=0.0, attention_dropout=0.0,
+                                  activation_dropout=0.0, pad_token_id=1, decoder_start_token_id=2)  # fmt: skip
+    hf = transformers.BartForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # HF's init leaves norms at one and biases at zero: make every weight count
+        for p in hf.parameters():
+            p.normal_(0.0, 0.3)
+        for stack in (hf.model.encoder, hf.model.decoder):  # untied, they are parameters of their own
+            stack.embed_tokens.weight.copy_(hf.model.shared.weight)
+    return hf
+
+
+@pytest.mark.parametrize("act, tied, scaled", [("gelu", True, False), ("relu", False, True)])  # bart-base; others
+def test_bart_both_ways_gives_the_same_logits_on_padded_batches(act, tied, scaled):
+    """BART's two position tables (offset by two rows) and two embedding norms are each stack's own."""
+    from pretrain.model.hf_bart import bart_from_hf, bart_to_hf
+
+    hf = hf_bart(act, tied, scaled)
+    src, tgt, src_mask = batch(torch.Generator().manual_seed(4))
+    tgt_mask = torch.ones_like(tgt)
+    tgt_mask[0, 4:] = 0
+    kwargs = dict(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt, decoder_attention_mask=tgt_mask)
+    with torch.no_grad():
+        want = hf(**kwargs).logits
+        cfg, ours = bart_from_hf(hf)
+        assert (cfg.position, cfg.norm_position, cfg.mlp, cfg.tie_embeddings, cfg.scale_embeddings) == \
+            ("learned", "post", act, tied, scaled)  # fmt: skip
+        assert not torch.equal(ours.embed.positions.weight, ours.decoder_embed.positions.weight)
+        assert torch.equal(ours.decoder_embed.positions.weight, hf.model.decoder.embed_positions.weight[2:])
+        got = ours(src, tgt, src_mask, tgt_mask)
+        assert torch.allclose(got[0, :4], want[0, :4], atol=1e-5) and torch.allclose(got[1], want[1], atol=1e-5)
+        again = bart_to_hf(ours)(**kwargs).logits
+        assert torch.allclose(again[0, :4], want[0, :4], atol=1e-5) and torch.allclose(again[1], want[1], atol=1e-5)
+
+
+def test_what_bart_cannot_hold_is_refused_by_name():
+    from pretrain.model.hf_bart import bart_from_hf, bart_to_hf
+
+    hf = hf_bart("gelu", True, False)
+    hf.final_logits_bias[0, 3] = 0.5
+    with pytest.raises(ValueError, match="nonzero final_logits_bias"):
+        bart_from_hf(hf)
+    with pytest.raises(ValueError, match=r"BART has no equivalent of \{'position': 'relative', 'norm': 'rmsnorm'"):
+        bart_to_hf(EncoderDecoder(tiny()))
+    with pytest.raises(ValueError, match="activation_function='silu' is not supported"):
+        bart_from_hf(hf_bart("silu", True, False))
+    hf = hf_bart("gelu", False, False)
+    with torch.no_grad():
+        hf.model.decoder.embed_tokens.weight.add_(0.1)
+    with pytest.raises(ValueError, match="decoder looks tokens up in a table of its own"):
+        bart_from_hf(hf)

@@ -1,7 +1,9 @@
 """The encoder-decoder pretrained with span corruption through `python -m pretrain`: real DeepSpeed
 processes, ZeRO-3 built partitioned like ZeRO-2 built whole, exact resume after SIGKILL, an export
 that transformers loads as T5ForConditionalGeneration with our logits, and fine-tuning from it
-(sequence-to-sequence and classification) that beats the same shape from random weights."""
+(sequence-to-sequence and classification) that beats the same shape from random weights. BART's
+shape pretrained with text infilling, exported as BartForConditionalGeneration and fine-tuned from
+that HF folder."""
 
 import json
 import re
@@ -26,8 +28,13 @@ PAPER = {"arch": "encoder-decoder", "position": "sinusoidal", "norm_position": "
          "tie_embeddings": True, "attention": "flash"}  # fmt: skip
 
 
-def t5_config(make_config, name, model=T5, **sections):
-    data = {"tokenizer": {"path": None, "vocab_size": 320}, "validation_fraction": 0.15}  # trained with sentinels
+# BART: learned positions (each stack its own), post-norm with a norm on each stack's embeddings, GELU.
+BART = {"arch": "encoder-decoder", "position": "learned", "norm": "layernorm", "norm_position": "post", "mlp": "gelu",
+        "tie_embeddings": True}  # fmt: skip
+
+
+def t5_config(make_config, name, model=T5, data=None, **sections):
+    data = {"tokenizer": {"path": None, "vocab_size": 320}, "validation_fraction": 0.15, **(data or {})}  # trained
     return make_config(name=name, model=model, data=data, **sections)
 
 
@@ -152,7 +159,6 @@ def test_the_papers_model_trained_with_flash_fine_tunes_for_seq2seq_and_classifi
     assert proc.returncode == 0, proc.stderr[-3000:]
     labels = [json.loads(line)["label"] for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(labels) == 5 and set(labels) <= {"email", "json", "logging"}
-
     data = {"sources": [{"files": str(data_file)}]}
     wrong = finetune_config(make_config, "wrong", pre, {"kind": "generate"}, data=data)
     refused = launch(1, wrong, module="finetune", check=False)
@@ -163,3 +169,45 @@ def test_the_papers_model_trained_with_flash_fine_tunes_for_seq2seq_and_classifi
     assert re.search(r"task.target_len=2: (\d+) of the \1 targets in the train data are longer \(the longest has "
                      r"\d+ tokens with its end-of-text\); set task.target_len >= \d+", refused.stdout), refused.stdout
     assert not (tmp_path / "runs" / "short" / "checkpoints").exists()
+
+
+def test_text_infilling_pretrains_bart_which_exports_to_hf_and_fine_tunes_from_the_hf_folder(make_config, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from pretrain.checkpoint import saved_config
+    from pretrain.data.span_corruption import lengths
+    from pretrain.export import export, load_model
+    from pretrain.shards import ShardedWeights
+
+    data = {"objective": "text_infilling", "noise_density": 0.3}
+    cfg = t5_config(make_config, "bart", model=BART, data=data, train={"max_steps": 8, "eval_every": 8,
+                    "eval_batches": 2}, deepspeed={"zero_stage": 3})  # fmt: skip
+    out = launch(2, cfg).stdout  # ZeRO-3: the decoder looks its tokens up in the encoder's partitioned table
+    assert "(320 tokens, <mask> among them)" in out and "built the model partitioned" in out, out[-2000:]
+    run = tmp_path / "runs" / "bart"
+    got = losses(run)
+    assert sorted(got) == list(range(1, 9)) and got[8] < got[1]
+    # 32 tokens a sequence: 10 in 3 spans become 3 masks -> encoder 26 tokens; the decoder writes all 32 and eos
+    assert lengths(32, 0.3, 3.0, infilling=True) == (26, 33)
+    assert metrics(run)[1]["tokens"] == 2 * 4 * 26
+    assert 0 < metrics(run, "eval")[8]["val_loss"] < 20
+
+    written = export(run, tmp_path / "exp")
+    hf = AutoModelForSeq2SeqLM.from_pretrained(written["hf"]).eval()
+    assert type(hf).__name__ == "BartForConditionalGeneration"
+    ours = load_model(dict(ShardedWeights(written["consolidated"]).items()), saved_config(written["checkpoint"]).model)
+    src, tgt = torch.randint(5, 300, (2, 12)), torch.randint(5, 300, (2, 6))
+    mask = torch.ones_like(src)
+    mask[1, 8:] = 0
+    with torch.no_grad():
+        want = ours.eval()(src, tgt, mask)
+        assert torch.allclose(hf(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits, want, atol=1e-5)
+
+    from .test_finetune import finetune_config
+
+    task = {"kind": "seq2seq", "builtin": "stdlib-names", "target_len": 48}
+    ft = finetune_config(make_config, "names", written["hf"], task, data={"seq_len": 64, "validation_fraction": 0.1},
+                         train={"max_steps": 2, "eval_every": 2, "micro_batch_size": 4})  # fmt: skip
+    out = launch(1, ft, module="finetune").stdout
+    assert f"weights from HF bart model {written['hf']}" in out, out[-2000:]
+    assert 0 < metrics(tmp_path / "runs" / "names", "eval")[2]["val_loss"] < 20
