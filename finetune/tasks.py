@@ -220,8 +220,10 @@ class FinetuneTask:
         self.labels: list[str] = []
         arch = self.pretrained.model_cfg.arch
         check_task_fits(cfg.task, arch, f"init_from={cfg.init_from!r} ({self.pretrained.source})")
-        if self.kind == "generate" and self.pretrained.body_only:
-            raise DataError(f"task.kind=generate needs an LM head; {self.pretrained.source} is a classifier's body")
+        if self.kind in ("generate", "seq2seq") and self.pretrained.body_only:
+            needs = "an LM head" + (" and the decoder" if self.kind == "seq2seq" else "")
+            raise DataError(f"task.kind={self.kind} needs {needs}; {self.pretrained.source} is a classifier's body "
+                            "(start from the checkpoint the classifier was fine-tuned from)")  # fmt: skip
         if cfg.data.tokenizer.path:
             from pretrain.data.tokenizer import load_tokenizer
 

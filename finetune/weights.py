@@ -26,18 +26,25 @@ class Pretrained:
     tokenizer: object
     source: str
     body_only: bool = False
-    """A classifier's checkpoint: the stack without its LM head (``head.*`` is not there)."""
+    """A classifier's checkpoint: the stack without its LM head (``head.*`` is not there), and for an
+    encoder-decoder without its decoder."""
 
     @property
     def skip(self) -> tuple[str, ...]:
-        """What load_weights leaves alone: the LM head a classifier's body does not have."""
-        return ("head.",) if self.body_only else ()
+        """What load_weights leaves alone: what a classifier's body does not have."""
+        return body_lacks(self.model_cfg) if self.body_only else ()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor in memory (single-process tools: generate, inspect)."""
         from pretrain.export import materialize
 
         return {name: materialize(t) for name, t in self.tensors().items()}
+
+
+def body_lacks(model_cfg: ModelConfig) -> tuple[str, ...]:
+    """Name prefixes of what a classifier's body leaves out: the LM head, and an encoder-decoder's
+    decoder (its blocks, position module, norms and position table: all named ``decoder...``)."""
+    return ("head.", "decoder") if model_cfg.arch == "encoder-decoder" else ("head.",)
 
 
 def load_pretrained(init_from: str, best: bool = False) -> Pretrained:
@@ -93,7 +100,7 @@ def _opened(model_cfg: ModelConfig, tensors: Mapping, tok, source: str) -> Pretr
     if body_only:
         tensors = BodyWeights(tensors)
     try:
-        check_fits(tensors, model_cfg, skip=("head.",) if body_only else ())
+        check_fits(tensors, model_cfg, skip=body_lacks(model_cfg) if body_only else ())
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return Pretrained(model_cfg, lambda: tensors, tok, source, body_only)

@@ -159,6 +159,19 @@ def test_the_papers_model_trained_with_flash_fine_tunes_for_seq2seq_and_classifi
     assert proc.returncode == 0, proc.stderr[-3000:]
     labels = [json.loads(line)["label"] for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(labels) == 5 and set(labels) <= {"email", "json", "logging"}
+    # The classifier's checkpoint (the encoder, no decoder or LM head) starts another classifier;
+    # a seq2seq task from it is refused by name, before any process starts.
+    cls_run = tmp_path / "runs" / "cls"
+    again = finetune_config(make_config, "cls-again", cls_run, {"kind": "classify"},
+                            data={"sources": [{"files": str(tmp_path / "f.jsonl")}], "validation_fraction": 0.1},
+                            train={"max_steps": 1, "eval_every": 1})  # fmt: skip
+    assert "3 labels; weights from checkpoint" in launch(1, again, module="finetune").stdout
+    from_cls = finetune_config(make_config, "from-cls", cls_run, {"kind": "seq2seq"},
+                               data={"sources": [{"files": str(data_file)}]})  # fmt: skip
+    refused = launch(1, from_cls, module="finetune", check=False)
+    assert refused.returncode == 2 and "task.kind=seq2seq needs an LM head and the decoder; checkpoint" in \
+        refused.stdout and "is a classifier's body" in refused.stdout, refused.stdout[-2000:]  # fmt: skip
+
     data = {"sources": [{"files": str(data_file)}]}
     wrong = finetune_config(make_config, "wrong", pre, {"kind": "generate"}, data=data)
     refused = launch(1, wrong, module="finetune", check=False)
