@@ -272,6 +272,12 @@ def initialize(model: nn.Module, config: dict, train: TrainConfig, groups: list[
         config=buckets_fitted(config, sum(numel(p) for p in model.parameters())),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train)),
     )
+    if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
+        # One data-parallel process: averaging gradients over it changes nothing, yet DeepSpeed
+        # would still flatten every gradient, all-reduce it over the group of one and copy it back
+        # (0.6 ms of a 7.4 ms debug step on a CPU). ZeRO 1-3's reductions also move gradients into
+        # the optimizer's partitions, so they stay.
+        engine.enable_backward_allreduce = False
     return engine
 
 
