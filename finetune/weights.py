@@ -128,8 +128,9 @@ def _from_hf_dir(path: Path) -> Pretrained:
             return Pretrained(model_cfg, lambda: state, tok, source)
         model_cfg = config_from_hf(hf_cfg)
         if has_weights(path):
-            return _opened(model_cfg, FromHF(model_cfg, ShardedWeights(path)), tok, source)
-        auto = transformers.AutoModelForMaskedLM if hf_cfg.model_type == "bert" else transformers.AutoModelForCausalLM
+            return _opened(model_cfg, FromHF(model_cfg, ShardedWeights(path), hf_cfg), tok, source)
+        masked = hf_cfg.model_type in ("bert", "roberta")
+        auto = transformers.AutoModelForMaskedLM if masked else transformers.AutoModelForCausalLM
         hf_model = auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
         model_cfg, model = from_hf(hf_model)
     except (ValueError, KeyError) as e:

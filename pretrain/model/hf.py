@@ -1,5 +1,7 @@
 """Exchange with HF transformers: GPT-2 (GPT2LMHeadModel), LLaMA (LlamaForCausalLM) and BERT
-(BertForMaskedLM), both ways, weights included.
+(BertForMaskedLM), both ways, weights included; RoBERTa (RobertaForMaskedLM) is read as the BERT
+family it is (its position table starts two rows late, after fairseq's padding offset), and
+written back as BERT.
 
     cfg, model = from_hf(hf_model)
     hf_model = to_hf(model)
@@ -85,19 +87,26 @@ def _config_from_hf(hf_cfg) -> ModelConfig:
             bias=bool(hf_cfg.attention_bias), attention_dropout=float(hf_cfg.attention_dropout),
             init_std=hf_cfg.initializer_range, **common,
         )  # fmt: skip
-    if kind == "bert":
+    if kind in ("bert", "roberta"):
         if getattr(hf_cfg, "position_embedding_type", "absolute") != "absolute":
-            raise ValueError("BERT with relative position embeddings is not supported")
+            raise ValueError(f"{kind} with relative position embeddings is not supported")
         return ModelConfig(
             arch="encoder", d_model=hf_cfg.hidden_size, num_layers=hf_cfg.num_hidden_layers,
             num_heads=hf_cfg.num_attention_heads, ffn_hidden_size=hf_cfg.intermediate_size,
-            max_seq_len=hf_cfg.max_position_embeddings, type_vocab_size=hf_cfg.type_vocab_size,
+            max_seq_len=hf_cfg.max_position_embeddings - position_offset(hf_cfg),
+            type_vocab_size=hf_cfg.type_vocab_size,
             position="learned", norm="layernorm", norm_eps=hf_cfg.layer_norm_eps, norm_position="post",
             mlp=hf_cfg.hidden_act, bias=True, dropout=hf_cfg.hidden_dropout_prob,
             attention_dropout=hf_cfg.attention_probs_dropout_prob, init_std=hf_cfg.initializer_range,
             scaled_residual_init=False, **common,
         )  # fmt: skip
-    raise ValueError(f"HF model_type={kind!r} is not supported; supported: {list(FAMILIES)}")
+    raise ValueError(f"HF model_type={kind!r} is not supported; supported: {[*FAMILIES, 'roberta']}")
+
+
+def position_offset(hf_cfg) -> int:
+    """Rows of an HF position table before position 0: RoBERTa numbers positions from its padding
+    id + 1 (fairseq's convention); the others from 0."""
+    return hf_cfg.pad_token_id + 1 if hf_cfg.model_type == "roberta" else 0
 
 
 def _config_to_hf(cfg: ModelConfig):
@@ -141,7 +150,8 @@ def _weights_and_biases(ours: str, hf: tuple[str, ...], bias: bool, transposed: 
         yield f"{ours}.bias", tuple(f"{h}.bias" for h in hf), False
 
 
-def _table(family: str, cfg: ModelConfig):
+def _table(family: str, cfg: ModelConfig, kind: str | None = None):
+    """``kind``: the HF model_type, where it names its tensors differently from ``family``'s (roberta)."""
     b = cfg.bias
     if family == "gpt2":
         yield "embed.tokens.weight", ("transformer.wte.weight",), False
@@ -170,14 +180,15 @@ def _table(family: str, cfg: ModelConfig):
         yield "norm.weight", ("model.norm.weight",), False
         yield "head.weight", ("lm_head.weight",), False
     else:
-        e = "bert.embeddings"
+        base = "roberta" if kind == "roberta" else "bert"
+        e = f"{base}.embeddings"
         yield "embed.tokens.weight", (f"{e}.word_embeddings.weight",), False
         yield "embed.positions.weight", (f"{e}.position_embeddings.weight",), False
         if cfg.type_vocab_size:
             yield "embed.token_types.weight", (f"{e}.token_type_embeddings.weight",), False
         yield from _weights_and_biases("embed.norm", (f"{e}.LayerNorm",), True)
         for i in range(cfg.num_layers):
-            h, o = f"bert.encoder.layer.{i}", f"layers.{i}"
+            h, o = f"{base}.encoder.layer.{i}", f"layers.{i}"
             qkv = tuple(f"{h}.attention.self.{p}" for p in ("query", "key", "value"))
             yield from _weights_and_biases(f"{o}.attn.qkv", qkv, True)
             yield from _weights_and_biases(f"{o}.attn.proj", (f"{h}.attention.output.dense",), True)
@@ -185,17 +196,23 @@ def _table(family: str, cfg: ModelConfig):
             yield from _weights_and_biases(f"{o}.mlp.fc", (f"{h}.intermediate.dense",), True)
             yield from _weights_and_biases(f"{o}.mlp.proj", (f"{h}.output.dense",), True)
             yield from _weights_and_biases(f"{o}.mlp_norm", (f"{h}.output.LayerNorm",), True)
-        yield from _weights_and_biases("head.dense", ("cls.predictions.transform.dense",), True)
-        yield from _weights_and_biases("head.norm", ("cls.predictions.transform.LayerNorm",), True)
-        yield "head.decoder.weight", ("cls.predictions.decoder.weight",), False
-        yield "head.decoder.bias", ("cls.predictions.bias",), False
+        if kind == "roberta":
+            yield from _weights_and_biases("head.dense", ("lm_head.dense",), True)
+            yield from _weights_and_biases("head.norm", ("lm_head.layer_norm",), True)
+            yield "head.decoder.weight", ("lm_head.decoder.weight",), False
+            yield "head.decoder.bias", ("lm_head.bias",), False
+        else:
+            yield from _weights_and_biases("head.dense", ("cls.predictions.transform.dense",), True)
+            yield from _weights_and_biases("head.norm", ("cls.predictions.transform.LayerNorm",), True)
+            yield "head.decoder.weight", ("cls.predictions.decoder.weight",), False
+            yield "head.decoder.bias", ("cls.predictions.bias",), False
 
 
 def config_from_hf(hf_cfg) -> ModelConfig:
     """Our config for a transformers config, or a ValueError saying what is not supported."""
     cfg = _config_from_hf(hf_cfg)
     family = family_of(cfg)
-    if family != hf_cfg.model_type:
+    if family != {"roberta": "bert"}.get(hf_cfg.model_type, hf_cfg.model_type):
         raise ValueError(f"{hf_cfg.model_type} model mapped to a {family}-shaped config")
     return cfg
 
@@ -205,17 +222,21 @@ class FromHF(Mapping):
     as pretrain.shards.ShardedWeights over an HF folder): fused matrices concatenated, GPT-2's
     transposed ones turned. Names saved without the base model's prefix (``h.0...`` for
     ``transformer.h.0...``, as older hub checkpoints have them) are found too. A tied output matrix
-    is not listed."""
+    is not listed. ``hf_cfg``: the HF config, where the names or the position rows differ from the
+    family's own (RoBERTa)."""
 
-    def __init__(self, cfg: ModelConfig, hf: Mapping):
+    def __init__(self, cfg: ModelConfig, hf: Mapping, hf_cfg=None):
         self._hf = hf
-        self._table = {name: (hf_names, transposed) for name, hf_names, transposed in _table(family_of(cfg), cfg)
+        kind = hf_cfg.model_type if hf_cfg is not None else None
+        self._table = {name: (hf_names, transposed) for name, hf_names, transposed in _table(family_of(cfg), cfg, kind)
                        if name not in cfg.tied_output_keys}  # fmt: skip
+        offset = position_offset(hf_cfg) if hf_cfg is not None else 0
+        positions = self._table.get("embed.positions.weight")
+        self._skip = {positions[0][0]: offset} if positions and offset else {}  # HF rows before position 0
 
     def _get(self, hf_name: str) -> torch.Tensor:
-        if hf_name in self._hf:
-            return self._hf[hf_name]
-        return self._hf[hf_name.split(".", 1)[1]]  # a KeyError names what is missing
+        tensor = self._hf[hf_name] if hf_name in self._hf else self._hf[hf_name.split(".", 1)[1]]  # a KeyError
+        return tensor[self._skip.get(hf_name, 0) :]  # names what is missing
 
     def __getitem__(self, name: str) -> torch.Tensor:
         hf_names, transposed = self._table[name]
@@ -226,6 +247,7 @@ class FromHF(Mapping):
         """Without reading the data where the source can say (a header)."""
         hf_names, transposed = self._table[name]
         shapes = [tuple(self._source_shape(h)) for h in hf_names]
+        shapes = [(s[0] - self._skip.get(h, 0), *s[1:]) for h, s in zip(hf_names, shapes, strict=True)]
         shapes = [s[::-1] if transposed else s for s in shapes]
         return (sum(s[0] for s in shapes), *shapes[0][1:])
 
@@ -245,7 +267,7 @@ def from_hf(hf_model) -> tuple[ModelConfig, Transformer]:
     cfg = config_from_hf(hf_model.config)
     hf_sd = hf_model.state_dict()
     model = Transformer(cfg).to(hf_sd[next(iter(hf_sd))].dtype)
-    ours = dict(FromHF(cfg, hf_sd))
+    ours = dict(FromHF(cfg, hf_sd, hf_model.config))
     for key in cfg.tied_output_keys:
         ours[key] = ours["embed.tokens.weight"]
     model.load_state_dict(ours, strict=True)

@@ -1,5 +1,6 @@
 """Our GPT-2, LLaMA and BERT against HF transformers' implementations: tiny random HF models are
-converted both ways and must give the same logits (fp32, 1e-4) with padding in the batch."""
+converted both ways and must give the same logits (fp32, 1e-4) with padding in the batch. RoBERTa
+is read as a BERT-family model and written back as BERT."""
 
 import pytest
 import torch
@@ -53,16 +54,14 @@ def hf_models():
                 eos_token_id=None,
             )
         ),  # fmt: skip
-        "bert": lambda: tf.BertForMaskedLM(
-            tf.BertConfig(
-                hidden_size=48,
-                intermediate_size=96,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                vocab_size=101,
-            )
+        "bert": lambda: tf.BertForMaskedLM(tf.BertConfig(**ENCODER)),
+        "roberta": lambda: tf.RobertaForMaskedLM(  # 40 positions after the padding offset of 2
+            tf.RobertaConfig(**ENCODER, max_position_embeddings=42, type_vocab_size=1, pad_token_id=1)
         ),
     }
+
+
+ENCODER = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=101)
 
 
 def perturb(model):
@@ -74,10 +73,11 @@ def perturb(model):
 
 
 def inputs():
-    ids = torch.randint(0, 101, (3, 13))
+    ids = torch.randint(2, 101, (3, 13))  # RoBERTa numbers positions past its padding id (1) anywhere
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0
     mask[2, 5:] = 0
+    ids[mask == 0] = 1
     types = torch.zeros_like(ids)
     types[:, 6:] = 1
     return ids, mask, types
@@ -88,7 +88,7 @@ def test_from_hf_then_to_hf_give_the_same_logits(name):
     hf = hf_models()[name]().eval()
     perturb(hf)
     ids, mask, types = inputs()
-    kwargs = {"token_type_ids": types} if name == "bert" else {}
+    kwargs = {"token_type_ids": types} if name == "bert" else {}  # RoBERTa has one type
     cfg, ours = from_hf(hf)
     ours.eval()
     with torch.no_grad():
@@ -126,6 +126,9 @@ def test_config_mapping_preserves_shape_choices():
     )
     cfg, _ = from_hf(hf_models()["bert"]())
     assert (cfg.arch, cfg.norm_position, cfg.type_vocab_size, cfg.norm_eps) == ("encoder", "post", 2, 1e-12)
+    cfg, ours = from_hf(hf := hf_models()["roberta"]())
+    assert (cfg.arch, cfg.max_seq_len, cfg.type_vocab_size) == ("encoder", 40, 1)  # 42 rows less the offset
+    assert torch.equal(ours.embed.positions.weight, hf.roberta.embeddings.position_embeddings.weight[2:])
 
 
 @pytest.mark.parametrize(
@@ -157,17 +160,42 @@ def test_an_hf_folder_is_read_tensor_by_tensor_with_or_without_the_base_prefix(n
     cfg, ours = from_hf(hf)
     expected = ours.state_dict()
     state = {k: v.contiguous().clone() for k, v in hf.state_dict().items()
-             if not (cfg.tie_embeddings and k in {"lm_head.weight", "cls.predictions.decoder.weight"})}  # fmt: skip
+             if not (cfg.tie_embeddings and k in {"lm_head.weight", "cls.predictions.decoder.weight",
+                                                  "lm_head.decoder.weight"})}  # fmt: skip
     for prefixed in (True, False):
         folder = tmp_path / str(prefixed)
         folder.mkdir()
-        base = ("transformer.", "model.", "bert.")
+        base = ("transformer.", "model.", "bert.", "roberta.")
         names = state if prefixed else {k.split(".", 1)[1] if k.startswith(base) else k: v for k, v in state.items()}
-        if name == "bert":  # the decoder bias is the same tensor as cls.predictions.bias: stored once
-            names.pop("cls.predictions.decoder.bias", None)
+        for tied in ("cls.predictions.decoder.bias", "lm_head.decoder.bias"):  # the bias, stored once
+            names.pop(tied, None)
         save_file(dict(names), str(folder / "model.safetensors"))
-        lazy = FromHF(config_from_hf(hf.config), ShardedWeights(folder))
+        lazy = FromHF(config_from_hf(hf.config), ShardedWeights(folder), hf.config)
         assert set(lazy) == set(expected) - cfg.tied_output_keys
         for key in lazy:
             assert lazy.shape(key) == tuple(expected[key].shape), key
             torch.testing.assert_close(lazy[key], expected[key], atol=0, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize("name", ["bert", "roberta"])
+def test_init_from_an_hf_encoder_folder_reads_its_weights_as_from_hf_does(name, tmp_path):
+    """What `init_from: FOLDER` opens (finetune.weights.load_pretrained): the safetensors read
+    lazily, RoBERTa's position rows after its padding offset, the folder's tokenizer."""
+    from tokenizers import Tokenizer, models
+
+    from finetune.weights import load_pretrained
+
+    hf = hf_models()[name]()
+    perturb(hf)
+    hf.save_pretrained(tmp_path)
+    vocab = {f"t{i}": i for i in range(101)}
+    tok = tf.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t3")),
+                                     pad_token="t1", mask_token="t4", cls_token="t5", sep_token="t6")  # fmt: skip
+    tok.save_pretrained(tmp_path)
+    pre = load_pretrained(str(tmp_path))
+    cfg, ours = from_hf(hf)
+    assert pre.model_cfg == cfg and pre.source == f"HF {name} model {tmp_path}" and len(pre.tokenizer) == 101
+    weights = pre.state_dict()
+    assert set(ours.state_dict()) - set(weights) == cfg.tied_output_keys
+    for key, tensor in weights.items():
+        torch.testing.assert_close(tensor, ours.state_dict()[key], atol=0, rtol=0, msg=key)

@@ -256,3 +256,20 @@ def test_what_bart_cannot_hold_is_refused_by_name():
         hf.model.decoder.embed_tokens.weight.add_(0.1)
     with pytest.raises(ValueError, match="decoder looks tokens up in a table of its own"):
         bart_from_hf(hf)
+
+
+def test_bart_base_has_the_shape_of_facebooks_bart_base():
+    """configs/model/bart-base.yaml against transformers' BART of the same config (both on the meta
+    device): the same parameters but BART's two unused position rows per stack."""
+    transformers = pytest.importorskip("transformers")
+    from pretrain.config import load_config
+    from pretrain.model.hf_bart import OFFSET, bart_config_to_hf
+
+    cfg = load_config("configs/model/bart-base.yaml").model
+    with torch.device("meta"):
+        ours = EncoderDecoder(cfg)
+        hf = transformers.BartForConditionalGeneration(bart_config_to_hf(cfg))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731 - shared tensors once
+    assert count(hf) == count(ours) + 2 * OFFSET * cfg.d_model
+    assert count(ours) - (50_304 - 50_265) * cfg.d_model + 2 * OFFSET * cfg.d_model == 139_420_416  # at
+    # facebook/bart-base's vocabulary of 50,265 (ours is rounded up to a multiple of 64): its size
