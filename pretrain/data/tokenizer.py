@@ -76,6 +76,8 @@ def train_tokenizer(texts, arch: str, cfg: TokenizerConfig, vocab_size: int, ext
     tok.train_from_iterator(batches(), trainer, length=len(texts))
     if kind == "wordpiece":
         tok.model = _wordpiece_in_a_fixed_order(tok, special_list)
+    elif kind == "unigram":
+        tok.model = _unigram_in_a_fixed_order(tok, special_list, specials["unk_token"])
     if arch == "encoder":  # [CLS] a [SEP] (b [SEP]) when encoding texts or pairs for fine-tuning
         cls, sep = specials["cls_token"], specials["sep_token"]
         tok.post_processor = processors.TemplateProcessing(
@@ -125,6 +127,31 @@ def _wordpiece_in_a_fixed_order(tok, specials: list[str]):
     ordered = {t: i for i, t in enumerate([*specials, *rest])}
     return models.WordPiece(ordered, unk_token=model.unk_token, max_input_chars_per_word=model.max_input_chars_per_word,
                             continuing_subword_prefix=model.continuing_subword_prefix)  # fmt: skip
+
+
+UNIGRAM_SCORE_DECIMALS = 3
+"""Unigram log-probabilities are kept to 1e-3: the trainer's sums come out ~4e-11 apart from run
+to run, and rounding makes the saved tokenizer the same (but where a score lies within that of a
+rounding boundary: odds of about 1 in 10 million per token). Rounding moves a score by at most
+5e-4, which changes only choices between segmentations the model already scores as near-equal."""
+
+
+def _unigram_in_a_fixed_order(tok, specials: list[str], unk: str):
+    """The trained Unigram model with its scores rounded and ids that depend on the tokens and those
+    scores only: the specials first, then by score (highest first), then by code point.
+    tokenizers' Unigram trainer learns the same pieces from the same text every time, but sums
+    their scores in a different order each run, so near-equal pieces swapped ids between runs."""
+    import json
+
+    from tokenizers import models
+
+    trained = json.loads(tok.to_str())["model"]  # {"type": "Unigram", "unk_id": ..., "vocab": [[piece, score]]}
+    scores = {piece: score for piece, score in trained["vocab"]}
+    rest = sorted(((p, round(v, UNIGRAM_SCORE_DECIMALS)) for p, v in scores.items() if p not in specials),
+                  key=lambda item: (-item[1], item[0]))  # fmt: skip
+    ordered = [(p, scores[p]) for p in specials if p in scores] + rest
+    unk_id = [p for p, _ in ordered].index(unk)
+    return models.Unigram(ordered, unk_id=unk_id, byte_fallback=trained.get("byte_fallback", False))
 
 
 def load_tokenizer(path: str | Path, what: str = "data.tokenizer.path"):
