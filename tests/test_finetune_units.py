@@ -81,17 +81,19 @@ class CharTokenizer:
         return [" ".join(str(int(i)) for i in row) for row in rows]
 
 
-@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope", "alibi", "relative"])
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope", "alibi", "relative", "rope-sinks"])
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_batched_generation_with_left_padding_equals_each_prompt_alone(position, use_cache):
     """Prompts of different lengths are padded on the left: each row's positions must count from its
     first real token, as they do for the prompt alone (learned and sinusoidal positions show a shift
-    that RoPE's relative rotation hides)."""
+    that RoPE's relative rotation hides); so must its global tokens (rope-sinks: a window of 4 and
+    the first 2 real tokens seen from everywhere)."""
     from finetune.generate import Sampling, generate
 
     torch.manual_seed(0)
+    sparse = dict(sliding_window=4, global_tokens=2) if position == "rope-sinks" else {}
     model = Transformer(ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, max_seq_len=64,
-                                    position=position)).eval()  # fmt: skip
+                                    position=position.removesuffix("-sinks"), **sparse)).eval()  # fmt: skip
     with torch.no_grad():  # weights large enough that the continuation depends on position
         for p in model.parameters():
             p.mul_(8.0)

@@ -2,10 +2,10 @@
 the KV cache for incremental decoding.
 
 A stack builds one ``AttentionContext`` per forward from what constrains attention (causality, a
-sliding window, padding, document boundaries, a position bias) and every layer hands it to the
-configured kernel. Each kernel reads the form it can use: a dense mask and bias (eager, sdpa), a
-BlockMask and score_mod (flex), window and ALiBi slopes (flash-attn), or nothing but causality
-(flash). All kernels agree that a query allowed to see no key outputs zeros.
+sliding window with or without global tokens, padding, document boundaries, a position bias) and
+every layer hands it to the configured kernel. Each kernel reads the form it can use: a dense mask
+and bias (eager, sdpa), a BlockMask and score_mod (flex), window and ALiBi slopes (flash-attn), or
+nothing but causality (flash). All kernels agree that a query allowed to see no key outputs zeros.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ class AttentionContext:
     """Each query sees the keys at or before its own position."""
     window: int | None = None
     """Each query sees only the keys fewer than this many positions away."""
+    global_keys: torch.Tensor | None = None
+    """(B or 1, S) bool, True for the keys that see and are seen past the window: the first
+    ``global_tokens`` real tokens of each row (left padding is not counted) or packed document."""
     padding: torch.Tensor | None = None
     """(B, S) bool, True for real keys."""
     document_ids: torch.Tensor | None = None
@@ -107,8 +110,26 @@ def build_context(
         rope=position.angles(positions) if isinstance(position, Rotary) else None,
         alibi_slopes=position.slopes if isinstance(position, ALiBi) else None,
     )
+    if cfg.global_tokens and not cross:
+        ctx.global_keys = _global_keys(ctx.padding, document_ids, k_len, cfg.global_tokens, device)
     KERNEL_FORMS[cfg.attention](ctx, position, device)
     return ctx
+
+
+def _global_keys(padding, document_ids, k_len: int, count: int, device) -> torch.Tensor:
+    """The first ``count`` real tokens of each row (by rank among its real tokens: left padding is
+    not counted), or of each packed document."""
+    index = torch.arange(k_len, device=device)
+    if document_ids is not None:  # packed documents (no cache: keys are the queries)
+        starts = torch.ones_like(document_ids, dtype=torch.bool)
+        starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+        first = torch.where(starts, index, 0).cummax(dim=-1).values  # where each token's document starts
+        keys = index - first < count
+    elif padding is not None:
+        keys = padding.long().cumsum(-1) <= count
+    else:
+        return (index < count)[None]
+    return keys & padding if padding is not None else keys
 
 
 def _dense_forms(ctx: AttentionContext, position, device) -> None:
@@ -123,9 +144,13 @@ def _dense_forms(ctx: AttentionContext, position, device) -> None:
     mask = torch.ones(ctx.q_len, ctx.k_len, dtype=torch.bool, device=device)
     if ctx.causal:
         mask &= rel >= 0
-    if ctx.window is not None:
-        mask &= rel.abs() < ctx.window
     mask = mask[None, None]
+    if ctx.window is not None:
+        near = (rel.abs() < ctx.window)[None, None]
+        if ctx.global_keys is not None:  # global keys, and global queries (the queries are keys too)
+            g = ctx.global_keys
+            near = near | g[:, None, None, :] | g[:, None, ctx.offset : ctx.offset + ctx.q_len, None]
+        mask = mask & near
     if ctx.padding is not None:
         mask = mask & ctx.padding[:, None, None, :]
     if ctx.document_ids is not None:
@@ -171,6 +196,7 @@ def _flex_block_mask(ctx: AttentionContext, device):
     if ctx.masks_nothing:
         return None
     causal, window, offset, pad, document_ids = ctx.causal, ctx.window, ctx.offset, ctx.padding, ctx.document_ids
+    global_keys = ctx.global_keys
 
     def mask_mod(b, h, q, k):
         qa = q + offset
@@ -178,7 +204,10 @@ def _flex_block_mask(ctx: AttentionContext, device):
         if causal:
             keep = keep & (k <= qa)
         if window is not None:
-            keep = keep & ((qa - k).abs() < window)
+            near = (qa - k).abs() < window
+            if global_keys is not None:
+                near = near | global_keys[b, k] | global_keys[b, qa]
+            keep = keep & near
         if pad is not None:
             keep = keep & pad[b, k]
         if document_ids is not None:

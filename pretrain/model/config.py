@@ -22,6 +22,7 @@ MLP = Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh"]
 # but no bucketed bias.
 KERNELS_WITH_BIAS = {"alibi": ("eager", "sdpa", "flex", "flash_attn"), "relative": ("eager", "sdpa", "flex")}
 KERNELS_WITH_WINDOW = ("eager", "sdpa", "flex", "flash_attn")
+KERNELS_WITH_GLOBAL = ("eager", "sdpa", "flex")  # flash-attn's window has no exceptions
 # Padded batches (fine-tuning, batched decoding, an encoder-decoder's cross-attention over padded
 # sources) need a padding mask, which `flash` and (here) the flash-attn package do not take.
 KERNELS_WITH_PADDING = ("sdpa", "flex", "eager")
@@ -94,6 +95,10 @@ class ModelConfig:
     flex (FlexAttention), eager (reference math), flash_attn (the flash-attn package, GPU)."""
     sliding_window: int | None = None
     """Each query sees at most this many keys (itself included) behind it; None for no window."""
+    global_tokens: int = 0
+    """Sparse attention with a sliding window (Longformer, BigBird; a causal stack's attention sinks,
+    StreamingLLM): the first this many positions see every position and every position sees them,
+    past the window (a causal stack still sees no later key). 0 for none."""
 
     @property
     def causal(self) -> bool:
@@ -195,6 +200,14 @@ class ModelConfig:
                 raise ValueError(
                     f"attention={self.attention!r} has no sliding window; use one of {list(KERNELS_WITH_WINDOW)}"
                 )
+        if self.global_tokens:
+            if self.global_tokens < 0 or self.sliding_window is None:
+                raise ValueError(f"global_tokens={self.global_tokens}: a number >= 0 of positions that see "
+                                 "past the sliding window; set sliding_window too (without one, every position "
+                                 "sees every other)")  # fmt: skip
+            if self.attention not in KERNELS_WITH_GLOBAL:
+                raise ValueError(f"attention={self.attention!r} has no global tokens; use one of "
+                                 f"{list(KERNELS_WITH_GLOBAL)}")  # fmt: skip
 
 
 def check_padding_kernel(attention: str) -> None:

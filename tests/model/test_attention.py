@@ -121,6 +121,49 @@ def test_sliding_window_matches_eager_and_limits_reach(kernel, arch):
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "flex"])
+@pytest.mark.parametrize("arch", ["decoder", "encoder"])
+def test_global_tokens_see_and_are_seen_past_the_window(kernel, arch):
+    """Sparse attention (Longformer, BigBird; attention sinks in a causal stack): the first real
+    token of each row is seen by every query and (bidirectional) sees every key; the rest keep the
+    window. Left padding is not counted, and every kernel that takes it agrees with eager."""
+    model = Transformer(tiny(arch=arch, position="rope", sliding_window=3, global_tokens=1, num_layers=1)).eval()
+    ids = torch.randint(0, 97, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :2] = 0  # the second row starts at index 2 (left padding)
+    with torch.no_grad():
+        ref, weights = model(ids, attention_mask=mask, return_attention=True)
+        w = weights[0]  # (B, H, T, S)
+        assert (w[0, :, :, 0] > 0).all() and (w[1, :, 2:, 2] > 0).all()  # the global key, seen from everywhere
+        assert (w[0, :, 5:, 1] == 0).all() and (w[1, :, 7:, 3] == 0).all()  # the next token: the window only
+        if arch == "encoder":
+            assert (w[0, :, 0, :] > 0).all() and (w[1, :, 2, 2:] > 0).all()  # the global query sees every key
+        else:
+            assert (w[0].triu(1) == 0).all()  # and nothing later
+        model.cfg.attention = kernel
+        out = model(ids, attention_mask=mask)
+    keep = mask.bool()
+    torch.testing.assert_close(out[keep], ref[keep], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="global_tokens=2: .* set sliding_window too"):
+        tiny(global_tokens=2).validate()
+    with pytest.raises(ValueError, match="attention='flash_attn' has no global tokens"):
+        tiny(global_tokens=2, sliding_window=4, attention="flash_attn").validate()
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "flex"])
+def test_each_packed_document_has_its_own_global_tokens(kernel):
+    model = Transformer(tiny(position="rope", num_layers=1, sliding_window=2, global_tokens=1)).eval()
+    ids = torch.randint(0, 97, (1, 10))
+    docs = torch.tensor([[0] * 4 + [1] * 6])
+    with torch.no_grad():
+        ref, weights = model(ids, document_ids=docs, return_attention=True)
+        w = weights[0][0]  # (H, T, S)
+        assert (w[:, 4:, 4] > 0).all() and (w[:, 1:4, 0] > 0).all()  # each document's first token
+        assert (w[:, 4:, :4] == 0).all() and (w[:, 7:, 5] == 0).all()  # no other document; the window
+        model.cfg.attention = kernel
+        torch.testing.assert_close(model(ids, document_ids=docs), ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "flex"])
 def test_document_mask_keeps_attention_within_documents(kernel):
     model = Transformer(tiny(position="rope", num_layers=1, attention=kernel))
     ids = torch.randint(0, 97, (1, 10))

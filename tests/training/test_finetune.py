@@ -251,10 +251,12 @@ def test_kv_cache_generation_equals_full_recompute_for_every_position_scheme():
         def batch_decode(self, ids, skip_special_tokens=True):
             return [" ".join(map(str, row.tolist())) for row in ids]
 
-    for position in ("learned", "sinusoidal", "rope", "alibi", "relative"):
+    sparse = {"sliding_window": 4, "global_tokens": 2}  # attention sinks: a window and the first 2 tokens
+    schemes = [(p, {}) for p in ("learned", "sinusoidal", "rope", "alibi", "relative")] + [("rope", sparse)]
+    for position, extra in schemes:
         torch.manual_seed(0)
         model = Transformer(ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                                        max_seq_len=64, position=position))  # fmt: skip
+                                        max_seq_len=64, position=position, **extra))  # fmt: skip
         prompts = ["def f(x):", "import os", "a"]  # different lengths: left padding
         s = Sampling(max_new_tokens=10, temperature=0.0)
         assert generate(model, Tok(), prompts, s) == generate(model, Tok(), prompts, s, use_cache=False), position
