@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .linear_attention import SequenceProjection, linformer, orthogonal_features, performer
 from .position import ALiBi, RelativeBias, Rotary, apply_rotary
 
 
@@ -353,7 +354,8 @@ class Attention(nn.Module):
     k, v from ``memory`` (the encoder's output).
     """
 
-    def __init__(self, cfg: ModelConfig, cross: bool = False):
+    def __init__(self, cfg: ModelConfig, cross: bool = False, layer: int = 0):
+        """``layer``: the block's index, which seeds a Performer's random features."""
         super().__init__()
         self.num_heads, self.kv_heads, self.head_dim = cfg.num_heads, cfg.kv_heads, cfg.head_dim
         q_dim, kv_dim = cfg.num_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
@@ -365,6 +367,11 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=cfg.bias)
         self.proj = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.attention_dropout
+        self.linear = None if cross else cfg.linear_attention
+        self.sequence = None  # Linformer's projections, built after the matrices above (init order)
+        if self.linear == "linformer":
+            self.sequence = SequenceProjection(cfg.max_seq_len, cfg.linear_attention_dim)
+        self._features_seed, self._features_dim, self._features = 1_000_003 + layer, cfg.linear_attention_dim, None
 
     def forward(
         self,
@@ -395,8 +402,21 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        if need_weights and ctx.kernel != "eager":
-            raise ValueError(f"attention weights come from attention='eager' only, not {ctx.kernel!r}")
-        out, weights = KERNELS[ctx.kernel](q, k, v, ctx, dropout, need_weights)
+        if need_weights and (ctx.kernel != "eager" or self.linear):
+            raise ValueError(f"attention weights come from exact attention with attention='eager' only, not "
+                             f"{self.linear or ctx.kernel!r}")  # fmt: skip
+        if self.linear == "performer":
+            out, weights = performer(q, k, v, ctx.causal, ctx.offset, ctx.padding, self.features(q)), None
+        elif self.linear == "linformer":
+            out, weights = linformer(q, k, v, self.sequence, ctx.padding, dropout), None
+        else:
+            out, weights = KERNELS[ctx.kernel](q, k, v, ctx, dropout, need_weights)
         out = out.transpose(1, 2).reshape(B, T, H * D)
         return self.proj(out), weights
+
+    def features(self, like: torch.Tensor) -> torch.Tensor:
+        """The Performer's random features, made once per device (fp32)."""
+        if self._features is None or self._features.device != like.device:
+            self._features = orthogonal_features(self._features_dim, self.head_dim, self._features_seed,
+                                                 like.device, torch.float32)  # fmt: skip
+        return self._features

@@ -16,6 +16,7 @@ Kernel = Literal["sdpa", "flash", "flex", "eager", "flash_attn"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
 MLP = Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh"]
+LinearAttention = Literal["performer", "linformer"]
 
 # Which attention kernels can express which extra terms. `flash` is SDPA restricted to the flash
 # backend, which takes no mask or bias; the flash-attn package takes ALiBi slopes and a window
@@ -95,6 +96,13 @@ class ModelConfig:
     flex (FlexAttention), eager (reference math), flash_attn (the flash-attn package, GPU)."""
     sliding_window: int | None = None
     """Each query sees at most this many keys (itself included) behind it; None for no window."""
+    linear_attention: LinearAttention | None = None
+    """Self-attention in time linear in the length instead of softmax over every key (the kernel
+    setting then applies to cross-attention only): performer (FAVOR+ random features; causal or
+    bidirectional) or linformer (keys and values projected along the sequence; bidirectional
+    stacks only). None: exact attention."""
+    linear_attention_dim: int = 64
+    """performer: random features per head; linformer: the length keys and values are projected to."""
     global_tokens: int = 0
     """Sparse attention with a sliding window (Longformer, BigBird; a causal stack's attention sinks,
     StreamingLLM): the first this many positions see every position and every position sees them,
@@ -200,6 +208,8 @@ class ModelConfig:
                 raise ValueError(
                     f"attention={self.attention!r} has no sliding window; use one of {list(KERNELS_WITH_WINDOW)}"
                 )
+        if self.linear_attention is not None:
+            self._check_linear_attention()
         if self.global_tokens:
             if self.global_tokens < 0 or self.sliding_window is None:
                 raise ValueError(f"global_tokens={self.global_tokens}: a number >= 0 of positions that see "
@@ -208,6 +218,22 @@ class ModelConfig:
             if self.attention not in KERNELS_WITH_GLOBAL:
                 raise ValueError(f"attention={self.attention!r} has no global tokens; use one of "
                                  f"{list(KERNELS_WITH_GLOBAL)}")  # fmt: skip
+
+
+    def _check_linear_attention(self) -> None:
+        kind = self.linear_attention
+        if self.linear_attention_dim < 1:
+            raise ValueError(f"linear_attention_dim={self.linear_attention_dim}: must be a positive integer")
+        if self.position in KERNELS_WITH_BIAS:
+            raise ValueError(f"linear_attention={kind!r} forms no score matrix to add the {self.position} bias to; "
+                             "use position learned, sinusoidal, rope or none")  # fmt: skip
+        if self.sliding_window is not None:
+            raise ValueError(f"linear_attention={kind!r} has no sliding window (it sees every key it may); "
+                             "drop sliding_window or linear_attention")  # fmt: skip
+        if kind == "linformer" and self.arch != "encoder":
+            raise ValueError(f"linear_attention='linformer' mixes positions along the sequence, so it cannot "
+                             f"be causal; arch={self.arch!r} has a causal stack (use performer, or "
+                             "arch=encoder)")  # fmt: skip
 
 
 def check_padding_kernel(attention: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .linear_attention import SequenceProjection, attention_macs
+
 
 def numel(p) -> int:
     """Elements of a parameter; one partitioned by DeepSpeed ZeRO-3 holds a placeholder and keeps
@@ -44,16 +46,27 @@ def flops_per_token(model: nn.Module, seq_len: int, predicted_fraction: float = 
       0 for a classifier, which uses the hidden states and not the vocabulary projection).
     - Attention's scores (Q K^T) and weighted sum (A V): 12 x layers x heads x head size x T, with
       the full T x T score matrix counted also under causal masking (as PaLM's appendix B and the
-      eager kernel count it; a causal flash kernel skips about half of that work).
+      eager kernel count it; a causal flash kernel skips about half of that work). Linear attention
+      (Performer, Linformer) counts its own products instead (linear_attention.attention_macs).
     Norms, activations, softmax and embedding lookups are left out (they are not matmuls).
     """
     cfg = model.cfg
     if cfg.arch == "encoder-decoder":
         return _encoder_decoder_flops(model, seq_len, predicted_fraction)
-    body = sum(numel(m.weight) for layer in model.layers for m in layer.modules() if isinstance(m, nn.Linear))
+    body = _linears(model.layers)
     head = sum(numel(m.weight) for m in model.head.modules() if isinstance(m, nn.Linear))
-    attention = 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len  # fwd FLOPs per token: QK^T + AV
+    attention = cfg.num_layers * cfg.num_heads * _macs(cfg, seq_len, cfg.causal)  # fwd multiply-adds per token
     return 6.0 * body + 6.0 * head * predicted_fraction + 6.0 * attention
+
+
+def _linears(blocks) -> int:
+    """Weights of the per-token matmuls (Linformer's projections run along the sequence: not these)."""
+    return sum(numel(m.weight) for block in blocks for m in block.modules()
+               if isinstance(m, nn.Linear) and not isinstance(m, SequenceProjection))  # fmt: skip
+
+
+def _macs(cfg, length: float, causal: bool) -> float:
+    return attention_macs(cfg.linear_attention, length, cfg.head_dim, cfg.linear_attention_dim, causal)
 
 
 def _encoder_decoder_flops(model: nn.Module, seq_len: int, target_fraction: float) -> float:
@@ -63,16 +76,12 @@ def _encoder_decoder_flops(model: nn.Module, seq_len: int, target_fraction: floa
     once per encoder token. A classifier's body (decoder dropped) counts its encoder only, with
     target_fraction 0."""
     cfg = model.cfg
-
-    def linears(modules) -> int:
-        return sum(numel(m.weight) for block in modules for m in block.modules() if isinstance(m, nn.Linear))
-
     memory = sum(numel(block.cross_attn.kv.weight) for block in model.decoder)
     head = getattr(model.head, "weight", None)  # none on a classifier's body (encoder only)
-    per_target = linears(model.decoder) - memory + (numel(head) if head is not None else 0)
-    width = cfg.num_heads * cfg.head_dim
-    attention = cfg.num_layers * seq_len + cfg.decoder_layers * target_fraction * seq_len * target_fraction
-    cross = cfg.decoder_layers * seq_len * target_fraction  # every target reads every encoder output
-    return 6.0 * (linears(model.encoder) + memory) + 6.0 * per_target * target_fraction + 12.0 * width * (
-        attention + cross
-    )
+    per_target = _linears(model.decoder) - memory + (numel(head) if head is not None else 0)
+    targets = target_fraction * seq_len
+    attention = (cfg.num_layers * _macs(cfg, seq_len, False)  # per encoder token, then per target token
+                 + cfg.decoder_layers * target_fraction * _macs(cfg, targets, True)  # (self, and cross over
+                 + cfg.decoder_layers * target_fraction * 2 * seq_len * cfg.head_dim)  # every output)  # fmt: skip
+    linears = 6.0 * (_linears(model.encoder) + memory) + 6.0 * per_target * target_fraction
+    return linears + 6.0 * cfg.num_heads * attention

@@ -55,11 +55,12 @@ class Block(nn.Module):
     post-norm: x = norm(x + f(x))    (original Transformer, BERT)
     """
 
-    def __init__(self, cfg: ModelConfig, cross_attention: bool = False):
+    def __init__(self, cfg: ModelConfig, cross_attention: bool = False, layer: int = 0):
+        """``layer``: the block's index over the model's stacks (seeds a Performer's features)."""
         super().__init__()
         self.pre_norm = cfg.norm_position == "pre"
         self.attn_norm = build_norm(cfg)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, layer=layer)
         if cross_attention:
             self.cross_norm = build_norm(cfg)
             self.cross_attn = Attention(cfg, cross=True)

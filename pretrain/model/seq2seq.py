@@ -49,8 +49,9 @@ class EncoderDecoder(nn.Module):
         self.decoder_embed = Embeddings(cfg, own_tokens=False)  # the decoder's positions and norm
         self.encoder_position = _stack_position(cfg, causal=False)
         self.decoder_position = _stack_position(cfg, causal=True)
-        self.encoder = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
-        self.decoder = nn.ModuleList(Block(cfg, cross_attention=True) for _ in range(cfg.decoder_layers))
+        self.encoder = nn.ModuleList(Block(cfg, layer=i) for i in range(cfg.num_layers))
+        self.decoder = nn.ModuleList(Block(cfg, cross_attention=True, layer=cfg.num_layers + i)
+                                     for i in range(cfg.decoder_layers))  # fmt: skip
         pre = cfg.norm_position == "pre"
         self.encoder_norm = build_norm(cfg) if pre else None
         self.decoder_norm = build_norm(cfg) if pre else None

@@ -79,7 +79,7 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.embed = Embeddings(cfg)
         self.position = build_position(cfg)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(Block(cfg, layer=i) for i in range(cfg.num_layers))
         self.norm = build_norm(cfg) if cfg.norm_position == "pre" else None
         if cfg.causal:
             self.head = OutputLayer(cfg.d_model, cfg.vocab_size, bias=False)

@@ -177,8 +177,10 @@ def test_count_parameters_leaves_out_lookup_tables():
              tie_embeddings=False),  # LLaMA shape
         dict(arch="encoder", norm_position="post", mlp="gelu"),  # BERT shape, masked LM
         dict(arch="encoder", norm_position="post", mlp="gelu", classify=True),  # classifier: no vocabulary output
+        dict(arch="decoder", mlp="gelu_tanh", linear_attention="performer", linear_attention_dim=32),
+        dict(arch="encoder", norm_position="post", mlp="gelu", linear_attention="linformer", linear_attention_dim=16),
     ],
-    ids=["gpt2", "llama", "bert-mlm", "bert-classifier"],
+    ids=["gpt2", "llama", "bert-mlm", "bert-classifier", "performer", "linformer"],
 )  # fmt: skip
 def test_flops_per_token_matches_torch_flop_counter(family):
     """The MFU formula counts what a training step's matmuls do, as torch's FlopCounterMode counts
