@@ -1,10 +1,13 @@
 """Every attention kernel's forward + backward time and memory over sequence lengths.
 
-    python -m pretrain.bench attention [--lengths 512 1024 2048 4096 8192] [--cases causal alibi window]
-        [--kernels eager sdpa flash flex flash_attn] [--budget-s 240] [--out DIR]
+    python -m pretrain.bench attention [--lengths 512 1024 2048 4096 8192]
+        [--cases causal bidirectional alibi window] [--budget-s 240] [--out DIR]
+        [--kernels eager sdpa flash flex flash_attn performer linformer] [--linear-dim 64]
 
 One attention layer's kernel alone (q, k, v of batch x heads x T x head size), with the masks and
-biases built as the model builds them (``build_context``). Memory is what autograd keeps for the
+biases built as the model builds them (``build_context``). performer and linformer are the linear
+attentions (``model.linear_attention``) with ``--linear-dim`` features or projected length; their
+TFLOP/s column is left empty (they do not do the T^2 work it counts). Memory is what autograd keeps for the
 backward pass (measurable on CPU too) and, on a GPU, the peak allocated during the step. A kernel
 that cannot express a case, or has no backward on this device (flex on CPU), is listed as such.
 Lengths run shortest first and a kernel stops at the first length that would pass the time budget.
@@ -20,8 +23,10 @@ import torch
 
 from pretrain.bench import machine, median, print_table, saved_bytes, timed, write_json
 
-KERNELS = ["eager", "sdpa", "flash", "flex", "flash_attn"]
-CASES = {"causal": {}, "alibi": {"position": "alibi"}, "window": {"sliding_window": 1024}}
+LINEAR = ["performer", "linformer"]
+KERNELS = ["eager", "sdpa", "flash", "flex", "flash_attn", *LINEAR]
+CASES = {"causal": {}, "bidirectional": {"arch": "encoder"}, "alibi": {"position": "alibi"},
+         "window": {"sliding_window": 1024}}  # fmt: skip
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -31,6 +36,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--linear-dim", type=int, default=64, help="performer's features, linformer's projected length")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on GPU, fp32 on CPU")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=240.0, help="whole sweep's time budget")
@@ -54,8 +60,10 @@ def run(args) -> dict:
             for T in sorted(args.lengths):
                 row = {"case": case, "kernel": kernel, "seq_len": T}
                 rows.append(row)
+                linear = kernel if kernel in LINEAR else None
                 cfg = ModelConfig(d_model=d_model, num_heads=args.heads, max_seq_len=max(args.lengths),
-                                  attention=kernel, **CASES[case])  # fmt: skip
+                                  attention="sdpa" if linear else kernel, linear_attention=linear,
+                                  linear_attention_dim=args.linear_dim, **CASES[case])  # fmt: skip
                 why = _unsupported(cfg, kernel, device, dtype)
                 if why:
                     row["note"] = why
@@ -69,8 +77,9 @@ def run(args) -> dict:
                 ctx = build_context(cfg, position, q_len=T, device=device)
                 shape = (args.batch, args.heads, T, args.head_dim)
                 q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+                fn = _linear(cfg, device, dtype) if linear else FUNCS[kernel]
                 try:
-                    row.update(_measure(FUNCS[kernel], q, k, v, ctx, device, args.repeats))
+                    row.update(_measure(fn, q, k, v, ctx, device, args.repeats))
                 except (RuntimeError, torch.OutOfMemoryError) as e:  # out of memory, a kernel refusing a shape
                     row["note"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
                     q = k = v = None
@@ -78,7 +87,7 @@ def run(args) -> dict:
                         torch.cuda.empty_cache()
                     break
                 flops = 4 * args.batch * args.heads * T * T * args.head_dim * 3  # QK^T and AV, fwd + bwd (x3)
-                row["tflops"] = flops / (row["fwd_bwd_ms"] / 1e3) / 1e12
+                row["tflops"] = None if linear else flops / (row["fwd_bwd_ms"] / 1e3) / 1e12
     rows = [r for r in rows if "fwd_bwd_ms" in r or "note" in r]
     print(f"\nattention kernels: batch {args.batch}, {args.heads} heads x {args.head_dim}, {dtype}, {device.type}")
     table = print_table(rows, [("case", "case"), ("kernel", "kernel"), ("seq_len", "T"), ("fwd_bwd_ms", "fwd+bwd ms"),
@@ -112,6 +121,20 @@ def _measure(fn, q, k, v, ctx, device, repeats: int) -> dict:
         torch.cuda.synchronize()
         row["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     return row
+
+
+def _linear(cfg, device, dtype):
+    """One layer's linear attention as a kernel-shaped function (q, k, v, ctx, dropout) -> (out, None)."""
+    from pretrain.model.attention import Attention
+
+    layer = Attention(cfg).to(device=device, dtype=dtype)
+    if cfg.linear_attention == "performer":
+        from pretrain.model.linear_attention import performer
+
+        return lambda q, k, v, ctx, p: (performer(q, k, v, ctx.causal, 0, None, layer.features(q)), None)
+    from pretrain.model.linear_attention import linformer
+
+    return lambda q, k, v, ctx, p: (linformer(q, k, v, layer.sequence, None, p), None)
 
 
 def _unsupported(cfg, kernel: str, device: torch.device, dtype) -> str | None:

@@ -63,10 +63,8 @@ def performer(q, k, v, causal: bool, offset: int, padding: torch.Tensor | None, 
     state = kf[:, :, :offset].transpose(-2, -1) @ v[:, :, :offset]  # (B, H, m, d): the keys before the queries
     norm = kf[:, :, :offset].sum(dim=2)  # (B, H, m)
     outs = []
-    for start in range(0, q.shape[2], CHUNK):
-        stop = min(start + CHUNK, q.shape[2])
-        keys = slice(offset + start, offset + stop)
-        qc, kc, vc = qf[:, :, start:stop], kf[:, :, keys], v[:, :, keys]
+    # split once: a slice per chunk would give each chunk's backward a zero-filled gradient of the whole
+    for qc, kc, vc in zip(*(t.split(CHUNK, dim=2) for t in (qf, kf[:, :, offset:], v[:, :, offset:])), strict=True):
         scores = (qc @ kc.transpose(-2, -1)).tril()  # within the chunk: causal
         num = qc @ state + scores @ vc
         den = qc @ norm[..., None] + scores.sum(-1, keepdim=True)

@@ -39,8 +39,8 @@ def test_step_runs_ours_beside_hf_with_the_same_weights_and_reports_mfu(tmp_path
 
 
 def test_attention_sweep_shows_eager_keeping_the_score_matrix(tmp_path):
-    bench("attention", "--lengths", 128, 256, "--kernels", "eager", "sdpa", "flex", "--cases", "causal", "alibi",
-          "--out", tmp_path)  # fmt: skip
+    bench("attention", "--lengths", 128, 256, 512, "--kernels", "eager", "sdpa", "flex", "performer", "linformer",
+          "--cases", "causal", "bidirectional", "alibi", "--linear-dim", 32, "--out", tmp_path)  # fmt: skip
     rows = json.loads((tmp_path / "attention.json").read_text())["rows"]
     saved = {(r["case"], r["kernel"], r["seq_len"]): r.get("saved_mib") for r in rows}
     # eager keeps the (T, T) weights of 16 heads for backward: 16 * 256 * 256 * 4 bytes = 4 MiB and more
@@ -48,6 +48,12 @@ def test_attention_sweep_shows_eager_keeping_the_score_matrix(tmp_path):
     assert saved[("causal", "eager", 256)] > 2 * saved[("causal", "sdpa", 256)]  # sdpa keeps q, k, v, out
     assert saved[("causal", "eager", 256)] > 3 * saved[("causal", "eager", 128)]  # quadratic in T
     assert any(r["kernel"] == "flex" and "no backward on CPU" in r.get("note", "") for r in rows)
+    # linear attention keeps memory linear in T; linformer is for bidirectional stacks, no position bias
+    for kernel, case in (("performer", "causal"), ("linformer", "bidirectional")):
+        assert saved[(case, kernel, 512)] < 2.5 * saved[(case, kernel, 256)], kernel
+        assert saved[(case, kernel, 512)] < saved[(case, "eager", 512)] / 2, kernel
+    notes = {(r["case"], r["kernel"]): r.get("note", "") for r in rows}
+    assert "cannot be causal" in notes[("causal", "linformer")] and "alibi bias" in notes[("alibi", "performer")]
     for name in ("attention-time.png", "attention-memory.png"):
         assert (tmp_path / name).stat().st_size > 10_000
 
