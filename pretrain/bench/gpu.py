@@ -87,7 +87,8 @@ def plan(dry: bool) -> list[tuple[str, list[str], float]]:
         ("step-gpt2-small-sdpa", [*bench, "step", *gpt2, "--engine"], 120),
         (
             "attention",
-            [*bench, "attention", "--lengths", "512", "1024", "2048", "4096", "8192", "16384", "--budget-s", "70"],
+            [*bench, "attention", "--lengths", "512", "1024", "2048", "4096", "8192", "16384", "--budget-s", "70",
+             "--cases", "causal", "alibi", "window", "bidirectional"],  # the exact kernels' cases first
             100,
         ),  # fmt: skip
     ]
