@@ -1,7 +1,8 @@
 """python -m finetune.inspect CHECKPOINT --text TEXT [--text ...] [--texts-file FILE] [--layer L]
 [--heads 0,3] [--out DIR] [--top 3] [--positions N]
 
-Look inside a model: runs the text through it with the reference (eager) kernel and writes to DIR
+Look inside a model: runs the text through it with the reference (eager) kernel (a Performer: the
+attention it estimates) and writes to DIR
 - ``layer{L}_head{H}.png``: one heatmap per selected head, the tokens on both axes;
 - ``layer{L}_heads.png``: every head of the layer side by side; ``overview.png``: layers x heads;
 - ``head_entropy.png`` and ``head_distance.png``: per layer and head, the attention entropy and the
@@ -74,6 +75,9 @@ def inspect(model, tok, texts: list[str], layer: int | None, heads: str | None, 
     from pretrain.model.inspect import attention_weights, head_statistics, position_tables
 
     cfg = model.cfg
+    if cfg.linear_attention == "linformer":
+        raise ConfigError("linear_attention='linformer': its queries attend to projections of the sequence, not to "
+                          "tokens, so there is no token-by-token attention to draw")  # fmt: skip
     if not texts:
         raise ConfigError('give the text to look at: --text "The cat sat on the mat" (or --texts-file FILE)')
     empty = [i for i, t in enumerate(texts) if not t.strip()]

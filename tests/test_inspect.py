@@ -97,6 +97,20 @@ def test_encoder_and_classifier(tmp_path, capsys, kind):
     assert_picture(out / "positions.png")
 
 
+def test_a_performer_shows_the_attention_it_estimates_and_a_linformer_is_refused(tmp_path, capsys):
+    base = dict(arch="encoder", vocab_size=512, d_model=32, num_layers=2, num_heads=2, max_seq_len=64, position="rope")
+    (tmp_path / "p").mkdir(), (tmp_path / "l").mkdir()
+    folder = export_folder(tmp_path / "p", ModelConfig(**base, linear_attention="performer"))
+    code, _, err = run(capsys, folder, "--text", "x = [1, 2, 3]", "--out", tmp_path / "out")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "attention.json").read_text())
+    assert set(record["heads"]) == {"0", "1"}
+    assert_picture(tmp_path / "out" / "overview.png")
+    folder = export_folder(tmp_path / "l", ModelConfig(**base, linear_attention="linformer"))
+    code, _, err = run(capsys, folder, "--text", "x = [1, 2, 3]", "--out", tmp_path / "none")
+    assert code == 2 and "no token-by-token attention to draw" in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

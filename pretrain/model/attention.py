@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .linear_attention import SequenceProjection, linformer, orthogonal_features, performer
+from .linear_attention import SequenceProjection, linformer, orthogonal_features, performer, performer_weights
 from .position import ALiBi, RelativeBias, Rotary, apply_rotary
 
 
@@ -402,11 +402,13 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        if need_weights and (ctx.kernel != "eager" or self.linear):
-            raise ValueError(f"attention weights come from exact attention with attention='eager' only, not "
-                             f"{self.linear or ctx.kernel!r}")  # fmt: skip
+        if need_weights and (self.linear == "linformer" or (ctx.kernel != "eager" and not self.linear)):
+            raise ValueError(f"attention weights come from attention='eager' only (or a Performer's estimate), "
+                             f"not {self.linear or ctx.kernel!r}")  # fmt: skip
         if self.linear == "performer":
-            out, weights = performer(q, k, v, ctx.causal, ctx.offset, ctx.padding, self.features(q)), None
+            features = self.features(q)
+            out = performer(q, k, v, ctx.causal, ctx.offset, ctx.padding, features)
+            weights = performer_weights(q, k, ctx.causal, ctx.offset, ctx.padding, features) if need_weights else None
         elif self.linear == "linformer":
             out, weights = linformer(q, k, v, self.sequence, ctx.padding, dropout), None
         else:

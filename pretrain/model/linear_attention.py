@@ -74,6 +74,20 @@ def performer(q, k, v, causal: bool, offset: int, padding: torch.Tensor | None, 
     return torch.cat(outs, dim=2).to(dtype)
 
 
+def performer_weights(q, k, causal: bool, offset: int, padding, features: torch.Tensor) -> torch.Tensor:
+    """The (B, H, T, S) attention Performer applies without forming it: each query's estimated
+    kernel against each key it may see, normalised over them (what ``performer`` multiplies V by)."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    scale = q.shape[-1] ** -0.25
+    a = _phi(q.float() * scale, features, per_row=True) @ _phi(k.float() * scale, features, per_row=False).mT
+    if causal:
+        a = a.tril(offset)
+    if padding is not None:
+        a = a * padding[:, None, None, :]
+    return (a / a.sum(-1, keepdim=True).clamp_min(1e-6)).to(q.dtype)
+
+
 class SequenceProjection(nn.Linear):
     """Linformer's E and F as one (2k, max_seq_len) matrix, E's rows first: keys and values
     (B, H, S, d) -> (B, H, k, d), S <= max_seq_len. A Linear, so that it is initialised as the

@@ -32,6 +32,22 @@ def test_causal_performer_in_chunks_is_its_estimator_written_out():
     torch.testing.assert_close(tail, want[:, :, -7:], atol=1e-5, rtol=1e-4)
 
 
+def test_performer_weights_are_the_attention_it_applies():
+    """What inspect draws for a Performer: the estimated attention, which times V is its output (at
+    the end of a cache, with a padded key)."""
+    from pretrain.model.linear_attention import performer_weights
+
+    q, k, v = qkv(T=20)
+    w = orthogonal_features(32, 16, seed=2, device="cpu", dtype=torch.float32)
+    padding = torch.ones(2, 20, dtype=torch.bool)
+    padding[1, 3] = False
+    for causal in (True, False):
+        a = performer_weights(q[:, :, -6:], k, causal, 14, padding, w)
+        torch.testing.assert_close(a.sum(-1), torch.ones(2, 4, 6))
+        assert (a[1, :, :, 3] == 0).all() and (not causal or (a[:, :, 0, 15:] == 0).all())
+        torch.testing.assert_close(a @ v, performer(q[:, :, -6:], k, v, causal, 14, padding, w), atol=1e-5, rtol=1e-4)
+
+
 def test_performer_approaches_softmax_attention_as_features_grow():
     q, k, v = qkv(T=40, scale=0.4)
     exact = F.scaled_dot_product_attention(q, k, v, is_causal=True)
