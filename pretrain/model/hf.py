@@ -25,7 +25,7 @@ FAMILIES = ("gpt2", "llama", "bert")
 
 def family_of(cfg: ModelConfig) -> str:
     """The HF family whose architecture this config has, or a ValueError saying what differs."""
-    same = dict(sliding_window=None, scale_embeddings=False)
+    same = dict(sliding_window=None, global_tokens=0, linear_attention=None, scale_embeddings=False)
     if cfg.arch == "encoder":
         family = "bert"
         want = dict(position="learned", norm="layernorm", norm_position="post", mlp="gelu", bias=True)

@@ -26,7 +26,7 @@ from .seq2seq import EncoderDecoder
 ACTS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 OFFSET = 2  # rows of BART's position tables before position 0
 SHAPE = dict(arch="encoder-decoder", position="learned", norm="layernorm", norm_eps=1e-5, norm_position="post",
-             bias=True, sliding_window=None, type_vocab_size=0)  # fmt: skip
+             bias=True, sliding_window=None, global_tokens=0, linear_attention=None, type_vocab_size=0)  # fmt: skip
 
 
 def bart_config_from_hf(hf_cfg) -> ModelConfig:

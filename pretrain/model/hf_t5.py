@@ -98,7 +98,8 @@ def t5_to_hf(model: EncoderDecoder):
     cfg = model.cfg
     act = {v: k for k, v in ACTS.items()}.get(cfg.mlp)
     want = dict(position="relative", norm="rmsnorm", norm_position="pre", bias=False, scale_embeddings=False,
-                sliding_window=None, kv_heads=cfg.num_heads, act=act is not None)  # fmt: skip
+                sliding_window=None, global_tokens=0, linear_attention=None, kv_heads=cfg.num_heads,
+                act=act is not None)  # fmt: skip
     have = {k: (getattr(cfg, k) if k != "act" else act is not None) for k in want}
     off = {k: have[k] for k in want if have[k] != want[k]}
     if off:

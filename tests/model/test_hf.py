@@ -138,6 +138,7 @@ def test_config_mapping_preserves_shape_choices():
         (dict(position="rope", mlp="gelu"), "no HF llama model"),
         (dict(arch="encoder", norm_position="pre"), "no HF bert model"),
         (dict(num_kv_heads=2), "'kv_heads': 2"),
+        (dict(linear_attention="performer"), "'linear_attention': 'performer'"),  # HF's GPT-2 would run softmax
     ],
 )
 def test_unsupported_architectures_are_refused_clearly(kw, message):

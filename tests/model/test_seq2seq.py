@@ -251,6 +251,10 @@ def test_what_bart_cannot_hold_is_refused_by_name():
         bart_to_hf(EncoderDecoder(tiny()))
     with pytest.raises(ValueError, match="activation_function='silu' is not supported"):
         bart_from_hf(hf_bart("silu", True, False))
+    cfg, _ = bart_from_hf(hf_bart("gelu", True, False))
+    cfg.linear_attention = "performer"  # transformers' BART would run softmax attention on these weights
+    with pytest.raises(ValueError, match="'linear_attention': 'performer'"):
+        bart_to_hf(EncoderDecoder(cfg))
     hf = hf_bart("gelu", False, False)
     with torch.no_grad():
         hf.model.decoder.embed_tokens.weight.add_(0.1)
