@@ -3,11 +3,14 @@
     python -m pretrain.bench step configs/model/gpt2-small.yaml [--batch 4 --seq-len 256]
         [--dtype fp32|bf16] [--compile] [--engine] [--no-hf] [--no-nanogpt] [--out DIR] [model.key=value ...]
 
-The models hold the same weights (``to_hf``), see the same random batch and train with the same
-optimizer (torch AdamW, fused, our weight-decay groups), dtype (bf16 = autocast over fp32 weights)
-and threads. Ours computes its loss as training does (``pretrain.trainer.lm_loss``); HF's is its
-own ``labels=`` loss. A GPT-2-shaped model also runs beside a GPT written the way nanoGPT writes
-one (``pretrain.bench.reference``: every position's logits, then ``F.cross_entropy``). After
+The models hold the same weights (``to_hf``; an encoder-decoder's ``t5_to_hf`` or ``bart_to_hf``),
+see the same random batch and train with the same optimizer (torch AdamW, fused, our weight-decay
+groups), dtype (bf16 = autocast over fp32 weights) and threads. Ours computes its loss as training
+does (``pretrain.trainer.lm_loss``, ``seq2seq_loss``); HF's is its own ``labels=`` loss. An
+encoder-decoder gets the shapes its objective makes of --seq-len tokens (span corruption; text
+infilling for a learned-position, BART-shaped model): 256 give T5 232 source tokens and 52
+targets; tokens/s and MFU count source tokens. A GPT-2-shaped model also runs beside a GPT written
+the way nanoGPT writes one (``pretrain.bench.reference``: every position's logits, then ``F.cross_entropy``). After
 warm-up the candidates run in interleaved rounds, each round starting with the next candidate;
 each row is the median step time over the rounds. ``--engine`` adds our full DeepSpeed step (one
 process, ZeRO-0 and 1, bf16 as DeepSpeed does it: bf16 weights, fp32 master copy), so the
@@ -81,10 +84,8 @@ class Candidate:
 def run(args) -> dict:
     from pretrain.config import load_config
     from pretrain.engine import param_groups
-    from pretrain.model import Transformer, flops_per_token
-    from pretrain.model.hf import to_hf
+    from pretrain.model import build_model, flops_per_token
     from pretrain.model.loss import IGNORE
-    from pretrain.trainer import lm_loss
 
     from .reference import nanogpt_twin, unsupported
 
@@ -99,21 +100,17 @@ def run(args) -> dict:
         (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.dtype == "bf16" else (lambda: nullcontext())
     )
     torch.manual_seed(0)
-    ours = Transformer(cfg)
-    hf = None if args.no_hf else _hf_twin(to_hf, ours)
+    ours = build_model(cfg)
+    hf = None if args.no_hf else _hf_twin(ours)
     nano = None if args.no_nanogpt or unsupported(cfg) else nanogpt_twin(ours)
     ours.train()
 
     gen = torch.Generator().manual_seed(0)
-    inputs = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len), generator=gen)
-    if cfg.causal:  # HF shifts its labels itself; ours are the next tokens, none after the last position
-        hf_labels = inputs
-        labels = torch.cat([inputs[:, 1:], torch.full_like(inputs[:, :1], IGNORE)], dim=1)
-    else:  # masked LM: 15% of positions predicted, the rest ignored (both models see the same batch)
-        pick = torch.rand(inputs.shape, generator=gen) < 0.15
-        labels = hf_labels = torch.where(pick, inputs, torch.full_like(inputs, IGNORE))
-    inputs, labels, hf_labels = inputs.to(device), labels.to(device), hf_labels.to(device)
-    batch = {"input_ids": inputs, "labels": labels}
+    batch, hf_batch = _batch(cfg, args.batch, args.seq_len, gen, IGNORE)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    hf_batch = {k: v.to(device) for k, v in hf_batch.items()}
+    inputs, labels = batch["input_ids"], batch["labels"]
+    loss_of = _loss_of(cfg)
 
     def plain_step(model, loss_fn, optimizer):
         def step():
@@ -134,12 +131,12 @@ def run(args) -> dict:
     ours = ours.to(device)
     ours_fn = torch.compile(ours) if args.compile else ours
     opt = adamw(ours)
-    candidates.append(Candidate("ours", ours, plain_step(ours_fn, lambda m: lm_loss(m, batch)[0], opt), opt))
+    candidates.append(Candidate("ours", ours, plain_step(ours_fn, lambda m: loss_of(m, batch)[0], opt), opt))
     if hf is not None:
         hf = hf.to(device).train()
         hf_fn = torch.compile(hf) if args.compile else hf
         opt = adamw(hf)
-        hf_loss = lambda m: m(input_ids=inputs, labels=hf_labels).loss
+        hf_loss = lambda m: m(**hf_batch).loss
         candidates.append(Candidate("hf", hf, plain_step(hf_fn, hf_loss, opt), opt))
     if nano is not None:
         nano = nano.to(device).train()
@@ -148,7 +145,7 @@ def run(args) -> dict:
         nano_loss = lambda m: m(inputs, labels)
         candidates.append(Candidate("nanogpt-style", nano, plain_step(nano_fn, nano_loss, opt), opt))
     if args.engine:
-        candidates += _engine_candidates(cfg, ours, batch, args, device)
+        candidates += _engine_candidates(cfg, ours, batch, args, device, loss_of)
 
     for c in candidates:  # warm-up (compilation, allocator, autotuning)
         for _ in range(args.warmup):
@@ -166,10 +163,11 @@ def run(args) -> dict:
             torch.cuda.synchronize()
             c.peak = torch.cuda.max_memory_allocated() - base + c.state_bytes()
 
-    fpt = flops_per_token(ours, args.seq_len, float((labels != IGNORE).float().mean()))
+    predicted = float((labels != IGNORE).sum()) / inputs.numel()  # per input token (an encoder's: per source)
+    fpt = flops_per_token(ours, inputs.shape[1], predicted)
     precision = "bf16" if args.dtype == "bf16" else "fp32"
     peak = device_peak_tflops(precision, args.peak_tflops)
-    tokens = args.batch * args.seq_len
+    tokens = inputs.numel()
     rows = []
     for c in candidates:
         t = median(c.times)
@@ -186,7 +184,7 @@ def run(args) -> dict:
     for c, r in zip(candidates, rows, strict=True):
         if c.name in PLAIN:
             model = ours_fn if c.name == "ours" and not args.compile else c.model
-            fn = {"ours": lambda m=model: lm_loss(m, batch)[0], "hf": lambda m=model: hf_loss(m),
+            fn = {"ours": lambda m=model: loss_of(m, batch)[0], "hf": lambda m=model: hf_loss(m),
                   "nanogpt-style": lambda m=model: nano_loss(m)}[c.name]  # fmt: skip
             with autocast():
                 r["saved_gib"] = saved_bytes(fn) / 2**30
@@ -206,9 +204,45 @@ def run(args) -> dict:
     return record
 
 
-def _hf_twin(to_hf, ours):
+def _batch(cfg, batch: int, seq_len: int, gen, ignore: int) -> tuple[dict, dict]:
+    """(our batch, HF's) of random tokens: next tokens for a decoder (HF shifts its labels itself),
+    15% masked positions for an encoder, and for an encoder-decoder the shapes its objective gives
+    ``seq_len`` tokens (HF given our decoder inputs, so both decode the same)."""
+    inputs = torch.randint(0, cfg.vocab_size, (batch, seq_len), generator=gen)
+    if cfg.arch == "encoder-decoder":
+        from pretrain.data.span_corruption import lengths
+
+        source, target = lengths(seq_len, 0.15, 3.0, infilling=cfg.position == "learned")
+        src = torch.randint(0, cfg.vocab_size, (batch, source), generator=gen)
+        labels = torch.randint(0, cfg.vocab_size, (batch, target), generator=gen)
+        dec = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], dim=1)
+        ours = {"input_ids": src, "decoder_input_ids": dec, "labels": labels}
+        return ours, dict(ours)
+    if cfg.causal:
+        labels = torch.cat([inputs[:, 1:], torch.full_like(inputs[:, :1], ignore)], dim=1)
+        return {"input_ids": inputs, "labels": labels}, {"input_ids": inputs, "labels": inputs}
+    pick = torch.rand(inputs.shape, generator=gen) < 0.15
+    labels = torch.where(pick, inputs, torch.full_like(inputs, ignore))
+    return {"input_ids": inputs, "labels": labels}, {"input_ids": inputs, "labels": labels}
+
+
+def _loss_of(cfg):
+    from pretrain.trainer import lm_loss, seq2seq_loss
+
+    return seq2seq_loss if cfg.arch == "encoder-decoder" else lm_loss
+
+
+def _hf_twin(ours):
     """HF's model of our shape with our weights, using torch's SDPA attention as ours does."""
-    hf = to_hf(ours)
+    if ours.cfg.arch == "encoder-decoder":
+        from pretrain.model.hf_bart import bart_to_hf
+        from pretrain.model.hf_t5 import t5_to_hf
+
+        hf = (bart_to_hf if ours.cfg.position == "learned" else t5_to_hf)(ours)
+    else:
+        from pretrain.model.hf import to_hf
+
+        hf = to_hf(ours)
     if hasattr(hf, "set_attn_implementation"):
         hf.set_attn_implementation("sdpa")
     else:
@@ -216,11 +250,10 @@ def _hf_twin(to_hf, ours):
     return hf
 
 
-def _engine_candidates(cfg, ours, batch, args, device) -> list[Candidate]:
+def _engine_candidates(cfg, ours, batch, args, device, loss_of) -> list[Candidate]:
     """Our full DeepSpeed step (one process) at ZeRO-0 and ZeRO-1, on copies of our model."""
     from pretrain.config import DeepSpeedSection, TrainConfig
     from pretrain.engine import deepspeed_config, init_distributed, initialize, param_groups
-    from pretrain.trainer import lm_loss
 
     init_distributed(600)
     train = TrainConfig(lr=1e-4, warmup_steps=0, max_steps=10**6, micro_batch_size=args.batch, weight_decay=0.1)
@@ -233,7 +266,7 @@ def _engine_candidates(cfg, ours, batch, args, device) -> list[Candidate]:
             engine.compile()
 
         def step(engine=engine):
-            loss = lm_loss(engine, batch)[0]
+            loss = loss_of(engine, batch)[0]
             engine.backward(loss)
             engine.step()
             return loss.detach()

@@ -90,3 +90,18 @@ def test_gpu_plan_dry_run_completes_every_step(tmp_path):
     assert summary.count(": exit 0") == 3, summary
     assert "skipped" not in summary and "stopped after" not in summary
     assert (tmp_path / "step-debug-fp32-sdpa.json").exists() and (tmp_path / "attention.json").exists()
+
+
+@pytest.mark.parametrize("family, overrides", [("t5", []), ("bart", ["model.position=learned", "model.norm=layernorm",
+                         "model.norm_position=post", "model.mlp=gelu", "model.bias=true", "model.norm_eps=1e-5"])])
+def test_step_runs_an_encoder_decoder_beside_its_hf_class(tmp_path, family, overrides):
+    """T5's and BART's shapes train beside T5ForConditionalGeneration and BartForConditionalGeneration
+    with the same weights and batch (the same first loss); tokens and MFU count source tokens."""
+    bench("step", "configs/model/debug-t5.yaml", *overrides, "--batch", 2, "--seq-len", 32, "--warmup", 1,
+          "--rounds", 2, "--peak-tflops", 1.0, "--out", tmp_path)  # fmt: skip
+    record = json.loads(next(tmp_path.glob("step-debug-t5-*.json")).read_text())
+    rows = {r["name"]: r for r in record["rows"]}
+    assert set(rows) == {"ours", "hf"}  # no nanoGPT-shaped twin for an encoder-decoder
+    assert rows["ours"]["loss"] == pytest.approx(rows["hf"]["loss"], abs=1e-4)
+    source = 32 - 5 + 2 + 1  # span corruption and text infilling alike: 5 noise tokens in 2 spans, each one token
+    assert rows["ours"]["tokens_per_s"] == pytest.approx(2 * source / (rows["ours"]["step_ms"] / 1e3))
