@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m pretrain.bench {step,attention,zero,gpu}``.
+"""Benchmarks: ``python -m pretrain.bench {step,attention,zero,host,gpu}``.
 
 - ``step``: one training step of a model size, ours side by side with HF transformers' class of the
   same shape (and, with ``--engine``, our full DeepSpeed step), interleaved in one process.
@@ -22,6 +22,37 @@ from pathlib import Path
 import torch
 
 from pretrain.monitor import device_peak_tflops  # noqa: F401 - re-exported for the benchmarks
+
+
+def random_batch(cfg, batch: int, seq_len: int, gen: torch.Generator) -> tuple[dict, dict]:
+    """(our batch, HF's) of random tokens: next tokens for a decoder (HF shifts its labels itself),
+    15% masked positions for an encoder, and for an encoder-decoder the shapes its objective gives
+    ``seq_len`` tokens (HF given our decoder inputs, so both decode the same)."""
+    from pretrain.model.loss import IGNORE as ignore
+
+    if cfg.arch == "encoder-decoder":
+        from pretrain.data.span_corruption import lengths
+
+        source, target = lengths(seq_len, 0.15, 3.0, infilling=cfg.position == "learned")
+        src = torch.randint(0, cfg.vocab_size, (batch, source), generator=gen)
+        labels = torch.randint(0, cfg.vocab_size, (batch, target), generator=gen)
+        dec = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], dim=1)
+        ours = {"input_ids": src, "decoder_input_ids": dec, "labels": labels}
+        return ours, dict(ours)
+    inputs = torch.randint(0, cfg.vocab_size, (batch, seq_len), generator=gen)
+    if cfg.causal:
+        labels = torch.cat([inputs[:, 1:], torch.full_like(inputs[:, :1], ignore)], dim=1)
+        return {"input_ids": inputs, "labels": labels}, {"input_ids": inputs, "labels": inputs}
+    pick = torch.rand(inputs.shape, generator=gen) < 0.15
+    labels = torch.where(pick, inputs, torch.full_like(inputs, ignore))
+    return {"input_ids": inputs, "labels": labels}, {"input_ids": inputs, "labels": labels}
+
+
+def loss_fn(cfg):
+    """The loss training computes for this model: seq2seq_loss for an encoder-decoder, else lm_loss."""
+    from pretrain.trainer import lm_loss, seq2seq_loss
+
+    return seq2seq_loss if cfg.arch == "encoder-decoder" else lm_loss
 
 
 def sync(device: torch.device) -> None:

@@ -104,10 +104,10 @@ def worker(argv: list[str]) -> None:
         _export(arg, tmp, cfg, out, base)
         return
     if phase == "source":
-        from pretrain.model import Transformer
+        from pretrain.model import build_model
         from pretrain.shards import write_sharded
 
-        model = Transformer(cfg.model)
+        model = build_model(cfg.model)
         tied = cfg.model.tied_output_keys
         weights = ((k, lambda v=v: v) for k, v in model.state_dict().items() if k not in tied)
         write_sharded(weights, tmp / "consolidated")
@@ -131,7 +131,7 @@ def _build(phase: str, stage: int, tmp: Path, cfg, rank: int, world: int) -> Non
     from pretrain.config import DeepSpeedSection, RunConfig, TrainConfig, save_config
     from pretrain.engine import deepspeed_config, initialize, param_groups, partitioned_construction
     from pretrain.export import load_weights, materialize
-    from pretrain.model import Transformer
+    from pretrain.model import build_model
     from pretrain.shards import ShardedWeights
 
     source = tmp / "consolidated"
@@ -140,7 +140,7 @@ def _build(phase: str, stage: int, tmp: Path, cfg, rank: int, world: int) -> Non
     construction, gather = partitioned_construction(ds_config)
     torch.manual_seed(0)
     with construction:
-        model = Transformer(cfg.model, gather)
+        model = build_model(cfg.model, gather)
         if phase == "load" and gather is None:  # as before streaming: every rank reads the whole state dict
             whole = {k: materialize(v) for k, v in ShardedWeights(source).items()}
             load_weights(model, whole)

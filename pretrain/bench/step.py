@@ -27,7 +27,17 @@ from pathlib import Path
 
 import torch
 
-from pretrain.bench import device_peak_tflops, machine, median, print_table, saved_bytes, timed, write_json
+from pretrain.bench import (
+    device_peak_tflops,
+    loss_fn,
+    machine,
+    median,
+    print_table,
+    random_batch,
+    saved_bytes,
+    timed,
+    write_json,
+)
 
 COLUMNS = [("name", "step"), ("step_ms", "ms/step"), ("tokens_per_s", "tokens/s"), ("vs_hf", "x HF"),
            ("vs_nanogpt", "x nanoGPT-style"), ("mfu", "MFU"),
@@ -106,11 +116,11 @@ def run(args) -> dict:
     ours.train()
 
     gen = torch.Generator().manual_seed(0)
-    batch, hf_batch = _batch(cfg, args.batch, args.seq_len, gen, IGNORE)
+    batch, hf_batch = random_batch(cfg, args.batch, args.seq_len, gen)
     batch = {k: v.to(device) for k, v in batch.items()}
     hf_batch = {k: v.to(device) for k, v in hf_batch.items()}
     inputs, labels = batch["input_ids"], batch["labels"]
-    loss_of = _loss_of(cfg)
+    loss_of = loss_fn(cfg)
 
     def plain_step(model, loss_fn, optimizer):
         def step():
@@ -202,34 +212,6 @@ def run(args) -> dict:
     suffix = f"{name}-{args.dtype}-{cfg.attention}{'-compiled' if args.compile else ''}"
     write_json(args.out, f"step-{suffix}.json", record)
     return record
-
-
-def _batch(cfg, batch: int, seq_len: int, gen, ignore: int) -> tuple[dict, dict]:
-    """(our batch, HF's) of random tokens: next tokens for a decoder (HF shifts its labels itself),
-    15% masked positions for an encoder, and for an encoder-decoder the shapes its objective gives
-    ``seq_len`` tokens (HF given our decoder inputs, so both decode the same)."""
-    inputs = torch.randint(0, cfg.vocab_size, (batch, seq_len), generator=gen)
-    if cfg.arch == "encoder-decoder":
-        from pretrain.data.span_corruption import lengths
-
-        source, target = lengths(seq_len, 0.15, 3.0, infilling=cfg.position == "learned")
-        src = torch.randint(0, cfg.vocab_size, (batch, source), generator=gen)
-        labels = torch.randint(0, cfg.vocab_size, (batch, target), generator=gen)
-        dec = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], dim=1)
-        ours = {"input_ids": src, "decoder_input_ids": dec, "labels": labels}
-        return ours, dict(ours)
-    if cfg.causal:
-        labels = torch.cat([inputs[:, 1:], torch.full_like(inputs[:, :1], ignore)], dim=1)
-        return {"input_ids": inputs, "labels": labels}, {"input_ids": inputs, "labels": inputs}
-    pick = torch.rand(inputs.shape, generator=gen) < 0.15
-    labels = torch.where(pick, inputs, torch.full_like(inputs, ignore))
-    return {"input_ids": inputs, "labels": labels}, {"input_ids": inputs, "labels": labels}
-
-
-def _loss_of(cfg):
-    from pretrain.trainer import lm_loss, seq2seq_loss
-
-    return seq2seq_loss if cfg.arch == "encoder-decoder" else lm_loss
 
 
 def _hf_twin(ours):

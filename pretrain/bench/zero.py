@@ -129,11 +129,10 @@ def worker(argv: list[str]) -> None:
 def _train(args, rank: int, world: int) -> dict:
     import torch.distributed as dist
 
-    from pretrain.bench import sync
+    from pretrain.bench import loss_fn, random_batch, sync
     from pretrain.config import DeepSpeedSection, TrainConfig, load_config
     from pretrain.engine import deepspeed_config, initialize, param_groups, partitioned_construction
-    from pretrain.model import Transformer
-    from pretrain.trainer import lm_loss
+    from pretrain.model import build_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = load_config(args.config, args.overrides).model
@@ -144,14 +143,14 @@ def _train(args, rank: int, world: int) -> dict:
     construction, gather = partitioned_construction(ds_config)  # ZeRO-3 builds it partitioned, as a run does
     torch.manual_seed(0)
     with construction:
-        model = Transformer(cfg, gather)
+        model = build_model(cfg, gather)
     engine = initialize(model, ds_config, train, param_groups(model, 0.1, 1e-4))
-    gen = torch.Generator().manual_seed(rank)
-    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), generator=gen).to(device)
-    batch = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
+    batch, _ = random_batch(cfg, args.batch, args.seq_len, torch.Generator().manual_seed(rank))
+    batch = {k: v.to(device) for k, v in batch.items()}
+    loss_of = loss_fn(cfg)
 
     def step():
-        loss = lm_loss(engine, batch)[0]
+        loss = loss_of(engine, batch)[0]
         engine.backward(loss)
         engine.step()
 
@@ -166,7 +165,8 @@ def _train(args, rank: int, world: int) -> dict:
     dist.barrier()
     elapsed = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_mib()
-    return {"tokens_per_s": world * args.batch * args.seq_len * args.steps / elapsed, "peak_mib": peak}
+    tokens = batch["input_ids"].numel()  # an encoder-decoder's: its source tokens
+    return {"tokens_per_s": world * tokens * args.steps / elapsed, "peak_mib": peak}
 
 
 def _peak_mib() -> float:
