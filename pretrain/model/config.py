@@ -211,10 +211,12 @@ class ModelConfig:
         if self.linear_attention is not None:
             self._check_linear_attention()
         if self.global_tokens:
-            if self.global_tokens < 0 or self.sliding_window is None:
-                raise ValueError(f"global_tokens={self.global_tokens}: a number >= 0 of positions that see "
-                                 "past the sliding window; set sliding_window too (without one, every position "
-                                 "sees every other)")  # fmt: skip
+            if self.global_tokens < 0:
+                raise ValueError(f"global_tokens={self.global_tokens}: must be >= 0 (0 for none)")
+            if self.sliding_window is None:
+                raise ValueError(f"global_tokens={self.global_tokens}: positions that see past the sliding "
+                                 "window; set sliding_window too (without one, every position sees every "
+                                 "other)")  # fmt: skip
             if self.attention not in KERNELS_WITH_GLOBAL:
                 raise ValueError(f"attention={self.attention!r} has no global tokens; use one of "
                                  f"{list(KERNELS_WITH_GLOBAL)}")  # fmt: skip
