@@ -44,18 +44,22 @@ def _phi(x: torch.Tensor, w: torch.Tensor, per_row: bool) -> torch.Tensor:
     return torch.exp(proj - x.square().sum(-1, keepdim=True) / 2 - stab.detach()) / w.shape[0] ** 0.5
 
 
+def _feature_maps(q, k, padding, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """phi(Q) (B, H, T, m) and phi(K) (B, H, S, m) in fp32, key heads repeated for grouped queries,
+    padded keys zero."""
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scale = q.shape[-1] ** -0.25
+    qf = _phi(q.float() * scale, features, per_row=True)
+    kf = _phi(k.float() * scale, features, per_row=False)
+    return qf, (kf * padding[:, None, :, None] if padding is not None else kf)
+
+
 def performer(q, k, v, causal: bool, offset: int, padding: torch.Tensor | None, features: torch.Tensor):
     """q (B, H, T, d), k and v (B, Hkv, S, d) -> (B, H, T, d). Queries are at positions
     offset..offset+T-1 of the S keys (decoding with a cache); ``padding`` (B, S) True for real keys."""
-    groups = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scale = q.shape[-1] ** -0.25
     dtype = q.dtype
-    qf = _phi(q.float() * scale, features, per_row=True)
-    kf = _phi(k.float() * scale, features, per_row=False)
-    v = v.float()
-    if padding is not None:
-        kf = kf * padding[:, None, :, None]
+    qf, kf = _feature_maps(q, k, padding, features)
+    v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1).float()
     if not causal:
         num = qf @ (kf.transpose(-2, -1) @ v)
         den = qf @ kf.sum(dim=2)[..., None]
@@ -77,14 +81,10 @@ def performer(q, k, v, causal: bool, offset: int, padding: torch.Tensor | None, 
 def performer_weights(q, k, causal: bool, offset: int, padding, features: torch.Tensor) -> torch.Tensor:
     """The (B, H, T, S) attention Performer applies without forming it: each query's estimated
     kernel against each key it may see, normalised over them (what ``performer`` multiplies V by)."""
-    groups = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(groups, dim=1)
-    scale = q.shape[-1] ** -0.25
-    a = _phi(q.float() * scale, features, per_row=True) @ _phi(k.float() * scale, features, per_row=False).mT
+    qf, kf = _feature_maps(q, k, padding, features)
+    a = qf @ kf.mT
     if causal:
         a = a.tril(offset)
-    if padding is not None:
-        a = a * padding[:, None, None, :]
     return (a / a.sum(-1, keepdim=True).clamp_min(1e-6)).to(q.dtype)
 
 
