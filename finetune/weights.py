@@ -112,7 +112,7 @@ def _from_hf_dir(path: Path) -> Pretrained:
     encoder-decoders (T5, BART), are read by transformers' own class, whole."""
     import transformers
 
-    from pretrain.model.hf import FromHF, config_from_hf, from_hf
+    from pretrain.model.hf import MODEL_TYPES, FromHF, config_from_hf, from_hf
     from pretrain.model.hf_bart import bart_from_hf
     from pretrain.model.hf_t5 import t5_from_hf
 
@@ -129,7 +129,7 @@ def _from_hf_dir(path: Path) -> Pretrained:
         model_cfg = config_from_hf(hf_cfg)
         if has_weights(path):
             return _opened(model_cfg, FromHF(model_cfg, ShardedWeights(path), hf_cfg), tok, source)
-        masked = hf_cfg.model_type in ("bert", "roberta")
+        masked = MODEL_TYPES.get(hf_cfg.model_type) in ("bert", "deberta")
         auto = transformers.AutoModelForMaskedLM if masked else transformers.AutoModelForCausalLM
         hf_model = auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
         model_cfg, model = from_hf(hf_model)

@@ -20,6 +20,7 @@ MODELS = ROOT / "configs" / "model"
         ("gpt2-medium", 354.8e6, 0.002),
         ("bert-base", 110e6, 0.01),  # "110M": 109.5M body + MLM head
         ("bert-large", 335e6, 0.01),
+        ("deberta-v3-base", 184e6, 0.005),  # "86M backbone" + "98M" embedding (microsoft/deberta-v3-base)
         ("llama-1b", 1.100e9, 0.001),  # TinyLlama-1.1B: 1,100,048,384
         ("llama-7b", 6.738e9, 0.001),  # LLaMA-2-7B: 6,738,415,616
     ],
@@ -86,6 +87,9 @@ def test_a_yaml_file_with_exponent_floats_reads_them_as_numbers(tmp_path):
         ("name='run\n#SBATCH --x'", "use letters, digits"),
         ("model.position=rotary", "model.position='rotary': must be one of"),
         ("model.attention=flash", None),  # valid with learned positions
+        ("model.position=disentangled", "model.position='disentangled' (DeBERTa) is built for encoders; "
+         "arch='decoder' has a causal stack"),
+        (("model.arch=encoder", "model.position=disentangled"), None),
         ("model.dropout=1.5", "model.dropout=1.5: must be in [0, 1)"),
         ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4: must be 0, 1, 2 or 3"),
         ("model.use_bias=true", "did you mean 'model.bias'?"),

@@ -215,7 +215,8 @@ def run(args) -> dict:
 
 
 def _hf_twin(ours):
-    """HF's model of our shape with our weights, using torch's SDPA attention as ours does."""
+    """HF's model of our shape with our weights, using torch's SDPA attention as ours does where
+    the class takes it (DeBERTa's has its own eager attention only)."""
     if ours.cfg.arch == "encoder-decoder":
         from pretrain.model.hf_bart import bart_to_hf
         from pretrain.model.hf_t5 import t5_to_hf
@@ -225,6 +226,8 @@ def _hf_twin(ours):
         from pretrain.model.hf import to_hf
 
         hf = to_hf(ours)
+    if not getattr(hf, "_supports_sdpa", False):
+        return hf
     if hasattr(hf, "set_attn_implementation"):
         hf.set_attn_implementation("sdpa")
     else:

@@ -10,7 +10,7 @@ nothing but causality (flash). All kernels agree that a query allowed to see no 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .linear_attention import SequenceProjection, linformer, orthogonal_features, performer, performer_weights
-from .position import ALiBi, RelativeBias, Rotary, apply_rotary
+from .position import ALiBi, Disentangled, RelativeBias, Rotary, apply_rotary
 
 
 @dataclass
@@ -45,12 +45,17 @@ class AttentionContext:
     rope: tuple[torch.Tensor, torch.Tensor] | None = None
     """cos, sin of shape (B, 1, T, rot_dim)."""
     alibi_slopes: torch.Tensor | None = None
+    distances: tuple[torch.Tensor, torch.Tensor] | None = None
+    """DeBERTa's disentangled positions: the normed distance table (2 * buckets, D) and the (T, S)
+    row of it for each query and key; each layer turns them into its own ``bias``."""
+    scale: float | None = None
+    """Multiplier of q k^T; None for 1 / sqrt(head size)."""
     # eager and sdpa
     mask: torch.Tensor | None = None
     """(B or 1, 1, T, S) bool, True where a query may see a key; None when nothing is masked, or
     (sdpa) when ``plain_causal`` says all there is to say."""
     bias: torch.Tensor | None = None
-    """(1, H, T, S) float added to the scores (ALiBi, relative)."""
+    """(1, H, T, S) float added to the scores (ALiBi, relative), or (B, H, T, S) (disentangled)."""
     # flex
     block_mask: object | None = None
     score_mod: object | None = None
@@ -111,6 +116,8 @@ def build_context(
         rope=position.angles(positions) if isinstance(position, Rotary) else None,
         alibi_slopes=position.slopes if isinstance(position, ALiBi) else None,
     )
+    if isinstance(position, Disentangled):
+        ctx.distances = position(), position.index(q_len, k_len, device)
     if cfg.global_tokens and not cross:
         ctx.global_keys = _global_keys(ctx.padding, document_ids, k_len, cfg.global_tokens, device)
     KERNEL_FORMS[cfg.attention](ctx, position, device)
@@ -226,7 +233,8 @@ def _flex_block_mask(ctx: AttentionContext, device):
 def _eager(q, k, v, ctx, dropout_p, need_weights=False):
     groups = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = (q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5  # (B, H, T, S)
+    scale = ctx.scale if ctx.scale is not None else q.shape[-1] ** -0.5
+    scores = (q @ k.transpose(-2, -1)).float() * scale  # (B, H, T, S)
     if ctx.bias is not None:
         scores = scores + ctx.bias
     mask = ctx.mask
@@ -259,6 +267,7 @@ def _sdpa(q, k, v, ctx, dropout_p, need_weights=False):
         attn_mask=mask,
         dropout_p=dropout_p,
         is_causal=mask is None and ctx.plain_causal,
+        scale=ctx.scale,
         enable_gqa=q.shape[1] != k.shape[1],
     )
     return out, None
@@ -401,6 +410,8 @@ class Attention(nn.Module):
                 q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
             if cache is not None:
                 k, v = cache.update(layer, k, v)
+            if ctx.distances is not None:
+                ctx = self.disentangled(q, k, ctx)
         dropout = self.dropout if self.training else 0.0
         if need_weights and (self.linear == "linformer" or (ctx.kernel != "eager" and not self.linear)):
             raise ValueError(f"attention weights come from attention='eager' only (or a Performer's estimate), "
@@ -415,6 +426,20 @@ class Attention(nn.Module):
             out, weights = KERNELS[ctx.kernel](q, k, v, ctx, dropout, need_weights)
         out = out.transpose(1, 2).reshape(B, T, H * D)
         return self.proj(out), weights
+
+    def disentangled(self, q: torch.Tensor, k: torch.Tensor, ctx: AttentionContext) -> AttentionContext:
+        """This layer's context for DeBERTa's positions: the distance table projected by this layer's
+        query and key matrices (Q_r, K_r), the scores q_i K_r[d(i, j)] + k_j Q_r[d(i, j)] as a
+        (B, H, T, S) bias, and every term over sqrt(3 D) as DeBERTa scales them."""
+        table, index = ctx.distances
+        H, D = self.num_heads, self.head_dim
+        q_r, k_r, _ = self.qkv(table).split(H * D, dim=-1)  # the layer's own matrices and biases
+        q_r, k_r = (t.view(-1, H, D).transpose(0, 1) for t in (q_r, k_r))  # (H, 2 * buckets, D)
+        scale = (3 * D) ** -0.5
+        B, T, S = q.shape[0], q.shape[2], k.shape[2]
+        c2p = torch.gather(q @ k_r.transpose(-1, -2), -1, index.expand(B, H, T, S))
+        p2c = torch.gather(k @ q_r.transpose(-1, -2), -1, index.t().expand(B, H, S, T))  # (B, H, j, i)
+        return replace(ctx, bias=(c2p + p2c.transpose(-1, -2)) * scale, scale=scale)
 
     def features(self, like: torch.Tensor) -> torch.Tensor:
         """The Performer's random features, made once per device (fp32)."""

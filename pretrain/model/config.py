@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 Arch = Literal["decoder", "encoder", "encoder-decoder"]
-Position = Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"]
+Position = Literal["learned", "sinusoidal", "rope", "alibi", "relative", "disentangled", "none"]
 Kernel = Literal["sdpa", "flash", "flex", "eager", "flash_attn"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
@@ -21,7 +21,10 @@ LinearAttention = Literal["performer", "linformer"]
 # Which attention kernels can express which extra terms. `flash` is SDPA restricted to the flash
 # backend, which takes no mask or bias; the flash-attn package takes ALiBi slopes and a window
 # but no bucketed bias.
-KERNELS_WITH_BIAS = {"alibi": ("eager", "sdpa", "flex", "flash_attn"), "relative": ("eager", "sdpa", "flex")}
+# DeBERTa's disentangled terms depend on the queries and keys themselves, so they come as a dense
+# (B, H, T, S) bias that only eager and sdpa take.
+KERNELS_WITH_BIAS = {"alibi": ("eager", "sdpa", "flex", "flash_attn"), "relative": ("eager", "sdpa", "flex"),
+                     "disentangled": ("eager", "sdpa")}  # fmt: skip
 KERNELS_WITH_WINDOW = ("eager", "sdpa", "flex", "flash_attn")
 KERNELS_WITH_GLOBAL = ("eager", "sdpa", "flex")  # flash-attn's window has no exceptions
 # Padded batches (fine-tuning, batched decoding, an encoder-decoder's cross-attention over padded
@@ -53,15 +56,20 @@ class ModelConfig:
     """Longest sequence the model is built for (rows of a learned position table)."""
 
     position: Position = "learned"
-    """learned (GPT-2, BERT), sinusoidal (original Transformer), rope (LLaMA), alibi, relative (T5)."""
+    """learned (GPT-2, BERT), sinusoidal (original Transformer), rope (LLaMA), alibi, relative (T5),
+    disentangled (DeBERTa: learned embeddings of bucketed distances, projected by each layer's own
+    query and key matrices, score content-to-position and position-to-content; encoders only)."""
     rope_base: float = 10000.0
     """RoPE's theta: frequencies are rope_base ** (-2i / rotated dims) (LLaMA 10000; larger for long contexts)."""
     rotary_fraction: float = 1.0
     """Fraction of each head's dimensions that RoPE rotates (GPT-NeoX rotates 0.25)."""
     relative_num_buckets: int = 32
-    """T5 relative bias: distance buckets (half exact, half log-spaced)."""
+    """relative (T5): distance buckets (half exact, half log-spaced). disentangled (DeBERTa's
+    position_buckets, 256 in v3): distances under half this are exact, longer ones log-spaced; the
+    distance table has twice this many rows."""
     relative_max_distance: int = 128
-    """T5 relative bias: distances beyond this share the last bucket."""
+    """relative: distances beyond this share the last bucket. disentangled (DeBERTa's
+    max_relative_positions, 512 in v3): the distance the log-spaced buckets reach."""
 
     norm: Norm = "layernorm"
     """layernorm (GPT-2, BERT) or rmsnorm (LLaMA, T5)."""
@@ -196,6 +204,8 @@ class ModelConfig:
                 f"relative_num_buckets={self.relative_num_buckets}, relative_max_distance="
                 f"{self.relative_max_distance}: need at least 2 buckets and a distance >= 1"
             )
+        if self.position == "disentangled":
+            self._check_disentangled()
         if self.position in KERNELS_WITH_BIAS and self.attention not in KERNELS_WITH_BIAS[self.position]:
             raise ValueError(
                 f"attention={self.attention!r} cannot add the {self.position} position bias; "
@@ -221,6 +231,20 @@ class ModelConfig:
                 raise ValueError(f"attention={self.attention!r} has no global tokens; use one of "
                                  f"{list(KERNELS_WITH_GLOBAL)}")  # fmt: skip
 
+
+    def _check_disentangled(self) -> None:
+        if self.arch != "encoder":
+            raise ValueError(f"position='disentangled' (DeBERTa) is built for encoders; arch={self.arch!r} has a "
+                             "causal stack (use relative, T5's bias, or arch=encoder)")  # fmt: skip
+        if self.kv_heads != self.num_heads:
+            raise ValueError(f"num_kv_heads={self.num_kv_heads}: position='disentangled' projects the distances "
+                             f"with every head's own keys; use num_kv_heads=null or {self.num_heads}")  # fmt: skip
+        half = self.relative_num_buckets // 2
+        if self.relative_num_buckets < 2 or self.relative_max_distance <= half + 1:
+            raise ValueError(f"relative_num_buckets={self.relative_num_buckets}, relative_max_distance="
+                             f"{self.relative_max_distance}: position='disentangled' needs at least 2 buckets "
+                             f"and a distance above half the buckets plus one ({half + 1}); DeBERTa-v3 has "
+                             "256 and 512")  # fmt: skip
 
     def _check_linear_attention(self) -> None:
         kind = self.linear_attention

@@ -47,7 +47,8 @@ def flops_per_token(model: nn.Module, seq_len: int, predicted_fraction: float = 
     - Attention's scores (Q K^T) and weighted sum (A V): 12 x layers x heads x head size x T, with
       the full T x T score matrix counted also under causal masking (as PaLM's appendix B and the
       eager kernel count it; a causal flash kernel skips about half of that work). Linear attention
-      (Performer, Linformer) counts its own products instead (linear_attention.attention_macs).
+      (Performer, Linformer) counts its own products instead (linear_attention.attention_macs), and
+      DeBERTa's disentangled positions their own beside (``_macs``).
     Norms, activations, softmax and embedding lookups are left out (they are not matmuls).
     """
     cfg = model.cfg
@@ -66,7 +67,13 @@ def _linears(blocks) -> int:
 
 
 def _macs(cfg, length: float, causal: bool) -> float:
-    return attention_macs(cfg.linear_attention, length, cfg.head_dim, cfg.linear_attention_dim, causal)
+    """Per query and head. DeBERTa's positions add each query's scores against every distance's key
+    and each key's against every distance's query (2 x 2 buckets x head size); the projection of the
+    distance table, once per batch, is left out (under 1% of a step at DeBERTa-v3-base's size)."""
+    macs = attention_macs(cfg.linear_attention, length, cfg.head_dim, cfg.linear_attention_dim, causal)
+    if cfg.position == "disentangled":
+        macs += 2 * 2 * cfg.relative_num_buckets * cfg.head_dim
+    return macs
 
 
 def _encoder_decoder_flops(model: nn.Module, seq_len: int, target_fraction: float) -> float:

@@ -1,7 +1,7 @@
-"""Exchange with HF transformers: GPT-2 (GPT2LMHeadModel), LLaMA (LlamaForCausalLM) and BERT
-(BertForMaskedLM), both ways, weights included; RoBERTa (RobertaForMaskedLM) is read as the BERT
-family it is (its position table starts two rows late, after fairseq's padding offset), and
-written back as BERT.
+"""Exchange with HF transformers: GPT-2 (GPT2LMHeadModel), LLaMA (LlamaForCausalLM), BERT
+(BertForMaskedLM) and DeBERTa v2/v3 (DebertaV2ForMaskedLM), both ways, weights included; RoBERTa
+(RobertaForMaskedLM) is read as the BERT family it is (its position table starts two rows late,
+after fairseq's padding offset), and written back as BERT.
 
     cfg, model = from_hf(hf_model)
     hf_model = to_hf(model)
@@ -20,13 +20,18 @@ import torch
 from .config import ModelConfig
 from .transformer import Transformer
 
-FAMILIES = ("gpt2", "llama", "bert")
+FAMILIES = ("gpt2", "llama", "bert", "deberta")
+MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "bert": "bert", "roberta": "bert", "deberta-v2": "deberta"}
+"""HF model_type -> the family we read it as."""
 
 
 def family_of(cfg: ModelConfig) -> str:
     """The HF family whose architecture this config has, or a ValueError saying what differs."""
     same = dict(sliding_window=None, global_tokens=0, linear_attention=None, scale_embeddings=False)
-    if cfg.arch == "encoder":
+    if cfg.arch == "encoder" and cfg.position == "disentangled":
+        family = "deberta"  # its MLM head always multiplies by the token embedding
+        want = dict(norm="layernorm", norm_position="post", mlp="gelu", bias=True, tie_embeddings=True)
+    elif cfg.arch == "encoder":
         family = "bert"
         want = dict(position="learned", norm="layernorm", norm_position="post", mlp="gelu", bias=True)
     elif cfg.position == "rope":
@@ -100,7 +105,38 @@ def _config_from_hf(hf_cfg) -> ModelConfig:
             attention_dropout=hf_cfg.attention_probs_dropout_prob, init_std=hf_cfg.initializer_range,
             scaled_residual_init=False, **common,
         )  # fmt: skip
-    raise ValueError(f"HF model_type={kind!r} is not supported; supported: {[*FAMILIES, 'roberta']}")
+    if kind == "deberta-v2":
+        return _deberta_config(hf_cfg, common)
+    raise ValueError(f"HF model_type={kind!r} is not supported; supported: {list(MODEL_TYPES)}")
+
+
+def _deberta_config(hf_cfg, common: dict) -> ModelConfig:
+    """DeBERTa v2/v3 as released (v3: relative attention over 256 log buckets, shared q/k matrices
+    for the distances, no absolute positions); a ValueError naming what a variant has beside."""
+    want = dict(relative_attention=True, position_biased_input=False, share_att_key=True, conv_kernel_size=0,
+                pos_att_type=["c2p", "p2c"], norm_rel_ebd="layer_norm", embedding_size=hf_cfg.hidden_size)
+    have = {k: getattr(hf_cfg, k, None) for k in want}
+    have["pos_att_type"] = sorted(have["pos_att_type"] or [])
+    have["norm_rel_ebd"] = "|".join(sorted(x.strip() for x in (have["norm_rel_ebd"] or "none").split("|")))
+    have["embedding_size"] = have["embedding_size"] or hf_cfg.hidden_size
+    have["conv_kernel_size"] = have["conv_kernel_size"] or 0
+    off = {k: v for k, v in have.items() if v != want[k]}
+    if hf_cfg.position_buckets < 1:
+        off["position_buckets"] = hf_cfg.position_buckets
+    if off:
+        raise ValueError(f"DeBERTa with {off} is not supported; the released v3 models have "
+                         f"{ {k: want[k] for k in off if k in want} or {'position_buckets': 256} }")  # fmt: skip
+    max_relative = hf_cfg.max_relative_positions
+    return ModelConfig(
+        arch="encoder", d_model=hf_cfg.hidden_size, num_layers=hf_cfg.num_hidden_layers,
+        num_heads=hf_cfg.num_attention_heads, ffn_hidden_size=hf_cfg.intermediate_size,
+        max_seq_len=hf_cfg.max_position_embeddings, type_vocab_size=hf_cfg.type_vocab_size,
+        position="disentangled", relative_num_buckets=hf_cfg.position_buckets,
+        relative_max_distance=max_relative if max_relative > 0 else hf_cfg.max_position_embeddings,
+        norm="layernorm", norm_eps=hf_cfg.layer_norm_eps, norm_position="post", mlp=hf_cfg.hidden_act,
+        bias=True, dropout=hf_cfg.hidden_dropout_prob, attention_dropout=hf_cfg.attention_probs_dropout_prob,
+        init_std=hf_cfg.initializer_range, scaled_residual_init=False, **common,
+    )  # fmt: skip
 
 
 def position_offset(hf_cfg) -> int:
@@ -131,6 +167,17 @@ def _config_to_hf(cfg: ModelConfig):
             tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std,
             bos_token_id=None, eos_token_id=None,
         )  # fmt: skip
+    if family == "deberta":
+        return tf.DebertaV2Config(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads, intermediate_size=cfg.ffn_size,
+            max_position_embeddings=cfg.max_seq_len, type_vocab_size=cfg.type_vocab_size,
+            layer_norm_eps=cfg.norm_eps, hidden_act="gelu", hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.attention_dropout, initializer_range=cfg.init_std,
+            relative_attention=True, position_buckets=cfg.relative_num_buckets,
+            max_relative_positions=cfg.relative_max_distance, pos_att_type=["p2c", "c2p"], share_att_key=True,
+            norm_rel_ebd="layer_norm", position_biased_input=False, legacy=False, pad_token_id=0,
+        )  # fmt: skip
     return tf.BertConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads, intermediate_size=cfg.ffn_size,
@@ -151,7 +198,8 @@ def _weights_and_biases(ours: str, hf: tuple[str, ...], bias: bool, transposed: 
 
 
 def _table(family: str, cfg: ModelConfig, kind: str | None = None):
-    """``kind``: the HF model_type, where it names its tensors differently from ``family``'s (roberta)."""
+    """``kind``: the HF model_type, where it names its tensors differently from ``family``'s
+    (roberta), or ``deberta-legacy`` for a DeBERTa whose MLM head has BERT's names."""
     b = cfg.bias
     if family == "gpt2":
         yield "embed.tokens.weight", ("transformer.wte.weight",), False
@@ -179,6 +227,8 @@ def _table(family: str, cfg: ModelConfig, kind: str | None = None):
             yield from _weights_and_biases(f"{o}.mlp.proj", (f"{h}.mlp.down_proj",), b)
         yield "norm.weight", ("model.norm.weight",), False
         yield "head.weight", ("lm_head.weight",), False
+    elif family == "deberta":
+        yield from _deberta_table(cfg, legacy_head=kind == "deberta-legacy")
     else:
         base = "roberta" if kind == "roberta" else "bert"
         e = f"{base}.embeddings"
@@ -187,15 +237,7 @@ def _table(family: str, cfg: ModelConfig, kind: str | None = None):
         if cfg.type_vocab_size:
             yield "embed.token_types.weight", (f"{e}.token_type_embeddings.weight",), False
         yield from _weights_and_biases("embed.norm", (f"{e}.LayerNorm",), True)
-        for i in range(cfg.num_layers):
-            h, o = f"{base}.encoder.layer.{i}", f"layers.{i}"
-            qkv = tuple(f"{h}.attention.self.{p}" for p in ("query", "key", "value"))
-            yield from _weights_and_biases(f"{o}.attn.qkv", qkv, True)
-            yield from _weights_and_biases(f"{o}.attn.proj", (f"{h}.attention.output.dense",), True)
-            yield from _weights_and_biases(f"{o}.attn_norm", (f"{h}.attention.output.LayerNorm",), True)
-            yield from _weights_and_biases(f"{o}.mlp.fc", (f"{h}.intermediate.dense",), True)
-            yield from _weights_and_biases(f"{o}.mlp.proj", (f"{h}.output.dense",), True)
-            yield from _weights_and_biases(f"{o}.mlp_norm", (f"{h}.output.LayerNorm",), True)
+        yield from _bert_layers(cfg, base, ("query", "key", "value"))
         if kind == "roberta":
             yield from _weights_and_biases("head.dense", ("lm_head.dense",), True)
             yield from _weights_and_biases("head.norm", ("lm_head.layer_norm",), True)
@@ -208,11 +250,44 @@ def _table(family: str, cfg: ModelConfig, kind: str | None = None):
             yield "head.decoder.bias", ("cls.predictions.bias",), False
 
 
+def _bert_layers(cfg: ModelConfig, base: str, qkv: tuple[str, str, str]):
+    """BERT's post-norm layers as BERT, RoBERTa and DeBERTa name them (``qkv``: the names of the
+    three attention matrices)."""
+    for i in range(cfg.num_layers):
+        h, o = f"{base}.encoder.layer.{i}", f"layers.{i}"
+        yield from _weights_and_biases(f"{o}.attn.qkv", tuple(f"{h}.attention.self.{p}" for p in qkv), True)
+        yield from _weights_and_biases(f"{o}.attn.proj", (f"{h}.attention.output.dense",), True)
+        yield from _weights_and_biases(f"{o}.attn_norm", (f"{h}.attention.output.LayerNorm",), True)
+        yield from _weights_and_biases(f"{o}.mlp.fc", (f"{h}.intermediate.dense",), True)
+        yield from _weights_and_biases(f"{o}.mlp.proj", (f"{h}.output.dense",), True)
+        yield from _weights_and_biases(f"{o}.mlp_norm", (f"{h}.output.LayerNorm",), True)
+
+
+def _deberta_table(cfg: ModelConfig, legacy_head: bool):
+    """DebertaV2ForMaskedLM: BERT's layer names with q/k/v as *_proj, the distance table and its norm
+    in the encoder, and the MLM head as DeBERTa wrote it (``lm_predictions``, what the released
+    checkpoints hold) or, with ``legacy_head``, as transformers' default class names it (``cls``)."""
+    e = "deberta.embeddings"
+    yield "embed.tokens.weight", (f"{e}.word_embeddings.weight",), False
+    if cfg.type_vocab_size:
+        yield "embed.token_types.weight", (f"{e}.token_type_embeddings.weight",), False
+    yield from _weights_and_biases("embed.norm", (f"{e}.LayerNorm",), True)
+    yield "position.embedding.weight", ("deberta.encoder.rel_embeddings.weight",), False
+    yield from _weights_and_biases("position.norm", ("deberta.encoder.LayerNorm",), True)
+    yield from _bert_layers(cfg, "deberta", ("query_proj", "key_proj", "value_proj"))
+    head = "cls.predictions" if legacy_head else "lm_predictions.lm_head"
+    transform = f"{head}.transform" if legacy_head else head
+    yield from _weights_and_biases("head.dense", (f"{transform}.dense",), True)
+    yield from _weights_and_biases("head.norm", (f"{transform}.LayerNorm",), True)
+    yield "head.decoder.weight", (f"{head}.decoder.weight" if legacy_head else f"{e}.word_embeddings.weight",), False
+    yield "head.decoder.bias", (f"{head}.bias",), False
+
+
 def config_from_hf(hf_cfg) -> ModelConfig:
     """Our config for a transformers config, or a ValueError saying what is not supported."""
     cfg = _config_from_hf(hf_cfg)
     family = family_of(cfg)
-    if family != {"roberta": "bert"}.get(hf_cfg.model_type, hf_cfg.model_type):
+    if family != MODEL_TYPES.get(hf_cfg.model_type):
         raise ValueError(f"{hf_cfg.model_type} model mapped to a {family}-shaped config")
     return cfg
 
@@ -228,6 +303,8 @@ class FromHF(Mapping):
     def __init__(self, cfg: ModelConfig, hf: Mapping, hf_cfg=None):
         self._hf = hf
         kind = hf_cfg.model_type if hf_cfg is not None else None
+        if kind == "deberta-v2" and "cls.predictions.bias" in hf:  # transformers' legacy=True head
+            kind = "deberta-legacy"
         self._table = {name: (hf_names, transposed) for name, hf_names, transposed in _table(family_of(cfg), cfg, kind)
                        if name not in cfg.tied_output_keys}  # fmt: skip
         offset = position_offset(hf_cfg) if hf_cfg is not None else 0
@@ -305,12 +382,14 @@ def hf_config(cfg: ModelConfig):
 
 
 def to_hf(model: Transformer):
-    """The transformers model (GPT2LMHeadModel, LlamaForCausalLM or BertForMaskedLM) with our weights."""
+    """The transformers model (GPT2LMHeadModel, LlamaForCausalLM, BertForMaskedLM or
+    DebertaV2ForMaskedLM) with our weights."""
     import transformers as tf
 
     cfg = model.cfg
     family = family_of(cfg)
-    hf_cls = {"gpt2": tf.GPT2LMHeadModel, "llama": tf.LlamaForCausalLM, "bert": tf.BertForMaskedLM}[family]
+    hf_cls = {"gpt2": tf.GPT2LMHeadModel, "llama": tf.LlamaForCausalLM, "bert": tf.BertForMaskedLM,
+              "deberta": tf.DebertaV2ForMaskedLM}[family]  # fmt: skip
     hf_model = hf_cls(_config_to_hf(cfg)).to(model.embed.tokens.weight.dtype)
     out = {name: make().clone() for name, make in hf_tensors(cfg, model.state_dict())}
     if family == "bert":

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .position import ALiBi, RelativeBias, Rotary, apply_rotary, sinusoidal
+from .position import ALiBi, Disentangled, RelativeBias, Rotary, apply_rotary, sinusoidal
 
 
 def body_of(model: nn.Module) -> nn.Module:
@@ -70,7 +70,9 @@ def position_tables(model: nn.Module, n: int) -> tuple[str, torch.Tensor, list[s
     for schemes added to the embeddings (sinusoidal, learned) the cosine similarity of the encodings of
     positions i and j; for RoPE, the score a query and key with equal content get at positions i and j
     (as a fraction of the unrotated score); for ALiBi and T5's relative bias, the bias each head adds to
-    the score of query i and key j. None for a model without positions."""
+    the score of query i and key j; for DeBERTa's disentangled positions (whose scores depend on the
+    content too), the cosine similarity of the embedding of distance i - j to that of distance 0.
+    None for a model without positions."""
     body = body_of(model)
     cfg, scheme = body.cfg, body.cfg.position
     pos = torch.arange(n)
@@ -93,4 +95,9 @@ def position_tables(model: nn.Module, n: int) -> tuple[str, torch.Tensor, list[s
         table = position.by_distance(pos[None, :] - pos[:, None]).float()  # (H, n, n), key minus query
         return f"{scheme} bias added to the score of query i and key j", table, \
             [f"head {h}" for h in range(table.shape[0])]  # fmt: skip
+    if isinstance(position, Disentangled):
+        rows = F.normalize(position.norm(position.embedding.weight).float(), dim=-1)  # (2 x buckets, D)
+        table = rows[position.index(n, n)] @ rows[position.span]  # (n, n): distance i - j against 0
+        return "disentangled: cosine similarity of the embedding of distance i - j to that of distance 0", \
+            table[None], ["disentangled"]  # fmt: skip
     return None

@@ -1,5 +1,6 @@
-"""Position schemes: learned and sinusoidal (added to the embeddings), RoPE (rotates q and k), and
-ALiBi and T5's bucketed relative bias (added to the attention scores).
+"""Position schemes: learned and sinusoidal (added to the embeddings), RoPE (rotates q and k),
+ALiBi and T5's bucketed relative bias (added to the attention scores), and DeBERTa's disentangled
+distances (embeddings that each layer's attention projects and scores against its own q and k).
 
 The two score biases are functions of the distance ``k - q`` only, so both expose
 ``by_distance(rel) -> (H, *rel.shape)``: dense kernels evaluate it on a (T, S) grid, FlexAttention
@@ -114,6 +115,46 @@ class RelativeBias(nn.Module):
         return bias.movedim(-1, 0)
 
 
+class Disentangled(nn.Module):
+    """DeBERTa's relative positions (He et al., v2/v3 form): one embedding per bucketed distance,
+    shared by the layers and normed once per forward; each layer projects them with its own query
+    and key matrices and adds to a query-key score q_i k_j the content-to-position term
+    q_i K_r[d(i, j)] and the position-to-content term k_j Q_r[d(i, j)], all three over sqrt(3 D)
+    (``Attention.disentangled_bias``). d(i, j) buckets i - j: exact below half the buckets,
+    log-spaced up to ``relative_max_distance``, then clipped to the table."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.span = cfg.relative_num_buckets
+        self.max_distance = cfg.relative_max_distance
+        self.embedding = nn.Embedding(2 * self.span, cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def bucket(self, rel: torch.Tensor) -> torch.Tensor:
+        """rel = i - j -> signed bucket: rel itself below half the buckets, else
+        sign * (half + ceil(log(|rel| / half) / log((max_distance - 1) / half) * (half - 1)))."""
+        half = self.span // 2
+        dist = rel.abs()
+        # in float32 and in this order, as DeBERTa's released models were trained (a bucket edge can
+        # fall the other way in float64)
+        reach = torch.log(torch.tensor((self.max_distance - 1) / half, dtype=torch.float32, device=rel.device))
+        far = torch.ceil(torch.log(dist.clamp(min=half) / half) / reach * (half - 1)).long() + half
+        return torch.where(dist <= half, rel, far * rel.sign())
+
+    def index(self, q_len: int, k_len: int, device=None) -> torch.Tensor:
+        """(T, S) row of the distance table for query i and key j."""
+        rel = torch.arange(q_len, device=device)[:, None] - torch.arange(k_len, device=device)[None, :]
+        return (self.bucket(rel) + self.span).clamp(0, 2 * self.span - 1)
+
+    def forward(self) -> torch.Tensor:
+        """The normed distance table (2 * buckets, D), through the embedding's own call (a
+        partitioned ZeRO-3 weight is gathered for module calls, not for reads of .weight)."""
+        rows = torch.arange(2 * self.span, device=self.embedding.weight.device)
+        return self.dropout(self.norm(self.embedding(rows)))
+
+
 def build_position(cfg: ModelConfig) -> nn.Module | None:
     """The module a stack needs for its position scheme (None for learned, sinusoidal, none)."""
-    return {"rope": Rotary, "alibi": ALiBi, "relative": RelativeBias}.get(cfg.position, lambda _: None)(cfg)
+    schemes = {"rope": Rotary, "alibi": ALiBi, "relative": RelativeBias, "disentangled": Disentangled}
+    return schemes.get(cfg.position, lambda _: None)(cfg)

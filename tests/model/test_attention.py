@@ -228,3 +228,64 @@ def test_gpu_kernels_match_eager(kernel, position):
     torch.testing.assert_close(out.float(), ref, atol=5e-2, rtol=5e-2)
     for name in grads:
         torch.testing.assert_close(grads[name].float(), ref_grads[name], atol=5e-2, rtol=1e-1)
+
+
+def deberta(**kw) -> ModelConfig:
+    """An encoder with DeBERTa's positions whose 11 tokens reach past the exact distances (half of 6
+    buckets) into the log-spaced ones and past the last (8) into the clipped table rows."""
+    return tiny(arch="encoder", position="disentangled", relative_num_buckets=6, relative_max_distance=8,
+                init_std=0.3, **kw)  # fmt: skip  (wide weights: the position terms move the output)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_disentangled_positions_sdpa_matches_eager_forward_and_backward(padded):
+    model = Transformer(deberta())
+    ids, mask = batch(padded)
+    ref, ref_grads = run(model, ids, mask, grad=True)
+    model.cfg.attention = "sdpa"
+    out, grads = run(model, ids, mask, grad=True)
+    keep = valid(mask, ref)
+    torch.testing.assert_close(out[keep], ref[keep], atol=ATOL, rtol=0)
+    assert {"position.embedding.weight", "position.norm.weight"} <= grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=ATOL, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("kernel", ["eager", "sdpa"])
+def test_disentangled_positions_depend_on_distance_only(kernel):
+    """A padded row (left or right) gives what the sequence gives alone, packed documents what each
+    gives alone; and the position terms matter: without them the output differs."""
+    model = Transformer(deberta(attention=kernel)).eval()
+    ids = torch.randint(0, 97, (1, 8))
+    with torch.no_grad():
+        alone = model(ids)
+        for left in (True, False):
+            padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids] if left else [ids, torch.zeros(1, 3)], 1)
+            mask = (torch.arange(11) >= 3 if left else torch.arange(11) < 8).long()[None]
+            out = model(padded.long(), attention_mask=mask)
+            torch.testing.assert_close(out[mask.bool()], alone[0], atol=ATOL, rtol=0)
+        other = torch.randint(0, 97, (1, 5))
+        docs = torch.tensor([[0] * 8 + [1] * 5])
+        packed = model(torch.cat([ids, other], 1), document_ids=docs)
+        torch.testing.assert_close(packed[0, :8], alone[0], atol=ATOL, rtol=0)
+        torch.testing.assert_close(packed[0, 8:], model(other)[0], atol=ATOL, rtol=0)
+        model.position.embedding.weight.zero_()
+        model.position.norm.bias.zero_()
+        assert (model(ids) - alone).abs().max() > 0.1
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(arch="decoder"), "position='disentangled' (DeBERTa) is built for encoders; arch='decoder'"),
+        (dict(arch="encoder", num_kv_heads=2), "num_kv_heads=2: position='disentangled' projects"),
+        (dict(arch="encoder", relative_num_buckets=8, relative_max_distance=5),
+         "a distance above half the buckets plus one (5)"),
+        (dict(arch="encoder", attention="flex"),
+         "attention='flex' cannot add the disentangled position bias; use one of ['eager', 'sdpa']"),
+        (dict(arch="encoder", linear_attention="performer"), "forms no score matrix to add the disentangled bias"),
+    ],
+)  # fmt: skip
+def test_disentangled_positions_refuse_what_they_cannot_do(kw, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        tiny(position="disentangled", **kw).validate()

@@ -1,12 +1,13 @@
-"""Our GPT-2, LLaMA and BERT against HF transformers' implementations: tiny random HF models are
-converted both ways and must give the same logits (fp32, 1e-4) with padding in the batch. RoBERTa
-is read as a BERT-family model and written back as BERT."""
+"""Our GPT-2, LLaMA, BERT and DeBERTa against HF transformers' implementations: tiny random HF
+models are converted both ways and must give the same logits (fp32, 1e-4) with padding in the
+batch. RoBERTa is read as a BERT-family model and written back as BERT; a DeBERTa with
+transformers' legacy (BERT-named) MLM head is read too and written with DeBERTa's own."""
 
 import pytest
 import torch
 
 from pretrain.model import ModelConfig, Transformer
-from pretrain.model.hf import family_of, from_hf, to_hf
+from pretrain.model.hf import config_from_hf, family_of, from_hf, to_hf
 
 tf = pytest.importorskip("transformers")
 ATOL = 1e-4
@@ -58,10 +59,17 @@ def hf_models():
         "roberta": lambda: tf.RobertaForMaskedLM(  # 40 positions after the padding offset of 2
             tf.RobertaConfig(**ENCODER, max_position_embeddings=42, type_vocab_size=1, pad_token_id=1)
         ),
+        "deberta": lambda: tf.DebertaV2ForMaskedLM(tf.DebertaV2Config(**DEBERTA, legacy=False)),
+        "deberta-legacy": lambda: tf.DebertaV2ForMaskedLM(tf.DebertaV2Config(**DEBERTA, legacy=True)),
     }
 
 
 ENCODER = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=101)
+# DeBERTa-v3's shape at a tiny size: distances of 13 tokens reach past the 4 exact buckets into the
+# log-spaced ones.
+DEBERTA = dict(**ENCODER, max_position_embeddings=40, type_vocab_size=2, relative_attention=True, position_buckets=8,
+               max_relative_positions=32, pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
+               position_biased_input=False, hidden_act="gelu", layer_norm_eps=1e-7, initializer_range=0.3)  # fmt: skip
 
 
 def perturb(model):
@@ -88,7 +96,7 @@ def test_from_hf_then_to_hf_give_the_same_logits(name):
     hf = hf_models()[name]().eval()
     perturb(hf)
     ids, mask, types = inputs()
-    kwargs = {"token_type_ids": types} if name == "bert" else {}  # RoBERTa has one type
+    kwargs = {"token_type_ids": types} if name.startswith(("bert", "deberta")) else {}  # RoBERTa has one type
     cfg, ours = from_hf(hf)
     ours.eval()
     with torch.no_grad():
@@ -166,7 +174,7 @@ def test_an_hf_folder_is_read_tensor_by_tensor_with_or_without_the_base_prefix(n
     for prefixed in (True, False):
         folder = tmp_path / str(prefixed)
         folder.mkdir()
-        base = ("transformer.", "model.", "bert.", "roberta.")
+        base = ("transformer.", "model.", "bert.", "roberta.", "deberta.")
         names = state if prefixed else {k.split(".", 1)[1] if k.startswith(base) else k: v for k, v in state.items()}
         for tied in ("cls.predictions.decoder.bias", "lm_head.decoder.bias"):  # the bias, stored once
             names.pop(tied, None)
@@ -178,7 +186,7 @@ def test_an_hf_folder_is_read_tensor_by_tensor_with_or_without_the_base_prefix(n
             torch.testing.assert_close(lazy[key], expected[key], atol=0, rtol=0, msg=key)
 
 
-@pytest.mark.parametrize("name", ["bert", "roberta"])
+@pytest.mark.parametrize("name", ["bert", "roberta", "deberta"])
 def test_init_from_an_hf_encoder_folder_reads_its_weights_as_from_hf_does(name, tmp_path):
     """What `init_from: FOLDER` opens (finetune.weights.load_pretrained): the safetensors read
     lazily, RoBERTa's position rows after its padding offset, the folder's tokenizer."""
@@ -195,8 +203,29 @@ def test_init_from_an_hf_encoder_folder_reads_its_weights_as_from_hf_does(name, 
     tok.save_pretrained(tmp_path)
     pre = load_pretrained(str(tmp_path))
     cfg, ours = from_hf(hf)
-    assert pre.model_cfg == cfg and pre.source == f"HF {name} model {tmp_path}" and len(pre.tokenizer) == 101
+    assert pre.model_cfg == cfg and len(pre.tokenizer) == 101
+    assert pre.source == f"HF {hf.config.model_type} model {tmp_path}"
     weights = pre.state_dict()
     assert set(ours.state_dict()) - set(weights) == cfg.tied_output_keys
     for key, tensor in weights.items():
         torch.testing.assert_close(tensor, ours.state_dict()[key], atol=0, rtol=0, msg=key)
+
+
+def test_deberta_v3_base_has_the_shape_of_microsofts():
+    """configs/model/deberta-v3-base.yaml against transformers' DebertaV2ForMaskedLM of the config
+    microsoft/deberta-v3-base ships (both on the meta device): the same parameters."""
+    from pretrain.config import load_config
+
+    cfg = load_config("configs/model/deberta-v3-base.yaml").model
+    hf_cfg = tf.DebertaV2Config(
+        vocab_size=128100, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        max_position_embeddings=512, type_vocab_size=0, relative_attention=True, position_buckets=256,
+        max_relative_positions=-1, pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
+        position_biased_input=False, hidden_act="gelu", layer_norm_eps=1e-7, legacy=False,
+    )  # fmt: skip
+    with torch.device("meta"):
+        ours = Transformer(cfg)
+        hf = tf.DebertaV2ForMaskedLM(hf_cfg)
+    assert config_from_hf(hf_cfg) == cfg
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731 - shared tensors once
+    assert count(ours) == count(hf)

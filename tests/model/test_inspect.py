@@ -108,10 +108,12 @@ def test_training_changes_what_heads_attend_to():
     assert abs(after["distance"].flatten()[after["entropy"].argmin()] - 1.0) < 0.2  # it looks one back
 
 
-@pytest.mark.parametrize("position", ["sinusoidal", "learned", "rope", "alibi", "relative", "none"])
+@pytest.mark.parametrize("position", ["sinusoidal", "learned", "rope", "alibi", "relative", "disentangled", "none"])
 def test_position_tables(position):
     torch.manual_seed(4)
-    model = Transformer(tiny(position=position, arch="encoder" if position == "relative" else "decoder"))
+    encoder = position in ("relative", "disentangled")
+    model = Transformer(tiny(position=position, arch="encoder" if encoder else "decoder", relative_num_buckets=8,
+                             relative_max_distance=12))  # fmt: skip
     table = position_tables(model, 20)
     if position == "none":
         assert table is None
@@ -127,6 +129,10 @@ def test_position_tables(position):
     if position == "alibi":
         assert values.shape[0] == 4
         torch.testing.assert_close(values[0, 5, 2], torch.tensor(-3 * 2 ** (-2.0)))  # slope 2^(-8/4) x 3 back
+    if position == "disentangled":  # distance 0 is itself; beyond 12 every distance has the last row
+        torch.testing.assert_close(values[0].diagonal(), torch.ones(20))
+        torch.testing.assert_close(values[0, 19, 0], values[0, 15, 0])
+        assert values[0, 19, 0] != values[0, 5, 0] and values[0, 0, 19] != values[0, 19, 0]  # and a sign
     if position == "relative":
         bucket = model.position.bucket(torch.tensor(-3))  # key 4 is 3 before query 7
         torch.testing.assert_close(values[:, 7, 4], model.position.embedding.weight[bucket])

@@ -179,8 +179,10 @@ def test_count_parameters_leaves_out_lookup_tables():
         dict(arch="encoder", norm_position="post", mlp="gelu", classify=True),  # classifier: no vocabulary output
         dict(arch="decoder", mlp="gelu_tanh", linear_attention="performer", linear_attention_dim=32),
         dict(arch="encoder", norm_position="post", mlp="gelu", linear_attention="linformer", linear_attention_dim=16),
+        dict(arch="encoder", norm_position="post", mlp="gelu", position="disentangled", relative_num_buckets=32,
+             relative_max_distance=64),  # DeBERTa shape
     ],
-    ids=["gpt2", "llama", "bert-mlm", "bert-classifier", "performer", "linformer"],
+    ids=["gpt2", "llama", "bert-mlm", "bert-classifier", "performer", "linformer", "deberta"],
 )  # fmt: skip
 def test_flops_per_token_matches_torch_flop_counter(family):
     """The MFU formula counts what a training step's matmuls do, as torch's FlopCounterMode counts

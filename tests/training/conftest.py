@@ -126,6 +126,9 @@ MODELS = {
                   num_kv_heads=2),
     "bert": dict(arch="encoder", position="learned", norm="layernorm", norm_position="post", mlp="gelu",
                  type_vocab_size=2, norm_eps=1e-12),
+    # DeBERTa's shape: 32-token rows reach past the 4 exact distances and the log-spaced ones up to 16
+    "deberta": dict(arch="encoder", position="disentangled", relative_num_buckets=8, relative_max_distance=16,
+                    norm="layernorm", norm_position="post", mlp="gelu", norm_eps=1e-7),
 }  # fmt: skip
 
 
