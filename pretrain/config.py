@@ -256,6 +256,10 @@ class RunConfig:
                 f"positions (model.max_seq_len){' with the decoder start token text infilling adds' if extra else ''}"
                 f"; use data.seq_len <= {self.model.max_seq_len - extra}"
             )
+        if self.data.document_mask and self.model.memory_len:
+            raise ConfigError(f"data.document_mask=true with model.memory_len={self.model.memory_len}: the memory "
+                              "carries each row's states across its packed documents, as Transformer-XL reads "
+                              "running text; set data.document_mask=false")  # fmt: skip
         if self.data.document_mask and self.model.attention in ("flash", "flash_attn"):
             raise ConfigError(
                 f"data.document_mask=true needs an attention kernel that takes masks; "

@@ -90,6 +90,8 @@ def test_a_yaml_file_with_exponent_floats_reads_them_as_numbers(tmp_path):
         ("model.position=disentangled", "model.position='disentangled' (DeBERTa) is built for encoders; "
          "arch='decoder' has a causal stack"),
         (("model.arch=encoder", "model.position=disentangled"), None),
+        (("model.memory_len=8", "model.segment_len=8", "data.document_mask=true"),
+         "data.document_mask=true with model.memory_len=8: the memory carries each row's states across"),
         ("model.dropout=1.5", "model.dropout=1.5: must be in [0, 1)"),
         ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4: must be 0, 1, 2 or 3"),
         ("model.use_bias=true", "did you mean 'model.bias'?"),

@@ -27,8 +27,8 @@ def unsupported(cfg) -> str | None:
         return f"model.mlp={cfg.mlp!r} (nanoGPT's MLP is GELU)"
     if cfg.kv_heads != cfg.num_heads:
         return f"model.kv_heads={cfg.kv_heads} (nanoGPT's attention has as many key/value heads as heads)"
-    if cfg.sliding_window or cfg.scale_embeddings or cfg.type_vocab_size:
-        return "a sliding window, scaled embeddings or token types (nanoGPT's model has none)"
+    if cfg.sliding_window or cfg.scale_embeddings or cfg.type_vocab_size or cfg.memory_len or cfg.linear_attention:
+        return "a sliding window, scaled embeddings, token types, memory or linear attention (nanoGPT's model has none)"
     return None
 
 

@@ -113,6 +113,8 @@ def run(args) -> dict:
     ours = build_model(cfg)
     hf = None if args.no_hf else _hf_twin(ours)
     nano = None if args.no_nanogpt or unsupported(cfg) else nanogpt_twin(ours)
+    if not args.no_nanogpt and unsupported(cfg):
+        print(f"no nanoGPT-style row: {unsupported(cfg)}")
     ours.train()
 
     gen = torch.Generator().manual_seed(0)
@@ -223,8 +225,13 @@ def _hf_twin(ours):
 
         hf = (bart_to_hf if ours.cfg.position == "learned" else t5_to_hf)(ours)
     else:
-        from pretrain.model.hf import to_hf
+        from pretrain.model.hf import family_of, to_hf
 
+        try:
+            family_of(ours.cfg)
+        except ValueError as e:
+            print(f"no HF row: {e}")
+            return None
         hf = to_hf(ours)
     if not getattr(hf, "_supports_sdpa", False):
         return hf

@@ -35,6 +35,12 @@ class AttentionContext:
     """Each query sees the keys at or before its own position."""
     window: int | None = None
     """Each query sees only the keys fewer than this many positions away."""
+    segments: tuple[int, int] | None = None
+    """Transformer-XL's memory as a mask: (segment_len, memory_len); a query at position p sees the
+    keys from the start of its segment, (p // segment_len) * segment_len, less memory_len on."""
+    key_positions: torch.Tensor | None = None
+    """(B, S) position of each key, counting real tokens only (for ``segments`` under padding);
+    None when it is the key's index."""
     global_keys: torch.Tensor | None = None
     """(B or 1, S) bool, True for the keys that see and are seen past the window: the first
     ``global_tokens`` real tokens of each row (left padding is not counted) or packed document."""
@@ -63,14 +69,16 @@ class AttentionContext:
     @property
     def masks_nothing(self) -> bool:
         """Every query sees every key: bidirectional, or one causal query at the end of the cache."""
-        plain = self.padding is None and self.document_ids is None and self.window is None
-        return plain and (not self.causal or self.q_len == 1)
+        return self._plain and (not self.causal or self.q_len == 1)
 
     @property
     def plain_causal(self) -> bool:
         """The only constraint is the causal mask over T == S (SDPA's and flash's ``is_causal``)."""
-        plain = self.padding is None and self.document_ids is None and self.window is None
-        return plain and self.causal and self.offset == 0
+        return self._plain and self.causal and self.offset == 0
+
+    @property
+    def _plain(self) -> bool:
+        return self.padding is None and self.document_ids is None and self.window is None and self.segments is None
 
 
 def build_context(
@@ -85,6 +93,7 @@ def build_context(
     memory_len: int | None = None,
     device: torch.device | None = None,
     causal: bool | None = None,
+    segments: bool = True,
 ) -> AttentionContext:
     """Collect the constraints for queries at indices offset..offset+q_len-1 over keys 0..S-1, in the
     form the configured kernel takes.
@@ -95,6 +104,8 @@ def build_context(
     then attention_mask is the memory's padding and nothing else applies (no causality, window
     or position bias).
     causal: the stack's own (an encoder-decoder has one of each); by default the model's.
+    segments: False where the keys are already a segment and its memory (Transformer.hidden_states
+    running a row segment by segment), so a model with memory_len needs no mask for it.
     """
     cross = memory_len is not None
     causal = cfg.causal if causal is None else causal
@@ -118,6 +129,10 @@ def build_context(
     )
     if isinstance(position, Disentangled):
         ctx.distances = position(), position.index(q_len, k_len, device)
+    if cfg.memory_len and segments and not cross:
+        ctx.segments = (cfg.segment_len, cfg.memory_len)
+        if ctx.padding is not None:
+            ctx.key_positions = ctx.padding.long().cumsum(-1) - 1
     if cfg.global_tokens and not cross:
         ctx.global_keys = _global_keys(ctx.padding, document_ids, k_len, cfg.global_tokens, device)
     KERNEL_FORMS[cfg.attention](ctx, position, device)
@@ -159,11 +174,21 @@ def _dense_forms(ctx: AttentionContext, position, device) -> None:
             g = ctx.global_keys
             near = near | g[:, None, None, :] | g[:, None, ctx.offset : ctx.offset + ctx.q_len, None]
         mask = mask & near
+    if ctx.segments is not None:
+        mask = mask & _segment_reach(ctx, device)[:, None]
     if ctx.padding is not None:
         mask = mask & ctx.padding[:, None, None, :]
     if ctx.document_ids is not None:
         mask = mask & (ctx.document_ids[:, None, :, None] == ctx.document_ids[:, None, None, :])
     ctx.mask = mask
+
+
+def _segment_reach(ctx: AttentionContext, device) -> torch.Tensor:
+    """(B or 1, T, S): the key is at or after the start of the query's segment less the memory."""
+    length, memory = ctx.segments
+    keys = ctx.key_positions if ctx.key_positions is not None else torch.arange(ctx.k_len, device=device)[None]
+    queries = keys[:, ctx.offset : ctx.offset + ctx.q_len]
+    return keys[:, None, :] >= (queries // length * length - memory)[:, :, None]
 
 
 def _flash_forms(ctx: AttentionContext, position, device) -> None:
@@ -204,7 +229,7 @@ def _flex_block_mask(ctx: AttentionContext, device):
     if ctx.masks_nothing:
         return None
     causal, window, offset, pad, document_ids = ctx.causal, ctx.window, ctx.offset, ctx.padding, ctx.document_ids
-    global_keys = ctx.global_keys
+    global_keys, segments, key_pos = ctx.global_keys, ctx.segments, ctx.key_positions
 
     def mask_mod(b, h, q, k):
         qa = q + offset
@@ -216,6 +241,12 @@ def _flex_block_mask(ctx: AttentionContext, device):
             if global_keys is not None:
                 near = near | global_keys[b, k] | global_keys[b, qa]
             keep = keep & near
+        if segments is not None:
+            length, memory = segments
+            if key_pos is None:
+                keep = keep & (k >= qa // length * length - memory)
+            else:
+                keep = keep & (key_pos[b, k] >= key_pos[b, qa] // length * length - memory)
         if pad is not None:
             keep = keep & pad[b, k]
         if document_ids is not None:
@@ -390,7 +421,11 @@ class Attention(nn.Module):
         layer: int = 0,
         memory: torch.Tensor | None = None,
         need_weights: bool = False,
+        prefix: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``prefix`` (self-attention): Transformer-XL's memory, the (normed) layer inputs of the
+        positions before x, whose keys and values are made here beside x's (``ctx.rope`` then covers
+        both)."""
         B, T, _ = x.shape
         H, Hkv, D = self.num_heads, self.kv_heads, self.head_dim
         if self.cross:  # keys and values of the memory: projected once per generation when cached
@@ -402,12 +437,15 @@ class Attention(nn.Module):
                 if cache is not None:
                     cache.cross[layer] = (k, v)
         else:
-            q, k, v = self.qkv(x).split((H * D, Hkv * D, Hkv * D), dim=-1)
-            q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+            rows = x if prefix is None else torch.cat([prefix, x], dim=1)
+            q, k, v = self.qkv(rows).split((H * D, Hkv * D, Hkv * D), dim=-1)
+            q = q.view(B, -1, H, D).transpose(1, 2)  # (B, H, T, D)
             k = k.view(B, -1, Hkv, D).transpose(1, 2)  # (B, Hkv, S, D)
             v = v.view(B, -1, Hkv, D).transpose(1, 2)
             if ctx.rope is not None:
                 q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
+            if prefix is not None:
+                q = q[:, :, prefix.shape[1] :]  # the memory's queries ask nothing
             if cache is not None:
                 k, v = cache.update(layer, k, v)
             if ctx.distances is not None:

@@ -27,6 +27,7 @@ KERNELS_WITH_BIAS = {"alibi": ("eager", "sdpa", "flex", "flash_attn"), "relative
                      "disentangled": ("eager", "sdpa")}  # fmt: skip
 KERNELS_WITH_WINDOW = ("eager", "sdpa", "flex", "flash_attn")
 KERNELS_WITH_GLOBAL = ("eager", "sdpa", "flex")  # flash-attn's window has no exceptions
+KERNELS_WITH_MEMORY = ("eager", "sdpa", "flex")  # a window that depends on the query's segment
 # Padded batches (fine-tuning, batched decoding, an encoder-decoder's cross-attention over padded
 # sources) need a padding mask, which `flash` and (here) the flash-attn package do not take.
 KERNELS_WITH_PADDING = ("sdpa", "flex", "eager")
@@ -111,6 +112,16 @@ class ModelConfig:
     stacks only). None: exact attention."""
     linear_attention_dim: int = 64
     """performer: random features per head; linformer: the length keys and values are projected to."""
+    memory_len: int = 0
+    """Transformer-XL's segment-level recurrence (decoders): each row is run as consecutive segments
+    of ``segment_len`` tokens, and each layer attends over its own segment and the layer's inputs at
+    the previous ``memory_len`` positions, kept from the segments before without gradient (the
+    reach grows by memory_len per layer). Attention then costs segment x (segment + memory) per
+    segment instead of the row squared. Decoding, padded batches and a cache give the same values
+    through a mask. 0 for none."""
+    segment_len: int | None = None
+    """With memory_len: the length of the segments a row is cut into (positions from 0 in the row,
+    left padding not counted)."""
     global_tokens: int = 0
     """Sparse attention with a sliding window (Longformer, BigBird; a causal stack's attention sinks,
     StreamingLLM): the first this many positions see every position and every position sees them,
@@ -220,6 +231,8 @@ class ModelConfig:
                 )
         if self.linear_attention is not None:
             self._check_linear_attention()
+        if self.memory_len or self.segment_len is not None:
+            self._check_memory()
         if self.global_tokens:
             if self.global_tokens < 0:
                 raise ValueError(f"global_tokens={self.global_tokens}: must be >= 0 (0 for none)")
@@ -231,6 +244,26 @@ class ModelConfig:
                 raise ValueError(f"attention={self.attention!r} has no global tokens; use one of "
                                  f"{list(KERNELS_WITH_GLOBAL)}")  # fmt: skip
 
+
+    def _check_memory(self) -> None:
+        if self.memory_len < 0 or (self.memory_len == 0 and self.segment_len is not None):
+            raise ValueError(f"memory_len={self.memory_len}, segment_len={self.segment_len}: segment_len is the "
+                             "length of the segments the memory carries across; set memory_len >= 1 with it, or "
+                             "both to 0 and null")  # fmt: skip
+        if self.segment_len is None or self.segment_len < 1:
+            raise ValueError(f"segment_len={self.segment_len}: memory_len={self.memory_len} needs the length of the "
+                             "segments each row is run in (a positive integer, such as memory_len)")  # fmt: skip
+        if self.arch != "decoder":
+            raise ValueError(f"memory_len={self.memory_len}: Transformer-XL's recurrence is for causal stacks; "
+                             f"arch={self.arch!r} is not one (use arch=decoder)")  # fmt: skip
+        if self.attention not in KERNELS_WITH_MEMORY:
+            raise ValueError(f"attention={self.attention!r} has no window per segment, which memory_len needs; use "
+                             f"one of {list(KERNELS_WITH_MEMORY)}")  # fmt: skip
+        other = {k: v for k, v in (("sliding_window", self.sliding_window), ("global_tokens", self.global_tokens),
+                                   ("linear_attention", self.linear_attention)) if v}  # fmt: skip
+        if other:
+            raise ValueError(f"memory_len={self.memory_len} with {other}: the memory is the window here; drop "
+                             f"{' and '.join(other)}")  # fmt: skip
 
     def _check_disentangled(self) -> None:
         if self.arch != "encoder":

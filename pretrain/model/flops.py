@@ -48,7 +48,8 @@ def flops_per_token(model: nn.Module, seq_len: int, predicted_fraction: float = 
       the full T x T score matrix counted also under causal masking (as PaLM's appendix B and the
       eager kernel count it; a causal flash kernel skips about half of that work). Linear attention
       (Performer, Linformer) counts its own products instead (linear_attention.attention_macs), and
-      DeBERTa's disentangled positions their own beside (``_macs``).
+      DeBERTa's disentangled positions their own beside (``_macs``). With Transformer-XL's memory,
+      each segment's scores span its memory and itself (``segment_keys``).
     Norms, activations, softmax and embedding lookups are left out (they are not matmuls).
     """
     cfg = model.cfg
@@ -56,8 +57,24 @@ def flops_per_token(model: nn.Module, seq_len: int, predicted_fraction: float = 
         return _encoder_decoder_flops(model, seq_len, predicted_fraction)
     body = _linears(model.layers)
     head = sum(numel(m.weight) for m in model.head.modules() if isinstance(m, nn.Linear))
-    attention = cfg.num_layers * cfg.num_heads * _macs(cfg, seq_len, cfg.causal)  # fwd multiply-adds per token
-    return 6.0 * body + 6.0 * head * predicted_fraction + 6.0 * attention
+    keys, memory_rows = segment_keys(cfg, seq_len)
+    attention = cfg.num_layers * cfg.num_heads * _macs(cfg, keys, cfg.causal)  # fwd multiply-adds per token
+    qkv = sum(numel(block.attn.qkv.weight) for block in model.layers)  # made again for each memory row
+    return 6.0 * body + 6.0 * qkv * memory_rows + 6.0 * head * predicted_fraction + 6.0 * attention
+
+
+def segment_keys(cfg, seq_len: int) -> tuple[float, float]:
+    """(keys per query, memory rows per token) of a row of seq_len run as it trains: seq_len and 0,
+    or with Transformer-XL's memory, each segment's queries over its memory and itself, and the
+    memory's rows projected again for their keys and values."""
+    if not cfg.memory_len:
+        return seq_len, 0.0
+    keys = rows = 0
+    for start in range(0, seq_len, cfg.segment_len):
+        length, kept = min(cfg.segment_len, seq_len - start), min(cfg.memory_len, start)
+        keys += length * (kept + length)
+        rows += kept
+    return keys / seq_len, rows / seq_len
 
 
 def _linears(blocks) -> int:

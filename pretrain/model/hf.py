@@ -27,7 +27,7 @@ MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "bert": "bert", "roberta": "ber
 
 def family_of(cfg: ModelConfig) -> str:
     """The HF family whose architecture this config has, or a ValueError saying what differs."""
-    same = dict(sliding_window=None, global_tokens=0, linear_attention=None, scale_embeddings=False)
+    same = dict(sliding_window=None, global_tokens=0, linear_attention=None, scale_embeddings=False, memory_len=0)
     if cfg.arch == "encoder" and cfg.position == "disentangled":
         family = "deberta"  # its MLM head always multiplies by the token embedding
         want = dict(norm="layernorm", norm_position="post", mlp="gelu", bias=True, tie_embeddings=True)

@@ -84,9 +84,14 @@ class Block(nn.Module):
         memory: torch.Tensor | None = None,
         memory_ctx: AttentionContext | None = None,
         need_weights: bool = False,
+        prefix: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``memory``/``memory_ctx``: the encoder's output to cross-attend to. ``prefix``: this
+        layer's inputs at the positions before x (Transformer-XL's memory), attended to beside x."""
+        if prefix is not None and self.pre_norm:
+            prefix = self.attn_norm(prefix)
         x, (_, weights) = self._residual(
-            x, self.attn_norm, lambda h: self.attn(h, ctx, cache, layer, need_weights=need_weights)
+            x, self.attn_norm, lambda h: self.attn(h, ctx, cache, layer, need_weights=need_weights, prefix=prefix)
         )
         if memory is not None:
             x, _ = self._residual(x, self.cross_norm, lambda h: self.cross_attn(h, memory_ctx, cache, layer, memory))

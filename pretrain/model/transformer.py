@@ -129,6 +129,9 @@ class Transformer(nn.Module):
                 raise ValueError(
                     f"sequence of {offset + T} tokens is longer than the {self.cfg.max_seq_len} learned positions"
                 )
+            plain = cache is None and attention_mask is None and document_ids is None and not return_attention
+            if self.cfg.memory_len and plain:
+                return self._by_segments(input_ids, token_type_ids)
             position_ids = torch.arange(offset, offset + T, device=input_ids.device)[None]  # (1, T): every row's
         ctx = build_context(
             self.cfg,
@@ -143,16 +146,43 @@ class Transformer(nn.Module):
         x = self.embed(input_ids, position_ids, token_type_ids)
         weights = []
         for i, block in enumerate(self.layers):
-            if self.activation_checkpointing and self.training:
-                x, w = torch.utils.checkpoint.checkpoint(block, x, ctx, use_reentrant=False)
-            else:
-                x, w = block(x, ctx, cache, i, need_weights=return_attention)
+            x, w = self._block(block, x, ctx, i, cache, need_weights=return_attention)
             weights.append(w)
         if cache is not None:
             cache.length += T
         if self.norm is not None:
             x = self.norm(x)
         return (x, weights) if return_attention else x
+
+    def _block(self, block, x, ctx, i, cache=None, need_weights=False, prefix=None):
+        if self.activation_checkpointing and self.training:
+            return torch.utils.checkpoint.checkpoint(block, x, ctx, prefix=prefix, use_reentrant=False)
+        return block(x, ctx, cache, i, need_weights=need_weights, prefix=prefix)
+
+    def _by_segments(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        """Transformer-XL's recurrence over a row: segment after segment, each layer attending over
+        the segment and its memory, the layer's inputs at the memory_len positions before, kept
+        without gradient. The values are those of one pass under the segment mask (build_context);
+        the gradient stops at each segment's start, and each segment's scores span segment +
+        memory keys, not the row."""
+        length, reach = self.cfg.segment_len, self.cfg.memory_len
+        memory: list[torch.Tensor | None] = [None] * len(self.layers)
+        out = []
+        for start in range(0, input_ids.shape[1], length):
+            ids = input_ids[:, start : start + length]
+            kept = 0 if memory[0] is None else memory[0].shape[1]
+            positions = torch.arange(start - kept, start + ids.shape[1], device=ids.device)[None]  # memory, then ids
+            ctx = build_context(self.cfg, self.position, q_len=ids.shape[1], offset=kept, positions=positions,
+                                device=ids.device, segments=False)  # fmt: skip
+            types = token_type_ids[:, start : start + length] if token_type_ids is not None else None
+            x = self.embed(ids, positions[:, kept:], types)
+            for i, block in enumerate(self.layers):
+                prefix = memory[i]
+                memory[i] = (x if prefix is None else torch.cat([prefix, x], dim=1))[:, -reach:].detach()
+                x, _ = self._block(block, x, ctx, i, prefix=prefix)
+            out.append(x)
+        x = torch.cat(out, dim=1)
+        return self.norm(x) if self.norm is not None else x
 
     def forward(
         self,

@@ -181,8 +181,9 @@ def test_count_parameters_leaves_out_lookup_tables():
         dict(arch="encoder", norm_position="post", mlp="gelu", linear_attention="linformer", linear_attention_dim=16),
         dict(arch="encoder", norm_position="post", mlp="gelu", position="disentangled", relative_num_buckets=32,
              relative_max_distance=64),  # DeBERTa shape
+        dict(arch="decoder", position="rope", memory_len=2, segment_len=16),  # Transformer-XL memory: 9% fewer
     ],
-    ids=["gpt2", "llama", "bert-mlm", "bert-classifier", "performer", "linformer", "deberta"],
+    ids=["gpt2", "llama", "bert-mlm", "bert-classifier", "performer", "linformer", "deberta", "memory"],
 )  # fmt: skip
 def test_flops_per_token_matches_torch_flop_counter(family):
     """The MFU formula counts what a training step's matmuls do, as torch's FlopCounterMode counts

@@ -252,7 +252,9 @@ def test_kv_cache_generation_equals_full_recompute_for_every_position_scheme():
             return [" ".join(map(str, row.tolist())) for row in ids]
 
     sparse = {"sliding_window": 4, "global_tokens": 2}  # attention sinks: a window and the first 2 tokens
+    memory = {"memory_len": 3, "segment_len": 4}  # Transformer-XL's: the prompts span several segments
     schemes = [(p, {}) for p in ("learned", "sinusoidal", "rope", "alibi", "relative")] + [("rope", sparse)]
+    schemes += [("rope", memory), ("alibi", memory)]
     for position, extra in schemes:
         torch.manual_seed(0)
         model = Transformer(ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
