@@ -77,6 +77,12 @@ class AttentionContext:
         return self._plain and self.causal and self.offset == 0
 
     @property
+    def causal_after_cache(self) -> bool:
+        """The only constraint is causality for queries that follow ``offset`` earlier keys (a cache
+        or Transformer-XL's memory): the causal mask aligned to the last key, not the first."""
+        return self._plain and self.causal and self.offset > 0 and self.q_len > 1
+
+    @property
     def _plain(self) -> bool:
         return self.padding is None and self.document_ids is None and self.window is None and self.segments is None
 
@@ -161,8 +167,9 @@ def _dense_forms(ctx: AttentionContext, position, device) -> None:
     k_idx = torch.arange(ctx.k_len, device=device)
     if isinstance(position, (ALiBi, RelativeBias)):
         ctx.bias = position.by_distance(k_idx[None, :] - q_idx[:, None])[None]
-    if ctx.masks_nothing or (ctx.kernel == "sdpa" and ctx.plain_causal and ctx.bias is None):
-        return  # sdpa's is_causal path (it takes no mask beside it)
+    causal_only = ctx.plain_causal or ctx.causal_after_cache
+    if ctx.masks_nothing or (ctx.kernel == "sdpa" and causal_only and ctx.bias is None):
+        return  # sdpa's causal paths (is_causal, or the lower-right causal bias): no mask built
     rel = q_idx[:, None] - k_idx[None, :]  # how far back each key is
     mask = torch.ones(ctx.q_len, ctx.k_len, dtype=torch.bool, device=device)
     if ctx.causal:
@@ -291,6 +298,10 @@ def _sdpa(q, k, v, ctx, dropout_p, need_weights=False):
     mask = _dense_mask(ctx)
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(q.dtype)
+    if mask is None and ctx.causal_after_cache:  # flash kernels take it on a GPU; CPU runs it as a mask
+        from torch.nn.attention.bias import causal_lower_right
+
+        mask = causal_lower_right(ctx.q_len, ctx.k_len)
     out = F.scaled_dot_product_attention(
         q,
         k,
