@@ -98,6 +98,6 @@ def position_tables(model: nn.Module, n: int) -> tuple[str, torch.Tensor, list[s
     if isinstance(position, Disentangled):
         rows = F.normalize(position.norm(position.embedding.weight).float(), dim=-1)  # (2 x buckets, D)
         table = rows[position.index(n, n)] @ rows[position.span]  # (n, n): distance i - j against 0
-        return "disentangled: cosine similarity of the embedding of distance i - j to that of distance 0", \
+        return "cosine of distance i - j's embedding with distance 0's", \
             table[None], ["disentangled"]  # fmt: skip
     return None
