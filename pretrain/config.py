@@ -30,7 +30,7 @@ import yaml
 
 from pretrain.data.config import DataConfig
 from pretrain.errors import ConfigError  # re-exported: the commands import it from here
-from pretrain.model.config import ModelConfig
+from pretrain.model.config import KERNELS_WITH_PADDING, ModelConfig
 
 
 @dataclass
@@ -256,6 +256,10 @@ class RunConfig:
                 f"positions (model.max_seq_len){' with the decoder start token text infilling adds' if extra else ''}"
                 f"; use data.seq_len <= {self.model.max_seq_len - extra}"
             )
+        if self.data.span_lengths == "poisson" and self.model.attention not in KERNELS_WITH_PADDING:
+            raise ConfigError(f"data.span_lengths='poisson' pads the encoder's inputs; model.attention="
+                              f"{self.model.attention!r} takes no padding mask (use one of "
+                              f"{list(KERNELS_WITH_PADDING)})")  # fmt: skip
         if self.data.document_mask and self.model.memory_len:
             raise ConfigError(f"data.document_mask=true with model.memory_len={self.model.memory_len}: the memory "
                               "carries each row's states across its packed documents, as Transformer-XL reads "

@@ -142,6 +142,12 @@ class DataConfig:
     """Encoder-decoders: share of each sequence's tokens in the corrupted spans (T5 0.15, BART 0.3)."""
     mean_noise_span_length: float = 3.0
     """Encoder-decoders: mean length in tokens of a corrupted span (T5 and BART: 3)."""
+    span_lengths: Literal["split", "poisson"] = "split"
+    """Encoder-decoders: how the corrupted spans get their lengths. split (T5): the noise tokens
+    split at random into round(noise / mean_noise_span_length) spans of at least one token, so every
+    batch has the same shapes. poisson (BART's text infilling only): lengths drawn from
+    Poisson(mean_noise_span_length) until the noise tokens are covered, a length of 0 inserting a
+    <mask> where no token was; the encoder's inputs then differ in length and are padded."""
     shuffle: bool = True
     """Shuffle sequences each epoch (seeded: the same order on every run and resume)."""
 
@@ -161,5 +167,9 @@ class DataConfig:
         if not 0.0 < self.noise_density < 1.0 or self.mean_noise_span_length < 1.0:
             raise ValueError(f"noise_density={self.noise_density}, mean_noise_span_length="
                              f"{self.mean_noise_span_length}: need a density in (0, 1) and a span length >= 1")
+        if self.span_lengths == "poisson" and self.objective != "text_infilling":
+            raise ValueError(f"span_lengths='poisson' is BART's text infilling; objective={self.objective!r} "
+                             "numbers its spans with sentinels (use span_lengths=split, or "
+                             "objective=text_infilling)")  # fmt: skip
         if self.num_proc < 1 or self.num_workers < 0:
             raise ValueError(f"num_proc={self.num_proc}, num_workers={self.num_workers}: need >= 1 and >= 0")

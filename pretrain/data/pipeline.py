@@ -55,8 +55,9 @@ def collator(cfg: DataConfig, tok, seed: int = 0) -> SpanCorruptionCollator:
     """The encoder-decoder's objective: span corruption or text infilling, with the tokenizer's
     special tokens for it (a DataError where it lacks them). The decoder starts from padding, as T5's does."""
     if cfg.objective == "text_infilling":
+        poisson = cfg.span_lengths == "poisson"
         return TextInfillingCollator(infilling_mask_id(tok), tok.eos_token_id, tok.pad_token_id, cfg.noise_density,
-                                     cfg.mean_noise_span_length, seed)  # fmt: skip
+                                     cfg.mean_noise_span_length, seed, poisson)  # fmt: skip
     return SpanCorruptionCollator(sentinel_ids(tok, span_sentinels(cfg)), tok.eos_token_id, tok.pad_token_id,
                                   cfg.noise_density, cfg.mean_noise_span_length, seed)  # fmt: skip
 

@@ -9,11 +9,13 @@ decoder predicts each sentinel followed by the span it replaced, then end-of-tex
 only on L, so every batch has the same encoder and decoder lengths and no padding. The draw for a
 sequence is seeded by its position in the stream: a resumed run corrupts it the same way.
 
-Text infilling chooses the spans the same way, replaces each with one mask token (BART's <mask>)
-and has the decoder predict the whole sequence, then end-of-text. BART draws span lengths from
-Poisson(3), zero-length spans inserting a mask; here, as in T5, counts depend only on L (fixed
-shapes) and every span has at least one token. BART's other noise, sentence permutation, is not
-done: it needs sentence boundaries, which code and most packed text do not mark.
+Text infilling replaces each span with one mask token (BART's <mask>) and has the decoder predict
+the whole sequence, then end-of-text. Its spans are chosen as above (``span_lengths="split"``:
+fixed shapes), or as BART chooses them (``"poisson"``): lengths drawn from Poisson(mean span
+length) until round(L x noise_density) tokens are covered, the last cut to fit, a length of 0
+inserting a mask where no token was; the spans lie between kept tokens at random. The encoder's
+inputs then differ in length and are padded, with an attention mask. BART's other noise, sentence
+permutation, is not done: it needs sentence boundaries, which code and most packed text do not mark.
 """
 
 from __future__ import annotations
@@ -97,18 +99,71 @@ class SpanCorruptionCollator:
         return corrupt(tokens, mask, self.sentinels, self.eos)
 
 
+def poisson_lengths(noise: int, mean: float, gen: torch.Generator) -> list[int]:
+    """BART's span lengths: Poisson(mean) draws until they cover ``noise`` tokens, the last cut to fit
+    (zeros included: each one a mask inserted)."""
+    lengths, total, rate = [], 0, torch.tensor([float(mean)])
+    while total < noise:
+        n = min(int(torch.poisson(rate, generator=gen).item()), noise - total)
+        lengths.append(n)
+        total += n
+    return lengths
+
+
+def infill_poisson(tokens: torch.Tensor, noise: int, mean: float, mask_id: int, eos: int,
+                   gen: torch.Generator) -> torch.Tensor:  # fmt: skip
+    """The encoder input of BART's text infilling: ``noise`` tokens in Poisson-length spans, each
+    span (an empty one too) one ``mask_id``, every span after a kept token; then ``eos``. At most
+    ``noise`` spans and as many as the kept tokens allow (the last absorbs the rest), so the input is
+    never longer than the sequence plus end-of-text."""
+    kept = len(tokens) - noise
+    spans = poisson_lengths(noise, mean, gen)
+    most = max(min(noise, kept), 1)
+    if len(spans) > most:
+        spans = spans[: most - 1] + [sum(spans[most - 1 :])]
+    gaps = _segments(kept, len(spans) + 1, gen) if kept > len(spans) else torch.ones(len(spans) + 1, dtype=torch.long)
+    pieces, pos, mask = [], 0, torch.tensor([mask_id])
+    for gap, span in zip(gaps.tolist(), spans, strict=False):
+        pieces += [tokens[pos : pos + gap], mask]
+        pos += gap + span
+    return torch.cat([*pieces, tokens[pos:], torch.tensor([eos])])
+
+
 class TextInfillingCollator(SpanCorruptionCollator):
     """BART's text infilling: each span becomes ``mask_id`` in the encoder input; the decoder's
-    target is the whole sequence and end-of-text."""
+    target is the whole sequence and end-of-text. ``poisson``: BART's span lengths (see the module
+    docstring); the encoder inputs are then right-padded with ``start_id`` (the pad token) and an
+    ``attention_mask`` says which are real."""
 
     def __init__(self, mask_id: int, eos_id: int, start_id: int, density: float = 0.3, mean_span_length: float = 3.0,
-                 seed: int = 0):  # fmt: skip
+                 seed: int = 0, poisson: bool = False):  # fmt: skip
         super().__init__([mask_id], eos_id, start_id, density, mean_span_length, seed)
+        self.poisson = poisson
+
+    def __call__(self, samples: list[dict]) -> dict:
+        if not self.poisson:
+            return super().__call__(samples)
+        sources = []
+        for sample in samples:
+            tokens = sample["input_ids"][:-1]
+            noise, _ = noise_counts(len(tokens), self.density, self.mean_span_length)
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + sample["position"])
+            sources.append(infill_poisson(tokens, noise, self.mean_span_length, int(self.sentinels[0]), self.eos, gen))
+        width = max(len(s) for s in sources)
+        ids = torch.full((len(sources), width), self.start, dtype=torch.long)
+        attention = torch.zeros((len(sources), width), dtype=torch.long)
+        for row, source in enumerate(sources):
+            ids[row, : len(source)], attention[row, : len(source)] = source, 1
+        labels = torch.stack([torch.cat([s["input_ids"][:-1], torch.tensor([self.eos])]) for s in samples])
+        starts = torch.full((len(samples), 1), self.start, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": attention, "labels": labels,
+                "decoder_input_ids": torch.cat([starts, labels[:, :-1]], dim=1),
+                "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
 
     def pair(self, tokens, mask, spans):
         source, _ = corrupt(tokens, mask, self.sentinels.expand(spans), self.eos)
         return source, torch.cat([tokens, torch.tensor([self.eos])])
 
 
-__all__ = ["SpanCorruptionCollator", "TextInfillingCollator", "corrupt", "lengths", "noise_counts", "noise_mask",
-           "sentinel_tokens"]
+__all__ = ["SpanCorruptionCollator", "TextInfillingCollator", "corrupt", "infill_poisson", "lengths", "noise_counts",
+           "noise_mask", "poisson_lengths", "sentinel_tokens"]

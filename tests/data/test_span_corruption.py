@@ -75,3 +75,40 @@ def test_text_infilling_masks_each_span_once_and_the_decoder_writes_the_whole_se
         assert row[0] == tokens[0]  # a sequence starts with a kept token
     assert torch.equal(collate(samples[2:3])["input_ids"][0], batch["input_ids"][2])
     assert not torch.equal((batch["input_ids"][0] == 900), (batch["input_ids"][1] == 900))  # own draws
+
+
+def test_poisson_spans_cover_the_noise_in_bart_lengths_zero_length_ones_inserting_a_mask():
+    """span_lengths=poisson: over many draws the spans (empty ones too) average Poisson's mean of 3,
+    about e^-3 of them are empty, and each source keeps every other token in order, one mask per
+    span; the encoder inputs differ in length, right-padded with an attention mask."""
+    import math
+
+    from pretrain.data.span_corruption import TextInfillingCollator, infill_poisson, poisson_lengths
+
+    draws = [poisson_lengths(38, 3.0, torch.Generator().manual_seed(i)) for i in range(3000)]
+    spans = [n for d in draws for n in d[:-1]]  # the last is cut to fit
+    assert all(sum(d) == 38 for d in draws)
+    assert sum(spans) / len(spans) == pytest.approx(3.0, abs=0.1)
+    assert sum(n == 0 for n in spans) / len(spans) == pytest.approx(math.exp(-3), abs=0.015)
+    tokens = torch.arange(100, 228)
+    inserted = 0
+    for i in range(200):
+        source = infill_poisson(tokens, 38, 3.0, 999, 2, torch.Generator().manual_seed(i))
+        kept = source[(source != 999)][:-1]
+        masks = int((source == 999).sum())
+        assert source[-1] == 2 and source[0] == tokens[0] and len(source) <= 129
+        assert len(kept) == 128 - 38 and (kept.diff() > 0).all()  # the other 90 tokens, in order
+        gaps = kept.diff() - 1  # tokens left out between kept ones, where masks are
+        runs = torch.cat([gaps, (227 - kept[-1:])])  # and after the last kept token
+        assert masks >= int((runs > 0).sum())  # every left-out run has its mask
+        inserted += masks - int((runs > 0).sum())  # masks where nothing was left out
+    assert inserted > 0
+    collate = TextInfillingCollator(mask_id=999, eos_id=2, start_id=0, density=0.3, seed=7, poisson=True)
+    samples = [{"input_ids": torch.arange(100, 229) + i, "position": i} for i in range(4)]
+    batch = collate(samples)
+    width = batch["input_ids"].shape[1]
+    real = batch["attention_mask"].sum(1)
+    assert real.max() == width and real.min() < width  # different lengths, padded to the longest
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
+    assert batch["labels"].shape == (4, 129) and torch.equal(batch["decoder_input_ids"][:, 1:], batch["labels"][:, :-1])
+    assert torch.equal(collate(samples[1:2])["input_ids"][0, : real[1]], batch["input_ids"][1, : real[1]])
