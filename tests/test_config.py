@@ -104,6 +104,8 @@ def test_a_yaml_file_with_exponent_floats_reads_them_as_numbers(tmp_path):
          "data.seq_len=256: longer than the model's 256 learned positions (model.max_seq_len) with the decoder "
          "start token text infilling adds; use data.seq_len <= 255"),
         (("model.arch=encoder-decoder", "data.objective=text_infilling", "data.seq_len=255"), None),
+        (("model.arch=encoder-decoder", "data.permute_sentences=true"),
+         "data.permute_sentences=true is BART's text infilling noise; objective='span_corruption'"),
         (("model.arch=encoder-decoder", "data.span_lengths=poisson"),
          "data.span_lengths='poisson' is BART's text infilling; objective='span_corruption' numbers its spans"),
         (("model.arch=encoder-decoder", "data.objective=text_infilling", "data.span_lengths=poisson",

@@ -148,6 +148,10 @@ class DataConfig:
     batch has the same shapes. poisson (BART's text infilling only): lengths drawn from
     Poisson(mean_noise_span_length) until the noise tokens are covered, a length of 0 inserting a
     <mask> where no token was; the encoder's inputs then differ in length and are padded."""
+    permute_sentences: bool = False
+    """Text infilling: shuffle the sentences of each sequence in the encoder's input before its spans
+    are masked, as BART does (a sentence ends after a token ending in '.', '!', '?' or a newline, so
+    code's lines are its sentences); the decoder still writes them in their order."""
     shuffle: bool = True
     """Shuffle sequences each epoch (seeded: the same order on every run and resume)."""
 
@@ -167,6 +171,9 @@ class DataConfig:
         if not 0.0 < self.noise_density < 1.0 or self.mean_noise_span_length < 1.0:
             raise ValueError(f"noise_density={self.noise_density}, mean_noise_span_length="
                              f"{self.mean_noise_span_length}: need a density in (0, 1) and a span length >= 1")
+        if self.permute_sentences and self.objective != "text_infilling":
+            raise ValueError(f"permute_sentences=true is BART's text infilling noise; objective={self.objective!r} "
+                             "does not take it (use objective=text_infilling)")  # fmt: skip
         if self.span_lengths == "poisson" and self.objective != "text_infilling":
             raise ValueError(f"span_lengths='poisson' is BART's text infilling; objective={self.objective!r} "
                              "numbers its spans with sentinels (use span_lengths=split, or "

@@ -8,7 +8,7 @@ from pretrain.data.batches import Batches, CausalLMCollator, MaskedLMCollator, S
 from pretrain.data.config import DataConfig
 from pretrain.data.packing import PackedTokens, pack
 from pretrain.data.sources import load_corpus
-from pretrain.data.span_corruption import SpanCorruptionCollator, TextInfillingCollator, noise_counts
+from pretrain.data.span_corruption import SpanCorruptionCollator, TextInfillingCollator, noise_counts, sentence_ends
 from pretrain.data.tokenizer import (
     check_vocab,
     default_kind,
@@ -55,9 +55,9 @@ def collator(cfg: DataConfig, tok, seed: int = 0) -> SpanCorruptionCollator:
     """The encoder-decoder's objective: span corruption or text infilling, with the tokenizer's
     special tokens for it (a DataError where it lacks them). The decoder starts from padding, as T5's does."""
     if cfg.objective == "text_infilling":
-        poisson = cfg.span_lengths == "poisson"
+        poisson, ends = cfg.span_lengths == "poisson", sentence_ends(tok) if cfg.permute_sentences else None
         return TextInfillingCollator(infilling_mask_id(tok), tok.eos_token_id, tok.pad_token_id, cfg.noise_density,
-                                     cfg.mean_noise_span_length, seed, poisson)  # fmt: skip
+                                     cfg.mean_noise_span_length, seed, poisson, ends)  # fmt: skip
     return SpanCorruptionCollator(sentinel_ids(tok, span_sentinels(cfg)), tok.eos_token_id, tok.pad_token_id,
                                   cfg.noise_density, cfg.mean_noise_span_length, seed)  # fmt: skip
 

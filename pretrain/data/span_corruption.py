@@ -15,7 +15,9 @@ fixed shapes), or as BART chooses them (``"poisson"``): lengths drawn from Poiss
 length) until round(L x noise_density) tokens are covered, the last cut to fit, a length of 0
 inserting a mask where no token was; the spans lie between kept tokens at random. The encoder's
 inputs then differ in length and are padded, with an attention mask. BART's other noise, sentence
-permutation, is not done: it needs sentence boundaries, which code and most packed text do not mark.
+permutation, shuffles the sentences of the encoder's input before its spans are chosen (a sentence
+ends after a token that ends in '.', '!', '?' or a newline: code's lines are its sentences); the
+decoder still writes them in their order.
 """
 
 from __future__ import annotations
@@ -99,6 +101,25 @@ class SpanCorruptionCollator:
         return corrupt(tokens, mask, self.sentinels, self.eos)
 
 
+def sentence_ends(tok) -> torch.Tensor:
+    """(vocabulary,) bool: the tokens that end a sentence, their text ending in '.', '!', '?' or a
+    newline (trailing spaces aside); special tokens never do."""
+    specials = set(tok.all_special_ids)
+    ends = torch.zeros(len(tok), dtype=torch.bool)
+    for i in range(len(tok)):
+        if i not in specials:
+            ends[i] = tok.decode([i]).rstrip(" ").endswith((".", "!", "?", "\n"))
+    return ends
+
+
+def permute_sentences(tokens: torch.Tensor, ends: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The sentences of ``tokens`` (each ending after a token where ``ends``, (L,) bool, is True;
+    the last may be cut short) in a random order."""
+    cuts = (ends[:-1].nonzero().flatten() + 1).tolist()
+    sentences = torch.tensor_split(tokens, cuts)
+    return torch.cat([sentences[i] for i in torch.randperm(len(sentences), generator=gen).tolist()])
+
+
 def poisson_lengths(noise: int, mean: float, gen: torch.Generator) -> list[int]:
     """BART's span lengths: Poisson(mean) draws until they cover ``noise`` tokens, the last cut to fit
     (zeros included: each one a mask inserted)."""
@@ -133,22 +154,29 @@ class TextInfillingCollator(SpanCorruptionCollator):
     """BART's text infilling: each span becomes ``mask_id`` in the encoder input; the decoder's
     target is the whole sequence and end-of-text. ``poisson``: BART's span lengths (see the module
     docstring); the encoder inputs are then right-padded with ``start_id`` (the pad token) and an
-    ``attention_mask`` says which are real."""
+    ``attention_mask`` says which are real. ``sentence_ends`` ((vocabulary,) bool, see
+    ``sentence_ends``): shuffle each sequence's sentences in the encoder's input first."""
 
     def __init__(self, mask_id: int, eos_id: int, start_id: int, density: float = 0.3, mean_span_length: float = 3.0,
-                 seed: int = 0, poisson: bool = False):  # fmt: skip
+                 seed: int = 0, poisson: bool = False, sentence_ends: torch.Tensor | None = None):  # fmt: skip
         super().__init__([mask_id], eos_id, start_id, density, mean_span_length, seed)
-        self.poisson = poisson
+        self.poisson, self.ends = poisson, sentence_ends
 
     def __call__(self, samples: list[dict]) -> dict:
-        if not self.poisson:
+        if not self.poisson and self.ends is None:
             return super().__call__(samples)
         sources = []
         for sample in samples:
             tokens = sample["input_ids"][:-1]
-            noise, _ = noise_counts(len(tokens), self.density, self.mean_span_length)
+            noise, spans = noise_counts(len(tokens), self.density, self.mean_span_length)
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + sample["position"])
-            sources.append(infill_poisson(tokens, noise, self.mean_span_length, int(self.sentinels[0]), self.eos, gen))
+            if self.ends is not None:
+                tokens = permute_sentences(tokens, self.ends[tokens], gen)
+            if self.poisson:
+                source = infill_poisson(tokens, noise, self.mean_span_length, int(self.sentinels[0]), self.eos, gen)
+            else:
+                source, _ = self.pair(tokens, noise_mask(len(tokens), noise, spans, gen), spans)
+            sources.append(source)
         width = max(len(s) for s in sources)
         ids = torch.full((len(sources), width), self.start, dtype=torch.long)
         attention = torch.zeros((len(sources), width), dtype=torch.long)
@@ -156,7 +184,8 @@ class TextInfillingCollator(SpanCorruptionCollator):
             ids[row, : len(source)], attention[row, : len(source)] = source, 1
         labels = torch.stack([torch.cat([s["input_ids"][:-1], torch.tensor([self.eos])]) for s in samples])
         starts = torch.full((len(samples), 1), self.start, dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": attention, "labels": labels,
+        padded = {"attention_mask": attention} if self.poisson else {}  # split spans: one length, no padding
+        return {"input_ids": ids, **padded, "labels": labels,
                 "decoder_input_ids": torch.cat([starts, labels[:, :-1]], dim=1),
                 "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
 
@@ -166,4 +195,4 @@ class TextInfillingCollator(SpanCorruptionCollator):
 
 
 __all__ = ["SpanCorruptionCollator", "TextInfillingCollator", "corrupt", "infill_poisson", "lengths", "noise_counts",
-           "noise_mask", "poisson_lengths", "sentinel_tokens"]
+           "noise_mask", "permute_sentences", "poisson_lengths", "sentence_ends", "sentinel_tokens"]

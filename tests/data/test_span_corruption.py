@@ -112,3 +112,39 @@ def test_poisson_spans_cover_the_noise_in_bart_lengths_zero_length_ones_insertin
     assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
     assert batch["labels"].shape == (4, 129) and torch.equal(batch["decoder_input_ids"][:, 1:], batch["labels"][:, :-1])
     assert torch.equal(collate(samples[1:2])["input_ids"][0, : real[1]], batch["input_ids"][1, : real[1]])
+
+
+def test_sentence_permutation_shuffles_whole_sentences_in_the_encoder_input_only():
+    """permute_sentences: the encoder reads the sequence's sentences (ending after '.', '!', '?' or
+    a newline token; code's lines) in another order, none split; the decoder writes the original."""
+    import itertools
+
+    from pretrain.data.span_corruption import TextInfillingCollator, permute_sentences, sentence_ends
+
+    class Tok:  # ids 0-1 special; 2 ends in ".", 3 in a newline, 4 in "! " (a space after), 5+ do not
+        all_special_ids = [0, 1]
+        texts = ["<pad>", "</s>", " end.", ")\n", "go! ", "a", "b", "c", "d", "e", "f", "g"]
+
+        def __len__(self):
+            return len(self.texts)
+
+        def decode(self, ids):
+            return "".join(self.texts[i] for i in ids)
+
+    ends = sentence_ends(Tok())
+    assert ends.tolist() == [False, False, True, True, True] + [False] * 7
+    tokens = torch.tensor([5, 6, 2, 7, 3, 8, 9, 10, 4, 11, 5, 6, 7, 2, 8])  # 4 sentences, the last cut short
+    sentences = [[5, 6, 2], [7, 3], [8, 9, 10, 4], [11, 5, 6, 7, 2], [8]]
+    orders = set()
+    for seed in range(30):
+        shuffled = permute_sentences(tokens, ends[tokens], torch.Generator().manual_seed(seed)).tolist()
+        assert any(sum(order, []) == shuffled for order in itertools.permutations(sentences))  # whole sentences
+        orders.add(tuple(shuffled))
+    assert len(orders) > 10  # many orders
+    collate = TextInfillingCollator(mask_id=1, eos_id=0, start_id=0, density=0.1, seed=3, sentence_ends=ends)
+    samples = [{"input_ids": torch.cat([tokens, torch.tensor([5])]), "position": i} for i in range(6)]
+    batch = collate(samples)
+    assert "attention_mask" not in batch  # split spans: every source one length
+    assert all(torch.equal(row[:-1], tokens) for row in batch["labels"])  # the decoder writes the original
+    firsts = {int(row[0]) for row in batch["input_ids"]}
+    assert len(firsts) > 1  # sequences start with different sentences

@@ -191,7 +191,8 @@ def test_text_infilling_pretrains_bart_which_exports_to_hf_and_fine_tunes_from_t
     from pretrain.export import export, load_model
     from pretrain.shards import ShardedWeights
 
-    data = {"objective": "text_infilling", "noise_density": 0.3, "span_lengths": "poisson"}  # BART's own spans
+    data = {"objective": "text_infilling", "noise_density": 0.3, "span_lengths": "poisson",
+            "permute_sentences": True}  # BART's own noise: Poisson spans, lines shuffled
     cfg = t5_config(make_config, "bart", model=BART, data=data, train={"max_steps": 8, "eval_every": 8,
                     "eval_batches": 2}, deepspeed={"zero_stage": 3})  # fmt: skip
     out = launch(2, cfg).stdout  # ZeRO-3: the decoder looks its tokens up in the encoder's partitioned table
