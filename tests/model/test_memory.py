@@ -90,3 +90,28 @@ def test_a_padded_row_gives_what_it_gives_alone():
 def test_memory_settings_that_cannot_work_are_refused(kw, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("{", r"\{")):
         tiny(**kw).validate()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["sdpa", "flex"])
+def test_gpu_by_segments_match_eager_forward_and_backward(kernel):
+    """On a GPU in bf16: each segment's queries after their memory (sdpa: torch's lower-right causal
+    bias, which its flash kernels take) stay close to eager in fp32."""
+    torch.manual_seed(0)
+    model = Transformer(tiny(d_model=128, num_kv_heads=2, memory_len=32, segment_len=32, init_std=0.02)).cuda()
+    ids = torch.randint(0, 97, (2, 128), device="cuda")
+
+    def loss_and_grads():
+        model.zero_grad()
+        out = model(ids)
+        out.float().square().mean().backward()
+        return out.float(), {n: p.grad.float().clone() for n, p in model.named_parameters()}
+
+    model.cfg.attention = "eager"
+    ref, ref_grads = loss_and_grads()
+    model.cfg.attention = kernel
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out, grads = loss_and_grads()
+    torch.testing.assert_close(out, ref, atol=5e-2, rtol=5e-2)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=5e-2, rtol=1e-1, msg=name)
