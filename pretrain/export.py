@@ -75,11 +75,16 @@ def load_weights(model, tensors, gather=None, skip: tuple[str, ...] = ()) -> Non
     import torch.distributed as dist
 
     own = {k: p for k, p in model.named_parameters() if not k.startswith(skip)}  # tied: once
+    saved = model.state_dict().keys()  # saved buffers (a Performer's draw) beside them: never partitioned
+    buffers = [k for k, _ in model.named_buffers() if k in saved and not k.startswith(skip)]
     tied = model.cfg.tied_output_keys
     names = set(tensors.keys())
-    missing, unexpected = sorted(set(own) - names), sorted(names - set(own) - tied)
+    missing = sorted(set(own) - names) + sorted(set(buffers) - names)
+    unexpected = sorted(names - set(own) - set(buffers) - tied)
     if missing or unexpected:
         raise ConfigError(f"the weights do not fit the model: missing {missing}, unexpected {unexpected}")
+    if buffers:  # through load_state_dict, so a module sees what it loads
+        model.load_state_dict({k: materialize(tensors[k]) for k in buffers}, strict=False)
     writer = gather is None or not dist.is_initialized() or dist.get_rank() == 0
     for name, param in own.items():
         with gather([param]) if gather is not None else contextlib.nullcontext():

@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from pretrain.config import TrainConfig
 from pretrain.data.batches import IGNORE
+from pretrain.model import redraw_features
 
 
 class NonFiniteLossError(RuntimeError):
@@ -103,6 +104,7 @@ class Trainer:
         backward, no engine step), so none of its gradient reaches the weights.
         """
         self.engine.train()
+        redraw_features(getattr(self.engine, "module", self.engine), self.step + 1)  # Performer's, if it redraws
         losses = []
         while len(losses) < self.grad_accum:
             batch = next(batches)

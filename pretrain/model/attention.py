@@ -423,6 +423,10 @@ class Attention(nn.Module):
         if self.linear == "linformer":
             self.sequence = SequenceProjection(cfg.max_seq_len, cfg.linear_attention_dim)
         self._features_seed, self._features_dim, self._features = 1_000_003 + layer, cfg.linear_attention_dim, None
+        self._redraw_every = cfg.linear_attention_redraw if self.linear == "performer" else 0
+        if self._redraw_every:
+            self.register_buffer("draw", torch.zeros((), dtype=torch.long))  # which draw of the features
+        self._draw = self._features_of = 0  # its value (no device sync per forward); the draw made
 
     def forward(
         self,
@@ -491,8 +495,31 @@ class Attention(nn.Module):
         return replace(ctx, bias=(c2p + p2c.transpose(-1, -2)) * scale, scale=scale)
 
     def features(self, like: torch.Tensor) -> torch.Tensor:
-        """The Performer's random features, made once per device (fp32)."""
-        if self._features is None or self._features.device != like.device:
-            self._features = orthogonal_features(self._features_dim, self.head_dim, self._features_seed,
-                                                 like.device, torch.float32)  # fmt: skip
+        """The Performer's random features, made once per device and draw (fp32); draw 0 is the
+        layer's seed, draw n a seed of its own."""
+        if self._features is None or self._features.device != like.device or self._features_of != self._draw:
+            seed = self._features_seed + 7_919 * self._draw
+            self._features = orthogonal_features(self._features_dim, self.head_dim, seed, like.device, torch.float32)
+            self._features_of = self._draw
         return self._features
+
+    def redraw(self, step: int) -> None:
+        """Before optimizer step ``step`` (from 1): a Performer with linear_attention_redraw takes
+        draw (step - 1) // linear_attention_redraw of its features."""
+        draw = (step - 1) // self._redraw_every if self._redraw_every else 0
+        if draw != self._draw:
+            self.draw.fill_(draw)
+            self._draw = draw
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if hasattr(self, "draw"):
+            self._draw = int(self.draw)
+
+
+def redraw_features(model: nn.Module, step: int) -> None:
+    """Before optimizer step ``step``: every Performer layer that redraws takes that step's draw of
+    its random features (the trainer calls this; nothing happens for other models)."""
+    for module in model.modules():
+        if isinstance(module, Attention) and module._redraw_every:
+            module.redraw(step)

@@ -112,6 +112,10 @@ class ModelConfig:
     stacks only). None: exact attention."""
     linear_attention_dim: int = 64
     """performer: random features per head; linformer: the length keys and values are projected to."""
+    linear_attention_redraw: int = 0
+    """performer: draw new random features every this many optimizer steps, as the Performer paper
+    does for stable training (the draw is a buffer of the model: saved, resumed, exported); 0 keeps
+    the first draw."""
     memory_len: int = 0
     """Transformer-XL's segment-level recurrence (decoders): each row is run as consecutive segments
     of ``segment_len`` tokens, and each layer attends over its own segment and the layer's inputs at
@@ -231,6 +235,9 @@ class ModelConfig:
                 )
         if self.linear_attention is not None:
             self._check_linear_attention()
+        elif self.linear_attention_redraw:
+            raise ValueError(f"linear_attention_redraw={self.linear_attention_redraw}: redraws performer's random "
+                             "features; set linear_attention=performer or drop it")  # fmt: skip
         if self.memory_len or self.segment_len is not None:
             self._check_memory()
         if self.global_tokens:
@@ -283,6 +290,9 @@ class ModelConfig:
         kind = self.linear_attention
         if self.linear_attention_dim < 1:
             raise ValueError(f"linear_attention_dim={self.linear_attention_dim}: must be a positive integer")
+        if self.linear_attention_redraw < 0 or (self.linear_attention_redraw and kind != "performer"):
+            raise ValueError(f"linear_attention_redraw={self.linear_attention_redraw}: a number of steps >= 0, and "
+                             f"only for performer's random features (linear_attention={kind!r})")  # fmt: skip
         if self.position in KERNELS_WITH_BIAS:
             raise ValueError(f"linear_attention={kind!r} forms no score matrix to add the {self.position} bias to; "
                              "use position learned, sinusoidal, rope or none")  # fmt: skip

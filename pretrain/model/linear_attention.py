@@ -5,8 +5,9 @@
   orthogonal Gaussian rows. Attention becomes phi(Q) (phi(K)^T V) over phi(Q) (phi(K)^T 1): no
   T x S matrix. Bidirectional in one pass; causal in chunks, each chunk's queries reading the
   running sums of the chunks before it plus their own chunk's keys (exactly what the causal mask
-  allows). The features are fixed per layer, drawn from a seed of their own (the model's other
-  weights draw as without them), and are not saved.
+  allows). The features are drawn per layer from a seed of their own (the model's other weights
+  draw as without them) and are not saved: with linear_attention_redraw the trainer moves each
+  layer to a new draw every N steps, and only the draw's number is saved (Attention.redraw).
 - Linformer (Wang et al. 2020): keys and values projected along the sequence to a fixed length k by
   learned matrices (shared by the heads of a layer), then softmax attention over those k. The
   projection mixes positions, so it is for bidirectional stacks only; padded keys are zeroed first.

@@ -120,8 +120,42 @@ def test_performer_decodes_the_same_with_and_without_the_cache():
         (dict(linear_attention="performer", position="alibi"), "forms no score matrix to add the alibi bias to"),
         (dict(linear_attention="performer", sliding_window=4), "has no sliding window"),
         (dict(linear_attention="performer", linear_attention_dim=0), "linear_attention_dim=0: must be a positive"),
+        (dict(linear_attention_redraw=100), "linear_attention_redraw=100: redraws performer's random features"),
+        (dict(linear_attention="linformer", arch="encoder", linear_attention_redraw=100),
+         "only for performer's random features"),
     ],
 )
 def test_what_linear_attention_cannot_do_is_refused_by_name(kw, message):
     with pytest.raises(ValueError, match=message):
         tiny(**kw).validate()
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encoder-decoder"])
+def test_performer_redraws_its_features_every_n_steps_and_keeps_the_draw_in_its_state(arch):
+    """linear_attention_redraw=3: steps 1-3 use the first draw (the features of a model that never
+    redraws), 4-6 the next, and so on; the draw is in the state dict, so a saved model loads with
+    the features it was last trained with."""
+    from pretrain.model import redraw_features
+
+    extra = dict(num_decoder_layers=2, norm="rmsnorm", bias=False) if arch != "decoder" else {}
+    cfg = tiny(arch=arch, linear_attention="performer", linear_attention_dim=16, linear_attention_redraw=3, **extra)
+    model = build_model(cfg).eval()
+    fixed = build_model(tiny(arch=arch, linear_attention="performer", linear_attention_dim=16, **extra)).eval()
+    fixed.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith(".draw")})
+    ids = torch.randint(0, 97, (2, 20))
+    run = (lambda m: m(ids, ids)) if arch != "decoder" else (lambda m: m(ids))
+    outs = []
+    with torch.no_grad():
+        for step in range(1, 8):
+            redraw_features(model, step)
+            outs.append(run(model))
+        torch.testing.assert_close(outs[0], run(fixed), atol=0, rtol=0)
+    assert all(torch.equal(outs[i], outs[0]) for i in (1, 2)) and torch.equal(outs[3], outs[5])
+    assert not torch.equal(outs[3], outs[0]) and not torch.equal(outs[6], outs[3])
+    draws = {k: int(v) for k, v in model.state_dict().items() if k.endswith(".draw")}
+    self_attention = cfg.num_layers + (cfg.decoder_layers if arch != "decoder" else 0)  # cross-attention is exact
+    assert len(draws) == self_attention and set(draws.values()) == {2}
+    again = build_model(cfg).eval()
+    again.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(run(again), outs[-1], atol=0, rtol=0)

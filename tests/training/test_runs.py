@@ -116,6 +116,25 @@ def test_a_transformer_xl_memory_trains_partitioned_by_segments_and_exports_our_
         torch.testing.assert_close(torch.cat(steps, dim=1), model(ids), atol=1e-5, rtol=0)
 
 
+def test_performer_redraws_its_features_in_training_and_the_draw_travels_with_checkpoints(make_config, tmp_path):
+    """linear_attention_redraw=2 under ZeRO-3 on 2 processes: 5 steps end on draw 2 ((5 - 1) // 2),
+    which the checkpoint keeps and the export carries."""
+    from pretrain.export import load_consolidated
+
+    performer = {"position": "rope", "linear_attention": "performer", "linear_attention_dim": 16,
+                 "linear_attention_redraw": 2}  # fmt: skip
+    cfg = make_config("gpt2", name="perf", model=performer, train={"max_steps": 5}, deepspeed={"zero_stage": 3})
+    launch(2, cfg)
+    run_dir = tmp_path / "runs" / "perf"
+    assert sorted(losses(run_dir)) == list(range(1, 6))
+    proc = subprocess.run([sys.executable, "-m", "pretrain.export", str(run_dir), str(tmp_path / "export")],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, model = load_consolidated(tmp_path / "export" / "consolidated")
+    assert [int(layer.attn.draw) for layer in model.layers] == [2, 2]
+    assert [layer.attn._draw for layer in model.layers] == [2, 2]  # the features it makes are draw 2's
+
+
 def test_dashboards_get_the_metrics_and_the_config(make_config, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
