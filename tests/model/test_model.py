@@ -216,8 +216,14 @@ def test_learned_positions_refuse_overlong_input():
         model(torch.zeros(1, 9, dtype=torch.long))
 
 
-def test_activation_checkpointing_gives_same_gradients():
-    model = Transformer(tiny(position="rope"))
+@pytest.mark.parametrize(
+    "kw",
+    [dict(position="rope"), dict(position="rope", memory_len=3, segment_len=4),  # Transformer-XL: by segments
+     dict(arch="encoder", position="disentangled", relative_num_buckets=4, relative_max_distance=8)],
+    ids=["rope", "memory", "deberta"],
+)  # fmt: skip
+def test_activation_checkpointing_gives_same_gradients(kw):
+    model = Transformer(tiny(**kw))
     ids = torch.randint(0, 97, (2, 10))
     model(ids).square().mean().backward()
     ref = [p.grad.clone() for p in model.parameters()]
