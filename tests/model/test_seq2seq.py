@@ -277,3 +277,28 @@ def test_bart_base_has_the_shape_of_facebooks_bart_base():
     assert count(hf) == count(ours) + 2 * OFFSET * cfg.d_model
     assert count(ours) - (50_304 - 50_265) * cfg.d_model + 2 * OFFSET * cfg.d_model == 139_420_416  # at
     # facebook/bart-base's vocabulary of 50,265 (ours is rounded up to a multiple of 64): its size
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(position="relative", norm="rmsnorm", bias=False, mlp="geglu_tanh", tie_embeddings=False),  # T5 v1.1
+     dict(position="learned", norm_position="post"),  # BART, the original Transformer
+     dict(position="rope", linear_attention="performer", linear_attention_dim=16)],
+    ids=["t5", "bart", "performer"],
+)  # fmt: skip
+def test_flops_per_token_of_both_stacks_match_torch_flop_counter(kw):
+    """The MFU formula for an encoder-decoder (per source token: the encoder over S tokens, the
+    decoder's self-attention, cross-attention over S and output layer over T = fraction x S)
+    against what FlopCounterMode counts in a training step, within 5%."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pretrain.model import flops_per_token
+
+    cfg = ModelConfig(arch="encoder-decoder", vocab_size=97, d_model=64, num_layers=3, num_decoder_layers=2,
+                      num_heads=4, max_seq_len=64, attention="eager", **kw)  # fmt: skip
+    model = EncoderDecoder(cfg)
+    B, S, T = 4, 64, 16
+    src, tgt = torch.randint(0, 97, (B, S)), torch.randint(0, 97, (B, T))
+    with FlopCounterMode(display=False) as counter:
+        model(src, tgt, labels=tgt)[0].backward()
+    assert flops_per_token(model, S, T / S) == pytest.approx(counter.get_total_flops() / (B * S), rel=0.05)
