@@ -109,7 +109,8 @@ class ModelConfig:
     """Self-attention in time linear in the length instead of softmax over every key (the kernel
     setting then applies to cross-attention only): performer (FAVOR+ random features; causal or
     bidirectional) or linformer (keys and values projected along the sequence; bidirectional
-    stacks only). None: exact attention."""
+    stacks only: an encoder, or an encoder-decoder's encoder, its decoder staying exact). None:
+    exact attention."""
     linear_attention_dim: int = 64
     """performer: random features per head; linformer: the length keys and values are projected to."""
     linear_attention_redraw: int = 0
@@ -299,10 +300,10 @@ class ModelConfig:
         if self.sliding_window is not None:
             raise ValueError(f"linear_attention={kind!r} has no sliding window (it sees every key it may); "
                              "drop sliding_window or linear_attention")  # fmt: skip
-        if kind == "linformer" and self.arch != "encoder":
-            raise ValueError(f"linear_attention='linformer' mixes positions along the sequence, so it cannot "
-                             f"be causal; arch={self.arch!r} has a causal stack (use performer, or "
-                             "arch=encoder)")  # fmt: skip
+        if kind == "linformer" and self.arch == "decoder":
+            raise ValueError("linear_attention='linformer' mixes positions along the sequence, so it cannot "
+                             "be causal; arch='decoder' is a causal stack (use performer, or an encoder or "
+                             "encoder-decoder, whose encoder takes it)")  # fmt: skip
 
 
 def check_padding_kernel(attention: str) -> None:

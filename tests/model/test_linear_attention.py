@@ -116,7 +116,8 @@ def test_performer_decodes_the_same_with_and_without_the_cache():
 @pytest.mark.parametrize(
     "kw, message",
     [
-        (dict(linear_attention="linformer"), "linformer' mixes positions along the sequence, so it cannot be causal"),
+        (dict(linear_attention="linformer"), "linformer' mixes positions along the sequence, so it cannot be causal;"
+         " arch='decoder' is a causal stack"),
         (dict(linear_attention="performer", position="alibi"), "forms no score matrix to add the alibi bias to"),
         (dict(linear_attention="performer", sliding_window=4), "has no sliding window"),
         (dict(linear_attention="performer", linear_attention_dim=0), "linear_attention_dim=0: must be a positive"),
@@ -159,3 +160,28 @@ def test_performer_redraws_its_features_every_n_steps_and_keeps_the_draw_in_its_
     again.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(run(again), outs[-1], atol=0, rtol=0)
+
+
+def test_linformer_is_an_encoder_decoders_encoder_only():
+    """linear_attention=linformer on an encoder-decoder: the encoder's self-attention projects the
+    sequence (a padded source gives what it gives alone, and the projections learn); the decoder's
+    stays exact and causal, so cached decoding equals recompute."""
+    torch.manual_seed(0)
+    cfg = tiny(arch="encoder-decoder", linear_attention="linformer", linear_attention_dim=16, position="rope",
+               norm="rmsnorm", bias=False)  # fmt: skip
+    model = build_model(cfg)
+    assert [b.attn.linear for b in (*model.encoder, *model.decoder)] == ["linformer"] * 2 + [None] * 2
+    src, tgt = torch.randint(3, 97, (2, 12)), torch.randint(3, 97, (2, 6))
+    mask = torch.ones_like(src)
+    mask[1, 8:] = 0
+    with torch.no_grad():
+        batch = model.eval()(src, tgt, mask)
+        alone = model(src[1:, :8], tgt[1:])
+        torch.testing.assert_close(batch[1], alone[0], atol=1e-5, rtol=0)
+        memory = model.encode(src, mask)
+        cache, steps = model.new_cache(2, 6), []
+        for t in range(6):
+            steps.append(model.head(model.decode(tgt[:, t : t + 1], memory, mask, cache=cache)))
+        torch.testing.assert_close(torch.cat(steps, 1), batch, atol=1e-5, rtol=0)
+    model.train()(src, tgt, mask).float().logsumexp(-1).mean().backward()
+    assert model.encoder[0].attn.sequence.weight.grad.abs().sum() > 0

@@ -283,8 +283,9 @@ def test_bart_base_has_the_shape_of_facebooks_bart_base():
     "kw",
     [dict(position="relative", norm="rmsnorm", bias=False, mlp="geglu_tanh", tie_embeddings=False),  # T5 v1.1
      dict(position="learned", norm_position="post"),  # BART, the original Transformer
-     dict(position="rope", linear_attention="performer", linear_attention_dim=16)],
-    ids=["t5", "bart", "performer"],
+     dict(position="rope", linear_attention="performer", linear_attention_dim=16),
+     dict(position="rope", linear_attention="linformer", linear_attention_dim=16)],  # the encoder's only
+    ids=["t5", "bart", "performer", "linformer"],
 )  # fmt: skip
 def test_flops_per_token_of_both_stacks_match_torch_flop_counter(kw):
     """The MFU formula for an encoder-decoder (per source token: the encoder over S tokens, the
