@@ -120,7 +120,7 @@ class Disentangled(nn.Module):
     shared by the layers and normed once per forward; each layer projects them with its own query
     and key matrices and adds to a query-key score q_i k_j the content-to-position term
     q_i K_r[d(i, j)] and the position-to-content term k_j Q_r[d(i, j)], all three over sqrt(3 D)
-    (``Attention.disentangled_bias``). d(i, j) buckets i - j: exact below half the buckets,
+    (``Attention.disentangled``). d(i, j) buckets i - j: exact below half the buckets,
     log-spaced up to ``relative_max_distance``, then clipped to the table."""
 
     def __init__(self, cfg: ModelConfig):
@@ -136,8 +136,8 @@ class Disentangled(nn.Module):
         sign * (half + ceil(log(|rel| / half) / log((max_distance - 1) / half) * (half - 1)))."""
         half = self.span // 2
         dist = rel.abs()
-        # in float32 and in this order, as DeBERTa's released models were trained (a bucket edge can
-        # fall the other way in float64)
+        # as transformers computes it (float32, this order); DeBERTa's own code (float64) gives the same
+        # buckets at v3's 256 / 512 and the sizes the tests use
         reach = torch.log(torch.tensor((self.max_distance - 1) / half, dtype=torch.float32, device=rel.device))
         far = torch.ceil(torch.log(dist.clamp(min=half) / half) / reach * (half - 1)).long() + half
         return torch.where(dist <= half, rel, far * rel.sign())

@@ -229,3 +229,15 @@ def test_deberta_v3_base_has_the_shape_of_microsofts():
     assert config_from_hf(hf_cfg) == cfg
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731 - shared tensors once
     assert count(ours) == count(hf)
+
+
+@pytest.mark.parametrize(
+    "kw, what",
+    [(dict(position_biased_input=True), "'position_biased_input': True"),  # DeBERTa v1's absolute positions
+     (dict(share_att_key=False), "'share_att_key': False"),  # separate distance projections
+     (dict(conv_kernel_size=3), "'conv_kernel_size': 3"),  # deberta-v2-xlarge's convolution
+     (dict(pos_att_type=["c2p"]), "'pos_att_type': ['c2p']")],
+)  # fmt: skip
+def test_deberta_variants_we_do_not_build_are_refused_by_name(kw, what):
+    with pytest.raises(ValueError, match="DeBERTa with .*" + what.replace("[", r"\[").replace("]", r"\]")):
+        config_from_hf(tf.DebertaV2Config(**{**DEBERTA, **kw}))
