@@ -22,6 +22,7 @@ def hf_models():
                 n_head=4,
                 vocab_size=101,
                 n_positions=40,
+                initializer_range=0.3,
                 bos_token_id=None,
                 eos_token_id=None,
             )
@@ -36,6 +37,7 @@ def hf_models():
                 vocab_size=101,
                 max_position_embeddings=40,
                 rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+                initializer_range=0.3,
                 bos_token_id=None,
                 eos_token_id=None,
             )
@@ -51,6 +53,7 @@ def hf_models():
                 attention_bias=True,
                 mlp_bias=True,
                 tie_word_embeddings=True,
+                initializer_range=0.3,
                 bos_token_id=None,
                 eos_token_id=None,
             )
@@ -64,12 +67,13 @@ def hf_models():
     }
 
 
-ENCODER = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=101)
+ENCODER = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=101,
+               initializer_range=0.3)  # wide weights: attention moves the logits (at 0.02 a wrong index in it passed)
 # DeBERTa-v3's shape at a tiny size: distances of 13 tokens reach past the 4 exact buckets into the
 # log-spaced ones.
 DEBERTA = dict(**ENCODER, max_position_embeddings=40, type_vocab_size=2, relative_attention=True, position_buckets=8,
                max_relative_positions=32, pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
-               position_biased_input=False, hidden_act="gelu", layer_norm_eps=1e-7, initializer_range=0.3)  # fmt: skip
+               position_biased_input=False, hidden_act="gelu", layer_norm_eps=1e-7)  # fmt: skip
 
 
 def perturb(model):
