@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from pretrain.config import TrainConfig
 from pretrain.data.batches import IGNORE
-from pretrain.model import redraw_features
+from pretrain.model import redrawing_layers
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,6 +67,8 @@ class Trainer:
         self.inspect_every = inspect_every
         """Every N evaluations, per-head attention summaries go to the monitor (0: never)."""
         self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.redrawing = redrawing_layers(getattr(engine, "module", engine))
+        """Performer layers that take new random features as steps pass (found once)."""
         self.step = 0
         self.tokens = 0
         self.predicted = 0
@@ -104,7 +106,8 @@ class Trainer:
         backward, no engine step), so none of its gradient reaches the weights.
         """
         self.engine.train()
-        redraw_features(getattr(self.engine, "module", self.engine), self.step + 1)  # Performer's, if it redraws
+        for layer in self.redrawing:
+            layer.redraw(self.step + 1)
         losses = []
         while len(losses) < self.grad_accum:
             batch = next(batches)

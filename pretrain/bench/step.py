@@ -112,9 +112,10 @@ def run(args) -> dict:
     torch.manual_seed(0)
     ours = build_model(cfg)
     hf = None if args.no_hf else _hf_twin(ours)
-    nano = None if args.no_nanogpt or unsupported(cfg) else nanogpt_twin(ours)
-    if not args.no_nanogpt and unsupported(cfg):
-        print(f"no nanoGPT-style row: {unsupported(cfg)}")
+    why = None if args.no_nanogpt else unsupported(cfg)
+    nano = None if args.no_nanogpt or why else nanogpt_twin(ours)
+    if why:
+        print(f"no nanoGPT-style row: {why}")
     ours.train()
 
     gen = torch.Generator().manual_seed(0)

@@ -82,23 +82,34 @@ class SpanCorruptionCollator:
         self.eos, self.start, self.seed = eos_id, start_id, seed
         self.density, self.mean_span_length = density, mean_span_length
 
+    padded = False
+    """Whether encoder inputs differ in length (then right-padded with ``start_id``, the pad token,
+    and an ``attention_mask`` says which are real)."""
+
     def __call__(self, samples: list[dict]) -> dict:
         sources, targets = [], []
         for sample in samples:
             tokens = sample["input_ids"][:-1]
             noise, spans = noise_counts(len(tokens), self.density, self.mean_span_length)
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + sample["position"])
-            source, target = self.pair(tokens, noise_mask(len(tokens), noise, spans, gen), spans)
+            source, target = self.source_target(tokens, noise, spans, gen)
             sources.append(source)
             targets.append(target)
         labels = torch.stack(targets)
         starts = torch.full((len(samples), 1), self.start, dtype=torch.long)
-        return {"input_ids": torch.stack(sources), "decoder_input_ids": torch.cat([starts, labels[:, :-1]], dim=1),
-                "labels": labels, "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
+        batch = {"decoder_input_ids": torch.cat([starts, labels[:, :-1]], dim=1), "labels": labels,
+                 "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
+        if not self.padded:
+            return {"input_ids": torch.stack(sources), **batch}
+        ids = torch.full((len(sources), max(len(s) for s in sources)), self.start, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for row, source in enumerate(sources):
+            ids[row, : len(source)], attention[row, : len(source)] = source, 1
+        return {"input_ids": ids, "attention_mask": attention, **batch}
 
-    def pair(self, tokens: torch.Tensor, mask: torch.Tensor, spans: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(encoder input, decoder target) of one sequence and its noise mask."""
-        return corrupt(tokens, mask, self.sentinels, self.eos)
+    def source_target(self, tokens: torch.Tensor, noise: int, spans: int, gen: torch.Generator):
+        """(encoder input, decoder target) of one sequence, its noise drawn from ``gen``."""
+        return corrupt(tokens, noise_mask(len(tokens), noise, spans, gen), self.sentinels, self.eos)
 
 
 def sentence_ends(tok) -> torch.Tensor:
@@ -160,38 +171,16 @@ class TextInfillingCollator(SpanCorruptionCollator):
     def __init__(self, mask_id: int, eos_id: int, start_id: int, density: float = 0.3, mean_span_length: float = 3.0,
                  seed: int = 0, poisson: bool = False, sentence_ends: torch.Tensor | None = None):  # fmt: skip
         super().__init__([mask_id], eos_id, start_id, density, mean_span_length, seed)
-        self.poisson, self.ends = poisson, sentence_ends
+        self.poisson, self.padded, self.ends = poisson, poisson, sentence_ends
 
-    def __call__(self, samples: list[dict]) -> dict:
-        if not self.poisson and self.ends is None:
-            return super().__call__(samples)
-        sources = []
-        for sample in samples:
-            tokens = sample["input_ids"][:-1]
-            noise, spans = noise_counts(len(tokens), self.density, self.mean_span_length)
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + sample["position"])
-            if self.ends is not None:
-                tokens = permute_sentences(tokens, self.ends[tokens], gen)
-            if self.poisson:
-                source = infill_poisson(tokens, noise, self.mean_span_length, int(self.sentinels[0]), self.eos, gen)
-            else:
-                source, _ = self.pair(tokens, noise_mask(len(tokens), noise, spans, gen), spans)
-            sources.append(source)
-        width = max(len(s) for s in sources)
-        ids = torch.full((len(sources), width), self.start, dtype=torch.long)
-        attention = torch.zeros((len(sources), width), dtype=torch.long)
-        for row, source in enumerate(sources):
-            ids[row, : len(source)], attention[row, : len(source)] = source, 1
-        labels = torch.stack([torch.cat([s["input_ids"][:-1], torch.tensor([self.eos])]) for s in samples])
-        starts = torch.full((len(samples), 1), self.start, dtype=torch.long)
-        padded = {"attention_mask": attention} if self.poisson else {}  # split spans: one length, no padding
-        return {"input_ids": ids, **padded, "labels": labels,
-                "decoder_input_ids": torch.cat([starts, labels[:, :-1]], dim=1),
-                "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
-
-    def pair(self, tokens, mask, spans):
-        source, _ = corrupt(tokens, mask, self.sentinels.expand(spans), self.eos)
-        return source, torch.cat([tokens, torch.tensor([self.eos])])
+    def source_target(self, tokens, noise, spans, gen):
+        target = torch.cat([tokens, torch.tensor([self.eos])])
+        if self.ends is not None:
+            tokens = permute_sentences(tokens, self.ends[tokens], gen)
+        if self.poisson:
+            return infill_poisson(tokens, noise, self.mean_span_length, int(self.sentinels[0]), self.eos, gen), target
+        source, _ = corrupt(tokens, noise_mask(len(tokens), noise, spans, gen), self.sentinels.expand(spans), self.eos)
+        return source, target
 
 
 __all__ = ["SpanCorruptionCollator", "TextInfillingCollator", "corrupt", "infill_poisson", "lengths", "noise_counts",

@@ -8,7 +8,7 @@ from .config import ModelConfig
 
 _LAZY = {
     "KVCache": ".attention",
-    "redraw_features": ".attention",
+    "redrawing_layers": ".attention",
     "Transformer": ".transformer",
     "EncoderDecoder": ".seq2seq",
     "pool": ".transformer",

@@ -517,9 +517,7 @@ class Attention(nn.Module):
             self._draw = int(self.draw)
 
 
-def redraw_features(model: nn.Module, step: int) -> None:
-    """Before optimizer step ``step``: every Performer layer that redraws takes that step's draw of
-    its random features (the trainer calls this; nothing happens for other models)."""
-    for module in model.modules():
-        if isinstance(module, Attention) and module._redraw_every:
-            module.redraw(step)
+def redrawing_layers(model: nn.Module) -> list[Attention]:
+    """The Performer layers that redraw their random features (linear_attention_redraw): the
+    trainer calls ``redraw(step)`` on each before every step. Empty for other models."""
+    return [m for m in model.modules() if isinstance(m, Attention) and m._redraw_every]

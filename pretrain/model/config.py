@@ -169,6 +169,11 @@ class ModelConfig:
     def gated(self) -> bool:
         return self.mlp in ("swiglu", "geglu", "geglu_tanh")
 
+    def decoder_stack(self) -> ModelConfig:
+        """encoder-decoder: the config the decoder's blocks are built from, less Linformer (which
+        cannot be causal, so is the encoder's only)."""
+        return replace(self, linear_attention=None) if self.linear_attention == "linformer" else self
+
     @property
     def decoder_layers(self) -> int:
         """encoder-decoder: blocks in the decoder stack."""

@@ -104,10 +104,8 @@ def _encoder_decoder_flops(model: nn.Module, seq_len: int, target_fraction: floa
     head = getattr(model.head, "weight", None)  # none on a classifier's body (encoder only)
     per_target = _linears(model.decoder) - memory + (numel(head) if head is not None else 0)
     targets = target_fraction * seq_len
-    from .seq2seq import decoder_config
-
     attention = (cfg.num_layers * _macs(cfg, seq_len, False)  # per encoder token, then per target token
-                 + cfg.decoder_layers * target_fraction * _macs(decoder_config(cfg), targets, True)  # (self, cross over
+                 + cfg.decoder_layers * target_fraction * _macs(cfg.decoder_stack(), targets, True)  # (self, cross over
                  + cfg.decoder_layers * target_fraction * 2 * seq_len * cfg.head_dim)  # every output)  # fmt: skip
     linears = 6.0 * (_linears(model.encoder) + memory) + 6.0 * per_target * target_fraction
     return linears + 6.0 * cfg.num_heads * attention

@@ -15,7 +15,6 @@ first step, and kept in the same cache.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import torch
 import torch.utils.checkpoint
@@ -36,11 +35,6 @@ def _stack_position(cfg: ModelConfig, causal: bool) -> nn.Module | None:
     return build_position(cfg)
 
 
-def decoder_config(cfg: ModelConfig) -> ModelConfig:
-    """The config the decoder stack's blocks are built from: the model's, less Linformer."""
-    return replace(cfg, linear_attention=None) if cfg.linear_attention == "linformer" else cfg
-
-
 class EncoderDecoder(nn.Module):
     """arch=encoder-decoder. ``gather``: the model is being built partitioned (ZeRO-3), see
     pretrain.model.Transformer."""
@@ -56,8 +50,7 @@ class EncoderDecoder(nn.Module):
         self.encoder_position = _stack_position(cfg, causal=False)
         self.decoder_position = _stack_position(cfg, causal=True)
         self.encoder = nn.ModuleList(Block(cfg, layer=i) for i in range(cfg.num_layers))
-        causal = decoder_config(cfg)  # Linformer, which cannot be causal, is the encoder's only
-        self.decoder = nn.ModuleList(Block(causal, cross_attention=True, layer=cfg.num_layers + i)
+        self.decoder = nn.ModuleList(Block(cfg.decoder_stack(), cross_attention=True, layer=cfg.num_layers + i)
                                      for i in range(cfg.decoder_layers))  # fmt: skip
         pre = cfg.norm_position == "pre"
         self.encoder_norm = build_norm(cfg) if pre else None

@@ -136,7 +136,7 @@ def test_performer_redraws_its_features_every_n_steps_and_keeps_the_draw_in_its_
     """linear_attention_redraw=3: steps 1-3 use the first draw (the features of a model that never
     redraws), 4-6 the next, and so on; the draw is in the state dict, so a saved model loads with
     the features it was last trained with."""
-    from pretrain.model import redraw_features
+    from pretrain.model import redrawing_layers
 
     extra = dict(num_decoder_layers=2, norm="rmsnorm", bias=False) if arch != "decoder" else {}
     cfg = tiny(arch=arch, linear_attention="performer", linear_attention_dim=16, linear_attention_redraw=3, **extra)
@@ -148,7 +148,8 @@ def test_performer_redraws_its_features_every_n_steps_and_keeps_the_draw_in_its_
     outs = []
     with torch.no_grad():
         for step in range(1, 8):
-            redraw_features(model, step)
+            for layer in redrawing_layers(model):
+                layer.redraw(step)
             outs.append(run(model))
         torch.testing.assert_close(outs[0], run(fixed), atol=0, rtol=0)
     assert all(torch.equal(outs[i], outs[0]) for i in (1, 2)) and torch.equal(outs[3], outs[5])
