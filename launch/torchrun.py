@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
         run(parse_args(sys.argv[1:] if argv is None else argv))
     except ChildFailedError as e:
         rank, first = e.get_first_failure()
-        others = sorted((f.rank, f.exitcode) for f in e.failures.values() if f.rank != rank)
+        others = sorted((r, f.exitcode) for r, f in e.failures.items() if r != rank)  # keyed by global rank
         also = "; then " + ", ".join(f"rank {r} (exit status {c})" for r, c in others) if others else ""
         print(f"torchrun: rank {rank} stopped first with exit status {first.exitcode}{also}", file=sys.stderr)
         sys.exit(first.exitcode if first.exitcode > 0 else 1)
