@@ -287,15 +287,17 @@ def _supervise(nodes, grace_s: float, env: dict, run_dir: Path | None = None) ->
 
 
 def preflight(ns, plan: Plan, cluster) -> None:
-    """GPU and host memory against what the job needs and (local and hosts jobs, whose data this
-    machine sees) every local data file read, in one process that may import torch."""
+    """GPU and host memory against what the job needs; for local and hosts jobs, whose files this
+    machine sees, every local data file read and the checkpoint a resume would load compared with
+    the config; for local jobs, the precision on this machine's devices. One process that may
+    import torch."""
     from launch.cluster import local_gpus, local_memory_gib
     from launch.preflight import DOES_NOT_FIT
 
     if ns.skip_preflight:
         return
     here = ns.mode in ("local", "hosts")
-    checks = ["--data"] if here else []
+    checks = (["--data"] if here else []) + (["--here"] if ns.mode == "local" else [])
     gpu_gib = cluster.gpu_memory_gib
     if cluster.gpus and gpu_gib is None and here:
         gpu_gib = local_gpus()[1]

@@ -2,13 +2,18 @@
 DeepSpeed, which the launcher itself never imports):
 
     python -m launch.preflight [--gpu-gib G] [--cpu-gib C] [--nodes N] [--nproc-per-node P]
-        [--program pretrain|finetune] [--no-gpus] CONFIG.yaml [overrides]
+        [--program pretrain|finetune] [--no-gpus] [--data] [--here] CONFIG.yaml [overrides]
 
 Compares the memory the job needs at its ZeRO stage and offload settings (DeepSpeed's estimators,
 see pretrain.memory) with G GiB per GPU and C GiB of host memory per node: model states per GPU,
 and on the host each rank's share of the model while it is built plus what is offloaded (without
 GPUs, the model states themselves). Prints the estimate; when it does not fit, says so with the
 numbers and the settings that would fit, and exits with status 3.
+
+With ``--data`` (the launcher's machine sees the job's files) it also reads every local data file
+and compares the checkpoint a resume would load with the config; with ``--here`` (the processes
+run on this machine) it checks that DeepSpeed trains in the configured precision on its devices.
+Either refusal is one ``config error:`` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -75,6 +80,29 @@ def check_data(program: str, cfg) -> None:
 
         check_task_sources(cfg)
     print("preflight: data files read and their columns found")
+
+
+def check_resume(program: str, cfg, world: int) -> None:
+    """The checkpoint the job would resume from, compared with its config as the processes will
+    (pretrain.checkpoint.compare_for_resume): a new model shape, or a ZeRO stage or precision that
+    checkpoint cannot be loaded at, is one line here instead of once every process has started. The
+    tag is found without reading its files through (the ranks verify them and may fall back to an
+    older tag of the same run, whose config is the same)."""
+    from pretrain import checkpoint as ckpt
+
+    if cfg.train.resume == "never":
+        return  # the ranks refuse an existing checkpoint themselves, before anything is written
+    where = Path(cfg.run_dir if cfg.train.resume == "auto" else cfg.train.resume)
+    resume = where if ckpt.is_complete(where) else newest_complete(where) or newest_complete(checkpoints_dir(where))
+    if resume is None:
+        return
+    ckpt.check_format(resume)
+    if program == "finetune":
+        model = model_config(program, cfg)
+        cfg = cfg if model is None else cfg.with_model(model)
+    info = ckpt.saved_info(resume)
+    ckpt.compare_for_resume(ckpt.saved_config(resume), cfg, info["world_size"], world, lambda m: None, info["step"])
+    print(f"preflight: resumes from {resume.name}, saved by {info['world_size']} process(es)")
 
 
 def cpu_device_bytes(params: int, largest: int, stage: int, world: int) -> float:
@@ -155,13 +183,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nproc-per-node", type=int, default=1)
     ap.add_argument("--program", choices=("pretrain", "finetune"), default="pretrain")
     ap.add_argument("--no-gpus", action="store_true", help="the model states live in host memory")
-    ap.add_argument("--data", action="store_true", help="also read every local data file (format, columns)")
+    ap.add_argument("--data", action="store_true",
+                    help="also read every local data file (format, columns) and the checkpoint a resume would load")
+    ap.add_argument("--here", action="store_true", help="the processes run on this machine: check its precision")
     ap.add_argument("--no-memory", action="store_true", help="do not check memory")
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*")
     ns = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if ns.here or ns.data:
+        cfg = run_config(ns.program, ns.config, ns.overrides)
+    if ns.here:
+        from pretrain.engine import check_precision
+
+        check_precision(cfg.deepspeed.precision, not ns.no_gpus)
     if ns.data:
-        check_data(ns.program, run_config(ns.program, ns.config, ns.overrides))
+        check_data(ns.program, cfg)
+        check_resume(ns.program, cfg, ns.nodes * ns.nproc_per_node)
     if ns.no_memory:
         return
     sys.exit(check(ns.gpu_gib, ns.cpu_gib, ns.nodes, ns.nproc_per_node, ns.program, ns.config, ns.overrides,

@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 from pretrain.checkpoint_layout import COMPLETE, checkpoints_dir, complete_tags, is_complete, newest_complete, tag_for
-from pretrain.config import CheckpointConfig, ConfigError, RunConfig, save_config
+from pretrain.config import CheckpointConfig, ConfigError, DeepSpeedSection, RunConfig, save_config
 from pretrain.files import fsync_dir, write_atomic
 
 __all__ = ["COMPLETE", "checkpoints_dir", "complete_tags", "is_complete", "newest_complete", "tag_for"]
@@ -364,11 +364,45 @@ def universal_tag(tag_dir: Path) -> str:
     return out.name
 
 
+def loads_universal(old: DeepSpeedSection, new: DeepSpeedSection, old_world: int, new_world: int) -> bool:
+    """Whether a checkpoint saved under ``old`` by ``old_world`` processes loads under ``new`` at
+    ``new_world`` through its universal form (DeepSpeed's ds_to_universal: every parameter's fp32
+    weights and Adam moments, whole) rather than as saved; a ConfigError names a change it cannot
+    load at all. What DeepSpeed 0.19 loads (each tried here, one CPU process, fp32/bf16):
+
+    - ZeRO 1 and 2 share one layout: either loads the other's checkpoint as saved, offload or not;
+    - another world size or precision (fp32 <-> bf16) at ZeRO 1-3: the universal form;
+    - ZeRO-0 keeps the whole optimizer in the format of its precision, which no other stage or
+      precision reads; ZeRO-3's universal files differ from ZeRO 1-2's, so neither loads the other;
+    - fp16 carries its dynamic loss scale, which a bf16/fp32 checkpoint's static scale of 1 would
+      replace, so precision changes to or from fp16 are refused.
+    """
+    stage = f"deepspeed.zero_stage changed {old.zero_stage} -> {new.zero_stage}"
+    precision = f"deepspeed.precision changed {old.precision} -> {new.precision}"
+    again = f"resume with deepspeed.zero_stage={old.zero_stage} deepspeed.precision={old.precision}, or start a new run"
+    if old.precision != new.precision and "fp16" in (old.precision, new.precision):
+        raise ConfigError(f"{precision}: fp16 keeps a dynamic loss scale that the other precisions do not save "
+                          f"or read; {again}")  # fmt: skip
+    if 0 in (old.zero_stage, new.zero_stage) and (old.zero_stage, old.precision) != (new.zero_stage, new.precision):
+        what = stage if old.zero_stage != new.zero_stage else precision
+        if old.zero_stage == 0:
+            why = f"a ZeRO-0 checkpoint holds the whole optimizer in {old.precision}'s own format, which only ZeRO-0 "
+            why += f"in {old.precision} loads"
+        else:
+            why = f"ZeRO-0 loads only ZeRO-0 checkpoints of its own precision, and this one is ZeRO-{old.zero_stage}"
+        raise ConfigError(f"{what}: {why}; {again}")
+    if (old.zero_stage == 3) != (new.zero_stage == 3):
+        raise ConfigError(f"{stage}: DeepSpeed loads ZeRO-3 checkpoints at ZeRO-3 only, and ZeRO-1/2 ones at "
+                          f"ZeRO-1/2 only; {again}")  # fmt: skip
+    return old.zero_stage > 0 and (old_world != new_world or old.precision != new.precision)
+
+
 def compare_for_resume(old: RunConfig, new: RunConfig, old_world: int, new_world: int, warn,
                        step: int | None = None) -> dict:
     """Refuse a different model shape; warn about what changes meaning on resume.
 
-    Returns which saved states still apply: {"data": bool}.
+    Returns which saved states still apply and how the checkpoint loads: {"data": bool,
+    "universal": bool} (see loads_universal).
     """
     shape = (
         *("arch", "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "ffn_hidden_size"),
@@ -384,7 +418,10 @@ def compare_for_resume(old: RunConfig, new: RunConfig, old_world: int, new_world
             f"the checkpoint's model has another shape ({diff}); resume with the saved shape or start a new run "
             f"(another name, or train.resume=never in a fresh output_dir)"
         )
-    keep = {"data": True}
+    keep = {"data": True, "universal": loads_universal(old.deepspeed, new.deepspeed, old_world, new_world)}
+    if old.deepspeed.precision != new.deepspeed.precision:
+        warn(f"deepspeed.precision changed {old.deepspeed.precision} -> {new.deepspeed.precision}: the weights and "
+             "AdamW moments continue from the checkpoint's fp32 values, through DeepSpeed's universal form")
     if old.data.seq_len != new.data.seq_len:
         warn(f"data.seq_len changed {old.data.seq_len} -> {new.data.seq_len}: the saved data position counts "
              f"sequences of the old length, so the data stream starts again from its beginning")  # fmt: skip

@@ -15,7 +15,7 @@ import sys
 import torch
 from torch import nn
 
-from pretrain.config import DeepSpeedSection, TrainConfig, deep_merge, read_deepspeed_json
+from pretrain.config import ConfigError, DeepSpeedSection, TrainConfig, deep_merge, read_deepspeed_json
 from pretrain.files import free_port
 
 
@@ -67,6 +67,23 @@ def deepspeed_config(ds: DeepSpeedSection, train: TrainConfig, world_size: int, 
     if ds.config_file:
         config = deep_merge(config, read_deepspeed_json(ds.config_file))
     return config
+
+
+def check_precision(precision: str, gpus: bool) -> None:
+    """A ConfigError unless DeepSpeed trains in ``precision`` on this machine's devices: its CUDA GPUs,
+    or without GPUs its CPU (bf16 everywhere; fp16 only where oneDNN has fp16 kernels). DeepSpeed
+    asks the same of its accelerator, but only once every process has started, with a traceback."""
+    if precision == "fp32":
+        return
+    from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+    from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator
+
+    device = CUDA_Accelerator() if gpus else CPU_Accelerator()
+    if not (device.is_bf16_supported() if precision == "bf16" else device.is_fp16_supported()):
+        where = torch.cuda.get_device_name() if gpus else "this machine's CPU (no GPUs)"
+        other = "bf16 or fp32" if precision == "fp16" else "fp16 or fp32"
+        raise ConfigError(f"deepspeed.precision={precision}: DeepSpeed cannot train in {precision} on {where}; "
+                          f"use {other}")  # fmt: skip
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float, lr_scale=lambda name: 1.0) -> list[dict]:

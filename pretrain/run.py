@@ -28,6 +28,7 @@ from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, RunConfig, TrainConfig, save_config, to_dict
 from pretrain.data.config import DataConfig
 from pretrain.engine import (
+    check_precision,
     deepspeed_config,
     init_distributed,
     initialize,
@@ -155,6 +156,7 @@ def run(cfg: RunConfig, make_task=LanguageModelTask.for_run) -> None:
     task = make_task(cfg)
     cfg = cfg.with_model(task.model_cfg)  # fine-tuning trains init_from's shape: checked against it
     task.check_data()  # a bad file is one line from here, before any process group ties the ranks together
+    check_precision(cfg.deepspeed.precision, torch.cuda.is_available())
     rank, world = init_distributed(cfg.train.dist_timeout_s)
     resume = find_resume(cfg, rank, world)  # a refusal here leaves the run directory as it was
     if rank != 0:
@@ -199,18 +201,20 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
     say = print if rank == 0 else (lambda *a, **k: None)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
-    keep_data = _prepare_data(cfg, task, rank, world, resume, ready, say)
+    keep = _prepare_data(cfg, task, rank, world, resume, ready, say)
     saved_world = ckpt.saved_info(resume)["world_size"] if resume is not None else world
-    # ZeRO-1-3 shards are per rank: another world size loads their universal form. A ZeRO-0
-    # checkpoint holds the whole model and optimizer in one file, which any world size loads as it is.
-    universal = saved_world != world and ckpt.saved_config(resume).deepspeed.zero_stage > 0
+    # ZeRO-1-3 shards are per rank and per precision: another world size or precision loads their
+    # universal form (ckpt.loads_universal). A ZeRO-0 checkpoint holds the whole model and optimizer
+    # in one file, which any world size loads as it is.
+    universal = keep["universal"]
     engine, weight_decays = _build_engine(cfg, task, world, grad_accum, universal, say)
     torch.manual_seed(cfg.train.seed + rank)  # dropout differs across ranks
     state = None
     if resume is not None:
-        say(f"resuming from {resume} (saved by {saved_world} process(es), now {world})")
+        how = "; loading its universal form" if universal else ""
+        say(f"resuming from {resume} (saved by {saved_world} process(es), now {world}{how})")
         state = _load_checkpoint(engine, resume, universal, weight_decays)
-        if keep_data:
+        if keep["data"]:
             task.train_batches.load_state_dict(state["data"])
         rng = ckpt.load_rng_state(resume, rank) if saved_world == world else None
         if rng is not None:
@@ -220,9 +224,10 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
 
 def _prepare_data(cfg: RunConfig, task, rank: int, world: int, resume, ready, say) -> bool:
     """Tokenizer and data on rank 0 first, then the others read what it made; rank 0 then marks the
-    run started (``ready``). Returns whether a resume keeps the checkpoint's data position."""
+    run started (``ready``). Returns what ckpt.compare_for_resume says of the checkpoint: whether
+    the resume keeps its data position, and whether it loads through the universal form."""
     run_dir = cfg.run_dir
-    keep = {"data": True}
+    keep = {"data": True, "universal": False}
     if resume is not None:
         info = ckpt.saved_info(resume)
         keep = ckpt.compare_for_resume(ckpt.saved_config(resume), cfg, info["world_size"], world,
@@ -241,7 +246,7 @@ def _prepare_data(cfg: RunConfig, task, rank: int, world: int, resume, ready, sa
         ready()
         for name, text in task.extra_files().items():
             (run_dir / name).write_text(text)
-    return keep["data"]
+    return keep
 
 
 def _build_engine(cfg: RunConfig, task, world: int, grad_accum: int, universal: bool, say):

@@ -115,6 +115,20 @@ CASES = [
     ("checkpoint: config of an older release", pretrain("train.resume={tmp}/older/step_00000010"),
      "config error: the config of checkpoint {tmp}/older/step_00000010 does not read in this release (unknown key "
      "'model.n_layer'; did you mean 'model.num_layers'?); load it with the release that wrote it and export it"),
+    ("checkpoint: resumed at a ZeRO stage it does not load at",
+     pretrain(f"train.resume={GOLDEN}", "deepspeed.zero_stage=2", "deepspeed.precision=fp32"),
+     "config error: deepspeed.zero_stage changed 0 -> 2: a ZeRO-0 checkpoint holds the whole optimizer in fp32's own "
+     "format, which only ZeRO-0 in fp32 loads; resume with deepspeed.zero_stage=0 deepspeed.precision=fp32, or start "
+     "a new run"),
+    ("checkpoint: the same under the launcher", ["launch", "local", DEBUG, "--nproc-per-node", "2",
+                                                 "output_dir={tmp}/runs", "data.cache_dir={tmp}/cache",
+                                                 f"train.resume={GOLDEN}", "deepspeed.zero_stage=3"],
+     "config error: deepspeed.zero_stage changed 0 -> 3: a ZeRO-0 checkpoint holds the whole optimizer"),
+    *([("config: a precision this machine has no kernels for, under the launcher",
+        ["launch", "local", DEBUG, "--nproc-per-node", "2", "cluster.gpus=false", "output_dir={tmp}/runs",
+         "deepspeed.precision=fp16"],
+        "config error: deepspeed.precision=fp16: DeepSpeed cannot train in fp16 on this machine's CPU (no GPUs)")]
+      if not torch.ops.mkldnn._is_mkldnn_fp16_supported() else []),  # a CPU with oneDNN fp16 trains in it
     ("cluster: hosts without a hostfile", ["launch", "hosts", "configs/pretrain/default.yaml", "--dry-run"],
      "config error: hosts needs a hostfile"),
     ("cluster: image with shell characters",

@@ -118,3 +118,34 @@ def test_latest_pointing_at_a_lost_checkpoint_falls_back_to_the_newest_complete(
 def test_no_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no complete checkpoint in"):
         ckpt.resolve(tmp_path)
+
+
+def test_a_resume_loads_as_saved_or_universal_where_deepspeed_can_and_names_what_it_cannot():
+    from pretrain.config import DeepSpeedSection
+
+    def route(old, new, old_world=2, new_world=2):
+        saved, now = (DeepSpeedSection(zero_stage=stage, precision=precision) for stage, precision in (old, new))
+        return ckpt.loads_universal(saved, now, old_world, new_world)
+
+    assert route((2, "bf16"), (2, "bf16")) is False
+    assert route((1, "bf16"), (2, "bf16")) is False and route((2, "fp32"), (1, "fp32")) is False  # one layout
+    assert route((0, "bf16"), (0, "bf16"), 2, 1) is False  # one file with everything, any world size
+    for stage in (1, 2, 3):
+        assert route((stage, "bf16"), (stage, "bf16"), 2, 1) is True
+        assert route((stage, "fp32"), (stage, "bf16")) is True and route((stage, "bf16"), (stage, "fp32")) is True
+    assert route((2, "fp32"), (1, "bf16")) is True
+    refused = {
+        ((2, "bf16"), (3, "bf16")): "deepspeed.zero_stage changed 2 -> 3: DeepSpeed loads ZeRO-3 checkpoints at ZeRO-3",
+        ((3, "fp32"), (1, "fp32")): "deepspeed.zero_stage changed 3 -> 1",
+        ((0, "fp32"), (2, "fp32")): "deepspeed.zero_stage changed 0 -> 2: a ZeRO-0 checkpoint holds the whole",
+        ((2, "bf16"), (0, "bf16")): "deepspeed.zero_stage changed 2 -> 0: ZeRO-0 loads only ZeRO-0 checkpoints",
+        ((0, "fp32"), (0, "bf16")): "deepspeed.precision changed fp32 -> bf16: a ZeRO-0 checkpoint",
+        ((2, "fp16"), (2, "bf16")): "deepspeed.precision changed fp16 -> bf16: fp16 keeps a dynamic loss scale",
+        ((2, "fp32"), (2, "fp16")): "deepspeed.precision changed fp32 -> fp16",
+    }
+    for (old, new), message in refused.items():
+        with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(")) as e:
+            route(old, new)
+        assert f"resume with deepspeed.zero_stage={old[0]} deepspeed.precision={old[1]}" in str(e.value)
+    with pytest.raises(ConfigError, match="of its own precision, and this one is ZeRO-2"):
+        route((2, "bf16"), (0, "bf16"))

@@ -1,5 +1,6 @@
 """Checkpoints under fire: a run killed with SIGKILL resumes to exactly the uninterrupted losses;
-a 2-process checkpoint resumes on 1 process through DeepSpeed's universal format."""
+a 2-process checkpoint resumes on 1 process through DeepSpeed's universal format, and so does a
+checkpoint resumed in another precision (at another ZeRO stage of the same layout)."""
 
 import pytest
 
@@ -48,3 +49,24 @@ def test_two_process_checkpoint_resumes_on_one_process(make_config, tmp_path, st
         # 1e-5, tighter than the 1e-4 asked for: DeepSpeed's ZeRO-3 loader giving norms and embeddings
         # weight decay (see engine.repair_loaded_optimizer) shows as 4e-5 by step 8; both stages match to ~5e-7
         assert got[step] == pytest.approx(reference[step], abs=1e-5), f"step {step}"
+
+
+def test_a_checkpoint_resumes_in_another_precision_and_zero_stage_through_its_universal_form(make_config, tmp_path):
+    """fp32 at ZeRO-2, resumed in bf16 at ZeRO-1: before, DeepSpeed looked for bf16 shard files
+    that an fp32 run never writes (FileNotFoundError in every process). The universal form carries
+    the fp32 weights and AdamW moments, so the next losses follow the uninterrupted fp32 run to bf16's
+    rounding."""
+    full = make_config(name="fp32", train={"max_steps": 4}, checkpoint={"every_steps": 2})
+    launch(1, full)
+    reference = losses(tmp_path / "runs" / "fp32")
+    saved = tmp_path / "runs" / "fp32" / "checkpoints" / "step_00000002"
+    other = make_config(name="bf16", deepspeed={"zero_stage": 1, "precision": "bf16"},
+                        train={"max_steps": 4, "resume": str(saved)})  # fmt: skip
+    out = launch(1, other).stdout
+    assert "warning: deepspeed.precision changed fp32 -> bf16" in out and "loading its universal form" in out
+    assert (saved.parent / "step_00000002_universal").is_dir()
+    got = losses(tmp_path / "runs" / "bf16")
+    assert sorted(got) == [3, 4]
+    # measured: 1.5e-4 and 2.5e-4 apart; with the AdamW moments dropped at load, step 4 is 1.9e-3 apart
+    for step in got:
+        assert got[step] == pytest.approx(reference[step], abs=6e-4), f"step {step}"

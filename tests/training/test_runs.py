@@ -203,6 +203,10 @@ def run_quiet(cfg, *overrides, world_size=1):
         (["train.global_batch_size=12"], 2,
          "train.global_batch_size=12: must be a multiple of micro_batch_size x processes = 4 x 2 = 8"),
         (["deepspeed.config_file=FP16JSON"], 1, "enables both bf16 and fp16"),
+        pytest.param(["deepspeed.precision=fp16"], 1,
+                     "deepspeed.precision=fp16: DeepSpeed cannot train in fp16 on this machine's CPU (no GPUs)",
+                     marks=pytest.mark.skipif(torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_fp16_supported(),
+                                              reason="this machine has fp16 that DeepSpeed trains with")),
     ],
 )  # fmt: skip
 def test_impossible_deepspeed_settings_stop_before_anything_starts(make_config, tmp_path, overrides, world_size,
