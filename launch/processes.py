@@ -54,8 +54,8 @@ def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = No
             threading.Thread(target=_pump, args=(proc, f"[{node.name}] ", out, lock, tails[node.name]),
                              daemon=True).start()  # fmt: skip
 
-    def stop_all(sig=signal.SIGTERM):
-        if sig == signal.SIGTERM:  # first every rank prints its Python stack (faulthandler): where it hung
+    def stop_all(sig=signal.SIGTERM, stacks=True):
+        if sig == signal.SIGTERM and stacks:  # first every rank prints its Python stack (faulthandler): where it hung
             for node, proc in zip(nodes, procs, strict=True):
                 if proc.poll() is None and not node.stop:
                     _signal_workers(proc.pid, signal.SIGUSR1)
@@ -66,7 +66,16 @@ def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = No
                     _stop_remote(node, out, lock)
                 _signal_tree(proc.pid, sig)
 
-    previous = signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(143)))
+    def terminated(*_):
+        """The launcher itself was asked to stop (a scheduler, a user): SIGTERM to every node, whose
+        ranks finish their step and save a checkpoint of it; SIGKILL after grace_s."""
+        _say(out, lock, f"launch: stopping the job (SIGTERM); its ranks save a checkpoint, {grace_s:.0f}s at most")
+        stop_all(stacks=False)
+        _wait(procs, grace_s)
+        stop_all(signal.SIGKILL)
+        sys.exit(143)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     failed: dict[str, int] = {}
     deadline = None
     try:

@@ -1,4 +1,4 @@
-"""python -m launch runs [RUNS_DIR]: one line per run: state (running, finished, failed), step,
+"""python -m launch runs [RUNS_DIR]: one line per run: state (running, finished, failed, stopped), step,
 last loss, newest complete checkpoint; and the dashboard's address."""
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def show(runs_dir: str) -> str:
     for r in rows:
         loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
         lines.append(f"{r['name']:24s} {r['state']:9s} {r['step']:8d} {loss:>8s}  {r['checkpoint'] or '-'}")
-        if r["state"] == "failed" and r["error"]:
+        if r["state"] in ("failed", "stopped") and r["error"]:
             lines.append(f"{'':24s} {r['error'].splitlines()[0][:150]}")
     url = address(runs_dir)
     lines.append(

@@ -143,6 +143,9 @@ def _choose_resume(cfg: RunConfig):
     return resume
 
 
+STOPPED_EXIT = 128 + signal.SIGTERM
+"""The exit status of a run stopped on a signal after saving its checkpoint (as if killed by SIGTERM)."""
+
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 """What gloo says when another rank's process is gone: not this rank's story to tell at length."""
 
@@ -161,7 +164,7 @@ def run(cfg: RunConfig, make_task=LanguageModelTask.for_run) -> None:
     resume = find_resume(cfg, rank, world)  # a refusal here leaves the run directory as it was
     if rank != 0:
         try:
-            _run(cfg, task, rank, world, grad_accum, resume)
+            _, stopped = _run(cfg, task, rank, world, grad_accum, resume)
         except Exception as e:
             if any(s in str(e) for s in PEER_GONE):  # rank 0 (or another) ended first and said why
                 print(f"rank {rank}: stopped, another process of the job ended ({str(e).splitlines()[0][:200]})",
@@ -169,6 +172,8 @@ def run(cfg: RunConfig, make_task=LanguageModelTask.for_run) -> None:
                 sys.exit(1)
             raise
         leave_process_group()
+        if stopped:
+            sys.exit(STOPPED_EXIT)
         return
     started = False
 
@@ -183,7 +188,7 @@ def run(cfg: RunConfig, make_task=LanguageModelTask.for_run) -> None:
         started = True
 
     try:
-        step = _run(cfg, task, rank, world, grad_accum, resume, ready)
+        step, stopped = _run(cfg, task, rank, world, grad_accum, resume, ready)
     except BaseException as e:
         if started:
             try:
@@ -191,13 +196,17 @@ def run(cfg: RunConfig, make_task=LanguageModelTask.for_run) -> None:
             except OSError as status_error:  # a full disk, say: report it, but raise the cause
                 print(f"warning: could not record the failure in status.json ({status_error})", file=sys.stderr)
         raise
+    if stopped:
+        write_status(cfg.run_dir, "stopped", step=step, error=f"{stopped}; the same command resumes from it")
+        leave_process_group()
+        sys.exit(STOPPED_EXIT)
     write_status(cfg.run_dir, "finished", step=step)
     leave_process_group()
 
 
-def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, ready=None) -> int:
-    """Setup, resume and fit in one process; returns the last step. ``ready`` (rank 0) is called
-    once the data is prepared."""
+def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, ready=None) -> tuple[int, str]:
+    """Setup, resume and fit in one process; returns the last step and, for a run stopped on a
+    signal, why (else ""). ``ready`` (rank 0) is called once the data is prepared."""
     say = print if rank == 0 else (lambda *a, **k: None)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -292,7 +301,7 @@ def _load_checkpoint(engine, resume, universal: bool, weight_decays: list[float]
     return client["pretrain"]
 
 
-def _fit(cfg: RunConfig, task, engine, rank: int, world: int, grad_accum: int, state, say) -> int:
+def _fit(cfg: RunConfig, task, engine, rank: int, world: int, grad_accum: int, state, say) -> tuple[int, str]:
     """Train from the resumed state (or step 0) to the end, saving as configured; rank 0 prints
     where everything is."""
     from pretrain.model import count_parameters, flops_per_token
@@ -323,13 +332,17 @@ def _fit(cfg: RunConfig, task, engine, rank: int, world: int, grad_accum: int, s
                       inspect_every=cfg.log.inspect_every if cfg.log.tensorboard else 0)  # fmt: skip
     if state is not None:
         trainer.load_state_dict(state["trainer"])
+    # SIGTERM (torchrun passes it on from Slurm's time-limit trap, a preempting scheduler or a
+    # Kubernetes pod's deletion): finish the step, save it on every rank together, end with 143.
+    previous = signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop("SIGTERM"))
     try:
         trainer.fit()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         lines = monitor.close()
     if rank == 0:
         _print_summary(run_dir, trainer, lines)
-    return trainer.step
+    return trainer.step, trainer.stopped
 
 
 def _print_summary(run_dir, trainer, lines: list[str]) -> None:
@@ -339,6 +352,8 @@ def _print_summary(run_dir, trainer, lines: list[str]) -> None:
     print(f"\ndone: step {trainer.step}; {shown}")
     if trainer.stopped_early:
         print(trainer.stopped_early + " (train.early_stopping_patience)")
+    if trainer.stopped:
+        print(f"{trainer.stopped}: run the same command again to resume from its checkpoint")
     print(f"run directory: {run_dir}")
     print(f"checkpoints: {root} (newest: {newest.name if newest else 'none'})")
     if (root / "best").exists():

@@ -1,6 +1,6 @@
 """A run's state on disk: ``RUN/status.json``, written by rank 0, read by ``python -m launch runs``.
 
-    {"state": "running" | "finished" | "failed", "step": 120, "host": "node1", "pid": 4242,
+    {"state": "running" | "finished" | "failed" | "stopped", "step": 120, "host": "node1", "pid": 4242,
      "world_size": 16, "started": 1764150000.0, "updated": 1764150600.0, "error": "..."}
 
 A process killed outright (SIGKILL, a lost node) cannot say that it failed: its file still says
@@ -31,7 +31,8 @@ def metric_records(run_dir: str | Path, kind: str | None = None) -> list[dict]:
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 FILE = "status.json"
-STATES = ("running", "finished", "failed")
+STATES = ("running", "finished", "failed", "stopped")
+"""stopped: on a signal (preemption, a time limit), after saving a checkpoint of its last step."""
 
 
 def write_status(run_dir: str | Path, state: str, **fields) -> None:

@@ -80,6 +80,12 @@ class Trainer:
         self.stale_evals = 0
         """Evaluations in a row that did not improve ``watched``."""
         self.stopped_early = ""
+        self.stopping = ""
+        """Why every rank is stopping after this step (any rank's request, agreed in the all-reduce)."""
+        self.stop_requested = ""
+        """Why this rank was asked to stop (a signal handler sets it; see request_stop)."""
+        self.stopped = ""
+        """Set when the run stopped on request: at which step, and why."""
 
     def state_dict(self) -> dict:
         return {"step": self.step, "tokens": self.tokens, "predicted": self.predicted, "skipped": self.skipped,
@@ -92,6 +98,12 @@ class Trainer:
         self.best = state.get("best", {})
         self.predicted = state.get("predicted", 0)
         self.watched, self.stale_evals = state.get("watched"), state.get("stale_evals", 0)
+
+    def request_stop(self, why: str) -> None:
+        """Ask the run to stop (safe from a signal handler: it only notes the request). Every rank
+        learns of any rank's request in the next step's all-reduce, finishes that step, saves a
+        checkpoint of it together with the others and ends: a preempted job loses no steps."""
+        self.stop_requested = self.stop_requested or why
 
     def _all_reduce(self, values: list) -> torch.Tensor:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64)
@@ -115,7 +127,12 @@ class Trainer:
             tokens, predicted = _count_tokens(batch)
             value = loss.item()
             finite = math.isfinite(value)
-            total, bad, tokens, predicted = self._all_reduce([value if finite else 0.0, not finite, tokens, predicted])
+            asked = bool(self.stop_requested)
+            total, bad, tokens, predicted, stop = self._all_reduce(
+                [value if finite else 0.0, not finite, tokens, predicted, asked]
+            )
+            if stop > 0 and not self.stopping:
+                self.stopping = self.stop_requested or "a stop request to another rank"
             if bad > 0:
                 self.skipped += 1
                 self.nonfinite_in_row += 1
@@ -192,13 +209,18 @@ class Trainer:
         while self.step < end:
             window.append(self.train_step(batches))
             last = self.step == end
-            if self.step % self.log_every == 0 or last:
+            if self.step % self.log_every == 0 or last or self.stopping:
                 steps = self.step - last_log
                 self.monitor.step(self.step, self._metrics(sum(window) / len(window)), tokens=self.tokens - last_tokens,
                                   predicted=self.predicted - last_predicted, steps_since_last=steps)  # fmt: skip
                 last_log, last_tokens, last_predicted, window = self.step, self.tokens, self.predicted, []
             else:
                 self.monitor.progress(self.step)
+            if self.stopping and not last:  # no evaluation: a preempted job has seconds, not minutes
+                self.stopped = f"stopped at step {self.step} on {self.stopping}"
+                self.monitor.note(f"{self.stopped}: saving a checkpoint of this step")
+                self.checkpoint(self, True)
+                break
             if self.val_batches is not None and self.eval_every and (self.step % self.eval_every == 0 or last):
                 self.last_eval = {"step": self.step, **self.evaluate()}
                 self.monitor.eval(self.step, {k: v for k, v in self.last_eval.items() if k != "step"})

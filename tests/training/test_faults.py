@@ -170,3 +170,35 @@ def test_a_changed_corpus_on_resume_is_one_line_and_leaves_the_run_alone(make_co
     assert "Start the same command again" not in said, said[-3000:]
     assert "DistBackendError" not in said and "RuntimeError" not in said, said[-3000:]  # rank 1: one line at most
     assert {name: (run_dir / name).read_text() for name in before} == before
+
+
+def test_sigterm_saves_the_step_it_stops_at_on_every_rank_and_the_run_resumes_there(make_config, tmp_path):
+    """A preempted or timed-out job gets SIGTERM (Slurm's trap, Kubernetes, a user): the launcher
+    passes it to torchrun, which passes it to the ranks; they agree in the next step's all-reduce,
+    finish that step, save it and end with 143. Before, they died where they were and everything
+    after the last periodic checkpoint was lost (here: every step, as none is periodic)."""
+    import signal
+    import time
+
+    cfg = make_config(name="preempted", train={"max_steps": 3000}, checkpoint={"every_steps": 0})
+    run_dir = tmp_path / "runs" / "preempted"
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "local", str(cfg), "--nproc-per-node", "2",
+                             "cluster.gpus=false"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 240
+    while len(metric_records(run_dir, "train")) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # the launcher only, as a scheduler would
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 143, out[-3000:]
+    step = max(losses(run_dir))
+    assert 3 <= step < 3000
+    assert f"stopped at step {step} on SIGTERM: saving a checkpoint of this step" in out, out[-3000:]
+    assert "torchrun: stopped on signal SIGTERM" in out and "Traceback" not in out, out[-3000:]
+    assert ckpt.newest_complete(run_dir / "checkpoints").name == f"step_{step:08d}"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "stopped" and status["step"] == step, status
+    resumed = launch(2, cfg, f"train.stop_at_step={step + 2}").stdout
+    assert f"resuming from {run_dir / 'checkpoints' / f'step_{step:08d}'}" in resumed
+    assert sorted(losses(run_dir)) == list(range(1, step + 3))
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
