@@ -22,6 +22,7 @@ import torch
 
 from pretrain.config import LogConfig
 from pretrain.files import write_atomic
+from pretrain.status import parse_record
 
 # Dense peak TFLOP/s per device and precision, by a substring of torch.cuda.get_device_name();
 # first match wins. fp32 is the plain (non-tensor-core) rate; tf32 applies when torch allows it.
@@ -229,12 +230,14 @@ class Monitor:
 
 def _drop_records_after(path: Path, step: int) -> None:
     """Keep only the records up to ``step``: those after it were logged by a run that died before
-    its next checkpoint, and the resumed run logs those steps again."""
+    its next checkpoint, and the resumed run logs those steps again. A torn line (a process killed
+    mid-write, a full disk) goes too, so that the next record starts a line of its own."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
-    kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    if len(kept) != len(lines):
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    kept = [ln for ln in lines if (rec := parse_record(ln)) is not None and rec.get("step", 0) <= step]
+    if len(kept) != len(lines) or (text and not text.endswith("\n")):
         write_atomic(path, "".join(ln + "\n" for ln in kept))
 
 

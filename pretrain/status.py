@@ -27,8 +27,18 @@ def metric_records(run_dir: str | Path, kind: str | None = None) -> list[dict]:
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in map(parse_record, path.read_text(errors="replace").splitlines()) if r is not None]
     return [r for r in records if kind is None or r.get("kind") == kind]
+
+
+def parse_record(line: str) -> dict | None:
+    """One line of metrics.jsonl as its record; None for a blank line or one that is not a whole
+    record (the tail written by a process killed mid-write, or when the disk filled up)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 FILE = "status.json"
 STATES = ("running", "finished", "failed", "stopped")

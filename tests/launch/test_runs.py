@@ -62,3 +62,26 @@ def test_write_status_keeps_the_start_and_clears_an_old_error(tmp_path):
     write_status(tmp_path, "finished", step=7)
     done = read_status(tmp_path)
     assert done["started"] == first["started"] and done["step"] == 7 and done["state"] == "finished"
+
+
+def test_a_torn_metrics_line_is_left_out_and_a_resume_starts_the_next_record_on_a_line_of_its_own(tmp_path):
+    """A process killed mid-write (or a full disk) leaves half a record at the end of metrics.jsonl:
+    reading it stopped every resume (JSONDecodeError in the monitor) and the plots."""
+    from pretrain.monitor import _drop_records_after
+    from pretrain.status import metric_records
+
+    run = make_run(tmp_path, "torn", losses=[3.0, 2.5, 2.0])
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "step": 4, "lo')
+    assert [r["step"] for r in metric_records(run, "train")] == [1, 2, 3]
+    assert list_runs(tmp_path)[0]["step"] == 3
+    _drop_records_after(run / "metrics.jsonl", 2)  # what a resume from step 2 does first
+    text = (run / "metrics.jsonl").read_text()
+    assert text.endswith("\n") and '"step": 4' not in text
+    assert [r["step"] for r in metric_records(run)] == [1, 2]
+    with open(run / "metrics.jsonl", "a") as f:  # the resumed run's next record
+        f.write(json.dumps({"kind": "train", "step": 3, "loss": 2.1}) + "\n")
+    assert [r["loss"] for r in metric_records(run, "train")] == [3.0, 2.5, 2.1]
+    (run / "metrics.jsonl").write_text(text + '{"kind": "train", "step": 3')  # torn, nothing after step 2 kept
+    _drop_records_after(run / "metrics.jsonl", 2)
+    assert (run / "metrics.jsonl").read_text() == text
