@@ -23,6 +23,7 @@ the one ``latest`` or ``best`` names.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -271,7 +272,31 @@ class Checkpointer:
 
     def save(self, engine, step: int, client_state: dict, run_config: RunConfig, tokenizer,
              extra_files: dict[str, str] | None = None, best: bool = False) -> Path:  # fmt: skip
-        """Save a complete checkpoint; ``best`` also points ``best`` at it (never pruned)."""
+        """Save a complete checkpoint; ``best`` also points ``best`` at it (never pruned). A save
+        that fails removes what it wrote; on a full disk that is a CheckpointNotSaved saying so."""
+        try:
+            return self._save(engine, step, client_state, run_config, tokenizer, extra_files, best)
+        except Exception as e:
+            try:
+                free = shutil.disk_usage(self.root).free
+            except OSError:
+                free = None
+            shutil.rmtree(self.root / f".{tag_for(step)}.saving", ignore_errors=True)  # space for status.json
+            if not _disk_full(e, free):
+                raise
+            newest = newest_complete(self.root)
+            kept = f"{newest.name} is intact" if newest else "there is no earlier checkpoint"
+            size = f"; a checkpoint of this run takes {_size(newest) / 2**20:,.1f} MiB" if newest else ""
+            then = f"to resume from {newest.name}" if newest else "to start again"
+            raise CheckpointNotSaved(
+                f"checkpoint {tag_for(step)} not saved: the disk holding {self.root} is full "
+                f"({(free or 0) / 2**20:,.1f} MiB free{size}); the partial save was removed and {kept}. Free "
+                f"space (older checkpoints there can go; checkpoint.keep_last, now {self.cfg.keep_last}, caps how "
+                f"many are kept), then run the same command again {then}"
+            ) from e
+
+    def _save(self, engine, step: int, client_state: dict, run_config: RunConfig, tokenizer,
+              extra_files: dict[str, str] | None, best: bool) -> Path:  # fmt: skip
         tag = tag_for(step)
         final = self.root / tag
         work_tag = f".{tag}.saving"
@@ -331,6 +356,26 @@ class Checkpointer:
             if p.is_dir() and p.name.startswith("step_") and not p.name.endswith("_universal"):
                 if not is_complete(p) and newest and p.name < newest:
                     shutil.rmtree(p, ignore_errors=True)
+
+
+class CheckpointNotSaved(OSError):
+    """A checkpoint could not be written for want of space; what it had written is removed."""
+
+
+def _disk_full(error: BaseException, free: int | None) -> bool:
+    """Whether a failed save ran out of space: ENOSPC (or a quota) anywhere in the exception's
+    chain, or, as torch's zip writer reports a short write without an errno ("unexpected pos"), next
+    to nothing left on the disk."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return free is not None and free < 16 * 2**20
+
+
+def _size(tag_dir: Path) -> int:
+    return sum(f.stat().st_size for f in tag_dir.rglob("*") if f.is_file())
 
 
 def _written_by(name: str) -> int:

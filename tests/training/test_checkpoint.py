@@ -8,10 +8,11 @@ from pretrain.config import CheckpointConfig, ConfigError, RunConfig
 
 
 class FakeEngine:
-    """Writes a shard like DeepSpeed would; can die half-way."""
+    """Writes a shard like DeepSpeed would; can die half-way (``die``: killed; ``fail``: an error
+    such as the disk filling up)."""
 
-    def __init__(self, die=False):
-        self.die = die
+    def __init__(self, die=False, fail=None):
+        self.die, self.fail = die, fail
 
     def save_checkpoint(self, root, tag, client_state, save_latest):
         assert save_latest is False and "universal_checkpoint_info" in client_state
@@ -19,6 +20,8 @@ class FakeEngine:
         (ckpt.Path(root) / tag / "mp_rank_00_model_states.pt").write_text("shard")
         if self.die:
             raise KeyboardInterrupt("killed during save")
+        if self.fail is not None:
+            raise self.fail
 
 
 def saver(tmp_path, keep=2):
@@ -149,3 +152,30 @@ def test_a_resume_loads_as_saved_or_universal_where_deepspeed_can_and_names_what
         assert f"resume with deepspeed.zero_stage={old[0]} deepspeed.precision={old[1]}" in str(e.value)
     with pytest.raises(ConfigError, match="of its own precision, and this one is ZeRO-2"):
         route((2, "bf16"), (0, "bf16"))
+
+
+def test_a_save_that_fails_removes_its_partial_files_and_a_full_disk_says_so(tmp_path):
+    """The partial save would hold on to the space that status.json and the next attempt need."""
+    import errno
+
+    s = saver(tmp_path, keep=5)
+    s.save(FakeEngine(), 10, {}, RunConfig(), tokenizer=None)
+    root = tmp_path / "checkpoints"
+    try:  # torch's writer raises RuntimeError, with the OSError as its context
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        try:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 188288 vs 188176")
+        except RuntimeError as e:
+            full = e
+    with pytest.raises(ckpt.CheckpointNotSaved) as caught:
+        s.save(FakeEngine(fail=full), 20, {}, RunConfig(), tokenizer=None)
+    said = str(caught.value)
+    assert said.startswith(f"checkpoint step_00000020 not saved: the disk holding {root} is full")
+    assert "the partial save was removed and step_00000010 is intact" in said
+    assert "checkpoint.keep_last, now 5" in said and said.endswith("again to resume from step_00000010")
+    assert not (root / ".step_00000020.saving").exists() and (root / "latest").read_text() == "step_00000010"
+    with pytest.raises(RuntimeError, match="^something else$"):  # any other failure: as it was, files removed
+        s.save(FakeEngine(fail=RuntimeError("something else")), 20, {}, RunConfig(), tokenizer=None)
+    assert not (root / ".step_00000020.saving").exists()
+    assert ckpt.newest_complete(root) == root / "step_00000010"
