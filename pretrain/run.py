@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 import warnings
 
 import torch
@@ -38,7 +39,7 @@ from pretrain.engine import (
     repair_loaded_optimizer,
 )
 from pretrain.model.config import ModelConfig
-from pretrain.status import write_heartbeat, write_status
+from pretrain.status import running_here, write_heartbeat, write_status
 
 
 class LanguageModelTask:
@@ -120,7 +121,20 @@ def find_resume(cfg: RunConfig, rank: int = 0, world: int = 1):
     return value
 
 
+def refuse_if_running(cfg: RunConfig) -> None:
+    """A ConfigError when another run of this directory is still training on this host: two writers
+    would interleave their metrics and prune each other's checkpoints."""
+    other = running_here(cfg.run_dir)
+    if other is not None:
+        raise ConfigError(
+            f"{cfg.run_dir} is in use: its run is still training on this host (pid {other['pid']}, started "
+            f"{time.time() - other.get('started', time.time()):.0f}s ago); stop it first (kill -TERM {other['pid']} "
+            "saves a checkpoint of its step) or choose another name="
+        )
+
+
 def _choose_resume(cfg: RunConfig):
+    refuse_if_running(cfg)
     root = ckpt.checkpoints_dir(cfg.run_dir)
     if cfg.train.resume == "never":
         existing = ckpt.newest_complete(root)

@@ -102,6 +102,23 @@ def read_status(run_dir: str | Path, stale_s: float = 1800.0) -> dict | None:
     return record
 
 
+def running_here(run_dir: str | Path) -> dict | None:
+    """The status of a run of this directory that is still training on this host (its rank 0 alive,
+    a pretrain or finetune process, not this one), else None. Runs on other hosts are not judged:
+    a requeued job must be able to take over from one that was killed without a word."""
+    record = load_status(run_dir)
+    if not record or record.get("state") != "running" or record.get("host") != socket.gethostname():
+        return None
+    pid = record.get("pid", -1)
+    if pid == os.getpid() or not pid_alive(pid):
+        return None
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return record  # no /proc: the pid is alive, trust it
+    return record if ("pretrain" in command or "finetune" in command) else None  # else a reused pid
+
+
 def load_status(run_dir: str | Path) -> dict | None:
     """status.json as written (``read_status`` corrects it for processes that died silently)."""
     return _load(Path(run_dir) / FILE)

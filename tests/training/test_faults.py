@@ -173,10 +173,11 @@ def test_a_changed_corpus_on_resume_is_one_line_and_leaves_the_run_alone(make_co
 
 
 def test_sigterm_saves_the_step_it_stops_at_on_every_rank_and_the_run_resumes_there(make_config, tmp_path):
-    """A preempted or timed-out job gets SIGTERM (Slurm's trap, Kubernetes, a user): the launcher
-    passes it to torchrun, which passes it to the ranks; they agree in the next step's all-reduce,
-    finish that step, save it and end with 143. Before, they died where they were and everything
-    after the last periodic checkpoint was lost (here: every step, as none is periodic)."""
+    """A second start of a run still training is refused. A preempted or timed-out job gets SIGTERM
+    (Slurm's trap, Kubernetes, a user): the launcher passes it to torchrun, which passes it to the
+    ranks; they agree in the next step's all-reduce, finish that step, save it and end with 143.
+    Before, they died where they were and everything after the last periodic checkpoint was lost
+    (here: every step, as none is periodic)."""
     import signal
     import time
 
@@ -188,6 +189,11 @@ def test_sigterm_saves_the_step_it_stops_at_on_every_rank_and_the_run_resumes_th
     deadline = time.time() + 240
     while len(metric_records(run_dir, "train")) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
+    # the same command again, in another terminal, while it trains: refused before it writes anything
+    twice = subprocess.run([sys.executable, "-m", "pretrain", str(cfg)], cwd=ROOT, env=ENV, capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert twice.returncode == 2 and f"config error: {run_dir} is in use: its run is still training" in twice.stderr
+    assert proc.poll() is None, "the first run stopped"
     proc.send_signal(signal.SIGTERM)  # the launcher only, as a scheduler would
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 143, out[-3000:]
