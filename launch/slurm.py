@@ -64,7 +64,10 @@ def render(job: Job, cluster: ClusterConfig, python: str, workdir: str) -> str:
         f'    echo "job $SLURM_JOB_ID: {s.max_requeues} requeue(s) used up ($1); not requeueing"',
         "  fi",
         "}",
-        "trap 'requeue \"time limit or preemption signal\"; kill -TERM $srun_pid 2>/dev/null; exit 0' USR1",
+        # SIGTERM reaches every rank (srun -> torchrun -> workers), which save their step and end; the
+        # script waits for that before it ends (its end would end the job's steps too)
+        "trap 'requeue \"time limit or preemption signal\"; kill -TERM $srun_pid 2>/dev/null; "
+        "wait $srun_pid; exit 0' USR1",
         "",
         f"srun --kill-on-bad-exit=1 --ntasks-per-node=1 {command} &",
         "srun_pid=$!",

@@ -1,9 +1,12 @@
 """python -m launch without starting anything: what it refuses, and the sbatch and Kubernetes files it
 writes (rendezvous endpoint, node count, GPUs, environment). Every call is a real CLI process."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,13 +117,25 @@ def test_the_rendered_slurm_script_trains_and_resumes(make_config, tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     run_dir = tmp_path / "runs" / "slurmrun"
     assert sorted(losses(run_dir)) == [1, 2, 3, 4]
+    # requeued with a longer schedule, it resumes; Slurm's signal before the time limit (USR1 to the
+    # script) then requeues it again, and every rank saves the step it is at before the script ends
     again = run_dir / "again.yaml"
-    again.write_text(cfg.read_text().replace("max_steps: 4", "max_steps: 6"))
+    again.write_text(cfg.read_text().replace("max_steps: 4", "max_steps: 3000"))
     script.write_text(script.read_text().replace(str(cfg), str(again)))
-    second = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert second.returncode == 0, second.stdout[-3000:]
-    assert "resuming from" in second.stdout and "step_00000004" in second.stdout
-    assert max(losses(run_dir)) == 6
+    second = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, cwd=ROOT)  # fmt: skip
+    deadline = time.time() + 240
+    while max(losses(run_dir)) < 7 and second.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    second.send_signal(signal.SIGUSR1)
+    out, _ = second.communicate(timeout=240)
+    assert second.returncode == 0, out[-3000:]
+    assert "resuming from" in out and "step_00000004" in out
+    step = max(losses(run_dir))
+    assert 7 <= step < 3000 and f"stopped at step {step} on SIGTERM" in out, out[-3000:]
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{step:08d}"
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "77"]
 
 
 @pytest.mark.parametrize("kind", ["pytorchjob", "indexed-job"])
