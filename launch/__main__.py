@@ -146,7 +146,9 @@ def plan_local(ns, cluster, overrides) -> Plan:
         raise ConfigError(f"cluster.nproc_per_node={cluster.nproc_per_node}: this machine has {gpus_here} GPU(s)")
     job = load_job(ns.config, overrides, ns.program, cluster.nproc_per_node)
     python = cluster.python or sys.executable
-    node = Node("local", job.torchrun(python, 1, cluster.nproc_per_node, None, max_restarts=cluster.max_restarts))
+    argv = job.torchrun(python, 1, cluster.nproc_per_node, None, max_restarts=cluster.max_restarts,
+                        grace_s=cluster.grace_s)  # fmt: skip
+    node = Node("local", argv)
     env = cluster.env
 
     def go() -> int:
@@ -185,7 +187,7 @@ def plan_hosts(ns, cluster, overrides) -> Plan:
         # The master hosts the rendezvous store; say so rather than let torchrun guess from hostnames.
         is_host = (host == master) if any(h == master for h, _ in hosts) else None
         argv = job.torchrun(python, len(hosts), slots, endpoint, is_host=is_host, local_addr=host,
-                            max_restarts=cluster.max_restarts)  # fmt: skip
+                            max_restarts=cluster.max_restarts, grace_s=cluster.grace_s)  # fmt: skip
         line = shell_line(env, argv, workdir, env_on_stdin=bool(secret_names))
         remote = shlex.split(cluster.remote.format(host=host))
         # Stops this job's torchrun on the node (it stops its workers); the [-] keeps pkill's own

@@ -3,6 +3,7 @@ and the torchrun command line that every node runs."""
 
 from __future__ import annotations
 
+import math
 import shlex
 import time
 from dataclasses import dataclass
@@ -39,9 +40,11 @@ class Job:
         is_host: bool | None = None,
         local_addr: str | None = None,
         max_restarts: int = 0,
+        grace_s: float = 30.0,
     ) -> list[str]:
         """torchrun's command line for one node: standalone on one machine, else a c10d rendezvous
-        at ``endpoint`` (host:port) that the master node hosts."""
+        at ``endpoint`` (host:port) that the master node hosts. Stopped, torchrun gives its ranks
+        ``grace_s`` to save a checkpoint of their step before it kills them."""
         cmd = [
             python,
             "-m",
@@ -50,6 +53,8 @@ class Job:
             str(nproc),
             "--max-restarts",
             str(max_restarts),
+            "--shutdown-timeout",
+            str(math.ceil(grace_s)),
         ]
         if endpoint is None:
             cmd += ["--standalone"]

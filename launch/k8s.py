@@ -13,6 +13,7 @@ Secret NAME-env instead of being written into the manifest.
 
 from __future__ import annotations
 
+import math
 import re
 
 import yaml
@@ -52,7 +53,7 @@ def render(job: Job, cluster: ClusterConfig) -> tuple[str, list[str]]:
     else:
         endpoint = f'"{cluster.master_addr or f"{name}-0.{name}"}:{cluster.master_port}"'
     torchrun = job.torchrun(python, cluster.nodes, cluster.nproc_per_node, endpoint, rdzv_id=name,
-                            max_restarts=cluster.max_restarts)  # fmt: skip
+                            max_restarts=cluster.max_restarts, grace_s=cluster.grace_s)  # fmt: skip
     plain, secret = split_secrets(cluster.environment())
     env = [{"name": n, "value": v} for n, v in sorted(plain.items())]
     env += [{"name": n, "valueFrom": {"secretKeyRef": {"name": f"{name}-env", "key": n}}} for n in secret]
@@ -78,7 +79,9 @@ def render(job: Job, cluster: ClusterConfig) -> tuple[str, list[str]]:
         "volumeMounts": mounts,
         **({"resources": resources} if resources else {}),
     }
-    pod_spec: dict = {"containers": [container], "volumes": volumes}
+    # deleted or preempted, the pod's ranks save a checkpoint of their step (torchrun allows grace_s)
+    pod_spec: dict = {"containers": [container], "volumes": volumes,
+                      "terminationGracePeriodSeconds": math.ceil(cluster.grace_s) + 30}  # fmt: skip
     if k.node_selector:
         pod_spec["nodeSelector"] = dict(k.node_selector)
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": job.program}

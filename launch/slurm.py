@@ -50,7 +50,7 @@ def render(job: Job, cluster: ClusterConfig, python: str, workdir: str) -> str:
     endpoint = f"{cluster.master_addr or '$head_node'}:{cluster.master_port}"
     shell_endpoint, shell_id = f'"{endpoint}"', '"$SLURM_JOB_ID"'
     torchrun = job.torchrun(python, cluster.nodes, cluster.nproc_per_node, shell_endpoint, rdzv_id=shell_id,
-                            max_restarts=cluster.max_restarts)  # fmt: skip
+                            max_restarts=cluster.max_restarts, grace_s=cluster.grace_s)  # fmt: skip
     command = shell_join(torchrun, {shell_endpoint, shell_id})
     lines += [
         f'echo "job $SLURM_JOB_ID (restart ${{SLURM_RESTART_COUNT:-0}}): {cluster.nodes} node(s), '

@@ -51,6 +51,7 @@ def test_slurm_script_has_the_rendezvous_nodes_gpus_and_environment():
     srun = next(line for line in script.splitlines() if line.startswith("srun "))
     assert '--rdzv-endpoint "$head_node:29500"' in srun and "--rdzv-backend c10d" in srun
     assert "--nnodes 4" in srun and "--nproc-per-node 8" in srun and '--rdzv-id "$SLURM_JOB_ID"' in srun
+    assert "--shutdown-timeout 30" in srun  # cluster.grace_s: the ranks' time to save their step when stopped
     assert srun.endswith(f"-m pretrain {GPT} train.lr=1e-4 &")
     assert 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in script
     assert "-lt 5 ]" in script and "secret-value" not in script and "UNRELATED_VAR" not in script
@@ -164,6 +165,7 @@ def test_kubernetes_manifest_has_the_rendezvous_nodes_gpus_and_environment(kind)
         assert pods[0]["subdomain"] == "gpt2-small-4"
         endpoint = '"gpt2-small-4-0.gpt2-small-4:29500"'
     for pod in pods:
+        assert pod["terminationGracePeriodSeconds"] == 60  # torchrun's 30 s for the ranks to save, and more
         (c,) = pod["containers"]
         assert c["image"] == "reg.example/pretrain:1" and c["resources"]["limits"]["nvidia.com/gpu"] == 8
         command = c["command"][-1]
