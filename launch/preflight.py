@@ -86,9 +86,8 @@ def check_resume(program: str, cfg, world: int) -> None:
     """The checkpoint the job would resume from, compared with its config as the processes will
     (pretrain.checkpoint.compare_for_resume): a new model shape, or a ZeRO stage or precision that
     checkpoint cannot be loaded at, or the run still training on this host, is one line here instead
-    of once every process has started. The
-    tag is found without reading its files through (the ranks verify them and may fall back to an
-    older tag of the same run, whose config is the same)."""
+    of once every process has started. The tag is found without reading its files through (the
+    ranks verify them and may fall back to an older tag of the same run, whose config is the same)."""
     from pretrain import checkpoint as ckpt
     from pretrain.run import refuse_if_running
 

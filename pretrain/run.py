@@ -245,7 +245,7 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
     return _fit(cfg, task, engine, rank, world, grad_accum, state, say)
 
 
-def _prepare_data(cfg: RunConfig, task, rank: int, world: int, resume, ready, say) -> bool:
+def _prepare_data(cfg: RunConfig, task, rank: int, world: int, resume, ready, say) -> dict:
     """Tokenizer and data on rank 0 first, then the others read what it made; rank 0 then marks the
     run started (``ready``). Returns what ckpt.compare_for_resume says of the checkpoint: whether
     the resume keeps its data position, and whether it loads through the universal form."""
