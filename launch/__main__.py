@@ -255,7 +255,8 @@ PLANS = {"local": plan_local, "hosts": plan_hosts, "slurm": plan_slurm, "k8s": p
 
 def _supervise(nodes, grace_s: float, env: dict, run_dir: Path | None = None) -> int:
     """Run the nodes; on failure say which rank stalled (heartbeats), record the failure in the
-    run's status.json when the run could not (rank 0 killed), and say how to resume."""
+    run's status.json when the run could not (rank 0 killed), and say how to resume. A run that
+    stopped on a signal with its checkpoint saved (status "stopped") says so, with exit status 143."""
     import tempfile
 
     from launch.processes import JobFailed, run_nodes
@@ -270,6 +271,10 @@ def _supervise(nodes, grace_s: float, env: dict, run_dir: Path | None = None) ->
         if said:  # the job's own input was refused (it said so above): nothing to resume
             print(f"launch: the job stopped on a configuration error: {said[0]}", file=sys.stderr)
             return 2
+        status = (load_status(run_dir) or {}) if run_dir is not None else {}
+        if status.get("state") == "stopped":  # every rank saved its step on a signal and ended with 143
+            print(f"launch: the job {status.get('error', 'stopped')}", file=sys.stderr)
+            return 143
         cause = str(e)
         if run_dir is not None:
             stalled = stalled_rank(run_dir)

@@ -73,7 +73,7 @@ def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = No
         stop_all(stacks=False)
         _wait(procs, grace_s)
         stop_all(signal.SIGKILL)
-        sys.exit(143)
+        raise JobFailed("the launcher was stopped (SIGTERM) and stopped the job")
 
     previous = signal.signal(signal.SIGTERM, terminated)
     failed: dict[str, int] = {}

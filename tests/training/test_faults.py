@@ -206,33 +206,52 @@ def test_a_second_start_of_a_run_still_training_on_this_host_is_refused(make_con
 
 
 def test_sigterm_saves_the_step_it_stops_at_on_every_rank_and_the_run_resumes_there(make_config, tmp_path):
-    """A preempted or timed-out job gets SIGTERM
-    (Slurm's trap, Kubernetes, a user): the launcher passes it to torchrun, which passes it to the
-    ranks; they agree in the next step's all-reduce, finish that step, save it and end with 143.
-    Before, they died where they were and everything after the last periodic checkpoint was lost
-    (here: every step, as none is periodic)."""
+    """A preempted or timed-out job gets SIGTERM (Slurm's trap, Kubernetes, a user). Every rank
+    learns of it in the next step's all-reduce, finishes that step, saves it with the others and
+    ends with 143; before, they died where they were and every step after the last periodic
+    checkpoint was lost (here: all of them, as none is periodic). First only rank 1 is signalled (a
+    node's pod deleted): rank 0 stops at the same step instead of waiting in its next all-reduce.
+    Then the same command resumes there and its launcher is signalled (passed on to torchrun, then
+    to both ranks); it stops again, later, with nothing lost in between."""
     import signal
     import time
 
+    import psutil
+
     cfg = make_config(name="preempted", train={"max_steps": 3000}, checkpoint={"every_steps": 0})
     run_dir = tmp_path / "runs" / "preempted"
-    proc = subprocess.Popen([sys.executable, "-m", "launch", "local", str(cfg), "--nproc-per-node", "2",
-                             "cluster.gpus=false"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
-    deadline = time.time() + 240
-    while not metric_records(run_dir, "train") and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)  # the launcher only, as a scheduler would
-    out, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 143, out[-3000:]
-    step = max(losses(run_dir))
-    assert 1 <= step < 3000
-    assert f"stopped at step {step} on SIGTERM: saving a checkpoint of this step" in out, out[-3000:]
-    assert "torchrun: stopped on signal SIGTERM" in out and "Traceback" not in out, out[-3000:]
-    assert ckpt.newest_complete(run_dir / "checkpoints").name == f"step_{step:08d}"
-    status = json.loads((run_dir / "status.json").read_text())
-    assert status["state"] == "stopped" and status["step"] == step, status
-    resumed = launch(2, cfg, f"train.stop_at_step={step + 2}").stdout
-    assert f"resuming from {run_dir / 'checkpoints' / f'step_{step:08d}'}" in resumed
-    assert sorted(losses(run_dir)) == list(range(1, step + 3))
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+    command = [sys.executable, "-m", "launch", "local", str(cfg), "--nproc-per-node", "2", "cluster.gpus=false"]
+
+    def stop(after: int, signalled) -> tuple[int, str]:
+        proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)  # fmt: skip
+        deadline = time.time() + 240
+        while max(losses(run_dir), default=0) <= after and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        signalled(proc).send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=240)
+        return proc.returncode, out
+
+    def rank_1(launcher):
+        for p in psutil.Process(launcher.pid).children(recursive=True):
+            if "pretrain" in p.cmdline() and p.environ().get("RANK") == "1":
+                return p
+        raise AssertionError("no rank-1 worker")
+
+    step = 0
+    for signalled, why in ((rank_1, "a stop request to another rank"), (lambda launcher: launcher, "SIGTERM")):
+        before = step
+        code, out = stop(before, signalled)
+        assert code == 143, out[-3000:]
+        first = before == 0
+        step = max(losses(run_dir))
+        assert before < step < 3000, (before, step)
+        assert f"stopped at step {step} on {why}" in out
+        assert f"launch: the job stopped at step {step}" in out and "Traceback" not in out, out[-3000:]
+        assert ckpt.newest_complete(run_dir / "checkpoints").name == f"step_{step:08d}"
+        assert len(list((run_dir / "checkpoints" / f"step_{step:08d}").glob("*optim_states.pt"))) == 2  # both ranks
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["state"] == "stopped" and status["step"] == step, status
+        if not first:
+            assert f"resuming from {run_dir / 'checkpoints' / f'step_{before:08d}'}" in out
+    assert sorted(losses(run_dir)) == list(range(1, step + 1))
