@@ -210,8 +210,7 @@ def run(cfg: RunConfig, make_task=LanguageModelTask.for_run) -> None:
             except OSError as status_error:  # a full disk, say: report it, but raise the cause
                 print(f"warning: could not record the failure in status.json ({status_error})", file=sys.stderr)
         raise
-    if stopped:
-        write_status(cfg.run_dir, "stopped", step=step, error=f"{stopped}; the same command resumes from it")
+    if stopped:  # status.json says so already
         leave_process_group()
         sys.exit(STOPPED_EXIT)
     write_status(cfg.run_dir, "finished", step=step)
@@ -351,11 +350,21 @@ def _fit(cfg: RunConfig, task, engine, rank: int, world: int, grad_accum: int, s
     previous = signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop("SIGTERM"))
     try:
         trainer.fit()
-    finally:
+    except BaseException:
         signal.signal(signal.SIGTERM, previous)
+        raise
+    finally:
         lines = monitor.close()
+    if not trainer.stopped:  # a stopped run ends by itself, whatever more SIGTERMs come (torchrun sends them)
+        signal.signal(signal.SIGTERM, previous)
     if rank == 0:
         _print_summary(run_dir, trainer, lines)
+    if trainer.stopped:
+        if rank == 0:
+            why = f"{trainer.stopped}; the same command resumes from it"
+            write_status(run_dir, "stopped", step=trainer.step, error=why)
+        if world > 1:  # no rank ends (and has torchrun stop the rest) before the status says stopped
+            dist.barrier()
     return trainer.step, trainer.stopped
 
 
