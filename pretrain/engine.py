@@ -173,8 +173,21 @@ def init_distributed(timeout_s: float = 1800.0) -> tuple[int, int]:
     from torch.distributed import distributed_c10d
 
     distributed_c10d.default_pg_timeout = distributed_c10d.default_pg_nccl_timeout = timeout
+    if backend == "gloo":
+        _without_shm_inference_op()
     deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=timeout)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _without_shm_inference_op() -> None:
+    """On CPU, DeepSpeed's communication backend compiles and loads a C++ shared-memory all-reduce
+    as it starts (24 s the first time in each new environment, here; a C++ compiler needed). Only
+    its inference all-reduce uses it, never training's collectives (gloo through torch.distributed),
+    so it is not built."""
+    import importlib
+
+    # by name: `import deepspeed.comm.torch as m` binds torch itself (deepspeed.comm has `torch` in it)
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
 def leave_process_group() -> None:
