@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pretrain.checkpoint_layout import checkpoints_dir, newest_complete
+from pretrain.checkpoint_layout import checkpoints_dir, is_complete, newest_complete
 from pretrain.config import exit_on_config_error, load_config
 
 DOES_NOT_FIT = 3
@@ -56,12 +56,18 @@ def run_config(program: str, config: str, overrides: list[str]):
     return load_finetune_config(config, overrides)
 
 
+def newest_tag(path: Path) -> Path | None:
+    """A tag folder, a checkpoints folder or a run directory -> its tag (the newest complete one),
+    without reading the files through (the processes verify them)."""
+    return path if is_complete(path) else newest_complete(path) or newest_complete(checkpoints_dir(path))
+
+
 def model_config(program: str, cfg):
     """The model that will be trained: the config's, or (fine-tuning) the one init_from holds."""
     if program == "pretrain":
         return cfg.model
     source = Path(cfg.init_from)
-    newest = newest_complete(source) or newest_complete(checkpoints_dir(source))
+    newest = newest_tag(source)
     for candidate in (source / "config.yaml", newest / "config.yaml" if newest else None):
         if candidate is not None and candidate.is_file():
             return load_config(candidate).model
@@ -95,7 +101,7 @@ def check_resume(program: str, cfg, world: int) -> None:
     if cfg.train.resume == "never":
         return  # the ranks refuse an existing checkpoint themselves, before anything is written
     where = Path(cfg.run_dir if cfg.train.resume == "auto" else cfg.train.resume)
-    resume = where if ckpt.is_complete(where) else newest_complete(where) or newest_complete(checkpoints_dir(where))
+    resume = newest_tag(where)
     if resume is None:
         return
     ckpt.check_format(resume)

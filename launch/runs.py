@@ -3,12 +3,11 @@ last loss, newest complete checkpoint; and the dashboard's address."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from launch.dashboard import address
 from pretrain.checkpoint_layout import checkpoints_dir, newest_complete
-from pretrain.status import read_status
+from pretrain.status import parse_record, read_status
 
 
 def last_train_record(run_dir: Path) -> dict | None:
@@ -19,12 +18,9 @@ def last_train_record(run_dir: Path) -> dict | None:
         f.seek(0, 2)
         f.seek(max(0, f.tell() - 65536))
         lines = f.read().decode(errors="replace").splitlines()
-    for line in reversed(lines):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("kind") == "train":
+    for line in reversed(lines):  # the first may be cut by the seek, the last torn by a kill
+        rec = parse_record(line)
+        if rec is not None and rec.get("kind") == "train":
             return rec
     return None
 
