@@ -97,6 +97,7 @@ def add_file_arguments(ap) -> None:
     ap.add_argument("--delimiter", help="csv/tsv field separator (default: ',' for .csv, a tab for .tsv)")
     ap.add_argument("--no-header", action="store_true", help="csv/tsv: the first line is data (give --column-names)")
     ap.add_argument("--column-names", help="csv/tsv: the columns' names in order, comma-separated, e.g. text,label")
+    ap.add_argument("--field", help="json: the key whose list holds the records ({\"data\": [...]})")
     ap.add_argument("--quoting", choices=["minimal", "all", "nonnumeric", "none"], default="minimal",
                     help="csv/tsv quoting (none: quote characters are text)")  # fmt: skip
 
@@ -107,7 +108,8 @@ def file_source(file: str, args) -> SourceConfig:
 
     names = [c.strip() for c in args.column_names.split(",")] if args.column_names else None
     src = SourceConfig(files=file, header=not args.no_header, column_names=names, quoting=args.quoting,
-                       delimiter=args.delimiter.replace("\\t", "\t") if args.delimiter else None)  # fmt: skip
+                       delimiter=args.delimiter.replace("\\t", "\t") if args.delimiter else None,
+                       field=args.field)  # fmt: skip
     try:
         src.validate()
     except ValueError as e:

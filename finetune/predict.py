@@ -55,17 +55,18 @@ def classifier_config(tag_dir: Path):
 
 
 def read_texts(file: str, args, cfg) -> tuple[list[str], list[str] | None]:
-    """The texts (and pair texts) to classify. A .txt file is one text per line, and a line that
-    holds a tab (text and a label?) is refused: such a file is a table (.tsv)."""
+    """The texts (and pair texts) to classify. A .txt file (or .txt.gz, ...) is one text per line,
+    and a line that holds a tab (text and a label?) is refused: such a file is a table (.tsv)."""
     from finetune.data import file_source
     from pretrain.config import ConfigError
-    from pretrain.data.sources import load_table
+    from pretrain.data.sources import kind_suffix, load_table, open_bytes
 
     path = Path(file)
     if not path.is_file():
         raise ConfigError(f"{file}: no such file")
-    if path.suffix in (".txt", ""):
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    if kind_suffix(path) in (".txt", ""):  # also compressed: texts.txt.gz
+        with open_bytes(path) as fh:
+            lines = fh.read().decode("utf-8-sig", errors="replace").splitlines()
         for number, line in enumerate(lines, 1):
             if "\t" in line:
                 raise ConfigError(

@@ -23,6 +23,11 @@ def _files(tmp):
     (tmp / "empty.jsonl").write_text("")
     (tmp / "latin.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
     (tmp / "ids.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
+    (tmp / "torn.jsonl").write_text('{"text": "a whole record"}\n{"text": "half a rec')
+    import gzip
+
+    whole = gzip.compress(b'{"text": "a record"}\n' * 200)
+    (tmp / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # a download that stopped
     (tmp / "pairs.tsv").write_text("good film\t1\nbad film\t0\n")
     (tmp / "pairs.txt").write_text("good film\t1\nbad film\t0\n")
     damaged = tmp / "ck" / "step_00000010"
@@ -90,6 +95,13 @@ CASES = [
     ("data: empty file", pretrain("data.sources=[{files: '{tmp}/empty.jsonl'}]"), "empty.jsonl is empty"),
     ("data: not UTF-8", pretrain("data.sources=[{files: '{tmp}/latin.jsonl'}]"),
      "latin.jsonl is not UTF-8 text (byte 13); convert it, e.g. iconv -f latin1 -t utf-8"),
+    ("data: a line that is not JSON", pretrain("data.sources=[{files: '{tmp}/torn.jsonl'}]"),
+     "torn.jsonl line 2 is not JSON (column 10: Unterminated string starting at)"),
+    ("data: a cut-off archive, under the launcher", ["launch", "local", DEBUG, "--nproc-per-node", "2",
+                                                     "output_dir={tmp}/runs", "data.cache_dir={tmp}/cache",
+                                                     "data.sources=[{files: '{tmp}/cut.jsonl.gz'}]"],
+     "cut.jsonl.gz cannot be decompressed (EOFError: Compressed file ended before the end-of-stream marker was "
+     "reached): truncated or corrupt?"),
     ("data: text column of numbers", pretrain("data.sources=[{files: '{tmp}/ids.jsonl', text_column: id}]"),
      "config error: data.sources[0].text_column='id': holds int64 values, not text"),
     ("data: named split on local files", pretrain("data.sources=[{files: '{tmp}/pairs.tsv', validation_split: dev}]"),

@@ -16,7 +16,8 @@ class SourceConfig:
     """python-stdlib: the source files of the running interpreter's standard library (no download)."""
     files: list[str] | str | None = None
     """Local file(s): a path, a glob or a directory; .txt/.md (text, see sample_by), .json/.jsonl,
-    .csv/.tsv (see delimiter, header), .parquet."""
+    .csv/.tsv (see delimiter, header), .parquet; text, json and csv also compressed (.gz, .bz2,
+    .xz, .zst)."""
     validation_files: list[str] | str | None = None
     """Local files (path, glob or directory) holding this source's validation data; when given,
     nothing is held out of ``files``."""
@@ -36,6 +37,9 @@ class SourceConfig:
     """A named hub split for test data (fine-tuning; like test_files)."""
     text_column: str = "text"
     """The column holding the text (json, jsonl, csv, tsv, parquet and hub data)."""
+    field: str | None = None
+    """json: the key of a JSON document whose list holds the records (``{"data": [{...}, ...]}``);
+    None: the file is the records (a list of objects, or one object per line)."""
     sample_by: Literal["document", "paragraph", "line"] = "document"
     """Text files: one example per file, per blank-line-separated paragraph, or per line."""
     chunk_chars: int | None = None

@@ -26,6 +26,9 @@ from pretrain.data.sources import DataError, file_stats, load_corpus, source_fil
 from pretrain.data.tokenizer import separator_id, tokenizer_hash
 
 FORMAT_VERSION = 1
+LATER_OPTIONS = ("field",)
+"""Source options added after caches of this format existed: they enter a fingerprint only when
+set, so an upgrade does not re-tokenize every corpus already packed."""
 SHARD_TOKENS = 1 << 28  # 512 MiB of uint16 per shard
 
 
@@ -35,6 +38,9 @@ def fingerprint(cfg: DataConfig, tok, split: str, seed: int) -> str:
     sources = []
     for i, src in enumerate(cfg.sources):
         entry = dataclasses.asdict(src)
+        for option in LATER_OPTIONS:
+            if entry[option] is None:
+                del entry[option]
         entry["file_stats"] = file_stats(source_files(src, f"data.sources[{i}]"))
         sources.append(entry)
     payload = {

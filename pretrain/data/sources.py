@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import sysconfig
 from pathlib import Path
@@ -16,6 +17,9 @@ from pretrain.errors import ConfigError
 
 BUILDERS = {".txt": "text", ".md": "text", ".py": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
             ".tsv": "csv", ".parquet": "parquet"}  # fmt: skip
+COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma", ".zst": "zstandard"}
+"""Compression a text, json or csv file may have (data.jsonl.gz, as C4 ships), read by datasets as
+it reads; the module that opens it here."""
 QUOTING = {"minimal": 0, "all": 1, "nonnumeric": 2, "none": 3}  # Python's csv.QUOTE_* values
 
 
@@ -35,13 +39,44 @@ def resolve_files(spec: list[str] | str, where: str) -> list[str]:
     out: list[str] = []
     for pattern in [spec] if isinstance(spec, str) else spec:
         if os.path.isdir(pattern):
-            found = [str(p) for p in Path(pattern).rglob("*") if p.is_file() and p.suffix in BUILDERS]
+            found = [str(p) for p in Path(pattern).rglob("*") if p.is_file() and kind_suffix(p) in BUILDERS]
         else:
             found = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
         if not found:
             raise DataError(f"{where}: nothing matches {pattern!r} (give a file, a glob or a directory)")
         out += found
     return sorted(set(out))
+
+
+def kind_suffix(path: str | Path) -> str:
+    """The suffix that says a file's format: its last, or the one before a compression suffix
+    (``c4-train.00000-of-01024.json.gz`` -> ``.json``)."""
+    suffixes = Path(path).suffixes
+    if len(suffixes) > 1 and suffixes[-1] in COMPRESSED:
+        return suffixes[-2]
+    return suffixes[-1] if suffixes else ""
+
+
+def open_bytes(path: str | Path):
+    """A file's bytes, decompressed when its name says it is compressed."""
+    compression = Path(path).suffix
+    if compression not in COMPRESSED or kind_suffix(path) == compression:
+        return open(path, "rb")
+    import importlib
+
+    try:
+        module = importlib.import_module(COMPRESSED[compression])
+    except ImportError:
+        raise DataError(f"{path}: reading {compression} files needs the {COMPRESSED[compression]} package "
+                        f"(pip install {COMPRESSED[compression]}), or decompress it") from None  # fmt: skip
+    return module.open(path, "rb")
+
+
+def open_text(path: str | Path):
+    """A file's text (UTF-8, a byte-order mark dropped), decompressed when its name says so."""
+    import io
+
+    return io.TextIOWrapper(open_bytes(path), encoding="utf-8-sig")
 
 
 def file_stats(files: list[str]) -> list[tuple[str, int, int]]:
@@ -84,10 +119,13 @@ def load_table(src: SourceConfig, part: str, where: str):
 
 
 def builder_options(src: SourceConfig, suffix: str) -> dict:
-    """What datasets' text or csv builder is told about a source's files (the config's options)."""
+    """What datasets' text or csv builder is told about a source's files (the config's options);
+    ``suffix``: their kind_suffix."""
     builder = BUILDERS[suffix]
-    if builder == "text":
-        return {"sample_by": src.sample_by}
+    if builder == "text":  # a byte-order mark (Windows editors write one) is not text
+        return {"sample_by": src.sample_by, "encoding": "utf-8-sig"}
+    if builder == "json":
+        return {"field": src.field} if src.field else {}
     if builder == "csv":
         return {"delimiter": src.delimiter or ("\t" if suffix == ".tsv" else ","),
                 "header": 0 if src.header else None, "column_names": src.column_names,
@@ -99,27 +137,39 @@ def builder_options(src: SourceConfig, suffix: str) -> dict:
 def _load_files(src: SourceConfig, files: list[str], where: str):
     import datasets
 
-    suffixes = {Path(f).suffix for f in files}
+    suffixes = {kind_suffix(f) for f in files}
     kinds = {BUILDERS.get(x) for x in suffixes}
     if None in kinds or len(suffixes) > 1:
         raise DataError(f"{where}: found {sorted(suffixes)}; one source takes files of one kind among "
-                        f"{sorted(BUILDERS)}")  # fmt: skip
+                        f"{sorted(BUILDERS)} (text, json and csv also as {', '.join(COMPRESSED)})")  # fmt: skip
     suffix = suffixes.pop()
     builder = BUILDERS[suffix]
+    squeezed = sorted({f for f in files if Path(f).suffix in COMPRESSED})
+    if builder == "parquet" and squeezed:
+        raise DataError(f"{where}: {squeezed[0]}: parquet compresses inside the file; give the .parquet file itself")
+    if src.field and builder != "json":
+        raise DataError(f"{where}: field={src.field!r} picks the records out of a JSON document; "
+                        f"these are {suffix} files")  # fmt: skip
     if builder != "parquet":  # datasets takes bad bytes into Arrow strings and fails far later
         bad = _bad_text_file(files)
         if bad:
             raise DataError(f"{where}: {bad}")
+    quiet = logging.getLogger(f"datasets.packaged_modules.{builder}.{builder}")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # its "Failed to load ..." line would come before ours
     try:
         return datasets.load_dataset(builder, data_files={"train": files}, split="train",
                                      **builder_options(src, suffix))  # fmt: skip
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; find the file and say why
-        raise DataError(f"{where}: {_unreadable(files, builder, e)}") from None
+        raise DataError(f"{where}: {_unreadable(files, builder, e, src.field)}") from None
+    finally:
+        quiet.setLevel(level)
 
 
-def _unreadable(files: list[str], builder: str, error: Exception) -> str:
-    """Why ``files`` could not be read as ``builder``, naming the first bad file where one stands out."""
-    bad = _bad_text_file(files)
+def _unreadable(files: list[str], builder: str, error: Exception, field: str | None = None) -> str:
+    """Why ``files`` could not be read as ``builder``, naming the first bad file (and line) where
+    one stands out."""
+    bad = _bad_text_file(files) or (_bad_json(files, field) if builder == "json" else None)
     if bad:
         return bad
     cause = error.__cause__ or error
@@ -128,25 +178,89 @@ def _unreadable(files: list[str], builder: str, error: Exception) -> str:
 
 
 def _bad_text_file(files: list[str]) -> str | None:
-    """The first file that is empty or not UTF-8, said in words; None when all are fine."""
+    """The first file that is empty, not UTF-8 or (compressed) cannot be decompressed, said in
+    words; None when all are fine."""
     import codecs
 
     for f in files:
-        if os.path.getsize(f) == 0:
-            return f"{f} is empty"
         decoder = codecs.getincrementaldecoder("utf-8")()
         offset = 0
-        with open(f, "rb") as fh:
-            while True:
-                block = fh.read(1 << 20)
+        unpacked = " once decompressed" if kind_suffix(f) != Path(f).suffix else ""
+        try:
+            fh = open_bytes(f)
+        except DataError as e:
+            return str(e)
+        try:
+            with fh:
+                while True:
+                    block = fh.read(1 << 20)
+                    if not block and not offset:
+                        return f"{f} is empty{unpacked}"
+                    if not offset and (encoding := _other_unicode(block)):
+                        return f"{f} is {encoding} text, not UTF-8; convert it, e.g. iconv -f {encoding} -t utf-8"
+                    try:
+                        decoder.decode(block, final=not block)
+                    except UnicodeDecodeError as u:
+                        at = offset + u.start - len(decoder.getstate()[0]) if block else offset - len(u.object)
+                        return (f"{f} is not UTF-8 text (byte {max(at, 0)}{unpacked}); convert it, "
+                                "e.g. iconv -f latin1 -t utf-8")  # fmt: skip
+                    if not block:
+                        break
+                    offset += len(block)
+        except (OSError, EOFError, ValueError) as e:  # a truncated or corrupt archive (gzip, bz2, lzma, zstd)
+            return f"{f} cannot be decompressed ({type(e).__name__}: {e or 'it ends early'}): truncated or corrupt?"
+    return None
+
+
+def _bad_json(files: list[str], field: str | None) -> str | None:
+    """The first file that is not JSON records, with the line that is not: one JSON document (a
+    list of objects, or an object whose ``field`` holds one) or one object per line."""
+    import json
+
+    for f in files:
+        with open_text(f) as fh:
+            head = fh.read(1 << 16)
+        if field or head.lstrip().startswith("["):  # one document
+            with open_text(f) as fh:
                 try:
-                    decoder.decode(block, final=not block)
-                except UnicodeDecodeError as u:
-                    at = offset + u.start - len(decoder.getstate()[0]) if block else os.path.getsize(f) - len(u.object)
-                    return f"{f} is not UTF-8 text (byte {max(at, 0)}); convert it, e.g. iconv -f latin1 -t utf-8"
-                if not block:
-                    break
-                offset += len(block)
+                    doc = json.load(fh)
+                except json.JSONDecodeError as e:
+                    return f"{f} is not JSON: line {e.lineno} column {e.colno}: {e.msg}"
+            if field:
+                if not isinstance(doc, dict) or field not in doc:
+                    keys = sorted(doc) if isinstance(doc, dict) else f"a {type(doc).__name__}"
+                    return f"{f}: field={field!r} is not a key of the document (it has {keys})"
+                doc = doc[field]
+            rows, what = enumerate(doc if isinstance(doc, list) else [doc], 1), "record"
+        else:
+            rows, what = _json_lines(f), "line"
+        for number, row in rows:
+            if isinstance(row, json.JSONDecodeError):
+                return f"{f} line {number} is not JSON (column {row.colno}: {row.msg})"
+            if not isinstance(row, dict):
+                return f"{f} {what} {number} is a JSON {type(row).__name__}, not an object of named fields"
+    return None
+
+
+def _json_lines(f: str):
+    """(line number, the line's value or its JSONDecodeError) for each non-blank line."""
+    import json
+
+    with open_text(f) as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield number, e
+
+
+def _other_unicode(head: bytes) -> str | None:
+    """UTF-16 or UTF-32, by the byte-order mark they start with."""
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "utf-32"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
     return None
 
 
@@ -155,19 +269,40 @@ def require_columns(ds, columns: dict[str, str], where: str, source: str = "") -
     given ``source``, where the data came from)."""
     for field_name, column in columns.items():
         if column not in ds.column_names:
+            only = ds.column_names[0] if len(ds.column_names) == 1 else None
+            nested = (f": the records are a list under {only!r} (one JSON document); read them with field: {only}"
+                      if only and _is_list(ds.features[only]) else "")  # fmt: skip
             raise DataError(f"{where}.{field_name}={column!r}: no such column{' in ' + source if source else ''}; "
-                            f"the data has {ds.column_names}")  # fmt: skip
+                            f"the data has {ds.column_names}{nested}")  # fmt: skip
 
 
 def text_table(src: SourceConfig, part: str, where: str):
     """One source's ``part`` with its text column checked: there, and holding text."""
     ds = load_table(src, part, where)
     require_columns(ds, {"text_column": src.text_column}, where)
-    kind = getattr(ds.features[src.text_column], "dtype", None)
-    if kind not in ("string", "large_string"):
-        raise DataError(f"{where}.text_column={src.text_column!r}: holds {kind or ds.features[src.text_column]} "
-                        f"values, not text; name a text column among {ds.column_names}")  # fmt: skip
+    feature = ds.features[src.text_column]
+    kind = getattr(feature, "dtype", None)
+    if kind not in ("string", "large_string"):  # mixed kinds (datasets' Json feature): show one
+        what = f"{kind} values" if kind else f"values of mixed kinds{_first_not_text(ds, src.text_column)}"
+        raise DataError(f"{where}.text_column={src.text_column!r}: holds {what}, not text; name a text column "
+                        f"among {ds.column_names}")  # fmt: skip
     return ds
+
+
+def _is_list(feature) -> bool:
+    import datasets
+
+    return isinstance(feature, (list, datasets.Sequence))
+
+
+def _first_not_text(ds, column: str) -> str:
+    """' (example N: VALUE)', the first value of ``column`` that is neither text nor missing, among
+    the first 100,000 examples (a column of mixed kinds is datasets' Json feature)."""
+    head = ds.select(range(min(len(ds), 100_000)))[column]
+    for i, value in enumerate(head):
+        if value is not None and not isinstance(value, str):
+            return f" (example {i}: {type(value).__name__} {str(value)[:40]!r})"
+    return ""
 
 
 def check_local_sources(cfg: DataConfig) -> None:

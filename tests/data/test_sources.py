@@ -1,6 +1,8 @@
 """Local files that cannot be read as text are refused with one line naming the file and why,
 before anything is tokenized."""
 
+import json
+
 import pytest
 
 from pretrain.data.config import DataConfig, SourceConfig
@@ -29,3 +31,110 @@ def test_a_text_column_of_numbers_is_refused_naming_the_columns(tmp_path):
     with pytest.raises(DataError, match=r"text_column='id': holds int64 values, not text; .*\['id', 'body'\]"):
         corpus(tmp_path / "ints.jsonl", text_column="id")
     assert len(corpus(tmp_path / "ints.jsonl", text_column="body")) == 2
+
+
+ROWS = [{"text": f"document {i}: the quick brown fox jumps over the lazy dog", "id": i} for i in range(40)]
+
+
+def write(path, text: str, opener=open):
+    with opener(path, "wt", encoding="utf-8", newline="") as f:
+        f.write(text)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_compressed_json_text_and_csv_read_as_their_plain_selves(tmp_path, suffix):
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix]
+    jsonl = "".join(json.dumps(r) + "\n" for r in ROWS)
+    csv = "id,text\n" + "".join(f'{r["id"]},"{r["text"]}\nsecond line"\n' for r in ROWS)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "packed").mkdir()
+    for name, body in (("c4.00000-of-01024.json", jsonl), ("t.csv", csv), ("book.txt", csv)):
+        plain = write(tmp_path / "plain" / name, body)
+        packed = write(tmp_path / "packed" / (name + suffix), body, opener)
+        assert corpus(packed)["text"] == corpus(plain)["text"]
+    assert len(corpus(tmp_path / "packed" / f"c4.00000-of-01024.json{suffix}")) == 40
+    # A folder finds them by the kind before the compression suffix, and one source takes one kind.
+    with pytest.raises(DataError, match=r"found \['.csv', '.json', '.txt'\]; .* also as .gz, .bz2, .xz, .zst"):
+        corpus(tmp_path / "packed")
+
+
+def test_broken_archives_are_named_with_the_file(tmp_path, monkeypatch):
+    import gzip
+    import sys
+
+    whole = gzip.compress("".join(json.dumps(r) + "\n" for r in ROWS).encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # a download that stopped
+    with pytest.raises(DataError, match=r"cut.jsonl.gz cannot be decompressed \(EOFError: .*\): truncated or corrupt"):
+        corpus(tmp_path / "cut.jsonl.gz")
+    (tmp_path / "fake.txt.gz").write_text("not gzip at all")
+    with pytest.raises(DataError, match=r"fake.txt.gz cannot be decompressed \(BadGzipFile"):
+        corpus(tmp_path / "fake.txt.gz")
+    (tmp_path / "none.txt.gz").write_bytes(gzip.compress(b""))
+    with pytest.raises(DataError, match=r"none.txt.gz is empty once decompressed"):
+        corpus(tmp_path / "none.txt.gz")
+    (tmp_path / "latin.txt.gz").write_bytes(gzip.compress(b"ok\ncaf\xe9\n"))
+    with pytest.raises(DataError, match=r"latin.txt.gz is not UTF-8 text \(byte 6 once decompressed\)"):
+        corpus(tmp_path / "latin.txt.gz")
+    (tmp_path / "t.parquet.gz").write_bytes(gzip.compress(b"PAR1"))
+    with pytest.raises(DataError, match=r"parquet compresses inside the file"):
+        corpus(tmp_path / "t.parquet.gz")
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # not installed
+    (tmp_path / "t.jsonl.zst").write_bytes(b"(\xb5/\xfd")
+    with pytest.raises(DataError, match=r"files: .*t.jsonl.zst: reading .zst files needs the zstandard package"):
+        corpus(tmp_path / "t.jsonl.zst")
+
+
+def test_a_bad_json_line_is_named_by_its_number_alone(tmp_path, capfd):
+    lines = [json.dumps(r) for r in ROWS]
+    (tmp_path / "torn.jsonl").write_text("\n".join(lines) + '\n{"text": "half a rec')
+    with pytest.raises(DataError, match=r"torn.jsonl line 41 is not JSON \(column 10: Unterminated string"):
+        corpus(tmp_path / "torn.jsonl")
+    assert "Failed to load JSON" not in capfd.readouterr().err  # datasets' own line is not printed before ours
+    (tmp_path / "lists.jsonl").write_text("\n".join(lines[:3] + ["[1, 2]"] + lines[3:]) + "\n")
+    with pytest.raises(DataError, match=r"lists.jsonl line 4 is a JSON list, not an object of named fields"):
+        corpus(tmp_path / "lists.jsonl")
+    (tmp_path / "array.json").write_text("[\n" + ",\n".join(lines[:5]) + ",\n]\n")  # a trailing comma
+    with pytest.raises(DataError, match=r"array.json is not JSON: line 7 column 1: Expecting value"):
+        corpus(tmp_path / "array.json")
+
+
+def test_records_under_a_key_are_read_with_field(tmp_path):
+    (tmp_path / "squad.json").write_text(json.dumps({"version": "1.1", "data": ROWS}))
+    (tmp_path / "only.json").write_text(json.dumps({"data": ROWS}))
+    with pytest.raises(DataError, match=r"text_column='text': no such column; the data has \['data'\]: the records "
+                                        r"are a list under 'data' \(one JSON document\); read them with field: data"):
+        corpus(tmp_path / "only.json")
+    assert corpus(tmp_path / "squad.json", field="data")["text"] == [r["text"] for r in ROWS]
+    with pytest.raises(DataError, match=r"squad.json: field='rows' is not a key of the document \(it has \['data', "):
+        corpus(tmp_path / "squad.json", field="rows")
+    (tmp_path / "a.txt").write_text("text")
+    with pytest.raises(DataError, match=r"field='data' picks the records out of a JSON document; these are .txt"):
+        corpus(tmp_path / "a.txt", field="data")
+
+
+def test_byte_order_marks_are_not_text_and_utf16_is_named(tmp_path):
+    (tmp_path / "bom.txt").write_bytes("\ufeffdef f():\n    return 1\n".encode())
+    assert corpus(tmp_path / "bom.txt")["text"] == ["def f():\n    return 1\n"]
+    (tmp_path / "wide.txt").write_text("def f():\n", encoding="utf-16")
+    with pytest.raises(DataError, match=r"wide.txt is utf-16 text, not UTF-8; convert it, e.g. iconv -f utf-16"):
+        corpus(tmp_path / "wide.txt")
+
+
+def test_a_text_column_of_mixed_kinds_shows_a_value_that_is_not_text(tmp_path):
+    (tmp_path / "mixed.jsonl").write_text('{"text": "a b"}\n{"text": null}\n{"text": 12345}\n')
+    with pytest.raises(DataError, match=r"text_column='text': holds values of mixed kinds \(example 2: int '12345'\)"):
+        corpus(tmp_path / "mixed.jsonl")
+
+
+def test_predict_reads_a_compressed_text_file_one_text_per_line(tmp_path):
+    import gzip
+
+    from finetune.predict import read_texts
+
+    (tmp_path / "texts.txt.gz").write_bytes(gzip.compress("\ufefffirst text\n\nsecond text\n".encode()))
+    assert read_texts(str(tmp_path / "texts.txt.gz"), None, None) == (["first text", "second text"], None)
