@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pretrain.data.config import SourceConfig
-from pretrain.data.sources import DataError, hold_out, load_table, require_columns
+from pretrain.data.sources import DataError, aligned, hold_out, load_table, require_columns
 
 
 def task_columns(cfg) -> dict[str, str]:
@@ -31,10 +31,31 @@ def task_sources(cfg) -> list[SourceConfig]:
 
 
 def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: str):
-    """One source's ``part`` (train, validation or test) reduced to ``columns``, each one checked."""
+    """One source's ``part`` (train, validation or test) reduced to ``columns``, each one checked:
+    there, and given in every example."""
     table = load_table(src, part, where)
     require_columns(table, columns, "task", f"{where} ({part} data)")
-    return table.select_columns(list(columns.values()))
+    table = table.select_columns(list(columns.values()))
+    for field, column in columns.items():
+        empty = _missing(table, column, blank=field == "label_column")
+        if empty:
+            what = "no label (null, absent or blank)" if field == "label_column" else "no value (null or absent)"
+            shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+            raise DataError(f"task.{field}={column!r}: {len(empty)} example(s) of {where} ({part} data) have {what}: "
+                            f"example{'s' if len(empty) > 1 else ''} {shown} (counting from 0); fill them in or drop "
+                            "those rows")  # fmt: skip
+    return table
+
+
+def _missing(table, column: str, blank: bool) -> list[int]:
+    """Indices of the examples whose ``column`` is null (or, ``blank``, empty or whitespace)."""
+    import pyarrow.compute as pc
+
+    values = table.data.column(column)
+    missing = pc.is_null(values)
+    if blank and (values.type == "string" or values.type == "large_string"):
+        missing = pc.or_kleene(missing, pc.equal(pc.utf8_trim_whitespace(values), ""))  # null or blank
+    return pc.indices_nonzero(missing).to_pylist()
 
 
 def check_task_sources(cfg) -> None:
@@ -44,9 +65,21 @@ def check_task_sources(cfg) -> None:
     if cfg.task.builtin:
         return
     columns = task_columns(cfg)
+    labels = set()
     for i, src in enumerate(cfg.data.sources):
         for part in src.local_parts():
-            source_table(src, part, columns, f"data.sources[{i}]")
+            table = source_table(src, part, columns, f"data.sources[{i}]")
+            if part == "train" and cfg.task.kind == "classify":
+                labels |= {str(x) for x in table[cfg.task.label_column]}
+    if cfg.task.kind == "classify" and all(src.local_parts() for src in cfg.data.sources):
+        require_labels(sorted(labels), cfg.task.label_column)
+
+
+def require_labels(labels: list[str], column: str) -> None:
+    """A classifier learns to tell two or more labels apart."""
+    if len(labels) < 2:
+        raise DataError(f"task.label_column={column!r}: the training data has {len(labels)} label(s) {labels}; a "
+                        "classifier needs examples of two or more")  # fmt: skip
 
 
 def task_tables(cfg, say=print) -> dict:
@@ -67,7 +100,7 @@ def task_tables(cfg, say=print) -> dict:
             parts["validation"].append(hold_out(train, frac, "validation", where, log=say, key=key, whole_rows=True))
             train = hold_out(train, frac, "train", where, key=key, whole_rows=True)
         parts["train"].append(train)
-    tables = {k: datasets.concatenate_datasets(v) if v else None for k, v in parts.items()}
+    tables = {k: datasets.concatenate_datasets(aligned(v)) if v else None for k, v in parts.items()}
     limit = t.max_train_examples
     if limit is not None and limit < len(tables["train"]):
         tables["train"] = tables["train"].shuffle(seed=cfg.train.seed).select(range(limit))
@@ -84,7 +117,7 @@ def named_part(cfg, part: str):
     if not found:
         raise DataError(f"no {part} data: no source of this run gives {part}_files (or {part}_split); "
                         "score a file with --data FILE instead")  # fmt: skip
-    return datasets.concatenate_datasets(found)
+    return datasets.concatenate_datasets(aligned(found))
 
 
 def add_file_arguments(ap) -> None:

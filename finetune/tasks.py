@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune.config import FinetuneConfig
-from finetune.data import check_task_sources, task_tables
+from finetune.data import check_task_sources, require_labels, task_tables
 from finetune.weights import Pretrained, load_pretrained
 from pretrain.data.batches import IGNORE, Batches
 from pretrain.data.sources import DataError
@@ -287,6 +287,7 @@ class FinetuneTask:
     def _classification_rows(self, tables) -> dict:
         t = self.cfg.task
         self.labels = sorted({str(x) for x in tables["train"][t.label_column]})
+        require_labels(self.labels, t.label_column)
         if "validation" in tables:
             check_labels(tables["validation"], t.label_column, self.labels, "the validation data")
         with_types = self.pretrained.model_cfg.type_vocab_size > 0

@@ -23,6 +23,7 @@ def _files(tmp):
     (tmp / "empty.jsonl").write_text("")
     (tmp / "latin.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
     (tmp / "ids.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
+    (tmp / "holes.jsonl").write_text('{"text": "good", "label": "pos"}\n{"text": "bad"}\n')
     (tmp / "torn.jsonl").write_text('{"text": "a whole record"}\n{"text": "half a rec')
     import gzip
 
@@ -149,6 +150,11 @@ CASES = [
     ("fine-tuning: no such starting point", ["finetune", "configs/finetune/stdlib-packages.yaml",
                                              "init_from={tmp}/nowhere", "output_dir={tmp}/runs"],
      "init_from='{tmp}/nowhere': no such file or directory"),
+    ("fine-tuning: rows without a label", ["finetune", "configs/finetune/stdlib-packages.yaml", f"init_from={GOLDEN}",
+                                           "task.builtin=null", "data.sources=[{files: '{tmp}/holes.jsonl'}]",
+                                           "output_dir={tmp}/runs"],
+     "config error: task.label_column='label': 1 example(s) of data.sources[0] (train data) have no label (null, "
+     "absent or blank): example 1 (counting from 0); fill them in or drop those rows"),
     ("fine-tuning: a kernel that takes no padding mask", ["finetune", "configs/finetune/stdlib-names.yaml",
                                                           "task.attention=flash", "output_dir={tmp}/runs"],
      "config error: task.attention='flash' takes no padding mask, which padded batches need (and an encoder-decoder's "

@@ -459,11 +459,39 @@ def load_corpus(cfg: DataConfig, split: str, seed: int = 0, log=None):
     if len(parts) == 1:
         return parts[0]
     return datasets.interleave_datasets(
-        parts,
+        aligned(parts),
         probabilities=[w / sum(weights) for w in weights],
         seed=seed,
         stopping_strategy="all_exhausted",
     )
+
+
+def aligned(tables: list) -> list:
+    """The tables with one type per column, so that datasets can concatenate or interleave them
+    (sources of different formats differ: JSON text is large_string, a text file's string; a label
+    is a number in one file and text in another). Text of either width becomes large_string; a
+    column that is text somewhere and not everywhere becomes text, each value as ``str`` writes it
+    (as classification names its labels)."""
+    import datasets
+
+    if all(t.features == tables[0].features for t in tables):
+        return tables
+    text = ("string", "large_string")
+    out = []
+    for t in tables:
+        for column in t.column_names:
+            kinds = {getattr(o.features.get(column), "dtype", None) for o in tables}
+            if len(kinds) == 1:
+                continue
+            features = t.features.copy()
+            features[column] = datasets.Value("large_string")
+            if getattr(t.features[column], "dtype", None) in text:
+                t = t.cast(features)
+            else:
+                t = t.map(lambda v, c=column: {c: None if v is None else str(v)}, input_columns=column,
+                          features=features)  # fmt: skip
+        out.append(t)
+    return out
 
 
 def _procs(num_proc: int, ds) -> int | None:

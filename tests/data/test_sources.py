@@ -138,3 +138,12 @@ def test_predict_reads_a_compressed_text_file_one_text_per_line(tmp_path):
 
     (tmp_path / "texts.txt.gz").write_bytes(gzip.compress("\ufefffirst text\n\nsecond text\n".encode()))
     assert read_texts(str(tmp_path / "texts.txt.gz"), None, None) == (["first text", "second text"], None)
+
+
+def test_sources_of_different_formats_mix(tmp_path):
+    """A JSON document's text is large_string, a text file's string: interleaving needs one type."""
+    (tmp_path / "a.json").write_text(json.dumps([{"text": f"json {i}"} for i in range(10)]))
+    (tmp_path / "b.txt").write_text("plain text\n")
+    sources = [SourceConfig(files=str(tmp_path / "a.json")), SourceConfig(files=str(tmp_path / "b.txt"))]
+    cfg = DataConfig(sources=sources, validation_fraction=0.0, num_proc=1)
+    assert sorted(set(load_corpus(cfg, "train")["text"])) == [f"json {i}" for i in range(10)] + ["plain text\n"]

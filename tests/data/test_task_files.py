@@ -1,0 +1,61 @@
+"""A fine-tuning task's own files as users bring them: labels missing or blank in some rows, one
+label only, sources of different formats (a label that is a number in one file and text in the
+other). Each is read, or refused in one line naming the rows, before a classifier is built."""
+
+import json
+
+import pytest
+
+from finetune.config import load_finetune_config
+from finetune.data import check_task_sources, task_tables
+from pretrain.data.sources import DataError
+
+ROWS = [{"text": f"example {i} is {'good' if i % 2 else 'bad'}", "label": i % 2} for i in range(30)]
+
+
+def task(*sources, kind="classify", fraction=0.0):
+    return load_finetune_config(None, ["init_from=somewhere", f"task.kind={kind}",
+                                       f"data.validation_fraction={fraction}",
+                                       f"data.sources={json.dumps([{'files': str(s)} for s in sources])}"])  # fmt: skip
+
+
+def jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_rows_without_a_label_are_named_not_learned_as_a_class(tmp_path):
+    rows = [dict(r) for r in ROWS]
+    del rows[3]["label"]
+    rows[7]["label"] = None
+    cfg = task(jsonl(tmp_path / "holes.jsonl", rows))
+    message = (r"task.label_column='label': 2 example\(s\) of data.sources\[0\] \(train data\) have no label "
+               r"\(null, absent or blank\): examples 3, 7 \(counting from 0\)")  # fmt: skip
+    with pytest.raises(DataError, match=message):
+        check_task_sources(cfg)  # what the launcher runs before any rank starts
+    with pytest.raises(DataError, match=message):
+        task_tables(cfg)
+    (tmp_path / "blank.csv").write_text("text,label\n" + "".join(f"{r['text']},{'  ' if i == 5 else r['label']}\n"
+                                                                  for i, r in enumerate(ROWS)))  # fmt: skip
+    with pytest.raises(DataError, match=r"have no label \(null, absent or blank\): example 5 \("):
+        check_task_sources(task(tmp_path / "blank.csv"))
+    rows = [dict(r) for r in ROWS]
+    rows[4]["text"] = None
+    with pytest.raises(DataError, match=r"task.text_column='text': 1 example\(s\) .* have no value .*: example 4 "):
+        check_task_sources(task(jsonl(tmp_path / "notext.jsonl", rows)))
+
+
+def test_one_label_is_refused(tmp_path):
+    cfg = task(jsonl(tmp_path / "one.jsonl", [{**r, "label": "pos"} for r in ROWS]))
+    with pytest.raises(DataError, match=r"the training data has 1 label\(s\) \['pos'\]; a classifier needs examples "):
+        check_task_sources(cfg)
+
+
+def test_sources_of_different_formats_are_one_table(tmp_path):
+    """JSON holds the text as large_string and here the label as text; a TSV's reader holds the text as
+    string and the label as a number."""
+    quoted = jsonl(tmp_path / "a.json", [{**r, "label": str(r["label"])} for r in ROWS[:20]])
+    (tmp_path / "b.tsv").write_text("text\tlabel\n" + "".join(f"{r['text']}\t{r['label']}\n" for r in ROWS[20:]))
+    tables = task_tables(task(quoted, tmp_path / "b.tsv"))
+    assert tables["train"]["text"] == [r["text"] for r in ROWS]
+    assert tables["train"]["label"] == [str(r["label"]) for r in ROWS]  # as the classifier names its labels
