@@ -39,6 +39,10 @@ def run_tokenizer(cfg: DataConfig, arch: str, vocab_size: int, run_dir: str | Pa
         log(f"training a {cfg.tokenizer.kind or default_kind(arch)} tokenizer ({size} tokens{among}) on the "
             "training data")  # fmt: skip
         tok = train_tokenizer(load_corpus(cfg, "train"), arch, cfg.tokenizer, size - len(added), extra)
+        if len(tok) < size:  # the trainer stops when the text has nothing left to merge
+            log(f"warning: the tokenizer learned {len(tok):,} of the {size:,} tokens asked for (the training text has "
+                f"no more to learn); model.vocab_size={vocab_size:,} keeps {vocab_size - len(tok):,} rows no token "
+                f"uses: set data.tokenizer.vocab_size and model.vocab_size to about {len(tok):,}, or give more text")
         save_tokenizer(tok, saved)
     check_vocab(tok, vocab_size, arch)
     if arch == "encoder-decoder":

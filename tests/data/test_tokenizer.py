@@ -68,11 +68,23 @@ def test_load_plain_tokenizer_json_recognises_specials(bpe, tmp_path):
 
 def test_run_tokenizer_trains_once_then_reuses_the_runs_copy(corpus_dir, tmp_path):
     cfg = data_cfg(corpus_dir, tmp_path, tokenizer=TokenizerConfig(vocab_size=300))
-    first = run_tokenizer(cfg, "decoder", 320, tmp_path / "run", log=lambda *_: None)
+    said = []
+    first = run_tokenizer(cfg, "decoder", 320, tmp_path / "run", log=said.append)
+    assert len(first) == 300 and not any("warning" in line for line in said), said
     assert (tmp_path / "run" / "tokenizer" / "tokenizer.json").exists()
     cfg.sources[0].files = str(tmp_path / "does-not-exist")  # a resume must not need the corpus again
     again = run_tokenizer(cfg, "decoder", 320, tmp_path / "run")
     assert again.get_vocab() == first.get_vocab()
+
+
+def test_a_text_too_small_for_the_vocabulary_asked_for_is_said(tmp_path):
+    (tmp_path / "small.txt").write_text("the cat sat on the mat\n" * 50)
+    cfg = data_cfg(tmp_path / "small.txt", tmp_path, tokenizer=TokenizerConfig(vocab_size=2000), validation_fraction=0)
+    said = []
+    tok = run_tokenizer(cfg, "decoder", 2048, tmp_path / "run", log=said.append)
+    assert len(tok) < 400
+    assert f"warning: the tokenizer learned {len(tok):,} of the 2,000 tokens asked for" in said[-1]
+    assert f"model.vocab_size=2,048 keeps {2048 - len(tok):,} rows no token uses" in said[-1]
 
 
 def test_tokenizer_larger_than_model_vocab_is_refused(bpe):
