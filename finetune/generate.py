@@ -154,16 +154,17 @@ class _DecoderSteps:
     the same position; the cache (or, without it, the whole sequence) advances a token a step."""
 
     def __init__(self, model, tokenizer, prompts: list[str], max_new_tokens: int, use_cache: bool):
+        from pretrain.data.tokenizer import separator_id
+
         device = next(model.parameters()).device
-        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        start = [separator_id(tokenizer, "decoder")]  # an empty prompt starts a document, as after end-of-text
+        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] or start for p in prompts]
         width = max(len(e) for e in encoded)
         pad_id = _pad_id(tokenizer)
         self.ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
         self.mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
         total = width + max_new_tokens
-        if model.cfg.position == "learned" and total > model.cfg.max_seq_len:
-            raise ValueError(f"prompt ({width} tokens) + max_new_tokens ({max_new_tokens}) exceed the model's "
-                             f"{model.cfg.max_seq_len} positions")  # fmt: skip
+        _fits(model, width, max_new_tokens, total)
         self.model, self.step = model, self.ids
         self.cache = model.new_cache(len(prompts), total) if use_cache else None
 
@@ -199,6 +200,8 @@ class _Seq2SeqSteps:
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] + eos for p in prompts]
         width = max(len(e) for e in encoded)
+        _fits(model, width, 0, width, "the encoder's")
+        _fits(model, 0, max_new_tokens, max_new_tokens + 1, "the decoder's")  # it starts from one pad token
         pad_id = _pad_id(tokenizer)
         self.src = torch.tensor([e + [pad_id] * (width - len(e)) for e in encoded], device=device)
         self.src_mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded], device=device)
@@ -222,6 +225,19 @@ class _Seq2SeqSteps:
         self.memory = self.memory[rows]
         if self.cache is not None:
             self.cache.reorder(rows)
+
+
+def _fits(model, prompt: int, new: int, total: int, whose: str = "the model's") -> None:
+    """A ConfigError when a learned-position model would need positions it does not have (rotary,
+    ALiBi and relative positions reach past their training length)."""
+    from pretrain.config import ConfigError
+
+    limit = model.cfg.max_seq_len
+    if model.cfg.position == "learned" and total > limit:
+        what = f"the longest prompt ({prompt} tokens)" if prompt else f"max_new_tokens={new}"
+        what += f" + max_new_tokens={new}" if prompt and new else ""
+        raise ConfigError(f"{what} needs {total} positions but {whose} learned positions are {limit}; shorten the "
+                          "prompt or ask for fewer new tokens (--max-new-tokens)")  # fmt: skip
 
 
 def _cut(text: str, stops: tuple[str, ...]) -> str:

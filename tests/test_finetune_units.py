@@ -176,3 +176,33 @@ def test_an_encoder_decoder_classifies_the_mean_of_its_encoder_output():
 
     encoder = sum(m.weight.numel() for m in body.encoder.modules() if isinstance(m, torch.nn.Linear))
     assert flops_per_token(body, 6, 0.0) == 6.0 * encoder + 12.0 * cfg.d_model * cfg.num_layers * 6  # for MFU
+
+
+def test_an_empty_prompt_starts_a_document_and_positions_past_the_model_are_one_line():
+    """A decoder samples from nothing as from right after an end-of-text; a learned-position model
+    refuses a prompt + new tokens it has no positions for (rotary ones extrapolate and go on)."""
+    from finetune.generate import Sampling, beam_search, generate
+    from pretrain.config import ConfigError
+    from pretrain.model import build_model
+
+    class WithEos(CharTokenizer):
+        eos_token_id = 5  # what the prompt "^" encodes to
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, max_seq_len=16)).eval()
+    s = Sampling(max_new_tokens=6, temperature=0.0)
+    assert generate(model, WithEos(), [""], s) == generate(model, WithEos(), ["^"], s)
+    message = r"the longest prompt \(12 tokens\) \+ max_new_tokens=6 needs 18 positions but the model's learned"
+    with pytest.raises(ConfigError, match=message + r" positions are 16; shorten the prompt"):
+        generate(model, WithEos(), ["twelve chars"], s)
+    with pytest.raises(ConfigError, match=r"needs 18 positions"):
+        beam_search(model, WithEos(), ["twelve chars"], 2, 6)
+    rope = Transformer(ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, max_seq_len=16,
+                                   position="rope")).eval()  # fmt: skip
+    assert len(generate(rope, WithEos(), ["twelve chars"], s)[0].split()) == 6
+    bart = build_model(ModelConfig(arch="encoder-decoder", vocab_size=97, d_model=32, num_layers=2, num_heads=4,
+                                   max_seq_len=16, position="learned")).eval()  # fmt: skip
+    with pytest.raises(ConfigError, match=r"max_new_tokens=20 needs 21 positions but the decoder's learned positions"):
+        generate(bart, WithEos(), ["short"], Sampling(max_new_tokens=20, temperature=0.0))
+    with pytest.raises(ConfigError, match=r"the longest prompt \(21 tokens\) needs 21 positions but the encoder's"):
+        generate(bart, WithEos(), ["a twenty-char prompt"], s)
