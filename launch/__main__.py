@@ -30,6 +30,7 @@ from pretrain.config import ConfigError, exit_on_config_error
 
 MODES = ("local", "hosts", "slurm", "k8s")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.\-]*=")
+DOTTED = re.compile(r"^[A-Za-z_][\w\-]*\.[\w.\-]+$")
 
 # Flags that are shorthand for cluster.* overrides.
 FLAGS = {
@@ -86,7 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     # key=value words are overrides wherever they stand; argparse takes the rest
     overrides = [a for a in argv if OVERRIDE.match(a)]
-    ns = parser().parse_args([a for a in argv if not OVERRIDE.match(a)])
+    ns, rest = parser().parse_known_args([a for a in argv if not OVERRIDE.match(a)])
+    for word in rest:  # an override without its value, as python -m pretrain says it
+        if DOTTED.match(word):
+            raise ConfigError(f"override {word!r} must look like section.key=value (e.g. train.lr=3e-4)")
+    if rest:
+        parser().error(f"unrecognized arguments: {' '.join(rest)}")
     ns.overrides = overrides
     if overrides and ns.mode not in MODES:
         raise ConfigError(f"{ns.mode} takes no key=value overrides, got {overrides[0]!r}")

@@ -19,6 +19,7 @@ DEBUG = "configs/model/debug.yaml"
 
 def _files(tmp):
     (tmp / "ds-list.json").write_text("[1, 2]")
+    (tmp / "tabs.yaml").write_text("model:\n\td_model: 64\n")
     (tmp / "ds-typo.json").write_text('{"zero_optimisation": {"stage": 2}}')
     (tmp / "empty.jsonl").write_text("")
     (tmp / "latin.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
@@ -77,6 +78,11 @@ def pretrain(*overrides):
 CASES = [
     ("config: unknown key", pretrain("model.num_layer=3"),
      "config error: unknown key 'model.num_layer'; did you mean 'model.num_layers'?"),
+    ("config: a file that is not YAML", ["pretrain", "{tmp}/tabs.yaml"],
+     "config error: {tmp}/tabs.yaml is not valid YAML: line 2, column 1: found character '\\t' that cannot start any "
+     "token (while scanning for the next token)"),
+    ("config: an override without its value, under the launcher", ["launch", "local", DEBUG, "model.d_model"],
+     "config error: override 'model.d_model' must look like section.key=value (e.g. train.lr=3e-4)"),
     ("config: wrong type", pretrain("model.d_model=abc"), "config error: model.d_model='abc': expected an integer"),
     ("config: not a finite number", pretrain("train.lr=.nan"), "config error: train.lr=nan: must be a finite number"),
     ("config: learning rate out of range", pretrain("train.lr=1e9"),
