@@ -222,8 +222,9 @@ class FinetuneTask:
         check_task_fits(cfg.task, arch, f"init_from={cfg.init_from!r} ({self.pretrained.source})")
         if self.kind in ("generate", "seq2seq") and self.pretrained.body_only:
             needs = "an LM head" + (" and the decoder" if self.kind == "seq2seq" else "")
-            raise DataError(f"task.kind={self.kind} needs {needs}; {self.pretrained.source} is a classifier's body "
-                            "(start from the checkpoint the classifier was fine-tuned from)")  # fmt: skip
+            raise DataError(f"task.kind={self.kind} needs {needs}; {self.pretrained.source} holds the stack without "
+                            "them (a classifier's body, or an HF base model): start from the checkpoint it was "
+                            "fine-tuned from, or one with its LM head")  # fmt: skip
         if cfg.data.tokenizer.path:
             from pretrain.data.tokenizer import load_tokenizer
 

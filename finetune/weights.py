@@ -92,18 +92,23 @@ class BodyWeights(Mapping):
         return len(self._names)
 
 
-def _opened(model_cfg: ModelConfig, tensors: Mapping, tok, source: str) -> Pretrained:
-    """Checked against the model's names and shapes now, before any process starts."""
+def _opened(model_cfg: ModelConfig, tensors: Mapping, tok, source: str, body_only: bool = False) -> Pretrained:
+    """Checked against the model's names and shapes now, before any process starts. ``body_only``:
+    the weights are known to lack the LM head (an HF folder of a base model or a classifier)."""
     from pretrain.export import check_fits
 
-    body_only = any(k.startswith("body.") for k in tensors)
-    if body_only:
-        tensors = BodyWeights(tensors)
+    if any(k.startswith("body.") for k in tensors):
+        tensors, body_only = BodyWeights(tensors), True
     try:
         check_fits(tensors, model_cfg, skip=body_lacks(model_cfg) if body_only else ())
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return Pretrained(model_cfg, lambda: tensors, tok, source, body_only)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
+                   "tokenizer.model")  # fmt: skip
+"""What transformers saves of a tokenizer (fast or slow, BPE, WordPiece or SentencePiece)."""
 
 
 def _from_hf_dir(path: Path) -> Pretrained:
@@ -117,6 +122,10 @@ def _from_hf_dir(path: Path) -> Pretrained:
     from pretrain.model.hf_t5 import t5_from_hf
 
     hf_cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise ConfigError(f"init_from={str(path)!r}: the folder has weights but no tokenizer (none of "
+                          f"{list(TOKENIZER_FILES)}); save the model's tokenizer beside them "
+                          "(tokenizer.save_pretrained(FOLDER))")  # fmt: skip
     tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     source = f"HF {hf_cfg.model_type} model {path}"
     seq2seq = {"t5": t5_from_hf, "bart": bart_from_hf}.get(hf_cfg.model_type)
@@ -128,7 +137,8 @@ def _from_hf_dir(path: Path) -> Pretrained:
             return Pretrained(model_cfg, lambda: state, tok, source)
         model_cfg = config_from_hf(hf_cfg)
         if has_weights(path):
-            return _opened(model_cfg, FromHF(model_cfg, ShardedWeights(path), hf_cfg), tok, source)
+            tensors = FromHF(model_cfg, ShardedWeights(path), hf_cfg)
+            return _opened(model_cfg, tensors, tok, source, tensors.body_only)
         masked = MODEL_TYPES.get(hf_cfg.model_type) in ("bert", "deberta")
         auto = transformers.AutoModelForMaskedLM if masked else transformers.AutoModelForCausalLM
         hf_model = auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)

@@ -86,6 +86,9 @@ class ShardedWeights(Mapping):
         with safe_open(str(self._folder / self._where[name]), framework="pt") as f:
             return tuple(f.get_slice(name).get_shape())
 
+    def __contains__(self, name: object) -> bool:  # Mapping's would read the tensor
+        return name in self._where
+
     def __iter__(self):
         return iter(self._where)
 

@@ -307,9 +307,18 @@ class FromHF(Mapping):
             kind = "deberta-legacy"
         self._table = {name: (hf_names, transposed) for name, hf_names, transposed in _table(family_of(cfg), cfg, kind)
                        if name not in cfg.tied_output_keys}  # fmt: skip
+        heads = [name for name in self._table if name.startswith("head.")]
+        self.body_only = bool(heads) and not any(self._has(h) for name in heads for h in self._table[name][0])
+        """The folder holds the stack without its LM head (BertModel, BertForSequenceClassification,
+        LlamaModel): ``head.*`` is not listed."""
+        if self.body_only:
+            self._table = {name: v for name, v in self._table.items() if name not in heads}
         offset = position_offset(hf_cfg) if hf_cfg is not None else 0
         positions = self._table.get("embed.positions.weight")
         self._skip = {positions[0][0]: offset} if positions and offset else {}  # HF rows before position 0
+
+    def _has(self, hf_name: str) -> bool:
+        return hf_name in self._hf or hf_name.split(".", 1)[1] in self._hf
 
     def _get(self, hf_name: str) -> torch.Tensor:
         tensor = self._hf[hf_name] if hf_name in self._hf else self._hf[hf_name.split(".", 1)[1]]  # a KeyError

@@ -215,6 +215,57 @@ def test_init_from_an_hf_encoder_folder_reads_its_weights_as_from_hf_does(name, 
         torch.testing.assert_close(tensor, ours.state_dict()[key], atol=0, rtol=0, msg=key)
 
 
+def _word_tokenizer(folder):
+    from tokenizers import Tokenizer, models
+
+    vocab = {f"t{i}": i for i in range(101)}
+    tok = tf.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t3")),
+                                     pad_token="t1", mask_token="t4", cls_token="t5", sep_token="t6",
+                                     eos_token="t2")  # fmt: skip
+    tok.save_pretrained(folder)
+
+
+@pytest.mark.parametrize("head", ["classifier", "none"])
+def test_init_from_an_hf_folder_without_an_lm_head_reads_the_stack(head, tmp_path):
+    """BertForSequenceClassification and BertModel (and LlamaModel) folders hold the stack without
+    an LM head: fine-tuning a classifier reads the stack from them; the head is not looked for."""
+    from finetune.weights import load_pretrained
+
+    hf_cfg = tf.BertConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, max_position_embeddings=40, num_labels=3)  # fmt: skip
+    masked = tf.BertForMaskedLM(hf_cfg)
+    perturb(masked)
+    if head == "classifier":
+        body, state = tf.BertForSequenceClassification(hf_cfg), masked.state_dict()
+    else:  # the base model's names have no "bert." (and it adds a pooler)
+        body, state = tf.BertModel(hf_cfg), {k.removeprefix("bert."): v for k, v in masked.state_dict().items()}
+    missing, _ = body.load_state_dict(state, strict=False)  # the same stack
+    assert all(k.startswith(("classifier.", "bert.pooler.", "pooler.")) for k in missing), missing
+    body.save_pretrained(tmp_path)
+    _word_tokenizer(tmp_path)
+    pre = load_pretrained(str(tmp_path))
+    _, ours = from_hf(masked)
+    weights = pre.state_dict()
+    assert pre.body_only and set(ours.state_dict()) - set(weights) == {k for k in ours.state_dict() if "head." in k}
+    for key, tensor in weights.items():
+        torch.testing.assert_close(tensor, ours.state_dict()[key], atol=0, rtol=0, msg=key)
+    llama = tf.LlamaModel(tf.LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=40,
+                                         tie_word_embeddings=False))  # fmt: skip
+    llama.save_pretrained(tmp_path / "llama")
+    _word_tokenizer(tmp_path / "llama")
+    assert load_pretrained(str(tmp_path / "llama")).body_only
+
+
+def test_init_from_an_hf_folder_without_a_tokenizer_says_so(tmp_path):
+    from finetune.weights import load_pretrained
+    from pretrain.config import ConfigError
+
+    hf_models()["gpt2"]().save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=r"the folder has weights but no tokenizer \(none of \['tokenizer.json'"):
+        load_pretrained(str(tmp_path))
+
+
 def test_deberta_v3_base_has_the_shape_of_microsofts():
     """configs/model/deberta-v3-base.yaml against transformers' DebertaV2ForMaskedLM of the config
     microsoft/deberta-v3-base ships (both on the meta device): the same parameters."""

@@ -169,8 +169,9 @@ def test_the_papers_model_trained_with_flash_fine_tunes_for_seq2seq_and_classifi
     from_cls = finetune_config(make_config, "from-cls", cls_run, {"kind": "seq2seq"},
                                data={"sources": [{"files": str(data_file)}]})  # fmt: skip
     refused = launch(1, from_cls, module="finetune", check=False)
-    assert refused.returncode == 2 and "task.kind=seq2seq needs an LM head and the decoder; checkpoint" in \
-        refused.stdout and "is a classifier's body" in refused.stdout, refused.stdout[-2000:]  # fmt: skip
+    said = refused.stdout
+    assert refused.returncode == 2 and "task.kind=seq2seq needs an LM head and the decoder; checkpoint" in said and \
+        "holds the stack without them (a classifier's body" in said, said[-2000:]  # fmt: skip
 
     data = {"sources": [{"files": str(data_file)}]}
     wrong = finetune_config(make_config, "wrong", pre, {"kind": "generate"}, data=data)
