@@ -111,12 +111,21 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     from pretrain.shards import write_sharded
 
     tag_dir = ckpt.resolve(source, best=True)
+    out = Path(out)
+    folder = tag_dir.parent if tag_dir.parent.name == "checkpoints" else tag_dir  # a run's, or a lone checkpoint
+    if out.resolve().is_relative_to(folder.resolve()):
+        raise ConfigError(f"{out}: inside {folder}, where an export would be taken for (and pruned as) part of a "
+                          "checkpoint; export to another folder")  # fmt: skip
+    if (tag_dir / "labels.json").exists():
+        raise ConfigError(f"{tag_dir} is a classifier's checkpoint: its head (pooling, then a linear layer with a "
+                          "bias) has no transformers class that computes the same, so it is not exported; "
+                          "python -m finetune.predict and finetune.evaluate read the checkpoint itself, and "
+                          "init_from starts another fine-tuning from it")  # fmt: skip
     print(f"exporting {ckpt.describe(tag_dir)}")
     cfg = ckpt.saved_config(tag_dir)
     tensors = consolidated_tensors(tag_dir)
     check_fits(tensors, cfg.model)
     tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
-    out = Path(out)
     cons = out / "consolidated"
     tied = cfg.model.tied_output_keys  # one tensor, stored once
     try:

@@ -43,7 +43,9 @@ def write_sharded(tensors: Iterable[tuple[str, Callable[[], torch.Tensor]]], fol
         total += nbytes
     flush()
     if len(shards) == 1:
+        (folder / INDEX).unlink(missing_ok=True)  # an earlier sharded write's index would win over the new file
         os.replace(folder / ".shard-0.tmp", folder / SINGLE)
+        _remove_other_weights(folder, [folder / SINGLE])
         return [folder / SINGLE]
     files, weight_map = [], {}
     for i, names in enumerate(shards):
@@ -52,7 +54,16 @@ def write_sharded(tensors: Iterable[tuple[str, Callable[[], torch.Tensor]]], fol
         files.append(file)
         weight_map.update(dict.fromkeys(names, file.name))
     (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    _remove_other_weights(folder, files)
     return files
+
+
+def _remove_other_weights(folder: Path, kept: list[Path]) -> None:
+    """Weights files an earlier write left in ``folder`` (another shard count): a reader taking
+    the folder's files would mix them with these."""
+    for old in [folder / SINGLE, *folder.glob("model-*-of-*.safetensors")]:
+        if old not in kept:
+            old.unlink(missing_ok=True)
 
 
 def has_weights(folder: Path) -> bool:
