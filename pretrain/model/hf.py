@@ -1,7 +1,8 @@
 """Exchange with HF transformers: GPT-2 (GPT2LMHeadModel), LLaMA (LlamaForCausalLM), BERT
 (BertForMaskedLM) and DeBERTa v2/v3 (DebertaV2ForMaskedLM), both ways, weights included; RoBERTa
 (RobertaForMaskedLM) is read as the BERT family it is (its position table starts two rows late,
-after fairseq's padding offset), and written back as BERT.
+after fairseq's padding offset), and written back as BERT; Mistral (MistralForCausalLM) is the
+LLaMA family with a sliding window, and a LLaMA-shaped model with one is written as Mistral.
 
     cfg, model = from_hf(hf_model)
     hf_model = to_hf(model)
@@ -21,7 +22,8 @@ from .config import ModelConfig
 from .transformer import Transformer
 
 FAMILIES = ("gpt2", "llama", "bert", "deberta")
-MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "bert": "bert", "roberta": "bert", "deberta-v2": "deberta"}
+MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "bert": "bert", "roberta": "bert",
+               "deberta-v2": "deberta"}  # fmt: skip
 """HF model_type -> the family we read it as."""
 
 
@@ -44,6 +46,9 @@ def family_of(cfg: ModelConfig) -> str:
     if family != "llama":
         want["kv_heads"] = cfg.num_heads
     want.update(same)
+    if family == "llama" and cfg.sliding_window:  # Mistral: a window, no biases
+        del want["sliding_window"]
+        want["bias"] = False
     off = {k: getattr(cfg, k) for k, v in want.items() if getattr(cfg, k) != v}
     if off:
         raise ValueError(
@@ -74,14 +79,15 @@ def _config_from_hf(hf_cfg) -> ModelConfig:
             bias=True, dropout=hf_cfg.resid_pdrop, attention_dropout=hf_cfg.attn_pdrop,
             init_std=hf_cfg.initializer_range, **common,
         )  # fmt: skip
-    if kind == "llama":
+    if kind in ("llama", "mistral"):
         rope = getattr(hf_cfg, "rope_parameters", None) or {"rope_theta": getattr(hf_cfg, "rope_theta", 10000.0)}
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"LLaMA rope_type={rope['rope_type']!r}: only the default RoPE is supported")
         if getattr(hf_cfg, "attention_bias", False) != getattr(hf_cfg, "mlp_bias", False):
             raise ValueError("LLaMA configs with attention_bias != mlp_bias are not supported")
-        if hf_cfg.head_dim != hf_cfg.hidden_size // hf_cfg.num_attention_heads or hf_cfg.hidden_act != "silu":
-            raise ValueError("LLaMA configs need head_dim = hidden_size / heads and hidden_act='silu'")
+        head_dim = getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // hf_cfg.num_attention_heads
+        if head_dim != hf_cfg.hidden_size // hf_cfg.num_attention_heads or hf_cfg.hidden_act != "silu":
+            raise ValueError(f"{kind} configs need head_dim = hidden_size / heads and hidden_act='silu'")
         return ModelConfig(
             arch="decoder", d_model=hf_cfg.hidden_size, num_layers=hf_cfg.num_hidden_layers,
             num_heads=hf_cfg.num_attention_heads, num_kv_heads=hf_cfg.num_key_value_heads,
@@ -89,7 +95,8 @@ def _config_from_hf(hf_cfg) -> ModelConfig:
             position="rope", rope_base=float(rope["rope_theta"]),
             rotary_fraction=float(rope.get("partial_rotary_factor", 1.0)),
             norm="rmsnorm", norm_eps=hf_cfg.rms_norm_eps, norm_position="pre", mlp="swiglu",
-            bias=bool(hf_cfg.attention_bias), attention_dropout=float(hf_cfg.attention_dropout),
+            bias=bool(getattr(hf_cfg, "attention_bias", False)), attention_dropout=float(hf_cfg.attention_dropout),
+            sliding_window=getattr(hf_cfg, "sliding_window", None) or None,
             init_std=hf_cfg.initializer_range, **common,
         )  # fmt: skip
     if kind in ("bert", "roberta"):
@@ -156,6 +163,16 @@ def _config_to_hf(cfg: ModelConfig):
             activation_function="gelu_new", resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
             attn_pdrop=cfg.attention_dropout, initializer_range=cfg.init_std,
             tie_word_embeddings=cfg.tie_embeddings, bos_token_id=None, eos_token_id=None,
+        )  # fmt: skip
+    if family == "llama" and cfg.sliding_window:
+        return tf.MistralConfig(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_size,
+            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, head_dim=cfg.head_dim,
+            num_key_value_heads=cfg.kv_heads, max_position_embeddings=cfg.max_seq_len,
+            rms_norm_eps=cfg.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},
+            sliding_window=cfg.sliding_window, attention_dropout=cfg.attention_dropout,
+            tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std,
+            bos_token_id=None, eos_token_id=None,
         )  # fmt: skip
     if family == "llama":
         return tf.LlamaConfig(
@@ -391,14 +408,16 @@ def hf_config(cfg: ModelConfig):
 
 
 def to_hf(model: Transformer):
-    """The transformers model (GPT2LMHeadModel, LlamaForCausalLM, BertForMaskedLM or
-    DebertaV2ForMaskedLM) with our weights."""
+    """The transformers model (GPT2LMHeadModel, LlamaForCausalLM or MistralForCausalLM,
+    BertForMaskedLM or DebertaV2ForMaskedLM) with our weights."""
     import transformers as tf
 
     cfg = model.cfg
     family = family_of(cfg)
     hf_cls = {"gpt2": tf.GPT2LMHeadModel, "llama": tf.LlamaForCausalLM, "bert": tf.BertForMaskedLM,
               "deberta": tf.DebertaV2ForMaskedLM}[family]  # fmt: skip
+    if family == "llama" and cfg.sliding_window:
+        hf_cls = tf.MistralForCausalLM
     hf_model = hf_cls(_config_to_hf(cfg)).to(model.embed.tokens.weight.dtype)
     out = {name: make().clone() for name, make in hf_tensors(cfg, model.state_dict())}
     if family == "bert":

@@ -58,6 +58,11 @@ def hf_models():
                 eos_token_id=None,
             )
         ),  # fmt: skip
+        "mistral": lambda: tf.MistralForCausalLM(  # the window (4) is shorter than the 13-token rows
+            tf.MistralConfig(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
+                             num_key_value_heads=2, vocab_size=101, max_position_embeddings=40, sliding_window=4,
+                             initializer_range=0.3, bos_token_id=None, eos_token_id=None)
+        ),  # fmt: skip
         "bert": lambda: tf.BertForMaskedLM(tf.BertConfig(**ENCODER)),
         "roberta": lambda: tf.RobertaForMaskedLM(  # 40 positions after the padding offset of 2
             tf.RobertaConfig(**ENCODER, max_position_embeddings=42, type_vocab_size=1, pad_token_id=1)
@@ -151,6 +156,8 @@ def test_config_mapping_preserves_shape_choices():
         (dict(arch="encoder", norm_position="pre"), "no HF bert model"),
         (dict(num_kv_heads=2), "'kv_heads': 2"),
         (dict(linear_attention="performer"), "'linear_attention': 'performer'"),  # HF's GPT-2 would run softmax
+        (dict(position="alibi", sliding_window=8), "'sliding_window': 8"),  # only LLaMA's shape has Mistral's window
+        (dict(position="rope", mlp="swiglu", norm="rmsnorm", sliding_window=8, bias=True), "'bias': True"),  # Mistral
     ],
 )
 def test_unsupported_architectures_are_refused_clearly(kw, message):
