@@ -129,6 +129,10 @@ class FinetuneConfig(RunConfig):
         if self.task.kind == "seq2seq" and learned and self.target_len > self.model.max_seq_len:
             raise ConfigError(f"task.target_len={self.target_len}: longer than the model's {self.model.max_seq_len} "
                               f"learned positions (model.max_seq_len); use task.target_len <= {self.model.max_seq_len}")
+        if self.task.lora_rank:
+            from finetune.lora import check_targets
+
+            check_targets(self.model, self.task.lora_targets)
 
 
 def load_finetune_config(path, overrides=None) -> FinetuneConfig:

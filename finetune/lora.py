@@ -9,6 +9,25 @@ from __future__ import annotations
 from torch import nn
 
 
+def check_targets(model_cfg, targets: list[str]) -> None:
+    """Each target names a linear layer of the model (peft's rule: the module's name, or its last
+    dotted parts), or a ConfigError listing what there is; peft would raise in every rank."""
+    import re
+
+    import torch
+
+    from pretrain.config import ConfigError
+    from pretrain.model import build_model
+
+    with torch.device("meta"):
+        names = [n for n, m in build_model(model_cfg).named_modules() if isinstance(m, nn.Linear)]
+    for target in targets:
+        if not any(n == target or n.endswith("." + target) for n in names):
+            kinds = sorted({re.sub(r"^(.*\.)?\d+\.", "", n) for n in names})  # layers.3.attn.qkv -> attn.qkv
+            raise ConfigError(f"task.lora_targets: {target!r} names no linear layer of the model; its linear layers "
+                              f"are {kinds}")  # fmt: skip
+
+
 def lora_config(rank: int, alpha: float, dropout: float, targets: list[str]):
     from peft import LoraConfig
 

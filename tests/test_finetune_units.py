@@ -206,3 +206,17 @@ def test_an_empty_prompt_starts_a_document_and_positions_past_the_model_are_one_
         generate(bart, WithEos(), ["short"], Sampling(max_new_tokens=20, temperature=0.0))
     with pytest.raises(ConfigError, match=r"the longest prompt \(21 tokens\) needs 21 positions but the encoder's"):
         generate(bart, WithEos(), ["a twenty-char prompt"], s)
+
+
+def test_lora_targets_must_name_linear_layers_of_the_model():
+    """peft raised in every rank for a target it could not find; the config refuses it first."""
+    from finetune.config import load_finetune_config
+    from pretrain.config import ConfigError
+
+    model = ModelConfig(vocab_size=50, d_model=16, num_layers=2, num_heads=2, max_seq_len=512)
+    cfg = load_finetune_config(None, ["init_from=somewhere", "task.lora_rank=4", "task.lora_targets=[qkv, mlp.fc]"])
+    assert cfg.with_model(model).model is model  # suffixes of the layers' names, as peft matches them
+    cfg = load_finetune_config(None, ["init_from=somewhere", "task.lora_rank=4", "task.lora_targets=[q_proj]"])
+    with pytest.raises(ConfigError, match=r"task.lora_targets: 'q_proj' names no linear layer of the model; its linear "
+                                          r"layers are \['attn.proj', 'attn.qkv', 'head', 'mlp.fc', 'mlp.proj'\]"):
+        cfg.with_model(model)
