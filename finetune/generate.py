@@ -157,8 +157,9 @@ class _DecoderSteps:
         from pretrain.data.tokenizer import separator_id
 
         device = next(model.parameters()).device
-        start = [separator_id(tokenizer, "decoder")]  # an empty prompt starts a document, as after end-of-text
-        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] or start for p in prompts]
+        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        # an empty prompt starts a document, as one does after end-of-text in packed pretraining
+        encoded = [e or [separator_id(tokenizer, "decoder")] for e in encoded]
         width = max(len(e) for e in encoded)
         pad_id = _pad_id(tokenizer)
         self.ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
