@@ -159,6 +159,30 @@ def test_missing_file_is_a_config_error(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+def test_yaml_that_does_not_parse_is_one_line_with_its_place(tmp_path):
+    (tmp_path / "tabs.yaml").write_text("model:\n\td_model: 64\n")
+    (tmp_path / "open.yaml").write_text("model:\n  d_model: [1,\n")
+    with pytest.raises(ConfigError, match=r"tabs.yaml is not valid YAML: line 2, column 1: found character '\\t' that "
+                                          r"cannot start any token \(while scanning for the next token\)$"):
+        load_config(tmp_path / "tabs.yaml")
+    with pytest.raises(ConfigError, match=r"open.yaml is not valid YAML: line 3, column 1: expected the node content, "
+                                          r"but found '<stream end>' \(while parsing a flow node\)$"):
+        load_config(tmp_path / "open.yaml")
+
+
+def test_the_launcher_names_an_override_without_its_value(capsys):
+    from launch.__main__ import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["local", "configs/model/debug.yaml", "model.d_model"])
+    assert stopped.value.code == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == ["config error: override 'model.d_model' must look like section.key=value (e.g. train.lr=3e-4)"]
+    with pytest.raises(SystemExit):  # anything else unknown stays argparse's usage error
+        main(["local", "configs/model/debug.yaml", "--nnodes", "2"])
+    assert "unrecognized arguments: --nnodes 2" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in MODELS.glob("*.yaml")))
 def test_resolved_config_round_trips(name, tmp_path):
     cfg = load_config(MODELS / f"{name}.yaml", ["train.lr=2e-4"])

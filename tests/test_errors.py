@@ -19,13 +19,10 @@ DEBUG = "configs/model/debug.yaml"
 
 def _files(tmp):
     (tmp / "ds-list.json").write_text("[1, 2]")
-    (tmp / "tabs.yaml").write_text("model:\n\td_model: 64\n")
     (tmp / "ds-typo.json").write_text('{"zero_optimisation": {"stage": 2}}')
     (tmp / "empty.jsonl").write_text("")
     (tmp / "latin.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
     (tmp / "ids.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
-    (tmp / "holes.jsonl").write_text('{"text": "good", "label": "pos"}\n{"text": "bad"}\n')
-    (tmp / "torn.jsonl").write_text('{"text": "a whole record"}\n{"text": "half a rec')
     import gzip
 
     whole = gzip.compress(b'{"text": "a record"}\n' * 200)
@@ -78,11 +75,6 @@ def pretrain(*overrides):
 CASES = [
     ("config: unknown key", pretrain("model.num_layer=3"),
      "config error: unknown key 'model.num_layer'; did you mean 'model.num_layers'?"),
-    ("config: a file that is not YAML", ["pretrain", "{tmp}/tabs.yaml"],
-     "config error: {tmp}/tabs.yaml is not valid YAML: line 2, column 1: found character '\\t' that cannot start any "
-     "token (while scanning for the next token)"),
-    ("config: an override without its value, under the launcher", ["launch", "local", DEBUG, "model.d_model"],
-     "config error: override 'model.d_model' must look like section.key=value (e.g. train.lr=3e-4)"),
     ("config: wrong type", pretrain("model.d_model=abc"), "config error: model.d_model='abc': expected an integer"),
     ("config: not a finite number", pretrain("train.lr=.nan"), "config error: train.lr=nan: must be a finite number"),
     ("config: learning rate out of range", pretrain("train.lr=1e9"),
@@ -102,8 +94,6 @@ CASES = [
     ("data: empty file", pretrain("data.sources=[{files: '{tmp}/empty.jsonl'}]"), "empty.jsonl is empty"),
     ("data: not UTF-8", pretrain("data.sources=[{files: '{tmp}/latin.jsonl'}]"),
      "latin.jsonl is not UTF-8 text (byte 13); convert it, e.g. iconv -f latin1 -t utf-8"),
-    ("data: a line that is not JSON", pretrain("data.sources=[{files: '{tmp}/torn.jsonl'}]"),
-     "torn.jsonl line 2 is not JSON (column 10: Unterminated string starting at)"),
     ("data: a cut-off archive, under the launcher", ["launch", "local", DEBUG, "--nproc-per-node", "2",
                                                      "output_dir={tmp}/runs", "data.cache_dir={tmp}/cache",
                                                      "data.sources=[{files: '{tmp}/cut.jsonl.gz'}]"],
@@ -156,11 +146,6 @@ CASES = [
     ("fine-tuning: no such starting point", ["finetune", "configs/finetune/stdlib-packages.yaml",
                                              "init_from={tmp}/nowhere", "output_dir={tmp}/runs"],
      "init_from='{tmp}/nowhere': no such file or directory"),
-    ("fine-tuning: rows without a label", ["finetune", "configs/finetune/stdlib-packages.yaml", f"init_from={GOLDEN}",
-                                           "task.builtin=null", "data.sources=[{files: '{tmp}/holes.jsonl'}]",
-                                           "output_dir={tmp}/runs"],
-     "config error: task.label_column='label': 1 example(s) of data.sources[0] (train data) have no label (null, "
-     "absent or blank): example 1 (counting from 0); fill them in or drop those rows"),
     ("fine-tuning: a kernel that takes no padding mask", ["finetune", "configs/finetune/stdlib-names.yaml",
                                                           "task.attention=flash", "output_dir={tmp}/runs"],
      "config error: task.attention='flash' takes no padding mask, which padded batches need (and an encoder-decoder's "
