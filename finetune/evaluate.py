@@ -90,7 +90,7 @@ def evaluate_generator(tag_dir: Path, args, say) -> dict:
         prompts = [tok.decode(r["input_ids"][:-1]) for r in rows]  # generate() adds the end-of-text again
         targets = [r["target"] for r in rows]
     else:
-        rows = sft_rows(tok, table, cfg.task, cfg.data.seq_len)
+        rows = sft_rows(tok, table, cfg.task, cfg.data.seq_len, what, say)
         sums = score(model, rows, SFTCollator(tok.pad_token_id), lm_loss, args.batch_size)
         prompts = [tok.decode(r["input_ids"][: r["prompt_len"]]) for r in rows]
         targets = [r["input_ids"][r["prompt_len"] :] for r in rows]

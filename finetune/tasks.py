@@ -146,9 +146,10 @@ def classification_rows(tok, table, t, labels: list[str], seq_len: int, with_typ
             for i, (ids, label) in enumerate(zip(enc["input_ids"], table[t.label_column], strict=True))]  # fmt: skip
 
 
-def sft_rows(tok, table, t, seq_len: int) -> list[dict]:
-    """prompt + response + eos, cut to seq_len + 1 tokens; examples left without a response token
-    (a prompt filling the length) are dropped, as they have nothing to learn or score."""
+def sft_rows(tok, table, t, seq_len: int, what: str, say=print) -> list[dict]:
+    """prompt + response + eos, cut to seq_len + 1 tokens. Examples left without a response token
+    (a prompt filling the length) have nothing to learn or score: they are left out, and said so;
+    a DataError when that leaves none of ``what`` (e.g. "the train data")."""
     prompts = tok([str(x) for x in table[t.prompt_column]], add_special_tokens=False)["input_ids"]
     responses = tok([str(x) for x in table[t.response_column]], add_special_tokens=False)["input_ids"]
     rows = []
@@ -156,6 +157,15 @@ def sft_rows(tok, table, t, seq_len: int) -> list[dict]:
         ids = (p + r + [tok.eos_token_id])[: seq_len + 1]
         if len(ids) > len(p):
             rows.append({"input_ids": ids, "prompt_len": len(p)})
+    left_out = len(prompts) - len(rows)
+    if left_out:
+        longest = max(len(p) for p in prompts)
+        if not rows:
+            raise DataError(f"every example of {what} has a prompt longer than data.seq_len={seq_len} tokens (the "
+                            f"longest has {longest}), leaving no room for its response; raise data.seq_len or "
+                            "shorten the prompts")  # fmt: skip
+        say(f"warning: {left_out} of {len(prompts)} examples of {what} have prompts longer than data.seq_len={seq_len} "
+            f"tokens (the longest has {longest}) and no room for a response: left out")  # fmt: skip
     return rows
 
 
@@ -267,7 +277,7 @@ class FinetuneTask:
                     for split, table in tables.items()}  # fmt: skip
             collate = Seq2SeqCollator(self.tokenizer.pad_token_id)
         else:
-            rows = self._sft_rows(tables)
+            rows = self._sft_rows(tables, say)
             collate = SFTCollator(self.tokenizer.pad_token_id)
         micro, seed = self.cfg.train.micro_batch_size, self.cfg.train.seed
         self.train_batches = Batches(ExampleDataset(rows["train"]), collate, micro, rank, world, seed,
@@ -295,8 +305,8 @@ class FinetuneTask:
         return {split: classification_rows(self.tokenizer, table, t, self.labels, self.cfg.data.seq_len, with_types)
                 for split, table in tables.items()}  # fmt: skip
 
-    def _sft_rows(self, tables) -> dict:
-        return {split: sft_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len)
+    def _sft_rows(self, tables, say) -> dict:
+        return {split: sft_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len, f"the {split} data", say)
                 for split, table in tables.items()}  # fmt: skip
 
     # -- model

@@ -220,3 +220,31 @@ def test_lora_targets_must_name_linear_layers_of_the_model():
     with pytest.raises(ConfigError, match=r"task.lora_targets: 'q_proj' names no linear layer of the model; its linear "
                                           r"layers are \['attn.proj', 'attn.qkv', 'head', 'mlp.fc', 'mlp.proj'\]"):
         cfg.with_model(model)
+
+
+def test_sft_examples_whose_prompt_fills_the_length_are_left_out_and_said():
+    """An example with no room for a response token has nothing to learn; leaving every one out
+    would train on nothing (it was a traceback in every rank)."""
+    import datasets
+
+    from finetune.config import TaskConfig
+    from finetune.tasks import sft_rows
+    from pretrain.data.sources import DataError
+
+    class Words:
+        eos_token_id = 0
+
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [[1 + len(w) for w in text.split()] for text in texts]}
+
+    task = TaskConfig(kind="generate")
+    table = datasets.Dataset.from_list([{"prompt": "a b c", "response": "d"}, {"prompt": "a " * 9, "response": "e"},
+                                        {"prompt": "a " * 8, "response": "f g"}])  # fmt: skip
+    said = []
+    rows = sft_rows(Words(), table, task, 8, "the train data", said.append)
+    assert [r["prompt_len"] for r in rows] == [3, 8]  # 8 + one response token: the 9 tokens of a row of 8
+    assert rows[0]["input_ids"] == [2, 2, 2, 2, 0] and rows[1]["input_ids"] == [2] * 9  # + end-of-text / cut
+    assert said == ["warning: 1 of 3 examples of the train data have prompts longer than data.seq_len=8 tokens (the "
+                    "longest has 9) and no room for a response: left out"]  # fmt: skip
+    with pytest.raises(DataError, match=r"every example of the validation data has a prompt longer than data.seq_len"):
+        sft_rows(Words(), table, task, 2, "the validation data", said.append)
