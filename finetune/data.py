@@ -37,6 +37,7 @@ def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: s
     require_columns(table, columns, "task", f"{where} ({part} data)")
     table = table.select_columns(list(columns.values()))
     for field, column in columns.items():
+        _check_kind(table, field, column, f"{where} ({part} data)")
         empty = _missing(table, column, blank=field == "label_column")
         if empty:
             what = "no label (null, absent or blank)" if field == "label_column" else "no value (null or absent)"
@@ -45,6 +46,31 @@ def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: s
                             f"example{'s' if len(empty) > 1 else ''} {shown} (counting from 0); fill them in or drop "
                             "those rows")  # fmt: skip
     return table
+
+
+def _check_kind(table, field: str, column: str, where: str) -> None:
+    """Texts are text (or numbers, read as their digits); a label is one category: not a list (one
+    label per example) nor a fraction (a score to regress on)."""
+    kind = getattr(table.features[column], "dtype", None)  # a plain column's type; None for lists, mixed kinds
+    if kind is not None and not (field == "label_column" and kind.startswith("float")):
+        return  # text, numbers or (for a label) whole numbers: nothing to look at value by value
+    bad = None
+    for i, value in enumerate(table.select(range(min(len(table), 100_000)))[column]):
+        if isinstance(value, (list, dict)) or (field == "label_column" and isinstance(value, float)
+                                                and not value.is_integer()):  # fmt: skip
+            bad = i, value
+            break
+    if bad is None:
+        return
+    i, value = bad
+    if field != "label_column":
+        why = "not text; name a column of text"
+    elif isinstance(value, float):
+        why = "a score, not a category: classification learns one of a set of labels (regression is not a task here)"
+    else:
+        why = "not one label: classification takes one label per example (multi-label is not a task here)"
+    raise DataError(f"task.{field}={column!r}: example {i} of {where} holds {type(value).__name__} "
+                    f"{str(value)[:40]!r}, {why}")  # fmt: skip
 
 
 def _missing(table, column: str, blank: bool) -> list[int]:

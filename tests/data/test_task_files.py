@@ -59,3 +59,16 @@ def test_sources_of_different_formats_are_one_table(tmp_path):
     tables = task_tables(task(quoted, tmp_path / "b.tsv"))
     assert tables["train"]["text"] == [r["text"] for r in ROWS]
     assert tables["train"]["label"] == [str(r["label"]) for r in ROWS]  # as the classifier names its labels
+
+
+def test_texts_that_are_lists_and_labels_that_are_lists_or_scores_are_refused(tmp_path):
+    """str() would have trained on a list's repr, made '[0]' a class, or a class of every score."""
+    cases = [("tokens", {"text": "a b".split()}, r"task.text_column='text': example 0 .* holds list \"\['a', 'b'\]\", "
+                                                  r"not text"),
+             ("multi", {"label": [1]}, r"holds list '\[1\]', not one label: classification takes one label per"),
+             ("score", {"label": 2.5}, r"holds float '2.5', a score, not a category")]  # fmt: skip
+    for name, change, message in cases:
+        with pytest.raises(DataError, match=message):
+            check_task_sources(task(jsonl(tmp_path / f"{name}.jsonl", [{**r, **change} for r in ROWS])))
+    whole = jsonl(tmp_path / "whole.jsonl", [{**r, "label": float(r["label"])} for r in ROWS])  # 0.0, 1.0: categories
+    check_task_sources(task(whole))
