@@ -16,8 +16,9 @@ class SourceConfig:
     """python-stdlib: the source files of the running interpreter's standard library (no download)."""
     files: list[str] | str | None = None
     """Local file(s): a path, a glob or a directory; .txt/.md (text, see sample_by), .json/.jsonl,
-    .csv/.tsv (see delimiter, header), .parquet; text, json and csv also compressed (.gz, .bz2,
-    .xz, .zst)."""
+    .csv/.tsv (see delimiter, header), .parquet, .arrow (a folder written by datasets'
+    save_to_disk is read as its Arrow files); text, json and csv also compressed (.gz, .bz2, .xz,
+    .zst)."""
     validation_files: list[str] | str | None = None
     """Local files (path, glob or directory) holding this source's validation data; when given,
     nothing is held out of ``files``."""

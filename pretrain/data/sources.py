@@ -16,7 +16,7 @@ from pretrain.data.config import DataConfig, SourceConfig
 from pretrain.errors import ConfigError
 
 BUILDERS = {".txt": "text", ".md": "text", ".py": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
-            ".tsv": "csv", ".parquet": "parquet"}  # fmt: skip
+            ".tsv": "csv", ".parquet": "parquet", ".arrow": "arrow"}  # fmt: skip
 COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma", ".zst": "zstandard"}
 """Compression a text, json or csv file may have (data.jsonl.gz, as C4 ships), read by datasets as
 it reads; the module that opens it here."""
@@ -38,8 +38,16 @@ def resolve_files(spec: list[str] | str, where: str) -> list[str]:
     """Paths, globs and directories -> a sorted list of files; a pattern matching nothing is an error."""
     out: list[str] = []
     for pattern in [spec] if isinstance(spec, str) else spec:
-        if os.path.isdir(pattern):
-            found = [str(p) for p in Path(pattern).rglob("*") if p.is_file() and kind_suffix(p) in BUILDERS]
+        folder = Path(pattern)
+        if (folder / "dataset_dict.json").is_file():
+            splits = sorted(p.name for p in folder.iterdir() if (p / "state.json").is_file())
+            raise DataError(f"{where}: {pattern} is a DatasetDict written by save_to_disk (splits {splits}); name a "
+                            f"split's folder, e.g. files: {folder / 'train'}, validation_files: "
+                            f"{folder / 'validation'}")  # fmt: skip
+        if (folder / "state.json").is_file():  # a Dataset written by save_to_disk: its Arrow files, not its metadata
+            found = sorted(str(p) for p in folder.glob("*.arrow"))
+        elif folder.is_dir():
+            found = [str(p) for p in folder.rglob("*") if p.is_file() and kind_suffix(p) in BUILDERS]
         else:
             found = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
         if not found:
@@ -145,12 +153,12 @@ def _load_files(src: SourceConfig, files: list[str], where: str):
     suffix = suffixes.pop()
     builder = BUILDERS[suffix]
     squeezed = sorted({f for f in files if Path(f).suffix in COMPRESSED})
-    if builder == "parquet" and squeezed:
-        raise DataError(f"{where}: {squeezed[0]}: parquet compresses inside the file; give the .parquet file itself")
+    if builder in ("parquet", "arrow") and squeezed:
+        raise DataError(f"{where}: {squeezed[0]}: {builder} files are read as they are; decompress it")
     if src.field and builder != "json":
         raise DataError(f"{where}: field={src.field!r} picks the records out of a JSON document; "
                         f"these are {suffix} files")  # fmt: skip
-    if builder != "parquet":  # datasets takes bad bytes into Arrow strings and fails far later
+    if builder not in ("parquet", "arrow"):  # datasets takes bad bytes into Arrow strings and fails far later
         bad = _bad_text_file(files)
         if bad:
             raise DataError(f"{where}: {bad}")

@@ -81,7 +81,7 @@ def test_broken_archives_are_named_with_the_file(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"latin.txt.gz is not UTF-8 text \(byte 6 once decompressed\)"):
         corpus(tmp_path / "latin.txt.gz")
     (tmp_path / "t.parquet.gz").write_bytes(gzip.compress(b"PAR1"))
-    with pytest.raises(DataError, match=r"parquet compresses inside the file"):
+    with pytest.raises(DataError, match=r"parquet files are read as they are; decompress it"):
         corpus(tmp_path / "t.parquet.gz")
     monkeypatch.setitem(sys.modules, "zstandard", None)  # not installed
     (tmp_path / "t.jsonl.zst").write_bytes(b"(\xb5/\xfd")
@@ -147,3 +147,17 @@ def test_sources_of_different_formats_mix(tmp_path):
     sources = [SourceConfig(files=str(tmp_path / "a.json")), SourceConfig(files=str(tmp_path / "b.txt"))]
     cfg = DataConfig(sources=sources, validation_fraction=0.0, num_proc=1)
     assert sorted(set(load_corpus(cfg, "train")["text"])) == [f"json {i}" for i in range(10)] + ["plain text\n"]
+
+
+def test_a_dataset_saved_by_datasets_is_read_from_its_arrow_files(tmp_path):
+    import datasets
+
+    rows = [{"text": f"saved {i}", "id": i} for i in range(12)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    assert corpus(tmp_path / "saved")["text"] == [r["text"] for r in rows]  # not its dataset_info.json
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows), "validation": datasets.Dataset.from_list(rows[:2])}
+                         ).save_to_disk(str(tmp_path / "dict"))  # fmt: skip
+    with pytest.raises(DataError, match=r"dict is a DatasetDict written by save_to_disk \(splits \['train', "
+                                        r"'validation'\]\); name a split's folder, e.g. files: .*dict/train"):
+        corpus(tmp_path / "dict")
+    assert len(corpus(tmp_path / "dict" / "validation")) == 2
