@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -123,7 +124,10 @@ def find_resume(cfg: RunConfig, rank: int = 0, world: int = 1):
 
 def refuse_if_running(cfg: RunConfig) -> None:
     """A ConfigError when another run of this directory is still training on this host: two writers
-    would interleave their metrics and prune each other's checkpoints."""
+    would interleave their metrics and prune each other's checkpoints; or when the run's folders
+    (the run directory, the data cache) cannot be made where they are asked for."""
+    for field, folder in (("output_dir", cfg.output_dir), ("data.cache_dir", cfg.data.cache_dir)):
+        _writable_folder(field, Path(folder))
     other = running_here(cfg.run_dir)
     if other is not None:
         raise ConfigError(
@@ -131,6 +135,17 @@ def refuse_if_running(cfg: RunConfig) -> None:
             f"{time.time() - other.get('started', time.time()):.0f}s ago); stop it first (kill -TERM {other['pid']} "
             "saves a checkpoint of its step) or choose another name="
         )
+
+
+def _writable_folder(field: str, folder: Path) -> None:
+    """``folder`` is, or can be made, a folder this process may write in."""
+    here = folder
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise ConfigError(f"{field}={str(folder)!r}: {here} is a file, not a folder; choose another {field}")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field}={str(folder)!r}: {here} is not writable by this user; choose another {field}")
 
 
 def _choose_resume(cfg: RunConfig):
