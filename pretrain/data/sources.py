@@ -216,6 +216,8 @@ def _bad_text_file(files: list[str]) -> str | None:
                         break
                     offset += len(block)
         except (OSError, EOFError, ValueError) as e:  # a truncated or corrupt archive (gzip, bz2, lzma, zstd)
+            if not unpacked:
+                return f"{f} cannot be read ({type(e).__name__}: {e})"
             return f"{f} cannot be decompressed ({type(e).__name__}: {e or 'it ends early'}): truncated or corrupt?"
     return None
 
