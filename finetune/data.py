@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pretrain.data.config import SourceConfig
-from pretrain.data.sources import DataError, aligned, hold_out, load_table, require_columns
+from pretrain.data.sources import DataError, aligned, first_value, hold_out, load_table, require_columns
 
 
 def task_columns(cfg) -> dict[str, str]:
@@ -54,12 +54,9 @@ def _check_kind(table, field: str, column: str, where: str) -> None:
     kind = getattr(table.features[column], "dtype", None)  # a plain column's type; None for lists, mixed kinds
     if kind is not None and not (field == "label_column" and kind.startswith("float")):
         return  # text, numbers or (for a label) whole numbers: nothing to look at value by value
-    bad = None
-    for i, value in enumerate(table.select(range(min(len(table), 100_000)))[column]):
-        if isinstance(value, (list, dict)) or (field == "label_column" and isinstance(value, float)
-                                                and not value.is_integer()):  # fmt: skip
-            bad = i, value
-            break
+    score = field == "label_column"
+    bad = first_value(table, column, lambda v: isinstance(v, (list, dict))
+                      or (score and isinstance(v, float) and not v.is_integer()))  # fmt: skip
     if bad is None:
         return
     i, value = bad

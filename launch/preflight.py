@@ -95,8 +95,9 @@ def check_resume(program: str, cfg, world: int) -> None:
     of once every process has started. The tag is found without reading its files through (the
     ranks verify them and may fall back to an older tag of the same run, whose config is the same)."""
     from pretrain import checkpoint as ckpt
-    from pretrain.run import refuse_if_running
+    from pretrain.run import check_run_folders, refuse_if_running
 
+    check_run_folders(cfg)
     refuse_if_running(cfg)
     if cfg.train.resume == "never":
         return  # the ranks refuse an existing checkpoint themselves, before anything is written

@@ -124,10 +124,7 @@ def find_resume(cfg: RunConfig, rank: int = 0, world: int = 1):
 
 def refuse_if_running(cfg: RunConfig) -> None:
     """A ConfigError when another run of this directory is still training on this host: two writers
-    would interleave their metrics and prune each other's checkpoints; or when the run's folders
-    (the run directory, the data cache) cannot be made where they are asked for."""
-    for field, folder in (("output_dir", cfg.output_dir), ("data.cache_dir", cfg.data.cache_dir)):
-        _writable_folder(field, Path(folder))
+    would interleave their metrics and prune each other's checkpoints."""
     other = running_here(cfg.run_dir)
     if other is not None:
         raise ConfigError(
@@ -135,6 +132,13 @@ def refuse_if_running(cfg: RunConfig) -> None:
             f"{time.time() - other.get('started', time.time()):.0f}s ago); stop it first (kill -TERM {other['pid']} "
             "saves a checkpoint of its step) or choose another name="
         )
+
+
+def check_run_folders(cfg: RunConfig) -> None:
+    """A ConfigError when the run's folders (the run directory, the data cache) cannot be made
+    where they are asked for."""
+    for field, folder in (("output_dir", cfg.output_dir), ("data.cache_dir", cfg.data.cache_dir)):
+        _writable_folder(field, Path(folder))
 
 
 def _writable_folder(field: str, folder: Path) -> None:
@@ -149,6 +153,7 @@ def _writable_folder(field: str, folder: Path) -> None:
 
 
 def _choose_resume(cfg: RunConfig):
+    check_run_folders(cfg)
     refuse_if_running(cfg)
     root = ckpt.checkpoints_dir(cfg.run_dir)
     if cfg.train.resume == "never":

@@ -272,13 +272,13 @@ def test_zero_buckets_are_fitted_to_the_model_aligned_and_never_grown():
 
 def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path):
     """output_dir or data.cache_dir under a file was a NotADirectoryError traceback in every rank."""
-    from pretrain.run import refuse_if_running
+    from pretrain.run import check_run_folders
 
     (tmp_path / "afile").write_text("")
     fine = [f"output_dir={tmp_path}/a/b", f"data.cache_dir={tmp_path}/c"]
     for field in ("output_dir", "data.cache_dir"):
         cfg = load_config("configs/model/debug.yaml", [*fine, f"{field}={tmp_path}/afile/sub"])
         with pytest.raises(ConfigError, match=rf"^{field}='.*afile/sub': .*afile is a file, not a folder; choose"):
-            refuse_if_running(cfg)
-    refuse_if_running(load_config("configs/model/debug.yaml", fine))
+            check_run_folders(cfg)
+    check_run_folders(load_config("configs/model/debug.yaml", fine))
     assert not (tmp_path / "a").exists()  # checked, not made

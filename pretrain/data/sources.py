@@ -305,14 +305,18 @@ def _is_list(feature) -> bool:
     return isinstance(feature, (list, datasets.Sequence))
 
 
-def _first_not_text(ds, column: str) -> str:
-    """' (example N: VALUE)', the first value of ``column`` that is neither text nor missing, among
-    the first 100,000 examples (a column of mixed kinds is datasets' Json feature)."""
+def first_value(ds, column: str, unfit) -> tuple[int, object] | None:
+    """(index, value) of the first value of ``column`` for which ``unfit(value)`` holds, among the
+    first 100,000 examples; None when there is none (a column's type says too little: datasets'
+    Json feature for values of mixed kinds, a float column of labels)."""
     head = ds.select(range(min(len(ds), 100_000)))[column]
-    for i, value in enumerate(head):
-        if value is not None and not isinstance(value, str):
-            return f" (example {i}: {type(value).__name__} {str(value)[:40]!r})"
-    return ""
+    return next(((i, v) for i, v in enumerate(head) if unfit(v)), None)
+
+
+def _first_not_text(ds, column: str) -> str:
+    """' (example N: VALUE)' for the first value of ``column`` that is neither text nor missing."""
+    found = first_value(ds, column, lambda v: v is not None and not isinstance(v, str))
+    return f" (example {found[0]}: {type(found[1]).__name__} {str(found[1])[:40]!r})" if found else ""
 
 
 def check_local_sources(cfg: DataConfig) -> None:

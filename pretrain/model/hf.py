@@ -334,12 +334,16 @@ class FromHF(Mapping):
         positions = self._table.get("embed.positions.weight")
         self._skip = {positions[0][0]: offset} if positions and offset else {}  # HF rows before position 0
 
+    def _key(self, hf_name: str) -> str:
+        """The name as the source has it: with the base model's prefix, or without (a KeyError
+        reading it names what is missing)."""
+        return hf_name if hf_name in self._hf else hf_name.split(".", 1)[1]
+
     def _has(self, hf_name: str) -> bool:
-        return hf_name in self._hf or hf_name.split(".", 1)[1] in self._hf
+        return self._key(hf_name) in self._hf
 
     def _get(self, hf_name: str) -> torch.Tensor:
-        tensor = self._hf[hf_name] if hf_name in self._hf else self._hf[hf_name.split(".", 1)[1]]  # a KeyError
-        return tensor[self._skip.get(hf_name, 0) :]  # names what is missing
+        return self._hf[self._key(hf_name)][self._skip.get(hf_name, 0) :]
 
     def __getitem__(self, name: str) -> torch.Tensor:
         hf_names, transposed = self._table[name]
@@ -355,7 +359,7 @@ class FromHF(Mapping):
         return (sum(s[0] for s in shapes), *shapes[0][1:])
 
     def _source_shape(self, hf_name: str):
-        key = hf_name if hf_name in self._hf else hf_name.split(".", 1)[1]
+        key = self._key(hf_name)
         return self._hf.shape(key) if hasattr(self._hf, "shape") else self._hf[key].shape
 
     def __iter__(self):
