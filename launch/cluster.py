@@ -119,7 +119,8 @@ class ClusterConfig:
     """torchrun restarts of a node's workers before the job fails."""
     grace_s: float = 30.0
     """local, hosts: when one node fails, how long the others get to stop before they are killed. Every
-    mode: how long a stopped job's ranks get to save a checkpoint of their step (torchrun's
+    mode: how long the ranks left after one failed get to end, and how long a stopped job's ranks
+    get to save a checkpoint of their step (torchrun's
     --shutdown-timeout; the launcher's own SIGTERM; a Kubernetes pod's termination grace is 30 s more)."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     """Settings for python -m launch slurm."""

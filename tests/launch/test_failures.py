@@ -54,7 +54,7 @@ def wait_for_step(run_dir, rank: int, step: int, proc) -> None:
 
 def fail_a_rank(make_config, name: str, rank: int, step: int, sig, dist_timeout_s: float):
     """Start a 2-process job, wait until ``rank`` reached ``step``, send it ``sig``; the launcher's
-    exit status and output."""
+    exit status, output, the run's folder and the seconds from the signal to the launcher's end."""
     cfg = make_config(name=name, train={"max_steps": 100000, "dist_timeout_s": dist_timeout_s, "micro_batch_size": 1})
     run_dir = Path(yaml.safe_load(cfg.read_text())["output_dir"]) / name
     proc = start(cfg)
@@ -62,15 +62,20 @@ def fail_a_rank(make_config, name: str, rank: int, step: int, sig, dist_timeout_
         wait_for_step(run_dir, rank, step, proc)
         time.sleep(3)  # a few more heartbeats from the others (every 2 s)
         worker(proc.pid, rank).send_signal(sig)
+        sent = time.monotonic()
         out, _ = proc.communicate(timeout=300)
+        took = time.monotonic() - sent
     finally:
         kill_tree(proc.pid)
-    return proc.returncode, out, run_dir
+    return proc.returncode, out, run_dir, took
 
 
 def test_a_stopped_rank_is_named_from_the_heartbeats(make_config):
-    code, out, run_dir = fail_a_rank(make_config, "stuck", 1, 3, signal.SIGSTOP, dist_timeout_s=12)
+    code, out, run_dir, took = fail_a_rank(make_config, "stuck", 1, 3, signal.SIGSTOP, dist_timeout_s=12)
     assert code == 1, out[-3000:]
+    # rank 0 gives up after 12 s, the stopped rank 1 is killed after grace_s=3 (torch alone waits 30 s)
+    print(f"\na stopped rank: the job ended {took:.1f}s after the stop (timeout 12s, grace 3s)")
+    assert took < 12 + 3 + 15, f"the job ended {took:.0f}s after rank 1 stopped"
     assert "rank 1 on " in out and "stopped making progress" in out, out[-3000:]
     assert "Timed out" in out  # rank 0 collective gave up after train.dist_timeout_s, with its stack
     status = json.loads((run_dir / "status.json").read_text())
@@ -78,7 +83,7 @@ def test_a_stopped_rank_is_named_from_the_heartbeats(make_config):
 
 
 def test_a_killed_rank_0_leaves_the_run_marked_failed_with_the_cause(make_config):
-    code, out, run_dir = fail_a_rank(make_config, "killed0", 0, 2, signal.SIGKILL, dist_timeout_s=20)
+    code, out, run_dir, _ = fail_a_rank(make_config, "killed0", 0, 2, signal.SIGKILL, dist_timeout_s=20)
     assert code == 1, out[-3000:]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "failed" and status["error"].startswith("launch: the job failed"), status
