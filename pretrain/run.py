@@ -274,8 +274,11 @@ def _prepare_data(cfg: RunConfig, task, rank: int, world: int, resume, ready, sa
         info = ckpt.saved_info(resume)
         keep = ckpt.compare_for_resume(ckpt.saved_config(resume), cfg, info["world_size"], world,
                                        lambda m: say(f"warning: {m}"), step=info["step"])  # fmt: skip
-    if rank == 0 and resume is not None and not (run_dir / "tokenizer").exists() and (resume / "tokenizer").exists():
-        shutil.copytree(resume / "tokenizer", run_dir / "tokenizer")  # the folder appears only with what goes in it
+    if rank == 0 and resume is not None and (resume / "tokenizer").exists():
+        from pretrain.data.pipeline import load_saved_tokenizer
+
+        if load_saved_tokenizer(run_dir / "tokenizer", say, f"restored from {resume}") is None:  # the checkpoint's
+            shutil.copytree(resume / "tokenizer", run_dir / "tokenizer")  # appears only with what goes in it
     for turn in ((0,), tuple(range(1, world))):
         if rank in turn:
             task.prepare(rank, world, run_dir, say)

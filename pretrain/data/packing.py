@@ -4,7 +4,9 @@ as np.memmap shards with a JSON index, cached by fingerprint.
 A cache folder is ``{cache_dir}/{split}-{fingerprint}`` holding ``index.json``, the shards
 ``tokens-NNNNN.bin`` and ``doc_starts.npy`` (where each document begins in the token stream, for
 document masks). It is written under a temporary name and renamed into place when complete, so
-a half-written cache is never read. Sequence i is tokens[i*L : i*L + L + 1] (L = seq_len): inputs
+a half-written cache is never read. A cache damaged afterwards (a shard cut short or gone, an
+unreadable index) is found by its sizes when it is next opened, moved aside and packed again.
+Sequence i is tokens[i*L : i*L + L + 1] (L = seq_len): inputs
 and next-token labels from one read, the last token shared with the next sequence.
 """
 
@@ -54,8 +56,18 @@ def pack(cfg: DataConfig, tok, arch: str, split: str = "train", seed: int = 0, l
     """Build (or find) the packed cache for one split and return its folder."""
     fp = fingerprint(cfg, tok, split, seed)
     final = Path(cfg.cache_dir) / f"{split}-{fp}"
-    if (final / "index.json").exists():
-        return final
+    if final.exists():
+        problem = damage(final)
+        if problem is None:
+            return final
+        aside = final.with_name(f"{final.name}.damaged-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:  # another process of the job moved it first
+            pass
+        else:
+            log(f"warning: the packed {split} cache {final} is damaged ({problem}); moved to {aside} (delete it "
+                "when done looking) and packed again")  # fmt: skip
     start = time.time()
     texts = load_corpus(cfg, split, seed, log)
     sep = separator_id(tok, arch)
@@ -97,6 +109,33 @@ def pack(cfg: DataConfig, tok, arch: str, split: str = "train", seed: int = 0, l
         raise
     log(f"packed {split}: {total:,} tokens from {len(lengths):,} documents in {time.time() - start:.1f}s -> {final}")
     return final
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with a packed cache, judged by sizes (no pass over the tokens), or None."""
+    try:
+        index = json.loads((folder / "index.json").read_text())
+        itemsize = np.dtype(index["dtype"]).itemsize
+        shards, total, documents = index["shards"], index["num_tokens"], index["num_documents"]
+    except FileNotFoundError:
+        return "no index.json"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"index.json does not read ({type(e).__name__}: {str(e)[:100]})"
+    for shard in shards:
+        path = folder / shard["file"]
+        size = path.stat().st_size if path.exists() else None
+        if size != shard["num_tokens"] * itemsize:
+            held = "is missing" if size is None else f"holds {size // itemsize:,} tokens"
+            return f"{shard['file']} {held}, the index says {shard['num_tokens']:,}"
+    if sum(shard["num_tokens"] for shard in shards) != total:
+        return f"the shards hold {sum(s['num_tokens'] for s in shards):,} tokens, the index says {total:,}"
+    try:
+        starts = len(np.load(folder / "doc_starts.npy", mmap_mode="r"))
+    except (OSError, ValueError) as e:
+        return f"doc_starts.npy does not read ({type(e).__name__}: {str(e)[:100]})"
+    if starts != documents:
+        return f"doc_starts.npy has {starts:,} documents, the index says {documents:,}"
+    return None
 
 
 def _write_shards(folder: Path, tokenized, total: int, sep: int, dtype) -> list[dict]:

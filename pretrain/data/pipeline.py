@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 from pretrain.data.batches import Batches, CausalLMCollator, MaskedLMCollator, SequenceDataset
@@ -25,12 +27,11 @@ def run_tokenizer(cfg: DataConfig, arch: str, vocab_size: int, run_dir: str | Pa
     """The run's tokenizer: the one already saved in the run (a resume), else the configured one,
     else one trained on the training split. Saved to run_dir/tokenizer and checked against the model."""
     saved = Path(run_dir) / "tokenizer"
-    if (saved / "tokenizer.json").exists():
-        tok = load_tokenizer(saved)
-    elif cfg.tokenizer.path:
+    tok = load_saved_tokenizer(saved, log)
+    if tok is None and cfg.tokenizer.path:
         tok = load_tokenizer(cfg.tokenizer.path)
         save_tokenizer(tok, saved)
-    else:
+    elif tok is None:
         size = cfg.tokenizer.vocab_size or vocab_size
         extra = objective_tokens(arch, cfg.objective, span_sentinels(cfg))
         added = [t for v in extra.values() for t in (v if isinstance(v, list) else [v])]
@@ -48,6 +49,22 @@ def run_tokenizer(cfg: DataConfig, arch: str, vocab_size: int, run_dir: str | Pa
     if arch == "encoder-decoder":
         collator(cfg, tok)  # the objective's tokens are there
     return tok
+
+
+def load_saved_tokenizer(folder: Path, log=print, then: str = "made again"):
+    """A run's saved tokenizer, or None where there is none. One that does not load (a file cut
+    short or gone) is moved aside with a warning, to be ``then`` (made again, or restored from the
+    checkpoint a run resumes)."""
+    if not folder.exists():
+        return None
+    try:
+        return load_tokenizer(folder)
+    except Exception as e:  # noqa: BLE001 - json, tokenizers and transformers each fail their own way
+        aside = folder.with_name(f"{folder.name}.damaged-{uuid.uuid4().hex[:8]}")
+        os.rename(folder, aside)
+        log(f"warning: the run's tokenizer {folder} does not load ({type(e).__name__}: {str(e)[:150]}); moved to "
+            f"{aside} and {then}")  # fmt: skip
+        return None
 
 
 def span_sentinels(cfg: DataConfig) -> int:

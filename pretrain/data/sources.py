@@ -7,6 +7,7 @@ import glob
 import hashlib
 import logging
 import os
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -111,8 +112,8 @@ def load_table(src: SourceConfig, part: str, where: str):
     datasets.disable_progress_bars()
     if src.builtin == "python-stdlib":
         # Some stdlib test files are Latin-1 on purpose; replace the odd byte rather than fail.
-        return datasets.load_dataset(
-            "text", data_files=stdlib_files(), sample_by="document", split="train", encoding_errors="replace"
+        return _load_dataset(
+            where, "text", data_files=stdlib_files(), sample_by="document", split="train", encoding_errors="replace"
         )
     if src.files:
         field = "files" if part == "train" else f"{part}_files"
@@ -124,6 +125,28 @@ def load_table(src: SourceConfig, part: str, where: str):
         raise DataError(
             f"{where}.hub: could not load {src.hub!r} (config {src.hub_config}, split {split}): {e}"
         ) from None
+
+
+def _load_dataset(where: str, *args, **kwargs):
+    """datasets.load_dataset of local files; where datasets' own cache of them does not read (an
+    Arrow file of it cut short or changed: the error would blame the files), once more rebuilding
+    that cache from the files. Files that still fail raise the first error, which is about them.
+    (Not for hub datasets: rebuilding is a download, and their usual failure is the network.)"""
+    import datasets
+
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - which errors a damaged cache gives is datasets' business
+        first = e
+    try:
+        ds = datasets.load_dataset(*args, **kwargs, download_mode="force_redownload")
+    except Exception:  # noqa: BLE001 - the files themselves: the first error (and its cause) says why
+        raise first  # noqa: B904
+    cause = first.__cause__ or first
+    print(f"warning: {where}: datasets' cache of it (under {datasets.config.HF_DATASETS_CACHE}) did not read "
+          f"({type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}); rebuilt it from "
+          "the files", file=sys.stderr)  # fmt: skip
+    return ds
 
 
 def builder_options(src: SourceConfig, suffix: str) -> dict:
@@ -143,8 +166,6 @@ def builder_options(src: SourceConfig, suffix: str) -> dict:
 
 
 def _load_files(src: SourceConfig, files: list[str], where: str):
-    import datasets
-
     suffixes = {kind_suffix(f) for f in files}
     kinds = {BUILDERS.get(x) for x in suffixes}
     if None in kinds or len(suffixes) > 1:
@@ -166,8 +187,8 @@ def _load_files(src: SourceConfig, files: list[str], where: str):
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # its "Failed to load ..." line would come before ours
     try:
-        return datasets.load_dataset(builder, data_files={"train": files}, split="train",
-                                     **builder_options(src, suffix))  # fmt: skip
+        return _load_dataset(where, builder, data_files={"train": files}, split="train",
+                             **builder_options(src, suffix))  # fmt: skip
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; find the file and say why
         raise DataError(f"{where}: {_unreadable(files, builder, e, src.field)}") from None
     finally:

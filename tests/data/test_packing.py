@@ -47,6 +47,50 @@ def test_sequences_cross_shard_boundaries(corpus_dir, tmp_path, bpe, monkeypatch
         assert small.sequence(i).tolist() == whole.sequence(i).tolist()
 
 
+def _cut_shard(folder: Path) -> None:
+    shard = folder / "tokens-00001.bin"
+    shard.write_bytes(shard.read_bytes()[:100])
+
+
+def _drop_shard(folder: Path) -> None:
+    (folder / "tokens-00002.bin").unlink()
+
+
+def _cut_index(folder: Path) -> None:
+    index = folder / "index.json"
+    index.write_text(index.read_text()[:40])
+
+
+def _cut_doc_starts(folder: Path) -> None:
+    np.save(folder / "doc_starts.npy", np.load(folder / "doc_starts.npy")[:-3])
+
+
+@pytest.mark.parametrize("damage, said", [
+    (_cut_shard, "tokens-00001.bin holds 50 tokens, the index says 1,000"),
+    (_drop_shard, "tokens-00002.bin is missing, the index says 1,000"),
+    (_cut_index, "index.json does not read (JSONDecodeError: "),
+    (_cut_doc_starts, "doc_starts.npy has "),
+])  # fmt: skip
+def test_a_damaged_cache_is_moved_aside_and_packed_again(corpus_dir, tmp_path, bpe, monkeypatch, damage, said):
+    """A cache cut short or missing a file after it was written (a copy stopped, a shared disk lost
+    a file): found by its sizes when opened, kept aside, and packed again to the same tokens. Read
+    as it was, a short shard ended a run mid-training with an IndexError from the reader."""
+    monkeypatch.setattr(packing, "SHARD_TOKENS", 1000)
+    cfg = data_cfg(corpus_dir, tmp_path)
+    folder = pack(cfg, bpe, "decoder", "train", **quiet)
+    before = PackedTokens(folder)
+    want = before.tokens(0, before.index["num_tokens"]).tolist()
+    damage(folder)
+    lines = []
+    assert pack(cfg, bpe, "decoder", "train", log=lines.append) == folder
+    assert lines[0].startswith(f"warning: the packed train cache {folder} is damaged ({said}"), lines
+    after = PackedTokens(folder)
+    assert after.tokens(0, after.index["num_tokens"]).tolist() == want
+    aside = [p for p in folder.parent.iterdir() if p.name.startswith(f"{folder.name}.damaged-")]
+    assert len(aside) == 1 and f"moved to {aside[0]}" in lines[0]
+    assert packing.damage(folder) is None and packing.damage(aside[0]) is not None
+
+
 def test_cache_is_reused_and_rebuilt_when_an_input_changes(corpus_dir, tmp_path, bpe, wordpiece, monkeypatch):
     cfg = data_cfg(corpus_dir, tmp_path)
     first = pack(cfg, bpe, "decoder", "train", **quiet)

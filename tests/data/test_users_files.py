@@ -98,3 +98,26 @@ def test_a_missing_validation_file_is_named(tmp_path):
     cfg = cfg_for(0.0, files=str(tmp_path / "a.txt"), validation_files=str(tmp_path / "dev*.txt"))
     with pytest.raises(DataError, match=r"data.sources\[0\].validation_files: nothing matches"):
         load_corpus(cfg, "validation")
+
+
+def test_a_damaged_datasets_cache_of_a_file_is_rebuilt_and_a_bad_file_still_named(tmp_path, monkeypatch, capsys):
+    """datasets keeps an Arrow copy of each file it read (under HF_DATASETS_CACHE); one cut short
+    made every later read fail with an error that named the user's file, which was fine."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(f'{{"text": "{line}"}}\n' for line in LINES))
+    src = SourceConfig(files=str(records))
+    assert load_table(src, "train", "data.sources[0]")["text"] == LINES
+    assert capsys.readouterr().err == ""
+    (arrow,) = (tmp_path / "hf").rglob("json-train.arrow")
+    arrow.write_bytes(arrow.read_bytes()[:1000])
+    assert load_table(src, "train", "data.sources[0]")["text"] == LINES
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: data.sources[0].files: datasets' cache of it (under {tmp_path / 'hf'}) did not "
+                          "read (") and err.rstrip().endswith("rebuilt it from the files"), err  # fmt: skip
+    records.write_text('{"text": "one"}\n{"text": "tw\n')  # now the file itself is bad: it is the one named
+    with pytest.raises(DataError, match=r"records.jsonl line 2 is not JSON"):
+        load_table(src, "train", "data.sources[0]")
+    assert capsys.readouterr().err == ""

@@ -119,14 +119,26 @@ def test_a_failed_command_leaves_a_finished_run_as_it_was(make_config, tmp_path)
 
 
 def test_stop_at_step_keeps_the_schedule_and_a_changed_max_steps_is_warned(make_config, tmp_path):
+    """Also: what a run derives and keeps beside its checkpoints (its copy of the tokenizer, the
+    packed data cache), damaged between the two pieces, is set aside and made again; the curve does
+    not move. Read as they were, both ended the resume in a traceback."""
     common = dict(train={"max_steps": 8, "warmup_steps": 2}, checkpoint={"every_steps": 0})
     launch(1, make_config(name="whole", **common))
     whole = metrics(tmp_path / "runs" / "whole")
     cfg = make_config(name="pieces", **common)
-    first = launch(1, cfg, "train.stop_at_step=4").stdout
+    first = launch(1, cfg, "train.stop_at_step=4", f"data.cache_dir={tmp_path / 'cache'}").stdout
     assert "done: step 4" in first
-    launch(1, cfg)  # continues to max_steps with the same schedule
-    pieces = metrics(tmp_path / "runs" / "pieces")
+    run_dir = tmp_path / "runs" / "pieces"
+    (run_dir / "tokenizer" / "tokenizer.json").write_text("{")
+    (shard,) = (tmp_path / "cache").glob("train-*/tokens-00000.bin")
+    shard.write_bytes(shard.read_bytes()[:100])
+    again = launch(1, cfg, f"data.cache_dir={tmp_path / 'cache'}").stdout  # continues to max_steps, same schedule
+    assert f"warning: the run's tokenizer {run_dir / 'tokenizer'} does not load (JSONDecodeError: " in again, again
+    assert f"and restored from {run_dir / 'checkpoints' / 'step_00000004'}" in again
+    assert f"warning: the packed train cache {shard.parent} is damaged (tokens-00000.bin holds 50 tokens, " in again
+    assert len(list(run_dir.glob("tokenizer.damaged-*"))) == 1  # kept aside, not deleted
+    assert len(list((tmp_path / "cache").glob(f"{shard.parent.name}.damaged-*"))) == 1
+    pieces = metrics(run_dir)
     assert sorted(pieces) == list(range(1, 9))
     for step in range(1, 9):
         assert pieces[step]["lr"] == pytest.approx(whole[step]["lr"], rel=1e-9), step
