@@ -102,9 +102,9 @@ def _train(cfg, vocab: int, out: Path) -> int:
 
 
 def _utf8(path: str) -> bool:
+    """Text a source of files takes: UTF-8 and not empty (the builtin source skips the rest too)."""
     try:
-        Path(path).read_text(encoding="utf-8")
-        return True
+        return Path(path).read_text(encoding="utf-8") != ""
     except UnicodeDecodeError:
         return False
 

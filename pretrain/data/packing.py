@@ -1,5 +1,5 @@
 """Packed token shards: documents tokenized in parallel, joined with a separator, written to disk
-as np.memmap shards with a JSON index, cached by fingerprint.
+as raw shards (read back as np.memmap) with a JSON index, cached by fingerprint.
 
 A cache folder is ``{cache_dir}/{split}-{fingerprint}`` holding ``index.json``, the shards
 ``tokens-NNNNN.bin`` and ``doc_starts.npy`` (where each document begins in the token stream, for
@@ -13,6 +13,7 @@ and next-token labels from one read, the last token shared with the next sequenc
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -87,8 +88,13 @@ def pack(cfg: DataConfig, tok, arch: str, split: str = "train", seed: int = 0, l
             f"(data.seq_len + 1 = {cfg.seq_len + 1}); add data or lower data.seq_len"
         )
     dtype = np.uint16 if len(tok) <= 65535 else np.uint32
-    tmp = Path(cfg.cache_dir) / f".{split}-{fp}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    need = total * np.dtype(dtype).itemsize + 8 * len(lengths) + 2**16  # shards, document starts, index
+    cache = Path(cfg.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(cache).free < need:
+        raise DataError(_no_space(cache, split, need))
+    tmp = cache / f".{split}-{fp}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
         shards = _write_shards(tmp, tokenized, total, sep, dtype)
         doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -104,11 +110,25 @@ def pack(cfg: DataConfig, tok, arch: str, split: str = "train", seed: int = 0, l
             os.rename(tmp, final)
         except OSError:  # another process finished the same cache first: theirs is as good
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # filled while writing
+            raise DataError(_no_space(cache, split, need)) from None
         raise
     log(f"packed {split}: {total:,} tokens from {len(lengths):,} documents in {time.time() - start:.1f}s -> {final}")
     return final
+
+
+def _no_space(cache: Path, split: str, need: int) -> str:
+    """A full disk under data.cache_dir, said with what packing needs, what is free, and what of
+    ours there could go (interrupted packing, damaged caches set aside)."""
+    leftovers = [p for p in cache.iterdir() if ".tmp-" in p.name or ".damaged-" in p.name]
+    size = sum(f.stat().st_size for p in leftovers for f in p.rglob("*") if f.is_file())
+    ours = (f" ({size / 2**20:,.1f} MiB of it in {len(leftovers)} folder(s) of interrupted packing or damaged caches "
+            f"set aside, which can go: {', '.join(p.name for p in leftovers[:3])})") if leftovers else ""  # fmt: skip
+    return (f"data.cache_dir={str(cache)!r}: packing the {split} split needs {need / 2**20:,.1f} MiB and the disk "
+            f"holding it has {shutil.disk_usage(cache).free / 2**20:,.1f} MiB free{ours}; free space there or set "
+            "data.cache_dir to a larger disk")  # fmt: skip
 
 
 def damage(folder: Path) -> str | None:
@@ -140,36 +160,47 @@ def damage(folder: Path) -> str | None:
 
 def _write_shards(folder: Path, tokenized, total: int, sep: int, dtype) -> list[dict]:
     """Stream the tokenized documents into shards with a separator after each document, reading
-    Arrow buffers batch by batch: memory stays at one batch whatever the corpus size."""
-    shards, written, out, shard_start, shard_end = [], 0, None, 0, 0
-    for batch in tokenized.with_format("arrow").iter(batch_size=64):
-        ids = batch["ids"].combine_chunks()
-        offsets = ids.offsets.to_numpy()
-        flat = ids.values.to_numpy()[offsets[0] : offsets[-1]]
-        docs = len(offsets) - 1
-        chunk = np.empty(len(flat) + docs, dtype=dtype)
-        seps = offsets[1:] - offsets[0] + np.arange(docs)  # doc i's separator follows its i earlier ones
-        keep = np.ones(len(chunk), dtype=bool)
-        keep[seps] = False
-        chunk[seps] = sep
-        chunk[keep] = flat
-        pos = 0
-        while pos < len(chunk):
-            if out is None or written == shard_end:
-                if out is not None:
-                    out.flush()
-                size = min(SHARD_TOKENS, total - written)
-                name = f"tokens-{len(shards):05d}.bin"
-                out = np.memmap(folder / name, dtype=dtype, mode="w+", shape=(size,))
-                shards.append({"file": name, "num_tokens": size})
-                shard_start, shard_end = written, written + size
-            take = min(len(chunk) - pos, shard_end - written)
-            out[written - shard_start : written - shard_start + take] = chunk[pos : pos + take]
-            written += take
-            pos += take
-    out.flush()
-    del out
+    Arrow buffers batch by batch: memory stays at one batch whatever the corpus size. Plain writes,
+    not a writable memmap: a disk that fills is then an OSError (ENOSPC), not a SIGBUS."""
+    shards, written, shard_end, out = [], 0, 0, None
+    try:
+        for batch in tokenized.with_format("arrow").iter(batch_size=64):
+            ids = batch["ids"].combine_chunks()
+            offsets = ids.offsets.to_numpy()
+            flat = ids.values.to_numpy()[offsets[0] : offsets[-1]]
+            docs = len(offsets) - 1
+            chunk = np.empty(len(flat) + docs, dtype=dtype)
+            seps = offsets[1:] - offsets[0] + np.arange(docs)  # doc i's separator follows its i earlier ones
+            keep = np.ones(len(chunk), dtype=bool)
+            keep[seps] = False
+            chunk[seps] = sep
+            chunk[keep] = flat
+            pos = 0
+            while pos < len(chunk):
+                if out is None or written == shard_end:
+                    if out is not None:
+                        _close_synced(out)
+                    size = min(SHARD_TOKENS, total - written)
+                    name = f"tokens-{len(shards):05d}.bin"
+                    out = open(folder / name, "wb")  # noqa: SIM115 - one shard after another
+                    shards.append({"file": name, "num_tokens": size})
+                    shard_end = written + size
+                take = min(len(chunk) - pos, shard_end - written)
+                out.write(chunk[pos : pos + take].tobytes())
+                written += take
+                pos += take
+        _close_synced(out)
+        out = None
+    finally:
+        if out is not None:
+            out.close()
     return shards
+
+
+def _close_synced(f) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
 
 
 def _write_json(path: Path, data: dict) -> None:

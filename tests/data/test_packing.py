@@ -91,6 +91,52 @@ def test_a_damaged_cache_is_moved_aside_and_packed_again(corpus_dir, tmp_path, b
     assert packing.damage(folder) is None and packing.damage(aside[0]) is not None
 
 
+def test_a_disk_too_full_for_the_cache_is_named_before_writing_and_when_it_fills_on_the_way(
+    corpus_dir, tmp_path, bpe, monkeypatch
+):
+    """Shards were written through a writable memmap: on a full disk the first page written past
+    the space killed the process with SIGBUS and left the partial cache behind, taking the space."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    cfg = data_cfg(corpus_dir, tmp_path)
+    (tmp_path / "cache" / ".train-0123.tmp-abcd").mkdir(parents=True)  # an earlier pack, killed
+    (tmp_path / "cache" / ".train-0123.tmp-abcd" / "tokens-00000.bin").write_bytes(bytes(3 * 2**20))
+    usage, real = namedtuple("usage", "total used free"), shutil.disk_usage
+    monkeypatch.setattr(packing.shutil, "disk_usage", lambda _: usage(2**30, 2**30 - 2**14, 2**14))
+    with pytest.raises(DataError) as refused:
+        pack(cfg, bpe, "decoder", "train", **quiet)
+    assert str(refused.value).startswith(f"data.cache_dir={cfg.cache_dir!r}: packing the train split needs ")
+    assert "MiB and the disk holding it has 0.0 MiB free (3.0 MiB of it in 1 folder(s) of interrupted packing or " \
+        "damaged caches set aside, which can go: .train-0123.tmp-abcd); free space there or set data.cache_dir " \
+        "to a larger disk" in str(refused.value)  # fmt: skip
+    monkeypatch.setattr(packing.shutil, "disk_usage", real)
+    tried = []
+
+    class FillsUp:  # a shard file on a disk that fills after 1,000 bytes
+        def __init__(self, path, mode):
+            self.f, self.n = open(path, mode), 0
+
+        def write(self, data):
+            tried.append(len(data))
+            self.n += len(data)
+            if self.n > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(packing, "open", FillsUp, raising=False)
+    with pytest.raises(DataError, match=r"packing the train split needs .* MiB and the disk holding it has "):
+        pack(cfg, bpe, "decoder", "train", **quiet)
+    assert sum(tried) > 1000  # the disk filled on the way
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".train-0123.tmp-abcd"]  # ours removed
+    monkeypatch.undo()
+    assert packing.damage(pack(cfg, bpe, "decoder", "train", **quiet)) is None
+
+
 def test_cache_is_reused_and_rebuilt_when_an_input_changes(corpus_dir, tmp_path, bpe, wordpiece, monkeypatch):
     cfg = data_cfg(corpus_dir, tmp_path)
     first = pack(cfg, bpe, "decoder", "train", **quiet)
