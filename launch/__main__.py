@@ -260,16 +260,19 @@ PLANS = {"local": plan_local, "hosts": plan_hosts, "slurm": plan_slurm, "k8s": p
 
 
 def _supervise(nodes, grace_s: float, env: dict, run_dir: Path | None = None) -> int:
-    """Run the nodes; on failure say which rank stalled (heartbeats), record the failure in the
-    run's status.json when the run could not (rank 0 killed), and say how to resume. A run that
-    stopped on a signal with its checkpoint saved (status "stopped") says so, with exit status 143."""
+    """Run the nodes; on failure say why rank 0 failed where it recorded it in status.json (a full
+    disk at a checkpoint, losses that stopped being finite), which rank stalled (heartbeats), record
+    the failure when the run could not (rank 0 killed), and say how to resume. A run that stopped on
+    a signal with its checkpoint saved (status "stopped") says so, with exit status 143."""
     import tempfile
+    import time
 
     from launch.processes import JobFailed, run_nodes
     from pretrain.checkpoint_layout import checkpoints_dir, newest_complete
     from pretrain.status import load_status, stalled_rank, write_status
 
     errors = Path(tempfile.mkdtemp(prefix="launch-")) / "config-errors"  # ranks note a ConfigError here
+    began = time.time()
     try:
         run_nodes(nodes, grace_s, {**env, "PRETRAIN_ERROR_FILE": str(errors)})
     except JobFailed as e:
@@ -282,6 +285,8 @@ def _supervise(nodes, grace_s: float, env: dict, run_dir: Path | None = None) ->
             print(f"launch: the job {status.get('error', 'stopped')}", file=sys.stderr)
             return 143
         cause = str(e)
+        if status.get("state") == "failed" and status.get("updated", 0) >= began and status.get("error"):
+            cause += f"; rank 0 failed with {status['error'].splitlines()[0][:600]}"  # this job's, not an earlier one's
         if run_dir is not None:
             stalled = stalled_rank(run_dir)
             cause += f"; {stalled}" if stalled else ""

@@ -85,3 +85,25 @@ def test_a_torn_metrics_line_is_left_out_and_a_resume_starts_the_next_record_on_
     (run / "metrics.jsonl").write_text(text + '{"kind": "train", "step": 3')  # torn, nothing after step 2 kept
     _drop_records_after(run / "metrics.jsonl", 2)
     assert (run / "metrics.jsonl").read_text() == text
+
+
+def test_the_launchers_last_line_says_why_rank_0_failed_this_time_not_an_earlier_time(tmp_path, capsys):
+    """A failure rank 0 records (a full disk at a checkpoint, losses no longer finite) ended the
+    launcher with only 'the job failed on 1 of 1 node(s): local (status 1)'."""
+    from launch.__main__ import _supervise
+    from launch.processes import Node
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_status(run, "failed", error="ValueError: an earlier attempt's failure")
+    fails = ("import sys; from pretrain.status import write_status; "
+             f"write_status({str(run)!r}, 'running'); "
+             f"write_status({str(run)!r}, 'failed', error='CheckpointNotSaved: checkpoint step_00000002 not saved: "
+             "the disk holding it is full\\nsecond line'); sys.exit(1)")  # fmt: skip
+    assert _supervise([Node("local", [sys.executable, "-c", fails])], 1, {}, run) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    said = "CheckpointNotSaved: checkpoint step_00000002 not saved: the disk holding it is full"
+    assert last == f"launch: the job failed on 1 of 1 node(s): local (status 1); rank 0 failed with {said}.", last
+    assert _supervise([Node("local", [sys.executable, "-c", "import sys; sys.exit(1)"])], 1, {}, run) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "launch: the job failed on 1 of 1 node(s): local (status 1).", last  # the error above is older
