@@ -15,16 +15,21 @@ class SourceConfig:
     builtin: Literal["python-stdlib"] | None = None
     """python-stdlib: the source files of the running interpreter's standard library (no download)."""
     files: list[str] | str | None = None
-    """Local file(s): a path, a glob or a directory; .txt/.md (text, see sample_by), .json/.jsonl,
-    .csv/.tsv (see delimiter, header), .parquet, .arrow (a folder written by datasets'
-    save_to_disk is read as its Arrow files); text, json and csv also compressed (.gz, .bz2, .xz,
-    .zst)."""
+    """Local file(s): a path, a glob or a directory (its files of the kinds below, hidden ones left
+    out); .txt/.md/.py (text, see sample_by), .json/.jsonl, .csv/.tsv (see delimiter, header),
+    .parquet, .arrow (a folder written by datasets' save_to_disk is read as its Arrow files); text,
+    json and csv also compressed (.gz, .bz2, .xz, .zst). Files of one kind may mix suffixes (.md
+    with .txt); other names are read with ``kind``."""
     validation_files: list[str] | str | None = None
     """Local files (path, glob or directory) holding this source's validation data; when given,
     nothing is held out of ``files``."""
     test_files: list[str] | str | None = None
     """Local files with labeled test data (fine-tuning): never read in training;
     `python -m finetune.evaluate RUN --split test` scores them."""
+    kind: Literal["text", "json", "csv", "parquet", "arrow"] | None = None
+    """Local files: read every file as this kind whatever its name (source code such as .c, .rs or
+    .js as text, a .log as text, a .ndjson as json); a directory then gives all its files (hidden
+    ones left out). None: each file's kind from its suffix (see files)."""
     hub: str | None = None
     """A dataset id on the HF hub (needs network the first time; then datasets' cache)."""
     hub_config: str | None = None
@@ -78,6 +83,8 @@ class SourceConfig:
             if getattr(self, name) and not self.files:
                 raise ValueError(f"{name}: goes with files (local training files); for hub data use "
                                  f"{name.replace('files', 'split')}")  # fmt: skip
+        if self.kind and not self.files:
+            raise ValueError(f"kind={self.kind}: says how to read local files (files:); hub data has its own format")
         if not self.header and not self.column_names:
             raise ValueError("header=false: give column_names, e.g. [text, label], so the columns can be named")
         if self.delimiter is not None and len(self.delimiter) != 1:

@@ -29,7 +29,7 @@ from pretrain.data.sources import DataError, file_stats, load_corpus, source_fil
 from pretrain.data.tokenizer import separator_id, tokenizer_hash
 
 FORMAT_VERSION = 1
-LATER_OPTIONS = ("field",)
+LATER_OPTIONS = ("field", "kind")
 """Source options added after caches of this format existed: they enter a fingerprint only when
 set, so an upgrade does not re-tokenize every corpus already packed."""
 SHARD_TOKENS = 1 << 28  # 512 MiB of uint16 per shard

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import sysconfig
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,10 @@ def stdlib_files() -> list[str]:
     return sorted(str(p) for p in root.rglob("*.py") if not skip & set(p.parts))
 
 
-def resolve_files(spec: list[str] | str, where: str) -> list[str]:
-    """Paths, globs and directories -> a sorted list of files; a pattern matching nothing is an error."""
+def resolve_files(spec: list[str] | str, where: str, kind: str | None = None) -> list[str]:
+    """Paths, globs and directories -> a sorted list of files; a pattern matching nothing is an
+    error. A directory gives its files, hidden ones (and those under hidden folders, such as .git)
+    left out: those of a kind read by suffix, or all of them when the source names its ``kind``."""
     out: list[str] = []
     for pattern in [spec] if isinstance(spec, str) else spec:
         folder = Path(pattern)
@@ -48,7 +51,15 @@ def resolve_files(spec: list[str] | str, where: str) -> list[str]:
         if (folder / "state.json").is_file():  # a Dataset written by save_to_disk: its Arrow files, not its metadata
             found = sorted(str(p) for p in folder.glob("*.arrow"))
         elif folder.is_dir():
-            found = [str(p) for p in folder.rglob("*") if p.is_file() and kind_suffix(p) in BUILDERS]
+            inside = [p for p in folder.rglob("*") if p.is_file() and not any(
+                part.startswith(".") for part in p.relative_to(folder).parts)]  # fmt: skip
+            found = [str(p) for p in inside if kind or kind_suffix(p) in BUILDERS]
+            if inside and not found:
+                counts = Counter(kind_suffix(p) or "(none)" for p in inside)
+                said = ", ".join(f"{n} {x}" for x, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))[:5])
+                raise DataError(f"{where}: {pattern} holds {len(inside)} file(s), none named as a kind read by its "
+                                f"suffix ({said}); give kind: text to read them as text (source code, say), or "
+                                f"another kind")  # fmt: skip
         else:
             found = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
         if not found:
@@ -100,7 +111,7 @@ def source_files(src: SourceConfig, where: str) -> list[str]:
     out = []
     for part in src.local_parts():
         field = "files" if part == "train" else f"{part}_files"
-        out += resolve_files(getattr(src, field), f"{where}.{field}")
+        out += resolve_files(getattr(src, field), f"{where}.{field}", src.kind)
     return out
 
 
@@ -117,7 +128,7 @@ def load_table(src: SourceConfig, part: str, where: str):
         )
     if src.files:
         field = "files" if part == "train" else f"{part}_files"
-        return _load_files(src, resolve_files(getattr(src, field), f"{where}.{field}"), f"{where}.{field}")
+        return _load_files(src, resolve_files(getattr(src, field), f"{where}.{field}", src.kind), f"{where}.{field}")
     split = src.split if part == "train" else getattr(src, f"{part}_split")
     try:
         return datasets.load_dataset(src.hub, src.hub_config, split=split)
@@ -149,10 +160,9 @@ def _load_dataset(where: str, *args, **kwargs):
     return ds
 
 
-def builder_options(src: SourceConfig, suffix: str) -> dict:
-    """What datasets' text or csv builder is told about a source's files (the config's options);
-    ``suffix``: their kind_suffix."""
-    builder = BUILDERS[suffix]
+def builder_options(src: SourceConfig, builder: str, suffix: str) -> dict:
+    """What datasets' text, json or csv ``builder`` is told about a source's files (the config's
+    options); ``suffix``: their kind_suffix."""
     if builder == "text":  # a byte-order mark (Windows editors write one) is not text
         return {"sample_by": src.sample_by, "encoding": "utf-8-sig"}
     if builder == "json":
@@ -167,18 +177,22 @@ def builder_options(src: SourceConfig, suffix: str) -> dict:
 
 def _load_files(src: SourceConfig, files: list[str], where: str):
     suffixes = {kind_suffix(f) for f in files}
-    kinds = {BUILDERS.get(x) for x in suffixes}
-    if None in kinds or len(suffixes) > 1:
-        raise DataError(f"{where}: found {sorted(suffixes)}; one source takes files of one kind among "
-                        f"{sorted(BUILDERS)} (text, json and csv also as {', '.join(COMPRESSED)})")  # fmt: skip
-    suffix = suffixes.pop()
-    builder = BUILDERS[suffix]
+    kinds = {src.kind} if src.kind else {BUILDERS.get(x) for x in suffixes}
+    if None in kinds or len(kinds) > 1:
+        raise DataError(f"{where}: found {sorted(suffixes)}; one source takes files of one kind: text (.txt, .md, "
+                        f".py), json (.json, .jsonl), csv (.csv, .tsv), .parquet or .arrow (text, json and csv also "
+                        f"as {', '.join(COMPRESSED)}); kind: text reads files of any name as text")  # fmt: skip
+    builder = kinds.pop()
+    if builder == "csv" and len(suffixes) > 1 and src.delimiter is None:
+        raise DataError(f"{where}: found {sorted(suffixes)}: .csv files are read with ',' and .tsv files with a "
+                        "tab; give delimiter, or one source each")  # fmt: skip
+    suffix = suffixes.pop() if len(suffixes) == 1 else ""
     squeezed = sorted({f for f in files if Path(f).suffix in COMPRESSED})
     if builder in ("parquet", "arrow") and squeezed:
         raise DataError(f"{where}: {squeezed[0]}: {builder} files are read as they are; decompress it")
     if src.field and builder != "json":
         raise DataError(f"{where}: field={src.field!r} picks the records out of a JSON document; "
-                        f"these are {suffix} files")  # fmt: skip
+                        f"these are {suffix or builder} files")  # fmt: skip
     if builder not in ("parquet", "arrow"):  # datasets takes bad bytes into Arrow strings and fails far later
         bad = _bad_text_file(files)
         if bad:
@@ -188,7 +202,7 @@ def _load_files(src: SourceConfig, files: list[str], where: str):
     quiet.setLevel(logging.CRITICAL)  # its "Failed to load ..." line would come before ours
     try:
         return _load_dataset(where, builder, data_files={"train": files}, split="train",
-                             **builder_options(src, suffix))  # fmt: skip
+                             **builder_options(src, builder, suffix))  # fmt: skip
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; find the file and say why
         raise DataError(f"{where}: {_unreadable(files, builder, e, src.field)}") from None
     finally:

@@ -121,3 +121,37 @@ def test_a_damaged_datasets_cache_of_a_file_is_rebuilt_and_a_bad_file_still_name
     with pytest.raises(DataError, match=r"records.jsonl line 2 is not JSON"):
         load_table(src, "train", "data.sources[0]")
     assert capsys.readouterr().err == ""
+
+
+def test_a_code_folder_is_read_as_text_with_kind_text_and_its_hidden_folders_left_out(tmp_path):
+    """A folder of C sources gave "nothing matches 'FOLDER' (give a file, a glob or a directory)"
+    (it is a directory); .md beside .txt was refused as two kinds; no name outside the table of
+    suffixes could be read at all."""
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / ".git" / "objects").mkdir(parents=True)
+    (repo / ".git" / "objects" / "pack").write_bytes(bytes(range(256)) * 4)  # not text: must not be read
+    sources = {"src/list.c": "int len(struct list *l) { return l->n; }\n", "src/list.h": "int len(struct list *l);\n",
+               "Makefile": "all:\n\tcc src/list.c\n"}  # fmt: skip
+    for name, text in sources.items():
+        (repo / name).write_text(text)
+    with pytest.raises(DataError) as refused:
+        load_table(SourceConfig(files=str(repo)), "train", "data.sources[0]")
+    assert str(refused.value) == (f"data.sources[0].files: {repo} holds 3 file(s), none named as a kind read by its "
+                                  "suffix (1 (none), 1 .c, 1 .h); give kind: text to read them as text (source code, "
+                                  "say), or another kind")  # fmt: skip
+    with pytest.raises(DataError, match=r"found \['.c', '.h'\]; one source takes files of one kind: text .*kind: text"):
+        load_table(SourceConfig(files=str(repo / "src" / "*")), "train", "data.sources[0]")
+    texts = load_corpus(cfg_for(0.0, files=str(repo), kind="text"), "train")["text"]
+    assert sorted(texts) == sorted(sources.values())  # each file one document; .git left out
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for name, text in {"a.md": "# title\n", "b.txt": "plain\n", "c.py": "x = 1\n"}.items():
+        (notes / name).write_text(text)
+    assert sorted(load_corpus(cfg_for(0.0, files=str(notes)), "train")["text"]) == ["# title\n", "plain\n", "x = 1\n"]
+    (notes / "d.csv").write_text("text\nrow\n")
+    (notes / "e.tsv").write_text("text\nrow\n")
+    with pytest.raises(DataError, match=r"found \['.csv', '.tsv'\]: .csv files are read with ',' and .tsv files with"):
+        load_table(SourceConfig(files=str(notes / "*sv")), "train", "data.sources[0]")
+    with pytest.raises(ValueError, match=r"kind=text: says how to read local files \(files:\)"):
+        SourceConfig(hub="wikitext", kind="text").validate()
