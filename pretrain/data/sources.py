@@ -141,12 +141,15 @@ def load_table(src: SourceConfig, part: str, where: str):
 def _load_dataset(where: str, *args, **kwargs):
     """datasets.load_dataset of local files; where datasets' own cache of them does not read (an
     Arrow file of it cut short or changed: the error would blame the files), once more rebuilding
-    that cache from the files. Files that still fail raise the first error, which is about them.
+    that cache from the files. An error in reading the files themselves (datasets'
+    DatasetGenerationError), or files that fail again, raise the first error, which is about them.
     (Not for hub datasets: rebuilding is a download, and their usual failure is the network.)"""
     import datasets
 
     try:
         return datasets.load_dataset(*args, **kwargs)
+    except datasets.exceptions.DatasetGenerationError:
+        raise
     except Exception as e:  # noqa: BLE001 - which errors a damaged cache gives is datasets' business
         first = e
     try:
