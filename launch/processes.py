@@ -66,14 +66,17 @@ def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = No
                     _stop_remote(node, out, lock)
                 _signal_tree(proc.pid, sig)
 
-    def terminated(*_):
+    def stop_saving(why: str):
         """The launcher itself was asked to stop (a scheduler, a user): SIGTERM to every node, whose
         ranks finish their step and save a checkpoint of it; SIGKILL after grace_s."""
-        _say(out, lock, f"launch: stopping the job (SIGTERM); its ranks save a checkpoint, {grace_s:.0f}s at most")
+        _say(out, lock, f"launch: stopping the job ({why}); its ranks save a checkpoint, {grace_s:.0f}s at most")
         stop_all(stacks=False)
         _wait(procs, grace_s)
         stop_all(signal.SIGKILL)
-        raise JobFailed("the launcher was stopped (SIGTERM) and stopped the job")
+        raise JobFailed(f"the launcher was stopped ({why.split(';')[0]}) and stopped the job")
+
+    def terminated(*_):
+        stop_saving("SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, terminated)
     failed: dict[str, int] = {}
@@ -102,11 +105,13 @@ def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = No
                         failed.setdefault(n.name, p.wait())
                 break
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        stop_all(signal.SIGINT)
-        _wait(procs, grace_s)
-        stop_all(signal.SIGKILL)
-        raise
+    except KeyboardInterrupt:  # Ctrl-C (the nodes, in sessions of their own, do not see it): as SIGTERM
+        try:
+            stop_saving("Ctrl-C; Ctrl-C again stops it at once, without saving")
+        except KeyboardInterrupt:
+            stop_all(signal.SIGKILL)
+            raise JobFailed("the launcher was stopped at once by a second Ctrl-C; the step in progress was not "
+                            "saved") from None  # fmt: skip
     finally:
         signal.signal(signal.SIGTERM, previous)
         _wait(procs, 5)

@@ -370,16 +370,28 @@ def _fit(cfg: RunConfig, task, engine, rank: int, world: int, grad_accum: int, s
         trainer.load_state_dict(state["trainer"])
     # SIGTERM (torchrun passes it on from Slurm's time-limit trap, a preempting scheduler or a
     # Kubernetes pod's deletion): finish the step, save it on every rank together, end with 143.
-    previous = signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop("SIGTERM"))
+    # Ctrl-C (SIGINT) does the same; a second Ctrl-C stops at once, without saving.
+    def interrupted(*_) -> None:
+        if trainer.stopped:  # saved: it ends by itself
+            return
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.request_stop("SIGINT (Ctrl-C)")
+        say("Ctrl-C: finishing this step and saving a checkpoint of it (Ctrl-C again stops at once, without saving)")
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop("SIGTERM")),
+                signal.SIGINT: signal.signal(signal.SIGINT, interrupted)}  # fmt: skip
     try:
         trainer.fit()
     except BaseException:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         raise
     finally:
         lines = monitor.close()
     if not trainer.stopped:  # a stopped run ends by itself, whatever more SIGTERMs come (torchrun sends them)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if rank == 0:
         _print_summary(run_dir, trainer, lines)
     if trainer.stopped:

@@ -224,7 +224,9 @@ def test_sigterm_saves_the_step_it_stops_at_on_every_rank_and_the_run_resumes_th
     checkpoint was lost (here: all of them, as none is periodic). First only rank 1 is signalled (a
     node's pod deleted): rank 0 stops at the same step instead of waiting in its next all-reduce.
     Then the same command resumes there and its launcher is signalled (passed on to torchrun, then
-    to both ranks); it stops again, later, with nothing lost in between."""
+    to both ranks); it stops again, later, with nothing lost in between. Ctrl-C does the same, to
+    the launcher (which passes SIGTERM on) or to a rank; it used to end every process in a
+    KeyboardInterrupt traceback, nothing saved and status.json left saying running."""
     import signal
     import time
 
@@ -234,26 +236,34 @@ def test_sigterm_saves_the_step_it_stops_at_on_every_rank_and_the_run_resumes_th
     run_dir = tmp_path / "runs" / "preempted"
     command = [sys.executable, "-m", "launch", "local", str(cfg), "--nproc-per-node", "2", "cluster.gpus=false"]
 
-    def stop(after: int, signalled) -> tuple[int, str]:
+    def stop(after: int, signalled, sig) -> tuple[int, str]:
         proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)  # fmt: skip
         deadline = time.time() + 240
         while max(losses(run_dir), default=0) <= after and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-        signalled(proc).send_signal(signal.SIGTERM)
+        signalled(proc).send_signal(sig)
         out, _ = proc.communicate(timeout=240)
         return proc.returncode, out
 
-    def rank_1(launcher):
-        for p in psutil.Process(launcher.pid).children(recursive=True):
-            if "pretrain" in p.cmdline() and p.environ().get("RANK") == "1":
-                return p
-        raise AssertionError("no rank-1 worker")
+    def rank(r):
+        def worker(launcher):
+            for p in psutil.Process(launcher.pid).children(recursive=True):
+                if "pretrain" in p.cmdline() and p.environ().get("RANK") == str(r):
+                    return p
+            raise AssertionError(f"no rank-{r} worker")
+
+        return worker
+
+    def launcher(proc):
+        return proc
 
     step = 0
-    for signalled, why in ((rank_1, "a stop request to another rank"), (lambda launcher: launcher, "SIGTERM")):
+    for signalled, sig, why in ((rank(1), signal.SIGTERM, "a stop request to another rank"),
+                                (launcher, signal.SIGTERM, "SIGTERM"), (rank(0), signal.SIGINT, "SIGINT (Ctrl-C)"),
+                                (launcher, signal.SIGINT, "SIGTERM")):  # fmt: skip
         before = step
-        code, out = stop(before, signalled)
+        code, out = stop(before, signalled, sig)
         assert code == 143, out[-3000:]
         first = before == 0
         step = max(losses(run_dir))
@@ -266,4 +276,6 @@ def test_sigterm_saves_the_step_it_stops_at_on_every_rank_and_the_run_resumes_th
         assert status["state"] == "stopped" and status["step"] == step, status
         if not first:
             assert f"resuming from {run_dir / 'checkpoints' / f'step_{before:08d}'}" in out
+        if sig == signal.SIGINT and signalled is launcher:
+            assert "launch: stopping the job (Ctrl-C; Ctrl-C again stops it at once, without saving)" in out
     assert sorted(losses(run_dir)) == list(range(1, step + 1))
