@@ -36,6 +36,8 @@ def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: s
     table = load_table(src, part, where)
     require_columns(table, columns, "task", f"{where} ({part} data)")
     table = table.select_columns(list(columns.values()))
+    if "label_column" in columns:
+        table = _label_names(table, columns["label_column"])
     for field, column in columns.items():
         _check_kind(table, field, column, f"{where} ({part} data)")
         empty = _missing(table, column, blank=field == "label_column")
@@ -79,6 +81,22 @@ def _missing(table, column: str, blank: bool) -> list[int]:
     if blank and (values.type == "string" or values.type == "large_string"):
         missing = pc.or_kleene(missing, pc.equal(pc.utf8_trim_whitespace(values), ""))  # null or blank
     return pc.indices_nonzero(missing).to_pylist()
+
+
+def _label_names(table, column: str):
+    """A label column of datasets' ClassLabel (files datasets wrote: save_to_disk, its parquet; hub
+    data) as the names it stands for, not their indices; -1 (no label, as GLUE's test splits have)
+    as null, so it is named as a missing label."""
+    import datasets
+
+    feature = table.features[column]
+    if not isinstance(feature, datasets.ClassLabel):
+        return table
+    features = table.features.copy()
+    features[column] = datasets.Value("string")
+    names = feature.names
+    return table.map(lambda batch: {column: [names[i] if i is not None and 0 <= i < len(names) else None
+                                             for i in batch[column]]}, batched=True, features=features)  # fmt: skip
 
 
 def check_task_sources(cfg) -> None:

@@ -72,3 +72,24 @@ def test_texts_that_are_lists_and_labels_that_are_lists_or_scores_are_refused(tm
             check_task_sources(task(jsonl(tmp_path / f"{name}.jsonl", [{**r, **change} for r in ROWS])))
     whole = jsonl(tmp_path / "whole.jsonl", [{**r, "label": float(r["label"])} for r in ROWS])  # 0.0, 1.0: categories
     check_task_sources(task(whole))
+
+
+def test_a_classlabel_column_gives_its_names_and_minus_one_is_a_missing_label(tmp_path):
+    """Files datasets wrote (save_to_disk, its parquet, as GLUE ships) keep labels as ClassLabel
+    indices: the classifier's labels.json and every prediction read "0"/"1", not the names."""
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})  # fmt: skip
+    rows = {"text": [r["text"] for r in ROWS], "label": [r["label"] for r in ROWS]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "sst"))
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "sst.parquet"))
+    for source in (tmp_path / "sst", tmp_path / "sst.parquet"):
+        table = task_tables(task(source))["train"]
+        assert table["label"] == ["positive" if r["label"] else "negative" for r in ROWS], source
+        check_task_sources(task(source))
+    rows["label"][4] = -1  # a test split's "no label"
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "unlabeled"))
+    with pytest.raises(DataError, match=r"1 example\(s\) of data.sources\[0\] \(train data\) have no label \(null, "
+                                        r"absent or blank\): example 4 \("):  # fmt: skip
+        task_tables(task(tmp_path / "unlabeled"))
