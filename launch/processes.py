@@ -37,7 +37,7 @@ class JobFailed(RuntimeError):
 
 def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = None, out=sys.stdout) -> None:
     """Run every node's command to the end; JobFailed names the nodes that failed and how."""
-    lock = threading.Lock()
+    lock = threading.RLock()  # a signal handler in the main thread may say something while it holds it
     procs, tails = [], {node.name: deque(maxlen=300) for node in nodes}
     # One node writes straight to this terminal (progress bars intact); several get their name in front.
     piped = len(nodes) > 1
@@ -75,10 +75,14 @@ def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = No
         stop_all(signal.SIGKILL)
         raise JobFailed(f"the launcher was stopped ({why.split(';')[0]}) and stopped the job")
 
-    def terminated(*_):
-        stop_saving("SIGTERM")
+    def terminated(sig, _):
+        if sig == signal.SIGHUP:  # nothing more can be shown: what this process prints goes nowhere
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+        stop_saving("SIGHUP: its terminal closed" if sig == signal.SIGHUP else "SIGTERM")
 
-    previous = signal.signal(signal.SIGTERM, terminated)
+    # SIGHUP (the terminal or ssh session went away) as SIGTERM: left alone, this process died and
+    # the nodes, in sessions of their own, trained on unsupervised with status.json saying running.
+    previous = {sig: signal.signal(sig, terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
     failed: dict[str, int] = {}
     deadline = None
     try:
@@ -113,7 +117,8 @@ def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = No
             raise JobFailed("the launcher was stopped at once by a second Ctrl-C; the step in progress was not "
                             "saved") from None  # fmt: skip
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         _wait(procs, 5)
         time.sleep(0.2)  # let the output threads drain
     if failed:
@@ -138,17 +143,19 @@ def _cause(lines) -> str:
 
 
 def _pump(proc, prefix: str, out, lock, tail) -> None:
-    for line in proc.stdout:
+    for line in proc.stdout:  # read to the end whatever happens to ``out``: a node must never block writing
         tail.append(line.rstrip())
-        with lock:
-            out.write(prefix + line)
-            out.flush()
+        _say(out, lock, prefix + line.rstrip("\n"))
 
 
 def _say(out, lock, text: str) -> None:
+    """A line to ``out``; one that cannot be written (a terminal that closed: EIO) is dropped."""
     with lock:
-        out.write(text + "\n")
-        out.flush()
+        try:
+            out.write(text + "\n")
+            out.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _wait(procs, timeout: float) -> None:

@@ -184,11 +184,36 @@ PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 """What gloo says when another rank's process is gone: not this rank's story to tell at length."""
 
 
+class _Unfailing:
+    """A standard stream whose writes that fail are dropped: when the terminal a run prints to goes
+    away (an ssh session dropped), each print raised EIO and ended training with the output lost
+    anyway; the run now goes on to its next checkpoint, or to the stop that SIGHUP asks for."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def run(cfg: RunConfig, make_task=LanguageModelTask.for_run) -> None:
     # Python stacks of every thread on a fatal signal (NCCL's watchdog aborts on a collective
     # timeout) and on SIGUSR1, which the launcher sends to every rank before it stops a failed job.
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    sys.stdout, sys.stderr = _Unfailing(sys.stdout), _Unfailing(sys.stderr)
     grad_accum = cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # before DeepSpeed starts
     task = make_task(cfg)
     cfg = cfg.with_model(task.model_cfg)  # fine-tuning trains init_from's shape: checked against it
@@ -370,7 +395,8 @@ def _fit(cfg: RunConfig, task, engine, rank: int, world: int, grad_accum: int, s
         trainer.load_state_dict(state["trainer"])
     # SIGTERM (torchrun passes it on from Slurm's time-limit trap, a preempting scheduler or a
     # Kubernetes pod's deletion): finish the step, save it on every rank together, end with 143.
-    # Ctrl-C (SIGINT) does the same; a second Ctrl-C stops at once, without saving.
+    # SIGHUP (its terminal went away; torchrun passes it on) and Ctrl-C (SIGINT) do the same; a
+    # second Ctrl-C stops at once, without saving.
     def interrupted(*_) -> None:
         if trainer.stopped:  # saved: it ends by itself
             return
@@ -380,6 +406,7 @@ def _fit(cfg: RunConfig, task, engine, rank: int, world: int, grad_accum: int, s
         say("Ctrl-C: finishing this step and saving a checkpoint of it (Ctrl-C again stops at once, without saving)")
 
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop("SIGTERM")),
+                signal.SIGHUP: signal.signal(signal.SIGHUP, lambda *_: trainer.request_stop("SIGHUP")),
                 signal.SIGINT: signal.signal(signal.SIGINT, interrupted)}  # fmt: skip
     try:
         trainer.fit()

@@ -15,7 +15,7 @@ import torch
 from pretrain import checkpoint as ckpt
 from pretrain.status import metric_records
 
-from .conftest import ENV, ROOT, launch, losses, metrics
+from .conftest import ENV, ROOT, kill_tree, launch, losses, metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -279,3 +279,50 @@ def test_sigterm_saves_the_step_it_stops_at_on_every_rank_and_the_run_resumes_th
         if sig == signal.SIGINT and signalled is launcher:
             assert "launch: stopping the job (Ctrl-C; Ctrl-C again stops it at once, without saving)" in out
     assert sorted(losses(run_dir)) == list(range(1, step + 1))
+
+
+@pytest.mark.parametrize("via_launcher", [False, True])
+def test_a_closed_terminal_stops_the_run_with_its_step_saved(make_config, tmp_path, via_launcher):
+    """The ssh session a run was started from drops: its terminal hangs up (SIGHUP to the
+    launcher, or to python -m pretrain), and every later write to it fails with EIO. The launcher
+    used to die of SIGHUP and leave the ranks training unsupervised, status.json saying running; a
+    rank died of it without saving, or of the EIO at its next print. Now the ranks save the step
+    they are at and stop, as on SIGTERM (exit 143)."""
+    import pty
+    import select
+    import time
+
+    import psutil
+
+    cfg = make_config(name="hangup", train={"max_steps": 100000}, checkpoint={"every_steps": 0},
+                      log={"every_steps": 20})  # fmt: skip
+    run_dir = tmp_path / "runs" / "hangup"
+    argv = [sys.executable, "-m", "launch", "local", str(cfg), "--nproc-per-node", "2", "cluster.gpus=false"] \
+        if via_launcher else [sys.executable, "-m", "pretrain", str(cfg)]  # fmt: skip
+    pid, terminal = pty.fork()  # the child's controlling terminal is this pty
+    if pid == 0:
+        os.chdir(ROOT)
+        os.execve(argv[0], argv, ENV)
+    done, under = 0, []
+    try:
+        deadline = time.time() + 240
+        while max(losses(run_dir), default=0) < 3 and time.time() < deadline:
+            if select.select([terminal], [], [], 0.1)[0]:
+                os.read(terminal, 65536)  # what the run prints, as a terminal shows it
+        under = psutil.Process(pid).children(recursive=True)  # torchrun and the ranks: in sessions of their own
+        os.close(terminal)  # the terminal is gone: SIGHUP, then EIO for every write to it
+        status = 0
+        while not done and time.time() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.1)
+    finally:
+        if not done:  # a reaped pid may be another process's by now
+            kill_tree(pid)
+        for p in under:  # left running (the launcher died of the hangup): no training goes on after the test
+            if p.is_running():
+                p.kill()
+    assert done and os.waitstatus_to_exitcode(status) == 143, (done, status)
+    step = max(losses(run_dir))
+    said = json.loads((run_dir / "status.json").read_text())
+    assert said["state"] == "stopped" and said["step"] == step, said
+    assert ckpt.newest_complete(run_dir / "checkpoints").name == f"step_{step:08d}"
