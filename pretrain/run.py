@@ -213,7 +213,8 @@ def run(cfg: RunConfig, make_task=LanguageModelTask.for_run) -> None:
     # timeout) and on SIGUSR1, which the launcher sends to every rank before it stops a failed job.
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    sys.stdout, sys.stderr = _Unfailing(sys.stdout), _Unfailing(sys.stderr)
+    if not isinstance(sys.stdout, _Unfailing):  # wrapped once, however often a process calls run
+        sys.stdout, sys.stderr = _Unfailing(sys.stdout), _Unfailing(sys.stderr)
     grad_accum = cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # before DeepSpeed starts
     task = make_task(cfg)
     cfg = cfg.with_model(task.model_cfg)  # fine-tuning trains init_from's shape: checked against it
