@@ -72,10 +72,26 @@ def task_row(name: str, f: Function) -> dict:
 
 
 def builtin_task_file(name: str, cache_dir: Path) -> Path:
+    """The demo task's JSON lines under the data cache, written once. One cut short since (a copy
+    that stopped) is written again, with a warning, rather than read as a torn last line."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     path = Path(cache_dir) / f"task-{name}-py{version}.jsonl"
-    if path.exists():
+    if path.exists() and _whole(path):
         return path
+    if path.exists():
+        print(f"warning: the demo task file {path} is cut short; writing it again", file=sys.stderr)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, "".join(json.dumps(task_row(name, f)) + "\n" for f in functions()))
     return path
+
+
+def _whole(path: Path) -> bool:
+    """A JSON-lines file that ends with a whole line (what write_atomic left, not a copy cut short)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 2**20))
+        tail = f.read()
+    last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    try:
+        return tail.endswith(b"\n") and isinstance(json.loads(last), dict)
+    except ValueError:
+        return False

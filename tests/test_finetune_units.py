@@ -248,3 +248,16 @@ def test_sft_examples_whose_prompt_fills_the_length_are_left_out_and_said():
                     "longest has 9) and no room for a response: left out"]  # fmt: skip
     with pytest.raises(DataError, match=r"every example of the validation data has a prompt longer than data.seq_len"):
         sft_rows(Words(), table, task, 2, "the validation data", said.append)
+
+
+def test_a_demo_task_file_cut_short_is_written_again(tmp_path, capsys):
+    """The built-in task's JSON lines live under the data cache; one cut short (a copy of the cache
+    that stopped) was read as it was, and the run stopped on its torn last line."""
+    from finetune.demo_data import builtin_task_file
+
+    path = builtin_task_file("stdlib-names", tmp_path)
+    whole = path.read_bytes()
+    assert builtin_task_file("stdlib-names", tmp_path) == path and capsys.readouterr().err == ""
+    path.write_bytes(whole[: len(whole) // 2])
+    assert builtin_task_file("stdlib-names", tmp_path) == path and path.read_bytes() == whole
+    assert capsys.readouterr().err == f"warning: the demo task file {path} is cut short; writing it again\n"
