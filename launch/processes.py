@@ -82,7 +82,9 @@ def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = No
 
     # SIGHUP (the terminal or ssh session went away) as SIGTERM: left alone, this process died and
     # the nodes, in sessions of their own, trained on unsupervised with status.json saying running.
-    previous = {sig: signal.signal(sig, terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # A signal this process was started ignoring (nohup: SIGHUP) stays ignored.
+    previous = {sig: signal.signal(sig, terminated) for sig in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(sig) is not signal.SIG_IGN}  # fmt: skip
     failed: dict[str, int] = {}
     deadline = None
     try:

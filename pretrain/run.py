@@ -406,9 +406,10 @@ def _fit(cfg: RunConfig, task, engine, rank: int, world: int, grad_accum: int, s
         trainer.request_stop("SIGINT (Ctrl-C)")
         say("Ctrl-C: finishing this step and saving a checkpoint of it (Ctrl-C again stops at once, without saving)")
 
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop("SIGTERM")),
-                signal.SIGHUP: signal.signal(signal.SIGHUP, lambda *_: trainer.request_stop("SIGHUP")),
-                signal.SIGINT: signal.signal(signal.SIGINT, interrupted)}  # fmt: skip
+    handlers = {signal.SIGTERM: lambda *_: trainer.request_stop("SIGTERM"),
+                signal.SIGHUP: lambda *_: trainer.request_stop("SIGHUP"), signal.SIGINT: interrupted}  # fmt: skip
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()
+                if signal.getsignal(sig) is not signal.SIG_IGN}  # started ignoring it (nohup): it stays ignored
     try:
         trainer.fit()
     except BaseException:

@@ -237,8 +237,10 @@ def test_sigterm_saves_the_step_it_stops_at_on_every_rank_and_the_run_resumes_th
     command = [sys.executable, "-m", "launch", "local", str(cfg), "--nproc-per-node", "2", "cluster.gpus=false"]
 
     def stop(after: int, signalled, sig) -> tuple[int, str]:
+        # as from a terminal: Ctrl-C is not ignored (a background job, as CI may run this in, ignores it)
         proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)  # fmt: skip
+                                text=True, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
         deadline = time.time() + 240
         while max(losses(run_dir), default=0) <= after and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
@@ -290,6 +292,7 @@ def test_a_closed_terminal_stops_the_run_with_its_step_saved(make_config, tmp_pa
     they are at and stop, as on SIGTERM (exit 143)."""
     import pty
     import select
+    import signal
     import time
 
     import psutil
@@ -300,7 +303,9 @@ def test_a_closed_terminal_stops_the_run_with_its_step_saved(make_config, tmp_pa
     argv = [sys.executable, "-m", "launch", "local", str(cfg), "--nproc-per-node", "2", "cluster.gpus=false"] \
         if via_launcher else [sys.executable, "-m", "pretrain", str(cfg)]  # fmt: skip
     pid, terminal = pty.fork()  # the child's controlling terminal is this pty
-    if pid == 0:
+    if pid == 0:  # as a login shell starts it: SIGHUP and SIGINT not ignored (nohup, a background job would)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.chdir(ROOT)
         os.execve(argv[0], argv, ENV)
     done, under = 0, []
