@@ -1,10 +1,11 @@
 """Small helpers on files and ports shared by runs, checkpoints, status and tests: a write that
-readers see whole or not at all, and a free TCP port."""
+readers see whole or not at all, a damaged file kept aside, and a free TCP port."""
 
 from __future__ import annotations
 
 import os
 import socket
+import uuid
 from pathlib import Path
 
 
@@ -27,6 +28,17 @@ def write_atomic(path: str | Path, text: str, durable: bool = True) -> Path:
     if durable:
         fsync_dir(path.parent)
     return path
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename a damaged file or folder to ``NAME.damaged-XXXXXXXX`` beside it (kept for a look, out
+    of the way of the one made again); None if another process moved it first."""
+    aside = path.with_name(f"{path.name}.damaged-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return None
+    return aside
 
 
 def fsync_dir(path: str | Path) -> None:

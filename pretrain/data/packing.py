@@ -27,6 +27,7 @@ import numpy as np
 from pretrain.data.config import DataConfig
 from pretrain.data.sources import DataError, file_stats, load_corpus, source_files
 from pretrain.data.tokenizer import separator_id, tokenizer_hash
+from pretrain.files import set_aside
 
 FORMAT_VERSION = 1
 LATER_OPTIONS = ("field", "kind")
@@ -61,12 +62,8 @@ def pack(cfg: DataConfig, tok, arch: str, split: str = "train", seed: int = 0, l
         problem = damage(final)
         if problem is None:
             return final
-        aside = final.with_name(f"{final.name}.damaged-{uuid.uuid4().hex[:8]}")
-        try:
-            os.rename(final, aside)
-        except FileNotFoundError:  # another process of the job moved it first
-            pass
-        else:
+        aside = set_aside(final)
+        if aside is not None:  # else another process of the job moved it first
             log(f"warning: the packed {split} cache {final} is damaged ({problem}); moved to {aside} (delete it "
                 "when done looking) and packed again")  # fmt: skip
     start = time.time()

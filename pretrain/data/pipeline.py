@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 from pretrain.data.batches import Batches, CausalLMCollator, MaskedLMCollator, SequenceDataset
@@ -21,6 +19,7 @@ from pretrain.data.tokenizer import (
     sentinel_ids,
     train_tokenizer,
 )
+from pretrain.files import set_aside
 
 
 def run_tokenizer(cfg: DataConfig, arch: str, vocab_size: int, run_dir: str | Path, log=print):
@@ -60,10 +59,10 @@ def load_saved_tokenizer(folder: Path, log=print, then: str = "made again"):
     try:
         return load_tokenizer(folder)
     except Exception as e:  # noqa: BLE001 - json, tokenizers and transformers each fail their own way
-        aside = folder.with_name(f"{folder.name}.damaged-{uuid.uuid4().hex[:8]}")
-        os.rename(folder, aside)
-        log(f"warning: the run's tokenizer {folder} does not load ({type(e).__name__}: {str(e)[:150]}); moved to "
-            f"{aside} and {then}")  # fmt: skip
+        aside = set_aside(folder)
+        if aside is not None:  # else another process moved it first, and says so
+            log(f"warning: the run's tokenizer {folder} does not load ({type(e).__name__}: {str(e)[:150]}); "
+                f"moved to {aside} and {then}")  # fmt: skip
         return None
 
 
