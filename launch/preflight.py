@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from pretrain.checkpoint_layout import checkpoints_dir, is_complete, newest_complete
-from pretrain.config import exit_on_config_error, load_config
+from pretrain.config import ConfigError, exit_on_config_error, load_config
 
 DOES_NOT_FIT = 3
 
@@ -67,6 +67,8 @@ def model_config(program: str, cfg):
     if program == "pretrain":
         return cfg.model
     source = Path(cfg.init_from)
+    if not source.exists():
+        raise ConfigError(f"init_from={cfg.init_from!r}: no such file or directory")
     newest = newest_tag(source)
     for candidate in (source / "config.yaml", newest / "config.yaml" if newest else None):
         if candidate is not None and candidate.is_file():
