@@ -30,6 +30,15 @@ class TaskConfig:
     """generate, seq2seq: the column with the prompt or source (no loss on it)."""
     response_column: str = "response"
     """generate, seq2seq: the column with the response or target the model learns to produce."""
+    messages_column: str | None = None
+    """generate: a column of conversations, used instead of prompt_column and response_column: each
+    a list of turns, {role, content} (OpenAI, HF chat) or ShareGPT's {from, value}, with roles
+    system, user, assistant, tool (human, gpt). The loss is on the assistant's turns only."""
+    chat_template: str = "auto"
+    """generate with messages_column: how a conversation is written as text. auto: the tokenizer's
+    chat template where it has one, else plain; plain: each turn as <|role|>, a line break, its
+    text and end-of-text; or a Jinja template file (HF's chat-template format). Checkpoints carry
+    it, and finetune.generate writes conversations with it."""
     target_len: int | None = None
     """seq2seq: the most target tokens (with the end-of-text) the decoder reads; None: data.seq_len.
     A longer target is refused, not cut (a cut target never learns to end)."""
@@ -69,6 +78,16 @@ class TaskConfig:
 
     def validate(self) -> None:
         check_padding_kernel(self.attention)
+        if self.messages_column is not None and self.kind != "generate":
+            raise ValueError(f"messages_column={self.messages_column!r} with kind={self.kind}: conversations are for "
+                             "kind=generate (a decoder learns the assistant's turns)")  # fmt: skip
+        if self.messages_column is not None and self.builtin:
+            raise ValueError(f"messages_column={self.messages_column!r} with builtin={self.builtin!r}: the built-in "
+                             "task has prompts and responses; drop one")  # fmt: skip
+        if self.chat_template != "auto":
+            from finetune.chat import check_template_setting
+
+            check_template_setting(self.chat_template)
         if self.target_len is not None and self.target_len < 2:
             raise ValueError(f"target_len={self.target_len}: must be >= 2 (a token and the end-of-text), or null "
                              "for data.seq_len")  # fmt: skip

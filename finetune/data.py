@@ -13,6 +13,8 @@ from pretrain.data.sources import DataError, aligned, first_value, hold_out, loa
 def task_columns(cfg) -> dict[str, str]:
     """Config field -> column name, for the columns ``cfg.task`` reads."""
     t = cfg.task
+    if t.messages_column:
+        return {"messages_column": t.messages_column}
     if t.kind in ("generate", "seq2seq"):
         return {"prompt_column": t.prompt_column, "response_column": t.response_column}
     columns = {"text_column": t.text_column, "label_column": t.label_column}
@@ -33,11 +35,20 @@ def task_sources(cfg) -> list[SourceConfig]:
 def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: str):
     """One source's ``part`` (train, validation or test) reduced to ``columns``, each one checked:
     there, and given in every example."""
+    from finetune.chat import conversation_column, looks_like_conversations
+
     table = load_table(src, part, where)
+    chats = looks_like_conversations(table) if columns.get("prompt_column") not in (None, *table.column_names) else None
+    if chats:
+        raise DataError(f"task.prompt_column={columns['prompt_column']!r}: no such column in {where} ({part} data); "
+                        f"its column {chats!r} holds conversations: set task.messages_column={chats} to learn the "
+                        "assistant's turns")  # fmt: skip
     require_columns(table, columns, "task", f"{where} ({part} data)")
     table = table.select_columns(list(columns.values()))
     if "label_column" in columns:
         table = _label_names(table, columns["label_column"])
+    if "messages_column" in columns:
+        table = conversation_column(table, columns["messages_column"], f"{where} ({part} data)")
     for field, column in columns.items():
         _check_kind(table, field, column, f"{where} ({part} data)")
         empty = _missing(table, column, blank=field == "label_column")
@@ -130,7 +141,7 @@ def task_tables(cfg, say=print) -> dict:
     import datasets
 
     t, frac, columns = cfg.task, cfg.data.validation_fraction, task_columns(cfg)
-    key = t.text_column if t.kind == "classify" else t.prompt_column
+    key = t.text_column if t.kind == "classify" else t.messages_column or t.prompt_column
     parts = {"train": [], "validation": []}
     for i, src in enumerate(task_sources(cfg)):
         where = f"data.sources[{i}]"
@@ -168,6 +179,7 @@ def add_file_arguments(ap) -> None:
     ap.add_argument("--label-column", help="classification: the column with the label (default: the run's)")
     ap.add_argument("--prompt-column", help="generation: the prompt column (default: the run's)")
     ap.add_argument("--response-column", help="generation: the response column (default: the run's)")
+    ap.add_argument("--messages-column", help="generation: the column of conversations (default: the run's)")
     ap.add_argument("--delimiter", help="csv/tsv field separator (default: ',' for .csv, a tab for .tsv)")
     ap.add_argument("--no-header", action="store_true", help="csv/tsv: the first line is data (give --column-names)")
     ap.add_argument("--column-names", help="csv/tsv: the columns' names in order, comma-separated, e.g. text,label")
@@ -196,6 +208,6 @@ def override_columns(cfg, args) -> None:
     """The run's task columns, replaced where the command line names others."""
     for field, arg in (("text_column", "text_column"), ("text_pair_column", "pair_column"),
                        ("label_column", "label_column"), ("prompt_column", "prompt_column"),
-                       ("response_column", "response_column")):  # fmt: skip
+                       ("response_column", "response_column"), ("messages_column", "messages_column")):  # fmt: skip
         if getattr(args, arg, None):
             setattr(cfg.task, field, getattr(args, arg))

@@ -2,8 +2,9 @@
 
 Scores a fine-tuned checkpoint on labeled examples in one process. Classification: loss,
 accuracy, macro-F1 and the confusion matrix (rows: true label). Generation: loss and token
-accuracy on the response tokens, and exact match and chrF (sacrebleu) of greedy completions
-against the responses.
+accuracy on the response tokens (a conversation's assistant turns), and exact match and chrF
+(sacrebleu) of greedy completions against the responses (a conversation's last assistant turn,
+given the turns before it).
 Given a run directory it uses the run's best checkpoint (else the newest) and says which.
 
 FILE is csv, tsv, jsonl/json or parquet with the run's columns (or the ones given:
@@ -90,10 +91,15 @@ def evaluate_generator(tag_dir: Path, args, say) -> dict:
         prompts = [tok.decode(r["input_ids"][:-1]) for r in rows]  # generate() adds the end-of-text again
         targets = [r["target"] for r in rows]
     else:
+        if cfg.task.messages_column:
+            from finetune.chat import chat_template
+
+            tok.chat_template = chat_template(tok, "auto")  # the checkpoint's: the run set it
         rows = sft_rows(tok, table, cfg.task, cfg.data.seq_len, what, say)
         sums = score(model, rows, SFTCollator(tok.pad_token_id), lm_loss, args.batch_size)
-        prompts = [tok.decode(r["input_ids"][: r["prompt_len"]]) for r in rows]
-        targets = [r["input_ids"][r["prompt_len"] :] for r in rows]
+        last = [r["spans"][-1] for r in rows]  # a conversation's generation is scored on its last assistant turn
+        prompts = [tok.decode(r["input_ids"][:a]) for r, (a, _) in zip(rows, last, strict=True)]
+        targets = [r["input_ids"][a:b] for r, (a, b) in zip(rows, last, strict=True)]
     metrics = LanguageModelTask.eval_metrics(sums)
     wanted = [tok.decode(t, skip_special_tokens=True).strip() for t in targets]
     longest = max((len(t) for t in targets), default=1)

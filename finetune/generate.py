@@ -4,7 +4,9 @@ Batched sampling from a decoder or encoder-decoder checkpoint (a fine-tuning or 
 checkpoint, an export's consolidated/ folder or an HF directory): greedy or temperature / top-k /
 top-p, a repetition penalty, stop strings, with the KV cache. A decoder's prompts are padded on the
 left so every row's next token sits at the same position; an encoder-decoder's encoder reads the
-prompt once and its decoder writes the output.
+prompt once and its decoder writes the output. A conversation (a JSON line's "messages", or a
+--prompt under --chat) is written with the checkpoint's chat template, asking for the assistant's
+next turn.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -263,13 +266,53 @@ def load_decoder(path: str):
     return load_model(pre.state_dict(), cfg).eval(), pre.tokenizer
 
 
+def read_prompts(path: str) -> list:
+    """A prompts file's prompts: lines of text (\\n for a line break), or JSON lines with a "prompt"
+    (text) or "messages" (a conversation: a list of turns; ShareGPT's "conversations" too)."""
+    from finetune.chat import turns
+    from pretrain.config import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--prompts-file {path}: no such file")
+    prompts = []
+    for number, line in enumerate(open(path, encoding="utf-8-sig"), 1):
+        line = line.rstrip("\n")
+        if not line.startswith("{"):
+            prompts.append(line.replace("\\n", "\n"))
+            continue
+        try:
+            record = json.loads(line)
+            chat = next((record[k] for k in ("messages", "conversations") if k in record), None)
+            if chat is None and "prompt" not in record:
+                raise ValueError(f"a JSON line needs a 'prompt' or 'messages'; this one has {sorted(record)}")
+            prompts.append(turns(chat) if chat is not None else str(record["prompt"]))
+        except ValueError as e:
+            raise ConfigError(f"--prompts-file {path} line {number}: {e}") from None
+    return prompts
+
+
+def conversation_prompt(tok, messages: list[dict], checkpoint: str) -> str:
+    """A conversation written, with the checkpoint's chat template, as the prompt for the
+    assistant's next turn."""
+    from finetune.chat import prompt_text
+    from pretrain.config import ConfigError
+
+    if not tok.chat_template:
+        raise ConfigError(f"{checkpoint}: its tokenizer has no chat template (it was not fine-tuned on conversations: "
+                          "task.messages_column); give prompts as text")  # fmt: skip
+    return prompt_text(tok, messages, checkpoint)
+
+
 def main(argv: list[str] | None = None) -> None:
     from pretrain.config import ConfigError, exit_on_config_error
 
     ap = argparse.ArgumentParser(description="Sample from a decoder or encoder-decoder checkpoint.")
     ap.add_argument("checkpoint")
     ap.add_argument("--prompt", action="append", default=[])
-    ap.add_argument("--prompts-file", help="one prompt per line, or JSON lines with a 'prompt' field")
+    ap.add_argument("--prompts-file", help="one prompt per line, or JSON lines with a 'prompt' field or a 'messages' "
+                    "conversation (its next assistant turn is written)")  # fmt: skip
+    ap.add_argument("--chat", action="store_true", help="each --prompt is a user's turn, written with the checkpoint's "
+                    "chat template (a model fine-tuned on conversations)")  # fmt: skip
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--greedy", action="store_true")
     ap.add_argument("--temperature", type=float, default=0.8)
@@ -284,11 +327,12 @@ def main(argv: list[str] | None = None) -> None:
 
     @exit_on_config_error
     def run() -> None:
-        prompts = list(args.prompt)
+        from pretrain.files import results_stdout
+
+        results = results_stdout()  # JSON lines alone: what loading prints goes to stderr
+        prompts = [[{"role": "user", "content": p}] if args.chat else p for p in args.prompt]
         if args.prompts_file:
-            for line in open(args.prompts_file):
-                line = line.rstrip("\n")
-                prompts.append(json.loads(line)["prompt"] if line.startswith("{") else line.replace("\\n", "\n"))
+            prompts += read_prompts(args.prompts_file)
         if not prompts:
             ap.error("give --prompt TEXT or --prompts-file FILE")
         s = Sampling(args.max_new_tokens, 0.0 if args.greedy else args.temperature, args.top_k, args.top_p,
@@ -299,13 +343,15 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"--length-penalty {args.length_penalty}: must be a finite number (1: the mean "
                               "log-probability per token; 0: the plain sum)")  # fmt: skip
         model, tok = load_decoder(args.checkpoint)
+        texts = [conversation_prompt(tok, p, args.checkpoint) if isinstance(p, list) else p for p in prompts]
         if args.num_beams > 1:
-            best = beam_search(model, tok, prompts, args.num_beams, s.max_new_tokens, args.length_penalty)
+            best = beam_search(model, tok, texts, args.num_beams, s.max_new_tokens, args.length_penalty)
             texts = [_cut(t, s.stop) for t in tok.batch_decode(best, skip_special_tokens=True)]
         else:
-            texts = generate(model, tok, prompts, s)
+            texts = generate(model, tok, texts, s)
         for prompt, text in zip(prompts, texts, strict=True):
-            print(json.dumps({"prompt": prompt, "completion": text}))
+            print(json.dumps({"messages" if isinstance(prompt, list) else "prompt": prompt, "completion": text}),
+                  file=results)
 
     run()
 

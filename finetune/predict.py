@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     def run() -> None:
         say = lambda m: print(m, file=sys.stderr)  # noqa: E731
         from pretrain import checkpoint as ckpt
+        from pretrain.files import results_stdout
+
+        results = None if args.out else results_stdout()  # JSON lines alone: what loading prints goes to stderr
 
         tag_dir = ckpt.resolve(args.checkpoint, warn=say, best=True)
         texts, pairs = read_texts(args.file, args, classifier_config(tag_dir))  # the file is checked before the weights
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             Path(args.out).write_text(lines)
             print(f"wrote {len(rows)} predictions to {args.out}")
         else:
-            sys.stdout.write(lines)
+            results.write(lines)
 
     run()
 

@@ -86,17 +86,19 @@ class ClassifyCollator:
 
 
 class SFTCollator:
-    """prompt + response + eos -> inputs and next-token labels, ignored over the prompt and padding."""
+    """Tokens and their response spans -> inputs and next-token labels, ignored outside the spans
+    (prompts, a conversation's other turns, padding)."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
     def __call__(self, samples: list[dict]) -> dict:
         ids = pad([s["input_ids"] for s in samples], self.pad_id)
-        labels = ids.clone()
+        scored = torch.zeros_like(ids, dtype=torch.bool)
         for row, s in enumerate(samples):
-            labels[row, : s["prompt_len"]] = IGNORE
-            labels[row, len(s["input_ids"]) :] = IGNORE
+            for a, b in s["spans"]:
+                scored[row, a:b] = True
+        labels = ids.masked_fill(~scored, IGNORE)
         real = pad([[1] * len(s["input_ids"]) for s in samples], 0)  # so throughput counts no padding
         return {"input_ids": ids[:, :-1], "labels": labels[:, 1:], "attention_mask": real[:, :-1],
                 "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
@@ -147,25 +149,35 @@ def classification_rows(tok, table, t, labels: list[str], seq_len: int, with_typ
 
 
 def sft_rows(tok, table, t, seq_len: int, what: str, say=print) -> list[dict]:
-    """prompt + response + eos, cut to seq_len + 1 tokens. Examples left without a response token
-    (a prompt filling the length) have nothing to learn or score: they are left out, and said so;
-    a DataError when that leaves none of ``what`` (e.g. "the train data")."""
-    prompts = tok([str(x) for x in table[t.prompt_column]], add_special_tokens=False)["input_ids"]
-    responses = tok([str(x) for x in table[t.response_column]], add_special_tokens=False)["input_ids"]
-    rows = []
-    for p, r in zip(prompts, responses, strict=True):
-        ids = (p + r + [tok.eos_token_id])[: seq_len + 1]
-        if len(ids) > len(p):
-            rows.append({"input_ids": ids, "prompt_len": len(p)})
-    left_out = len(prompts) - len(rows)
+    """Each example's tokens, cut to seq_len + 1, with the spans the loss is on: prompt + response
+    + eos with the response's span, or a conversation (task.messages_column) with its assistant
+    turns'. Examples left without a token to learn (a prompt filling the length, a conversation
+    without an assistant turn) are left out, and said so; a DataError when that leaves none of
+    ``what`` (e.g. "the train data")."""
+    if t.messages_column:
+        from finetune.chat import chat_rows
+
+        rows, left_out = chat_rows(tok, table, t.messages_column, seq_len, what)
+        every = (f"has no assistant turn within data.seq_len={seq_len} tokens; raise data.seq_len or give "
+                 "conversations an assistant turn")  # fmt: skip
+        some = f"have no assistant turn within data.seq_len={seq_len} tokens"
+    else:
+        prompts = tok([str(x) for x in table[t.prompt_column]], add_special_tokens=False)["input_ids"]
+        responses = tok([str(x) for x in table[t.response_column]], add_special_tokens=False)["input_ids"]
+        rows = []
+        for p, r in zip(prompts, responses, strict=True):
+            ids = (p + r + [tok.eos_token_id])[: seq_len + 1]
+            if len(ids) > len(p):
+                rows.append({"input_ids": ids, "spans": [(len(p), len(ids))]})
+        left_out = len(prompts) - len(rows)
+        longest = f"(the longest has {max((len(p) for p in prompts), default=0)})"
+        every = (f"has a prompt longer than data.seq_len={seq_len} tokens {longest}, leaving no room for its "
+                 "response; raise data.seq_len or shorten the prompts")  # fmt: skip
+        some = f"have prompts longer than data.seq_len={seq_len} tokens {longest} and no room for a response"
+    if left_out and not rows:
+        raise DataError(f"every example of {what} {every}")
     if left_out:
-        longest = max(len(p) for p in prompts)
-        if not rows:
-            raise DataError(f"every example of {what} has a prompt longer than data.seq_len={seq_len} tokens (the "
-                            f"longest has {longest}), leaving no room for its response; raise data.seq_len or "
-                            "shorten the prompts")  # fmt: skip
-        say(f"warning: {left_out} of {len(prompts)} examples of {what} have prompts longer than data.seq_len={seq_len} "
-            f"tokens (the longest has {longest}) and no room for a response: left out")  # fmt: skip
+        say(f"warning: {left_out} of {len(rows) + left_out} examples of {what} {some}: left out")
     return rows
 
 
@@ -244,6 +256,10 @@ class FinetuneTask:
                     f"data.tokenizer.path={cfg.data.tokenizer.path!r} is not the tokenizer the model was trained "
                     f"with ({self.pretrained.source}); drop data.tokenizer.path to use the checkpoint's"
                 )
+        if cfg.task.messages_column:  # set on the tokenizer, so every checkpoint carries it
+            from finetune.chat import chat_template
+
+            self.tokenizer.chat_template = chat_template(self.tokenizer, cfg.task.chat_template)
         if self.tokenizer.pad_token_id is None:
             raise DataError(f"the tokenizer of {self.pretrained.source} has no pad token, which batching needs")
         # The shape is the checkpoint's (run checks the config against it); the kernel one that takes

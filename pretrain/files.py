@@ -1,10 +1,12 @@
 """Small helpers on files and ports shared by runs, checkpoints, status and tests: a write that
-readers see whole or not at all, a damaged file kept aside, and a free TCP port."""
+readers see whole or not at all, a damaged file kept aside, a standard output that holds a
+command's results alone, and a free TCP port."""
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 import uuid
 from pathlib import Path
 
@@ -48,6 +50,17 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def results_stdout():
+    """A text stream to this process's standard output, which from now on holds only what is
+    written to that stream: file descriptor 1 is pointed at standard error, so prints, C code and
+    loggers bound to stdout (DeepSpeed's) say their piece there, and `COMMAND > out.jsonl` gets the
+    results alone."""
+    sys.stdout.flush()
+    results = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    return results
 
 
 def free_port(host: str = "127.0.0.1") -> int:

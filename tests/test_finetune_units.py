@@ -242,7 +242,7 @@ def test_sft_examples_whose_prompt_fills_the_length_are_left_out_and_said():
                                         {"prompt": "a " * 8, "response": "f g"}])  # fmt: skip
     said = []
     rows = sft_rows(Words(), table, task, 8, "the train data", said.append)
-    assert [r["prompt_len"] for r in rows] == [3, 8]  # 8 + one response token: the 9 tokens of a row of 8
+    assert [r["spans"] for r in rows] == [[(3, 5)], [(8, 9)]]  # 8 + one response token: the 9 tokens of a row of 8
     assert rows[0]["input_ids"] == [2, 2, 2, 2, 0] and rows[1]["input_ids"] == [2] * 9  # + end-of-text / cut
     assert said == ["warning: 1 of 3 examples of the train data have prompts longer than data.seq_len=8 tokens (the "
                     "longest has 9) and no room for a response: left out"]  # fmt: skip

@@ -39,6 +39,19 @@ def finetune_config(make_config, name, init_from, task, data=None, **sections):
     return path
 
 
+def evaluate_validation(run_dir) -> dict:
+    """finetune.evaluate's scores of a generation run's own validation set, whose loss is the one
+    training reported at its last evaluation (step 8)."""
+    scores = run_dir.parent / f"{run_dir.name}-scores.json"
+    proc = subprocess.run([sys.executable, "-m", "finetune.evaluate", str(run_dir), "--split", "validation",
+                           "--out", str(scores)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scored = json.loads(scores.read_text())
+    assert scored["loss"] == pytest.approx(metrics(run_dir, "eval")[8]["val_loss"], rel=1e-5)
+    return scored
+
+
 def test_classification_from_a_zero3_two_process_checkpoint_loaded_by_one(make_config, tmp_path):
     launch(2, make_config(name="pre", deepspeed={"zero_stage": 3}, train={"max_steps": 6}))
     pre = tmp_path / "runs" / "pre"
@@ -64,11 +77,10 @@ def test_classification_from_a_zero3_two_process_checkpoint_loaded_by_one(make_c
     assert sum(map(sum, final["val_confusion"])) == len(val_rows)  # every validation example, once
 
     texts = write_jsonl(tmp_path / "val.jsonl", [{"text": r["text"]} for r in val_rows])
-    pred = tmp_path / "pred.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "finetune.predict", str(run_dir), str(texts), "--out", str(pred)],
+    proc = subprocess.run([sys.executable, "-m", "finetune.predict", str(run_dir), str(texts)],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    predictions = [json.loads(line) for line in pred.read_text().splitlines()]
+    predictions = [json.loads(line) for line in proc.stdout.splitlines()]  # stdout holds the predictions alone
     assert len(predictions) == len(val_rows)
     assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in predictions)
     accuracy = sum(p["label"] == r["label"] for p, r in zip(predictions, val_rows, strict=True)) / len(val_rows)
@@ -148,14 +160,7 @@ def test_sft_then_generation_with_and_without_the_kv_cache(make_config, tmp_path
     line = json.loads(proc.stdout.strip().splitlines()[-1])
     assert line["completion"] == generate(model, tok, ["def f(x):\n"], Sampling(8, 0.0))[0]
 
-    # evaluate scores the run's own validation set: the loss training reported, and greedy exact match
-    scores = tmp_path / "sft.json"
-    proc = subprocess.run([sys.executable, "-m", "finetune.evaluate", str(run_dir), "--split", "validation",
-                           "--out", str(scores)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    scored = json.loads(scores.read_text())
-    assert scored["loss"] == pytest.approx(metrics(run_dir, "eval")[8]["val_loss"], rel=1e-5)
+    scored = evaluate_validation(run_dir)
     assert 0.0 <= scored["exact_match"] <= 1.0 and scored["examples"] > 0
 
     # LoRA for generation: adapters alone train; export merges them into a model transformers loads
@@ -174,6 +179,49 @@ def test_sft_then_generation_with_and_without_the_kv_cache(make_config, tmp_path
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=ids).logits, merged(ids), atol=1e-4, rtol=0)
         assert not torch.allclose(merged(ids), model(ids), atol=1e-3)  # not the fully fine-tuned model
+
+
+def test_sft_on_conversations_carries_its_chat_template_to_generation_and_evaluation(make_config, tmp_path,
+                                                                                      pretrained):
+    """Multi-turn conversations, OpenAI's and ShareGPT's layout in two sources: the run writes them
+    with the plain template, every checkpoint's tokenizer carries it, and finetune.generate and
+    finetune.evaluate write prompts with it (evaluation scores what training scored)."""
+    from finetune.chat import PLAIN
+    from finetune.generate import Sampling, generate, load_decoder
+
+    def chat(f, sharegpt):
+        said = [("system", "Py."), ("user", f.name), ("assistant", f.package),
+                ("user", "Its first line?"), ("assistant", f.body.strip().splitlines()[0][:40])]  # fmt: skip
+        if sharegpt:
+            return [{"from": {"user": "human", "assistant": "gpt"}.get(r, r), "value": c} for r, c in said]
+        return [{"role": r, "content": c} for r, c in said]
+
+    funcs = [f for f in function_rows() if len(f.name) <= 16]  # a first answer within 64 near-character tokens
+    sources = [{"files": str(write_jsonl(tmp_path / f"chat{i}.jsonl", [{"messages": chat(f, i)} for f in funcs[i::2]]))}
+               for i in (0, 1)]  # fmt: skip
+    task = {"kind": "generate", "messages_column": "messages"}
+    cfg = finetune_config(make_config, "chat", pretrained, task, data={"sources": sources, "seq_len": 64},
+                          train={"micro_batch_size": 4})  # fmt: skip
+    out = launch(1, cfg, module="finetune").stdout
+    run_dir = tmp_path / "runs" / "chat"
+    val = sum(held_out(json.dumps(chat(f, False)), 0.2) for f in funcs)  # as the run reads them: one layout
+    assert f"task generate: {len(funcs) - val} training and {val} validation examples" in out
+    assert (run_dir / "checkpoints" / "step_00000008" / "tokenizer" / "chat_template.jinja").read_text() == PLAIN
+
+    model, tok = load_decoder(str(run_dir))
+    asked = [{"role": "user", "content": funcs[0].name}]
+    prompt = tok.apply_chat_template(asked, tokenize=False, add_generation_prompt=True)
+    assert prompt == f"<|user|>\n{funcs[0].name}{tok.eos_token}\n<|assistant|>\n"
+    want = generate(model, tok, [prompt], Sampling(6, 0.0))[0]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"messages": asked}])
+    proc = subprocess.run([sys.executable, "-m", "finetune.generate", str(run_dir), "--prompts-file", str(prompts),
+                           "--chat", "--prompt", asked[0]["content"], "--greedy", "--max-new-tokens", "6"], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert lines == [{"messages": asked, "completion": want}] * 2  # --chat: the prompt as a user's turn
+
+    assert evaluate_validation(run_dir)["examples"] == val
 
 
 def test_a_decoder_trained_with_flash_decodes_padded_batches_and_fine_tunes_with_sdpa(make_config, tmp_path,
