@@ -284,6 +284,10 @@ def _supervise(nodes, grace_s: float, env: dict, run_dir: Path | None = None) ->
         if status.get("state") == "stopped":  # every rank saved its step on a signal and ended with 143
             print(f"launch: the job {status.get('error', 'stopped')}", file=sys.stderr)
             return 143
+        if e.stopped and status.get("updated", 0) < began:  # stopped before rank 0 marked the run started
+            print("launch: the job was stopped before training began (nothing to save); the same command starts it "
+                  "again", file=sys.stderr)  # fmt: skip
+            return 143
         cause = str(e)
         if status.get("state") == "failed" and status.get("updated", 0) >= began and status.get("error"):
             cause += f"; rank 0 failed with {status['error'].splitlines()[0][:600]}"  # this job's, not an earlier one's

@@ -32,7 +32,10 @@ class Node:
 
 
 class JobFailed(RuntimeError):
-    pass
+    def __init__(self, message: str, stopped: bool = False):
+        super().__init__(message)
+        self.stopped = stopped
+        """The launcher was asked to stop (a signal, Ctrl-C) and stopped the job in turn."""
 
 
 def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = None, out=sys.stdout) -> None:
@@ -69,11 +72,12 @@ def run_nodes(nodes: list[Node], grace_s: float, env: dict[str, str] | None = No
     def stop_saving(why: str):
         """The launcher itself was asked to stop (a scheduler, a user): SIGTERM to every node, whose
         ranks finish their step and save a checkpoint of it; SIGKILL after grace_s."""
-        _say(out, lock, f"launch: stopping the job ({why}); its ranks save a checkpoint, {grace_s:.0f}s at most")
+        _say(out, lock, f"launch: stopping the job ({why}); ranks that are training save a checkpoint of their step, "
+                        f"{grace_s:.0f}s at most")  # fmt: skip
         stop_all(stacks=False)
         _wait(procs, grace_s)
         stop_all(signal.SIGKILL)
-        raise JobFailed(f"the launcher was stopped ({why.split(';')[0]}) and stopped the job")
+        raise JobFailed(f"the launcher was stopped ({why.split(';')[0]}) and stopped the job", stopped=True)
 
     def terminated(sig, _):
         if sig == signal.SIGHUP:  # nothing more can be shown: what this process prints goes nowhere

@@ -14,6 +14,7 @@ and ``extra_files()``.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import shutil
@@ -179,6 +180,30 @@ def _choose_resume(cfg: RunConfig):
 
 STOPPED_EXIT = 128 + signal.SIGTERM
 """The exit status of a run stopped on a signal after saving its checkpoint (as if killed by SIGTERM)."""
+STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP", signal.SIGINT: "SIGINT (Ctrl-C)"}
+
+
+class Stopped(BaseException):
+    """A stop signal before training began (preparing data, building the engine, loading the
+    checkpoint): there is no step to save, so the process stops where it is, and what it was
+    writing (a packed cache, a tokenizer) is cleaned up as on any error, not left half-written."""
+
+
+@contextlib.contextmanager
+def _setup_stops():
+    """Until training begins, SIGTERM, SIGHUP and Ctrl-C raise Stopped where the process is (by
+    default SIGTERM and SIGHUP kill it mid-write, and Ctrl-C ends in a traceback); a signal the
+    process was started ignoring (nohup, a background job) stays ignored."""
+
+    def stop(sig, _frame):
+        raise Stopped(STOP_SIGNALS[sig])
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 """What gloo says when another rank's process is gone: not this rank's story to tell at length."""
@@ -209,6 +234,16 @@ class _Unfailing:
 
 
 def run(cfg: RunConfig, make_task=LanguageModelTask.for_run) -> None:
+    try:
+        _run_process(cfg, make_task)
+    except Stopped as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"stopped on {e} before training began: nothing to save; the same command starts it again",
+                  file=sys.stderr)  # fmt: skip
+        sys.exit(STOPPED_EXIT)
+
+
+def _run_process(cfg: RunConfig, make_task) -> None:
     # Python stacks of every thread on a fatal signal (NCCL's watchdog aborts on a collective
     # timeout) and on SIGUSR1, which the launcher sends to every rank before it stops a failed job.
     faulthandler.enable()
@@ -216,12 +251,13 @@ def run(cfg: RunConfig, make_task=LanguageModelTask.for_run) -> None:
     if not isinstance(sys.stdout, _Unfailing):  # wrapped once, however often a process calls run
         sys.stdout, sys.stderr = _Unfailing(sys.stdout), _Unfailing(sys.stderr)
     grad_accum = cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # before DeepSpeed starts
-    task = make_task(cfg)
-    cfg = cfg.with_model(task.model_cfg)  # fine-tuning trains init_from's shape: checked against it
-    task.check_data()  # a bad file is one line from here, before any process group ties the ranks together
-    check_precision(cfg.deepspeed.precision, torch.cuda.is_available())
-    rank, world = init_distributed(cfg.train.dist_timeout_s)
-    resume = find_resume(cfg, rank, world)  # a refusal here leaves the run directory as it was
+    with _setup_stops():
+        task = make_task(cfg)
+        cfg = cfg.with_model(task.model_cfg)  # fine-tuning trains init_from's shape: checked against it
+        task.check_data()  # a bad file is one line from here, before any process group ties the ranks together
+        check_precision(cfg.deepspeed.precision, torch.cuda.is_available())
+        rank, world = init_distributed(cfg.train.dist_timeout_s)
+        resume = find_resume(cfg, rank, world)  # a refusal here leaves the run directory as it was
     if rank != 0:
         try:
             _, stopped = _run(cfg, task, rank, world, grad_accum, resume)
@@ -251,8 +287,10 @@ def run(cfg: RunConfig, make_task=LanguageModelTask.for_run) -> None:
         step, stopped = _run(cfg, task, rank, world, grad_accum, resume, ready)
     except BaseException as e:
         if started:
+            state, error = ("stopped", f"stopped on {e} before training began") if isinstance(e, Stopped) else (
+                "failed", f"{type(e).__name__}: {e}"[:2000])  # fmt: skip
             try:
-                write_status(cfg.run_dir, "failed", error=f"{type(e).__name__}: {e}"[:2000])
+                write_status(cfg.run_dir, state, error=error)
             except OSError as status_error:  # a full disk, say: report it, but raise the cause
                 print(f"warning: could not record the failure in status.json ({status_error})", file=sys.stderr)
         raise
@@ -269,24 +307,25 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
     say = print if rank == 0 else (lambda *a, **k: None)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
-    keep = _prepare_data(cfg, task, rank, world, resume, ready, say)
-    saved_world = ckpt.saved_info(resume)["world_size"] if resume is not None else world
-    # ZeRO-1-3 shards are per rank and per precision: another world size or precision loads their
-    # universal form (ckpt.loads_universal). A ZeRO-0 checkpoint holds the whole model and optimizer
-    # in one file, which any world size loads as it is.
-    universal = keep["universal"]
-    engine, weight_decays = _build_engine(cfg, task, world, grad_accum, universal, say)
-    torch.manual_seed(cfg.train.seed + rank)  # dropout differs across ranks
-    state = None
-    if resume is not None:
-        how = "; loading its universal form" if universal else ""
-        say(f"resuming from {resume} (saved by {saved_world} process(es), now {world}{how})")
-        state = _load_checkpoint(engine, resume, universal, weight_decays)
-        if keep["data"]:
-            task.train_batches.load_state_dict(state["data"])
-        rng = ckpt.load_rng_state(resume, rank) if saved_world == world else None
-        if rng is not None:
-            ckpt.set_rng_state(rng)
+    with _setup_stops():
+        keep = _prepare_data(cfg, task, rank, world, resume, ready, say)
+        saved_world = ckpt.saved_info(resume)["world_size"] if resume is not None else world
+        # ZeRO-1-3 shards are per rank and per precision: another world size or precision loads their
+        # universal form (ckpt.loads_universal). A ZeRO-0 checkpoint holds the whole model and optimizer
+        # in one file, which any world size loads as it is.
+        universal = keep["universal"]
+        engine, weight_decays = _build_engine(cfg, task, world, grad_accum, universal, say)
+        torch.manual_seed(cfg.train.seed + rank)  # dropout differs across ranks
+        state = None
+        if resume is not None:
+            how = "; loading its universal form" if universal else ""
+            say(f"resuming from {resume} (saved by {saved_world} process(es), now {world}{how})")
+            state = _load_checkpoint(engine, resume, universal, weight_decays)
+            if keep["data"]:
+                task.train_batches.load_state_dict(state["data"])
+            rng = ckpt.load_rng_state(resume, rank) if saved_world == world else None
+            if rng is not None:
+                ckpt.set_rng_state(rng)
     return _fit(cfg, task, engine, rank, world, grad_accum, state, say)
 
 
