@@ -344,7 +344,8 @@ class Checkpointer:
         return final
 
     def prune(self) -> None:
-        """Keep the newest keep_last complete tags; drop unfinished saves older than the newest."""
+        """Keep the newest keep_last complete tags; drop unfinished saves older than the newest
+        (``.step_N.saving`` of a save that was killed, or a tag without its completion mark)."""
         tags = complete_tags(self.root)
         pinned = {(self.root / f).read_text().strip() for f in ("latest", "best") if (self.root / f).exists()}
         for tag in tags[: -self.cfg.keep_last]:
@@ -353,9 +354,11 @@ class Checkpointer:
                 shutil.rmtree(self.root / f"{tag}_universal", ignore_errors=True)
         newest = tags[-1] if tags else None
         for p in self.root.iterdir():
-            if p.is_dir() and p.name.startswith("step_") and not p.name.endswith("_universal"):
-                if not is_complete(p) and newest and p.name < newest:
-                    shutil.rmtree(p, ignore_errors=True)
+            saving = p.name.startswith(".step_") and p.name.endswith(".saving")  # a save that was killed
+            tag = p.name[1 : -len(".saving")] if saving else p.name
+            unmarked = tag.startswith("step_") and not tag.endswith("_universal") and not is_complete(p)
+            if p.is_dir() and (saving or unmarked) and newest and tag < newest:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 class CheckpointNotSaved(OSError):

@@ -1,9 +1,11 @@
 """Small helpers on files and ports shared by runs, checkpoints, status and tests: a write that
-readers see whole or not at all, a damaged file kept aside, a standard output that holds a
-command's results alone, and a free TCP port."""
+readers see whole or not at all, a damaged file kept aside, a folder being filled that names its
+process (so one left by a killed process can be told from one in progress), a standard output
+that holds a command's results alone, and a free TCP port."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -50,6 +52,34 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+OWNER = "owner.json"
+
+
+def mark_owner(folder: Path) -> None:
+    """Say in ``folder`` which process (on which host) is filling it, for abandoned()."""
+    (folder / OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+
+
+def abandoned(folder: Path) -> int | None:
+    """The id of the process that began filling ``folder`` on this host and no longer runs (it was
+    killed before it finished), else None: a folder of another host, of a running process, or
+    without an owner file (being made this moment, or by an earlier release) is left to its owner."""
+    try:
+        owner = json.loads((folder / OWNER).read_text())
+        pid = int(owner["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if owner.get("host") != socket.gethostname() or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return pid
+    except OSError:  # running, as another user
+        return None
+    return None
 
 
 def results_stdout():

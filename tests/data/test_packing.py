@@ -177,6 +177,57 @@ def test_a_crash_mid_write_leaves_no_cache_and_junk_is_never_read(corpus_dir, tm
     assert json.loads((folder / "index.json").read_text())["num_tokens"] > 0
 
 
+def test_a_stop_signal_while_the_shards_are_written_leaves_no_cache(corpus_dir, tmp_path, bpe, monkeypatch):
+    """Before training begins a run's SIGTERM raises where the process is (pretrain.run): the
+    packing it interrupts removes its unfinished folder, as on any error."""
+    import signal
+
+    from pretrain.run import Stopped, _setup_stops
+
+    cfg = data_cfg(corpus_dir, tmp_path)
+    write = packing._write_shards
+
+    def preempted(*args):
+        os.kill(os.getpid(), signal.SIGTERM)  # as torchrun passes on a scheduler's preemption
+        return write(*args)
+
+    monkeypatch.setattr(packing, "_write_shards", preempted)
+    own = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped, match="SIGTERM"), _setup_stops():
+        pack(cfg, bpe, "decoder", "train", **quiet)
+    assert list(Path(cfg.cache_dir).iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is own  # the process's own handler is back
+
+
+def test_packing_left_by_a_killed_process_is_removed_and_others_are_left_to_their_owners(corpus_dir, tmp_path, bpe):
+    """A SIGKILLed or OOM-killed packing leaves a folder as large as the cache. The next packing on
+    the same host removes those whose process is gone; one of a running process, of another host
+    (a shared cache), or without an owner file (a release before owners) is not known to be dead."""
+    import socket
+    import subprocess
+
+    cfg = data_cfg(corpus_dir, tmp_path)
+    cache = Path(cfg.cache_dir)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its id names no process
+    host = socket.gethostname()
+    owners = {"dead": {"host": host, "pid": dead.pid}, "running": {"host": host, "pid": os.getppid()},
+              "elsewhere": {"host": host + "-other", "pid": dead.pid}, "unowned": None}  # fmt: skip
+    for name, owner in owners.items():
+        folder = cache / f".train-{name}.tmp-0000"
+        folder.mkdir(parents=True)
+        (folder / "tokens-00000.bin").write_bytes(b"\0" * 100)
+        if owner:
+            (folder / "owner.json").write_text(json.dumps(owner))
+    said = []
+    final = pack(cfg, bpe, "decoder", "train", log=said.append)
+    left = sorted(p.name for p in cache.glob(".*.tmp-*"))
+    assert left == [".train-elsewhere.tmp-0000", ".train-running.tmp-0000", ".train-unowned.tmp-0000"]
+    assert said[0] == (f"removed {cache / '.train-dead.tmp-0000'}: packing begun by process {dead.pid}, which ended "
+                       "before it finished")  # fmt: skip
+    assert sorted(p.name for p in final.iterdir()) == ["doc_starts.npy", "index.json", "tokens-00000.bin"]
+
+
 def test_validation_holds_out_documents_deterministically(corpus_dir, tmp_path):
     cfg = data_cfg(corpus_dir, tmp_path, validation_fraction=0.25)
     train, val = load_corpus(cfg, "train")["text"], load_corpus(cfg, "validation")["text"]

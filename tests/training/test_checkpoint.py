@@ -46,6 +46,22 @@ def test_crash_mid_save_leaves_latest_on_the_previous_checkpoint(tmp_path):
     assert ckpt.resolve(tmp_path) == root / "step_00000020"
 
 
+def test_a_save_killed_at_a_step_never_saved_again_is_removed_by_the_next_save(tmp_path):
+    """A run killed mid-save and resumed with another checkpoint.every_steps never saves that step
+    again: its partial save (as large as a checkpoint) went when a newer one completed. One for a
+    newer step than the newest complete one may be a save in progress: kept."""
+    s = saver(tmp_path)
+    s.save(FakeEngine(), 10, {}, RunConfig(), tokenizer=None)
+    with pytest.raises(KeyboardInterrupt):
+        s.save(FakeEngine(die=True), 20, {}, RunConfig(), tokenizer=None)
+    root = tmp_path / "checkpoints"
+    (root / ".step_00000040.saving").mkdir()
+    s.save(FakeEngine(), 30, {}, RunConfig(), tokenizer=None)
+    assert not (root / ".step_00000020.saving").exists()
+    assert (root / ".step_00000040.saving").is_dir()
+    assert ckpt.complete_tags(root) == ["step_00000010", "step_00000030"]
+
+
 def test_incomplete_tag_is_refused_naming_the_newest_complete(tmp_path):
     s = saver(tmp_path)
     s.save(FakeEngine(), 10, {}, RunConfig(), tokenizer=None)
