@@ -151,16 +151,14 @@ def chat_rows(tok, table, column: str, seq_len: int, what: str) -> tuple[list[di
     """(rows, how many were left out): each conversation's tokens, cut to seq_len + 1, with the
     token spans of its assistant turns (a token counts when it starts inside one). A conversation
     left with no assistant token (none in it, or all past the length) is left out."""
-    rows, left_out = [], 0
-    for i, value in enumerate(table[column]):
-        text, chars = render(tok, json.loads(value), f"example {i} of {what}")
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = enc["input_ids"][: seq_len + 1]
-        starts = [start for start, _ in enc["offset_mapping"][: len(ids)]]
+    written = [render(tok, json.loads(value), f"example {i} of {what}") for i, value in enumerate(table[column])]
+    encoded = tok([text for text, _ in written], add_special_tokens=False, return_offsets_mapping=True)
+    rows = []
+    for (_, chars), ids, offsets in zip(written, encoded["input_ids"], encoded["offset_mapping"], strict=True):
+        ids = ids[: seq_len + 1]
+        starts = [start for start, _ in offsets[: len(ids)]]
         spans = [(max(bisect_left(starts, a), 1), bisect_left(starts, b)) for a, b in chars]
         spans = [(a, b) for a, b in spans if a < b]  # the first token predicts nothing
         if spans:
             rows.append({"input_ids": ids, "spans": spans})
-        else:
-            left_out += 1
-    return rows, left_out
+    return rows, len(written) - len(rows)

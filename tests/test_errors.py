@@ -29,9 +29,6 @@ def _files(tmp):
     (tmp / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # a download that stopped
     (tmp / "pairs.tsv").write_text("good film\t1\nbad film\t0\n")
     (tmp / "pairs.txt").write_text("good film\t1\nbad film\t0\n")
-    turns = [[{"role": "user", "content": f"q{i}"}, {"role": "bot" if i == 3 else "assistant", "content": f"a{i}"}]
-             for i in range(6)]  # fmt: skip
-    (tmp / "chat.jsonl").write_text("".join(json.dumps({"messages": t}) + "\n" for t in turns))
     damaged = tmp / "ck" / "step_00000010"
     shutil.copytree(GOLDEN, damaged)
     shard = damaged / "mp_rank_00_model_states.pt"
@@ -153,12 +150,6 @@ CASES = [
      ["launch", "local", "configs/finetune/stdlib-packages.yaml", "--nproc-per-node", "2", "init_from={tmp}/nowhere",
       "output_dir={tmp}/runs"],
      "config error: init_from='{tmp}/nowhere': no such file or directory"),
-    ("fine-tuning: a turn of a conversation that is not one, under the launcher",
-     ["launch", "local", "configs/finetune/stdlib-bodies.yaml", "--nproc-per-node", "2", f"init_from={GOLDEN}",
-      "task.builtin=null", "task.messages_column=messages", "data.sources=[{files: '{tmp}/chat.jsonl'}]",
-      "output_dir={tmp}/runs"],
-     "config error: task.messages_column='messages': example 3 of data.sources[0] (train data) is not a "
-     "conversation: turn 1 has role 'bot'; a role is one of system, user, assistant, tool"),
     ("fine-tuning: a kernel that takes no padding mask", ["finetune", "configs/finetune/stdlib-names.yaml",
                                                           "task.attention=flash", "output_dir={tmp}/runs"],
      "config error: task.attention='flash' takes no padding mask, which padded batches need (and an encoder-decoder's "

@@ -283,18 +283,17 @@ def test_sigterm_saves_the_step_it_stops_at_on_every_rank_and_the_run_resumes_th
     assert sorted(losses(run_dir)) == list(range(1, step + 1))
 
 
-@pytest.mark.parametrize("via_launcher", [False, True])
-def test_a_stop_before_training_begins_ends_at_once_with_nothing_half_written(make_config, tmp_path, via_launcher):
-    """SIGTERM (or Ctrl-C to the launcher) while the data is being prepared: there is no step to
-    save. A rank used to die of the signal where it was, leaving a half-written packed cache (as
-    large as the cache) under data.cache_dir, and Ctrl-C ended in a traceback. Now it stops at
-    once, removes what it was writing, and ends with 143 (the launcher too), in one line."""
+def test_a_stop_before_training_begins_ends_at_once_with_nothing_half_written(make_config, tmp_path):
+    """Ctrl-C to the launcher (SIGTERM to the ranks, as a scheduler's) while the data is being
+    prepared: there is no step to save. A rank used to die of the signal where it was, leaving a
+    half-written packed cache (as large as the cache) under data.cache_dir, and the launcher
+    called the job failed. Now the ranks stop at once, remove what they were writing, and end with
+    143, as the launcher does, in one line each."""
     import signal
     import time
 
     cfg = make_config(name="early", data={"tokenizer": {"path": None}, "cache_dir": str(tmp_path / "cache")})
-    command = ([sys.executable, "-m", "launch", "local", str(cfg), "--nproc-per-node", "2", "cluster.gpus=false"]
-               if via_launcher else [sys.executable, "-m", "pretrain", str(cfg)])  # fmt: skip
+    command = [sys.executable, "-m", "launch", "local", str(cfg), "--nproc-per-node", "2", "cluster.gpus=false"]
     proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
@@ -302,15 +301,14 @@ def test_a_stop_before_training_begins_ends_at_once_with_nothing_half_written(ma
     for line in proc.stdout:  # the tokenizer is being trained, then the data packed
         seen.append(line)
         if line.startswith("training a bpe tokenizer"):
-            proc.send_signal(signal.SIGINT if via_launcher else signal.SIGTERM)
+            proc.send_signal(signal.SIGINT)
             signalled = time.time()
             break
     out = "".join(seen) + proc.communicate(timeout=120)[0]
     assert proc.returncode == 143, out[-3000:]
     assert time.time() - signalled < 15 and "Traceback" not in out, out[-3000:]
     assert "stopped on SIGTERM before training began: nothing to save; the same command starts it again" in out
-    if via_launcher:
-        assert "launch: the job was stopped before training began (nothing to save)" in out
+    assert "launch: the job was stopped before training began (nothing to save)" in out
     assert not list((tmp_path / "cache").glob(".*.tmp-*"))
     assert not (tmp_path / "runs" / "early" / "status.json").exists()  # the run never began
 

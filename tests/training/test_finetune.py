@@ -153,12 +153,6 @@ def test_sft_then_generation_with_and_without_the_kv_cache(make_config, tmp_path
         cached = generate(model, tok, prompts, s, use_cache=True)
         plain = generate(model, tok, prompts, s, use_cache=False)
         assert cached == plain and any(cached)
-    proc = subprocess.run([sys.executable, "-m", "finetune.generate", str(run_dir), "--prompt", "def f(x):\n",
-                           "--greedy", "--max-new-tokens", "8"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    line = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert line["completion"] == generate(model, tok, ["def f(x):\n"], Sampling(8, 0.0))[0]
 
     scored = evaluate_validation(run_dir)
     assert 0.0 <= scored["exact_match"] <= 1.0 and scored["examples"] > 0
@@ -251,9 +245,9 @@ def test_a_decoder_trained_with_flash_decodes_padded_batches_and_fine_tunes_with
         assert FinetuneTask(load_finetune_config(path)).model_cfg.attention == runs
 
 
-def test_bad_task_data_and_wrong_checkpoints_are_named(make_config, tmp_path, tokenizers):
+def test_bad_task_data_and_wrong_checkpoints_are_named(make_config, tmp_path, tokenizers, pretrained):
     launch(1, make_config(name="enc", family="bert", train={"max_steps": 2}))
-    launch(1, make_config(name="dec", train={"max_steps": 2}))
+    shutil.copytree(pretrained, tmp_path / "runs" / "dec")  # a copy: one of its checkpoints is broken below
     rows = [{"text": f"sample number {i} " * 3, "label": "even" if i % 2 else "odd"} for i in range(60)]
     lone = next(f"unusual text {i}" for i in range(1000) if held_out(f"unusual text {i}", 0.2))
     bad = {
