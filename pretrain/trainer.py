@@ -43,6 +43,15 @@ def accumulate(sums: dict, loss: torch.Tensor, extra: dict) -> None:
         sums[key] = sums[key] + value if key in sums else value
 
 
+def summed(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks, on its own device. NCCL reduces GPU tensors only: a count made
+    on the host (a Python number, a CPU tensor) goes to this rank's GPU and back."""
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+    moved = t.to(on)
+    dist.all_reduce(moved)
+    return moved.to(t.device)
+
+
 class Trainer:
     """Runs optimizer steps until train.max_steps. Everything it counts is in ``state_dict``."""
 
@@ -107,9 +116,7 @@ class Trainer:
 
     def _all_reduce(self, values: list) -> torch.Tensor:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64)
-        if self.world > 1:
-            dist.all_reduce(t)
-        return t
+        return summed(t) if self.world > 1 else t
 
     def train_step(self, batches) -> float:
         """One optimizer step of grad_accum finite micro-batches; returns the mean loss over ranks.
@@ -155,13 +162,21 @@ class Trainer:
             self._last_beat = time.monotonic()
         return sum(losses) / len(losses)
 
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop (every rank calls this at the same point)."""
+        if not self.stopping and self._all_reduce([bool(self.stop_requested)])[0] > 0:
+            self.stopping = self.stop_requested or "a stop request to another rank"
+        return bool(self.stopping)
+
     @torch.no_grad()
-    def evaluate(self) -> dict:
+    def evaluate(self) -> dict | None:
         """Metrics over the validation batches, the same ones every time: one whole pass
         (train.eval_batches null) or its first eval_batches micro-batches per rank. A pass scores
         every example exactly once at any world size: the last batches are filled up with examples
         from the start of the stream whose labels are ignored. Every quantity the loss function
-        reports is summed over batches and ranks, then turned into metrics by ``eval_metrics``."""
+        reports is summed over batches and ranks, then turned into metrics by ``eval_metrics``.
+        A stop request on any rank ends it between batches (None): a whole pass can outlast the
+        seconds a preempted job has to save its step."""
         self.engine.eval()
         self.val_batches.consumed = 0
         size = len(self.val_batches.dataset)
@@ -170,11 +185,13 @@ class Trainer:
             n = min(self.cfg.eval_batches, n)
         sums: dict = {}
         for batch in _take(self.val_batches, n):
+            if self._stop_agreed():
+                self.engine.train()
+                return None
             batch["labels"][batch["position"] >= size] = IGNORE  # a second look at an example: no score
             accumulate(sums, *self.loss_fn(self.engine, batch))
         if self.world > 1:
-            for value in sums.values():
-                dist.all_reduce(value)
+            sums = {k: summed(v) for k, v in sums.items()}
         self.engine.train()
         return self.eval_metrics({k: (v.item() if v.dim() == 0 else v) for k, v in sums.items()})
 
@@ -217,12 +234,14 @@ class Trainer:
             else:
                 self.monitor.progress(self.step)
             if self.stopping and not last:  # no evaluation: a preempted job has seconds, not minutes
-                self.stopped = f"stopped at step {self.step} on {self.stopping}"
-                self.monitor.note(f"{self.stopped}: saving a checkpoint of this step")
-                self.checkpoint(self, True)
+                self._stop_here()
                 break
             if self.val_batches is not None and self.eval_every and (self.step % self.eval_every == 0 or last):
-                self.last_eval = {"step": self.step, **self.evaluate()}
+                scores = self.evaluate()
+                if scores is None:  # stopped during the evaluation
+                    self._stop_here()
+                    break
+                self.last_eval = {"step": self.step, **scores}
                 self.monitor.eval(self.step, {k: v for k, v in self.last_eval.items() if k != "step"})
                 if self.inspect_every and (self.step // self.eval_every) % self.inspect_every == 0:
                     self.monitor.attention(self.step, self.inspect())
@@ -240,6 +259,12 @@ class Trainer:
                     break
             if self.checkpoint(self, last):
                 self.monitor.restart_clock()
+
+    def _stop_here(self) -> None:
+        """Save a checkpoint of this step and end as stopped (a signal, or another rank's)."""
+        self.stopped = f"stopped at step {self.step} on {self.stopping}"
+        self.monitor.note(f"{self.stopped}: saving a checkpoint of this step")
+        self.checkpoint(self, True)
 
     def _stale(self) -> bool:
         """Note the last evaluation against the best so far of the watched metric (the task's, or

@@ -15,7 +15,7 @@ import torch
 from pretrain import checkpoint as ckpt
 from pretrain.status import metric_records
 
-from .conftest import ENV, ROOT, kill_tree, launch, losses, metrics
+from .conftest import ENV, ROOT, command, kill_tree, launch, losses, metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -281,6 +281,36 @@ def test_sigterm_saves_the_step_it_stops_at_on_every_rank_and_the_run_resumes_th
         if sig == signal.SIGINT and signalled is launcher:
             assert "launch: stopping the job (Ctrl-C; Ctrl-C again stops it at once, without saving)" in out
     assert sorted(losses(run_dir)) == list(range(1, step + 1))
+
+
+def test_a_stop_during_an_evaluation_ends_it_and_saves_the_step(make_config, tmp_path):
+    """A whole validation pass (fine-tuning's default) can take longer than the seconds a
+    preempted job has to save; the ranks used to finish it first and were SIGKILLed unsaved, every
+    step since the last checkpoint lost. Now a stop request on any rank (here rank 1 only) ends
+    the evaluation between batches on every rank, and the step is saved."""
+    import signal
+    import time
+
+    import psutil
+
+    model = {"d_model": 64, "num_layers": 4, "ffn_hidden_size": 256}  # an evaluation of seconds
+    cfg = make_config(name="evalstop", model=model, data={"validation_fraction": 0.5, "seq_len": 16},
+                      train={"max_steps": 6, "micro_batch_size": 1, "eval_every": 2, "eval_batches": None},
+                      checkpoint={"every_steps": 0})  # fmt: skip
+    run_dir = tmp_path / "runs" / "evalstop"
+    proc = subprocess.Popen([*command(2), str(cfg)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 240
+    while 2 not in losses(run_dir) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # step 2 is logged: its evaluation begins
+    rank1 = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                 if "pretrain" in p.cmdline() and p.environ().get("RANK") == "1")  # fmt: skip
+    rank1.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=240)
+    assert "stopped at step 2 on a stop request to another rank" in out or "stopped at step 2 on SIGTERM" in out, out
+    assert 2 not in metrics(run_dir, "eval")  # the evaluation was left, not finished
+    assert ckpt.newest_complete(run_dir / "checkpoints").name == "step_00000002"
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
 
 
 def test_a_stop_before_training_begins_ends_at_once_with_nothing_half_written(make_config, tmp_path):
