@@ -184,6 +184,8 @@ def add_file_arguments(ap) -> None:
     ap.add_argument("--no-header", action="store_true", help="csv/tsv: the first line is data (give --column-names)")
     ap.add_argument("--column-names", help="csv/tsv: the columns' names in order, comma-separated, e.g. text,label")
     ap.add_argument("--field", help="json: the key whose list holds the records ({\"data\": [...]})")
+    ap.add_argument("--kind", choices=["text", "json", "csv", "parquet", "arrow"],
+                    help="read the file as this kind whatever its name (default: from its suffix)")  # fmt: skip
     ap.add_argument("--quoting", choices=["minimal", "all", "nonnumeric", "none"], default="minimal",
                     help="csv/tsv quoting (none: quote characters are text)")  # fmt: skip
 
@@ -195,13 +197,33 @@ def file_source(file: str, args) -> SourceConfig:
     names = [c.strip() for c in args.column_names.split(",")] if args.column_names else None
     src = SourceConfig(files=file, header=not args.no_header, column_names=names, quoting=args.quoting,
                        delimiter=args.delimiter.replace("\\t", "\t") if args.delimiter else None,
-                       field=args.field)  # fmt: skip
+                       field=args.field, kind=args.kind)  # fmt: skip
     try:
         src.validate()
     except ValueError as e:
-        said = str(e).replace("header=false", "--no-header").replace("column_names", "--column-names")
-        raise ConfigError(f"{file}: {said}") from None
+        raise ConfigError(f"{file}: {as_flags(str(e))}") from None
     return src
+
+
+def as_flags(message: str) -> str:
+    """A message about a source's options, said with the command line's flags."""
+    for option, flag in (("header=false", "--no-header"), ("column_names", "--column-names"),
+                         ("; kind: text reads", "; --kind text reads"), ("give kind: text", "give --kind text"),
+                         (".files: ", ": ")):  # fmt: skip
+        message = message.replace(option, flag)
+    return message
+
+
+def file_table(file: str, args, columns: dict[str, str] | None = None, where: str | None = None):
+    """A file given on the command line (evaluate's --data, predict's FILE) as a table: with
+    ``columns``, reduced to them and checked as a source's (source_table); errors name the flags."""
+    src = file_source(file, args)
+    try:
+        if columns is None:
+            return load_table(src, "train", where or file)
+        return source_table(src, "train", columns, where or file)
+    except DataError as e:
+        raise DataError(as_flags(str(e))) from None
 
 
 def override_columns(cfg, args) -> None:

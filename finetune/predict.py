@@ -57,14 +57,15 @@ def classifier_config(tag_dir: Path):
 def read_texts(file: str, args, cfg) -> tuple[list[str], list[str] | None]:
     """The texts (and pair texts) to classify. A .txt file (or .txt.gz, ...) is one text per line,
     and a line that holds a tab (text and a label?) is refused: such a file is a table (.tsv)."""
-    from finetune.data import file_source
+    from finetune.data import file_table
     from pretrain.config import ConfigError
-    from pretrain.data.sources import kind_suffix, load_table, open_bytes
+    from pretrain.data.sources import kind_suffix, open_bytes
 
     path = Path(file)
     if not path.is_file():
         raise ConfigError(f"{file}: no such file")
-    if kind_suffix(path) in (".txt", ""):  # also compressed: texts.txt.gz
+    kind = getattr(args, "kind", None)
+    if kind == "text" or (kind is None and kind_suffix(path) in (".txt", "")):  # also compressed: texts.txt.gz
         with open_bytes(path) as fh:
             lines = fh.read().decode("utf-8-sig", errors="replace").splitlines()
         for number, line in enumerate(lines, 1):
@@ -77,7 +78,7 @@ def read_texts(file: str, args, cfg) -> tuple[list[str], list[str] | None]:
         return [line for line in lines if line.strip()], None
     text_column = args.text_column or cfg.task.text_column
     pair_column = args.pair_column or cfg.task.text_pair_column
-    table = load_table(file_source(file, args), "train", file)
+    table = file_table(file, args)
     for flag, column in (("--text-column", text_column), ("--pair-column", pair_column)):
         if column and column not in table.column_names:
             raise ConfigError(f"{file}: no column {column!r} ({flag}); the file has {table.column_names}")

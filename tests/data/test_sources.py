@@ -140,6 +140,32 @@ def test_predict_reads_a_compressed_text_file_one_text_per_line(tmp_path):
     assert read_texts(str(tmp_path / "texts.txt.gz"), None, None) == (["first text", "second text"], None)
 
 
+def test_predict_and_evaluate_read_files_of_other_names_with_kind(tmp_path):
+    """--kind reads a file whatever its name, as a source's kind does; without it, a name of no
+    known kind is refused with the flag that reads it (it said 'kind: text', a config's option)."""
+    import argparse
+    from types import SimpleNamespace
+
+    from finetune.data import add_file_arguments, file_table
+    from finetune.predict import read_texts
+
+    ap = argparse.ArgumentParser()
+    add_file_arguments(ap)
+    cfg = SimpleNamespace(task=SimpleNamespace(text_column="text", text_pair_column=None))
+    (tmp_path / "snippets.c").write_text("int main(void);\nvoid f(int x);\n")
+    (tmp_path / "rows.data").write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')
+    assert read_texts(str(tmp_path / "snippets.c"), ap.parse_args(["--kind", "text"]), cfg) == (
+        ["int main(void);", "void f(int x);"], None)  # fmt: skip
+    assert read_texts(str(tmp_path / "rows.data"), ap.parse_args(["--kind", "json"]), cfg) == (["a", "b"], None)
+    table = file_table(str(tmp_path / "rows.data"), ap.parse_args(["--kind", "json"]),
+                       {"text_column": "text", "label_column": "label"}, "--data")  # fmt: skip
+    assert table["label"] == ["x", "y"]
+    with pytest.raises(DataError) as e:
+        read_texts(str(tmp_path / "snippets.c"), ap.parse_args([]), cfg)
+    assert str(e.value).startswith(f"{tmp_path / 'snippets.c'}: found ['.c']; one source takes files of one kind")
+    assert str(e.value).endswith("; --kind text reads files of any name as text")
+
+
 def test_sources_of_different_formats_mix(tmp_path):
     """A JSON document's text is large_string, a text file's string: interleaving needs one type."""
     (tmp_path / "a.json").write_text(json.dumps([{"text": f"json {i}"} for i in range(10)]))
