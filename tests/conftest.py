@@ -12,6 +12,9 @@ def _isolated_torch_state():
 
 
 def pytest_collection_modifyitems(config, items):
+    # The slow (multi-process) tests first: the workers of `pytest -n 2` end on short tests, not
+    # one of them idle while the other runs a minute-long drill that was collected last.
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
