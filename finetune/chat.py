@@ -45,7 +45,7 @@ def turns(value) -> list[dict]:
         if role is None or content is None:
             raise ValueError(f"turn {n} has keys {sorted(k for k, v in turn.items() if v is not None)}; a turn needs a "
                              "role and its content ({role, content}, or ShareGPT's {from, value})")  # fmt: skip
-        role = ALIASES.get(role, role)
+        role = ALIASES.get(role, role) if isinstance(role, str) else role
         if role not in ROLES:
             raise ValueError(f"turn {n} has role {role!r}; a role is one of {', '.join(ROLES)} (ShareGPT's human "
                              "and gpt are read as user and assistant)")  # fmt: skip
@@ -60,9 +60,12 @@ def _first(turn: dict, *keys):
 def _text(content, n: int) -> str:
     if isinstance(content, str):
         return content
+    if isinstance(content, int | float) and not isinstance(content, bool):  # a number: its digits, as texts are read
+        return str(content)
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
         return "".join(str(p.get("text") or "") for p in content)
-    kinds = sorted({p.get("type", "?") for p in content if isinstance(p, dict)}) if isinstance(content, list) else []
+    parts = content if isinstance(content, list) else []
+    kinds = sorted({str(p.get("type") or "?") for p in parts if isinstance(p, dict)})
     why = f"parts of type {kinds} (only text parts are read)" if kinds else f"{type(content).__name__}, not text"
     raise ValueError(f"turn {n} has content {why}")
 

@@ -74,6 +74,7 @@ def test_sharegpt_openai_text_parts_and_json_cells_read_alike(tmp_path, tok):
     assert read[0] == read[1] == read[2] == OPENAI
     assert read[3] == [{"role": "user", "content": "Name the json loader."},
                        {"role": "assistant", "content": "json.loads"}]  # fmt: skip
+    assert turns([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": 4}])[1]["content"] == "4"
 
 
 def test_conversations_are_held_out_whole(tmp_path):
@@ -93,6 +94,9 @@ def test_conversations_are_held_out_whole(tmp_path):
     ([], "list '[]', not a list of turns"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": "x.png"}]}],
      "turn 0 has content parts of type ['image_url'] (only text parts are read)"),
+    ([{"role": "user", "content": [{"text": "untyped"}]}], "turn 0 has content parts of type ['?']"),
+    ([{"role": ["user"], "content": "hi"}], "turn 0 has role ['user']; a role is one of"),
+    ([{"role": "user", "content": True}], "turn 0 has content bool, not text"),
 ])  # fmt: skip
 def test_what_is_not_a_conversation_is_named_with_its_example_and_turn(tmp_path, conversation, said):
     good = {"messages": json.dumps(SHAREGPT)}  # cells of JSON text: each bad value keeps its own form
