@@ -343,6 +343,11 @@ class Checkpointer:
         _barrier()
         return final
 
+    def mark_best(self, step: int) -> None:
+        """Point ``best`` at the complete checkpoint of ``step``, already saved."""
+        if self.rank == 0:
+            write_atomic(self.root / "best", tag_for(step))
+
     def prune(self) -> None:
         """Keep the newest keep_last complete tags; drop unfinished saves older than the newest
         (``.step_N.saving`` of a save that was killed, or a tag without its completion mark)."""

@@ -153,6 +153,11 @@ def _writable_folder(field: str, folder: Path) -> None:
         raise ConfigError(f"{field}={str(folder)!r}: {here} is not writable by this user; choose another {field}")
 
 
+def _resumes_here(cfg: RunConfig, resume) -> bool:
+    """Whether ``resume`` is a checkpoint of this run (not one given from elsewhere)."""
+    return resume is not None and resume.parent.resolve() == ckpt.checkpoints_dir(cfg.run_dir).resolve()
+
+
 def _choose_resume(cfg: RunConfig):
     check_run_folders(cfg)
     refuse_if_running(cfg)
@@ -277,7 +282,7 @@ def _run_process(cfg: RunConfig, make_task) -> None:
         """Rank 0, once the data is prepared: only from here on does the run directory change, so a
         command that fails earlier (bad data, a refused checkpoint) leaves an existing run as it was."""
         nonlocal started
-        if resume is not None and resume.parent.resolve() == ckpt.checkpoints_dir(cfg.run_dir).resolve():
+        if _resumes_here(cfg, resume):
             ckpt.set_aside_newer(resume)  # resuming from an older tag: the newer timeline goes aside
         save_config(cfg, cfg.run_dir / "config.yaml")
         write_status(cfg.run_dir, "running", world_size=world)  # for `python -m launch runs`
@@ -326,7 +331,8 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
             rng = ckpt.load_rng_state(resume, rank) if saved_world == world else None
             if rng is not None:
                 ckpt.set_rng_state(rng)
-    return _fit(cfg, task, engine, rank, world, grad_accum, state, say)
+    saved_step = state["trainer"]["step"] if _resumes_here(cfg, resume) else None
+    return _fit(cfg, task, engine, rank, world, grad_accum, state, say, saved_step)
 
 
 def _prepare_data(cfg: RunConfig, task, rank: int, world: int, resume, ready, say) -> dict:
@@ -402,9 +408,10 @@ def _load_checkpoint(engine, resume, universal: bool, weight_decays: list[float]
     return client["pretrain"]
 
 
-def _fit(cfg: RunConfig, task, engine, rank: int, world: int, grad_accum: int, state, say) -> tuple[int, str]:
+def _fit(cfg: RunConfig, task, engine, rank: int, world: int, grad_accum: int, state, say,
+         saved_step: int | None) -> tuple[int, str]:  # fmt: skip
     """Train from the resumed state (or step 0) to the end, saving as configured; rank 0 prints
-    where everything is."""
+    where everything is. ``saved_step``: the step resumed from, when its checkpoint is this run's."""
     from pretrain.model import count_parameters, flops_per_token
     from pretrain.monitor import Monitor
     from pretrain.trainer import Trainer
@@ -422,6 +429,10 @@ def _fit(cfg: RunConfig, task, engine, rank: int, world: int, grad_accum: int, s
 
     def checkpoint(trainer, last: bool, best: bool = False) -> bool:
         if not (saver.due(trainer.step, last) or best):
+            return False
+        if trainer.step == saved_step:  # the checkpoint resumed from, evaluated again (Trainer._fit): kept
+            if best:
+                saver.mark_best(trainer.step)
             return False
         client = {"trainer": trainer.state_dict(), "data": task.train_batches.state_dict()}
         saver.save(engine, trainer.step, client, cfg, task.tokenizer, task.extra_files(), best=best)

@@ -264,7 +264,12 @@ class Trainer:
     def _fit(self) -> None:
         batches = iter(self.train_batches)
         last_log, last_tokens, last_predicted, window = self.step, self.tokens, self.predicted, []
-        end = min(self.cfg.max_steps, self.cfg.stop_at_step or self.cfg.max_steps)
+        end = self._end()
+        if self.step and self._eval_due(self.step == end) and self.last_eval.get("step") != self.step:
+            # resumed from a step whose evaluation a stop left unmade (during it, or before it began)
+            self.monitor.note(f"step {self.step}: evaluating it, as the run stopped before its evaluation ended")
+            if self._evaluate_here(self.step == end) in ("stopped", "early"):
+                return
         while self.step < end:
             window.append(self.train_step(batches))
             last = self.step == end
@@ -278,29 +283,46 @@ class Trainer:
             if self.stopping and not last:  # no evaluation: a preempted job has seconds, not minutes
                 self._stop_here()
                 break
-            if self.val_batches is not None and self.eval_every and (self.step % self.eval_every == 0 or last):
-                scores = self.evaluate()
-                if scores is None:  # stopped during the evaluation
-                    self._stop_here()
+            if self._eval_due(last):
+                outcome = self._evaluate_here(last)
+                if outcome in ("stopped", "early"):
                     break
-                self.last_eval = {"step": self.step, **scores}
-                self.monitor.eval(self.step, {k: v for k, v in self.last_eval.items() if k != "step"})
-                if self.inspect_every and (self.step // self.eval_every) % self.inspect_every == 0:
-                    self.monitor.attention(self.step, self.inspect())
-                stop = self._stale() and self.step < end
-                if self._improved():
-                    self.best = {"step": self.step, self.select_metric[0]: self.last_eval[self.select_metric[0]]}
-                    self.checkpoint(self, last, best=True)
-                    self.monitor.restart_clock()
+                if outcome == "best":
                     continue
-                if stop:  # early stopping: end here as a finished run, with a checkpoint of this step
-                    name = (self.select_metric or ("val_loss", min))[0]
-                    self.stopped_early = (f"stopped early at step {self.step}: {name} has not improved for "
-                                          f"{self.stale_evals} evaluations (best {self.watched:.4g})")  # fmt: skip
-                    self.checkpoint(self, True)
-                    break
             if self.checkpoint(self, last):
                 self.monitor.restart_clock()
+
+    def _end(self) -> int:
+        return min(self.cfg.max_steps, self.cfg.stop_at_step or self.cfg.max_steps)
+
+    def _eval_due(self, last: bool) -> bool:
+        return self.val_batches is not None and bool(self.eval_every) and (self.step % self.eval_every == 0 or last)
+
+    def _evaluate_here(self, last: bool) -> str:
+        """Evaluate this step and act on it: "stopped" (a stop came during it: the step is saved),
+        "early" (early stopping: saved, the run ends finished), "best" (saved as the best so far),
+        or "" (nothing saved)."""
+        scores = self.evaluate()
+        if scores is None:
+            self._stop_here()
+            return "stopped"
+        self.last_eval = {"step": self.step, **scores}
+        self.monitor.eval(self.step, {k: v for k, v in self.last_eval.items() if k != "step"})
+        if self.inspect_every and (self.step // self.eval_every) % self.inspect_every == 0:
+            self.monitor.attention(self.step, self.inspect())
+        stop = self._stale() and self.step < self._end()
+        if self._improved():
+            self.best = {"step": self.step, self.select_metric[0]: self.last_eval[self.select_metric[0]]}
+            self.checkpoint(self, last, best=True)
+            self.monitor.restart_clock()
+            return "best"
+        if stop:  # early stopping: end here as a finished run, with a checkpoint of this step
+            name = (self.select_metric or ("val_loss", min))[0]
+            self.stopped_early = (f"stopped early at step {self.step}: {name} has not improved for "
+                                  f"{self.stale_evals} evaluations (best {self.watched:.4g})")  # fmt: skip
+            self.checkpoint(self, True)
+            return "early"
+        return ""
 
     def _stop_here(self) -> None:
         """Save a checkpoint of this step and end as stopped (a signal, or another rank's)."""

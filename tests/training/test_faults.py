@@ -287,7 +287,9 @@ def test_a_stop_during_an_evaluation_ends_it_and_saves_the_step(make_config, tmp
     """A whole validation pass (fine-tuning's default) can take longer than the seconds a
     preempted job has to save; the ranks used to finish it first and were SIGKILLed unsaved, every
     step since the last checkpoint lost. Now a stop request on any rank (here rank 1 only) ends
-    the evaluation between batches on every rank, and the step is saved."""
+    the evaluation between batches on every rank, and the step is saved. Resumed, the run makes
+    that evaluation first: it was the final one, which a resumed run used to skip, ending "done"
+    with no evaluation at all."""
     import signal
     import time
 
@@ -295,7 +297,7 @@ def test_a_stop_during_an_evaluation_ends_it_and_saves_the_step(make_config, tmp
 
     model = {"d_model": 64, "num_layers": 4, "ffn_hidden_size": 256}  # an evaluation of seconds
     cfg = make_config(name="evalstop", model=model, data={"validation_fraction": 0.5, "seq_len": 16},
-                      train={"max_steps": 6, "micro_batch_size": 1, "eval_every": 2, "eval_batches": None},
+                      train={"max_steps": 2, "micro_batch_size": 1, "eval_every": 2, "eval_batches": None},
                       checkpoint={"every_steps": 0})  # fmt: skip
     run_dir = tmp_path / "runs" / "evalstop"
     proc = subprocess.Popen([*command(2), str(cfg)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
@@ -311,6 +313,13 @@ def test_a_stop_during_an_evaluation_ends_it_and_saves_the_step(make_config, tmp
     assert 2 not in metrics(run_dir, "eval")  # the evaluation was left, not finished
     assert ckpt.newest_complete(run_dir / "checkpoints").name == "step_00000002"
     assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
+
+    out = launch(2, cfg).stdout
+    assert "step 2: evaluating it, as the run stopped before its evaluation ended" in out, out[-3000:]
+    val_loss = metrics(run_dir, "eval")[2]["val_loss"]
+    assert f"done: step 2; val_loss {val_loss:.4g}" in out, out[-3000:]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir()) == ["step_00000002"]
 
 
 def test_a_stop_before_training_begins_ends_at_once_with_nothing_half_written(make_config, tmp_path):
