@@ -40,6 +40,7 @@ from pretrain.engine import (
     partitioned_construction,
     repair_loaded_optimizer,
 )
+from pretrain.hostmem import keep_freed_memory
 from pretrain.model.config import ModelConfig
 from pretrain.status import running_here, write_heartbeat, write_status
 
@@ -256,6 +257,8 @@ def _run_process(cfg: RunConfig, make_task) -> None:
     if not isinstance(sys.stdout, _Unfailing):  # wrapped once, however often a process calls run
         sys.stdout, sys.stderr = _Unfailing(sys.stdout), _Unfailing(sys.stderr)
     grad_accum = cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # before DeepSpeed starts
+    if not torch.cuda.is_available():
+        keep_freed_memory()  # steps on CPU reuse freed blocks instead of faulting in new pages
     with _setup_stops():
         task = make_task(cfg)
         cfg = cfg.with_model(task.model_cfg)  # fine-tuning trains init_from's shape: checked against it

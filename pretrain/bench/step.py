@@ -94,6 +94,7 @@ class Candidate:
 def run(args) -> dict:
     from pretrain.config import load_config
     from pretrain.engine import param_groups
+    from pretrain.hostmem import keep_freed_memory
     from pretrain.model import build_model, flops_per_token
     from pretrain.model.loss import IGNORE
 
@@ -102,6 +103,8 @@ def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        keep_freed_memory()  # as a training run does on CPU; every candidate alike
     cfg = load_config(args.config, args.overrides).model
     cfg.dropout = cfg.attention_dropout = 0.0  # same work every step, and HF's dropout would differ
     if cfg.position == "learned" and args.seq_len > cfg.max_seq_len:

@@ -113,7 +113,10 @@ def worker(argv: list[str]) -> None:
     import torch.distributed as dist
 
     from pretrain.engine import init_distributed, leave_process_group
+    from pretrain.hostmem import keep_freed_memory
 
+    if not torch.cuda.is_available():
+        keep_freed_memory()  # as a training run does on CPU
     base = _peak_mib()
     rank, world = init_distributed(300)
     report = {"rank": rank, **_train(args, rank, world), "base_mib": base}  # the engine is freed on return
