@@ -219,6 +219,9 @@ def _unreadable(files: list[str], builder: str, error: Exception, field: str | N
     if bad:
         return bad
     cause = error.__cause__ or error
+    if "corresponds to no data" in str(cause):  # datasets' words for a split without a row
+        lines = " (a csv or tsv file with its header line alone)" if builder == "csv" else ""
+        return f"{files[0] if len(files) == 1 else f'{len(files)} files'}: no examples in it{lines}; give examples"
     return f"could not read {files[0] if len(files) == 1 else f'{len(files)} files'} as {builder}: " + \
         f"{type(cause).__name__}: {str(cause).splitlines()[0][:300] if str(cause) else ''}"
 

@@ -20,6 +20,13 @@ def test_an_empty_jsonl_is_named(tmp_path):
         corpus(tmp_path / "empty.jsonl")
 
 
+def test_a_table_with_its_header_line_alone_is_named(tmp_path):
+    (tmp_path / "header.csv").write_text("text,label\n")
+    with pytest.raises(DataError, match=r"header.csv: no examples in it \(a csv or tsv file with its header line "
+                       r"alone\); give examples"):  # fmt: skip
+        corpus(tmp_path / "header.csv")
+
+
 def test_latin1_bytes_are_named_with_the_file_and_offset(tmp_path):
     (tmp_path / "latin.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9 au lait"}\n')
     with pytest.raises(DataError, match=r"latin.jsonl is not UTF-8 text \(byte 28\); convert it"):
