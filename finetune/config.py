@@ -30,6 +30,13 @@ class TaskConfig:
     """generate, seq2seq: the column with the prompt or source (no loss on it)."""
     response_column: str = "response"
     """generate, seq2seq: the column with the response or target the model learns to produce."""
+    prompt_template: str | list[str] | None = None
+    """generate, seq2seq: write each prompt from the example's columns instead of reading
+    prompt_column (instruction tables). alpaca: Stanford Alpaca's prompt over columns instruction
+    and input (its shorter form where input is blank); or a text with {column} fields, e.g.
+    "Question: {question}\nAnswer: "; or a list of such texts, each example taking the first whose
+    fields are all filled (else the last, blanks written empty). Checkpoints keep it, and
+    finetune.generate and finetune.evaluate write prompts with it."""
     messages_column: str | None = None
     """generate: a column of conversations, used instead of prompt_column and response_column: each
     a list of turns, {role, content} (OpenAI, HF chat) or ShareGPT's {from, value}, with roles
@@ -76,6 +83,20 @@ class TaskConfig:
             return self.pooling
         return {"encoder": "first", "decoder": "last"}.get(arch, "mean")
 
+    def _check_prompt_template(self) -> None:
+        from finetune.prompts import PromptTemplate
+
+        if self.kind == "classify":
+            raise ValueError("prompt_template with kind=classify: a classifier reads text_column; a prompt template "
+                             "writes the prompts of kind=generate or seq2seq from a table's columns")  # fmt: skip
+        if self.messages_column is not None or self.builtin:
+            given = f"messages_column={self.messages_column!r}" if self.messages_column else f"builtin={self.builtin!r}"
+            raise ValueError(f"prompt_template with {given}: those examples come with their prompts; drop one")
+        columns = PromptTemplate(self.prompt_template).columns
+        if self.response_column in columns:
+            raise ValueError(f"prompt_template reads column {self.response_column!r}, the response_column: the "
+                             "prompt would hold the answer the model learns to write")  # fmt: skip
+
     def validate(self) -> None:
         check_padding_kernel(self.attention)
         if self.messages_column is not None and self.kind != "generate":
@@ -84,6 +105,8 @@ class TaskConfig:
         if self.messages_column is not None and self.builtin:
             raise ValueError(f"messages_column={self.messages_column!r} with builtin={self.builtin!r}: the built-in "
                              "task has prompts and responses; drop one")  # fmt: skip
+        if self.prompt_template is not None:
+            self._check_prompt_template()
         if self.chat_template != "auto":
             from finetune.chat import check_template_setting
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finetune.prompts import task_template
 from pretrain.data.config import SourceConfig
 from pretrain.data.sources import DataError, aligned, first_value, hold_out, load_table, require_columns
 
@@ -15,6 +16,9 @@ def task_columns(cfg) -> dict[str, str]:
     t = cfg.task
     if t.messages_column:
         return {"messages_column": t.messages_column}
+    if t.kind in ("generate", "seq2seq") and t.prompt_template is not None:
+        fields = {f"prompt_template {{{c}}}": c for c in task_template(t).columns}
+        return {**fields, "response_column": t.response_column}
     if t.kind in ("generate", "seq2seq"):
         return {"prompt_column": t.prompt_column, "response_column": t.response_column}
     columns = {"text_column": t.text_column, "label_column": t.label_column}
@@ -32,9 +36,10 @@ def task_sources(cfg) -> list[SourceConfig]:
     return cfg.data.sources
 
 
-def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: str):
+def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: str, template=None):
     """One source's ``part`` (train, validation or test) reduced to ``columns``, each one checked:
-    there, and given in every example."""
+    there, and given in every example (a prompt template's columns may be blank or null).
+    ``template`` (finetune.prompts.PromptTemplate): its columns are written into the prompt column."""
     from finetune.chat import conversation_column, looks_like_conversations
 
     table = load_table(src, part, where)
@@ -43,6 +48,9 @@ def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: s
         raise DataError(f"task.prompt_column={columns['prompt_column']!r}: no such column in {where} ({part} data); "
                         f"its column {chats!r} holds conversations: set task.messages_column={chats} to learn the "
                         "assistant's turns")  # fmt: skip
+    if template is not None:  # a column only the fuller forms read may be absent
+        columns = {f: c for f, c in columns.items() if c in table.column_names or c not in template.columns
+                   or c in template.required}  # fmt: skip
     require_columns(table, columns, "task", f"{where} ({part} data)")
     table = table.select_columns(list(columns.values()))
     if "label_column" in columns:
@@ -51,14 +59,14 @@ def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: s
         table = conversation_column(table, columns["messages_column"], f"{where} ({part} data)")
     for field, column in columns.items():
         _check_kind(table, field, column, f"{where} ({part} data)")
-        empty = _missing(table, column, blank=field == "label_column")
+        empty = [] if field.startswith("prompt_template") else _missing(table, column, blank=field == "label_column")
         if empty:
             what = "no label (null, absent or blank)" if field == "label_column" else "no value (null or absent)"
             shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
             raise DataError(f"task.{field}={column!r}: {len(empty)} example(s) of {where} ({part} data) have {what}: "
                             f"example{'s' if len(empty) > 1 else ''} {shown} (counting from 0); fill them in or drop "
                             "those rows")  # fmt: skip
-    return table
+    return template.written(table) if template is not None else table
 
 
 def _check_kind(table, field: str, column: str, where: str) -> None:
@@ -116,11 +124,11 @@ def check_task_sources(cfg) -> None:
     group exists; the launcher runs it too). Built-in tasks and hub data are left to the run."""
     if cfg.task.builtin:
         return
-    columns = task_columns(cfg)
+    columns, template = task_columns(cfg), task_template(cfg.task)
     labels = set()
     for i, src in enumerate(cfg.data.sources):
         for part in src.local_parts():
-            table = source_table(src, part, columns, f"data.sources[{i}]")
+            table = source_table(src, part, columns, f"data.sources[{i}]", template)
             if part == "train" and cfg.task.kind == "classify":
                 labels |= {str(x) for x in table[cfg.task.label_column]}
     if cfg.task.kind == "classify" and all(src.local_parts() for src in cfg.data.sources):
@@ -140,14 +148,14 @@ def task_tables(cfg, say=print) -> dict:
     examples); max_train_examples cuts training only."""
     import datasets
 
-    t, frac, columns = cfg.task, cfg.data.validation_fraction, task_columns(cfg)
-    key = t.text_column if t.kind == "classify" else t.messages_column or t.prompt_column
+    t, frac, columns, template = cfg.task, cfg.data.validation_fraction, task_columns(cfg), task_template(cfg.task)
+    key = t.text_column if t.kind == "classify" else t.messages_column or t.prompt_column  # the written prompt too
     parts = {"train": [], "validation": []}
     for i, src in enumerate(task_sources(cfg)):
         where = f"data.sources[{i}]"
-        train = source_table(src, "train", columns, where)
+        train = source_table(src, "train", columns, where, template)
         if src.names("validation"):
-            parts["validation"].append(source_table(src, "validation", columns, where))
+            parts["validation"].append(source_table(src, "validation", columns, where, template))
         elif frac > 0 and len(train):
             parts["validation"].append(hold_out(train, frac, "validation", where, log=say, key=key, whole_rows=True))
             train = hold_out(train, frac, "train", where, key=key, whole_rows=True)
@@ -163,8 +171,8 @@ def named_part(cfg, part: str):
     """The examples of every source that names its own data for ``part`` (validation or test)."""
     import datasets
 
-    columns = task_columns(cfg)
-    found = [source_table(src, part, columns, f"data.sources[{i}]")
+    columns, template = task_columns(cfg), task_template(cfg.task)
+    found = [source_table(src, part, columns, f"data.sources[{i}]", template)
              for i, src in enumerate(task_sources(cfg)) if src.names(part)]  # fmt: skip
     if not found:
         raise DataError(f"no {part} data: no source of this run gives {part}_files (or {part}_split); "
@@ -214,20 +222,26 @@ def as_flags(message: str) -> str:
     return message
 
 
-def file_table(file: str, args, columns: dict[str, str] | None = None, where: str | None = None):
+def file_table(file: str, args, columns: dict[str, str] | None = None, where: str | None = None, template=None):
     """A file given on the command line (evaluate's --data, predict's FILE) as a table: with
     ``columns``, reduced to them and checked as a source's (source_table); errors name the flags."""
     src = file_source(file, args)
     try:
         if columns is None:
             return load_table(src, "train", where or file)
-        return source_table(src, "train", columns, where or file)
+        return source_table(src, "train", columns, where or file, template)
     except DataError as e:
         raise DataError(as_flags(str(e))) from None
 
 
 def override_columns(cfg, args) -> None:
     """The run's task columns, replaced where the command line names others."""
+    if getattr(args, "prompt_column", None) and cfg.task.prompt_template is not None:
+        from pretrain.config import ConfigError
+
+        raise ConfigError(f"--prompt-column {args.prompt_column}: this run writes its prompts with "
+                          f"task.prompt_template from columns {task_template(cfg.task).columns}; give a file "
+                          "with those columns")  # fmt: skip
     for field, arg in (("text_column", "text_column"), ("text_pair_column", "pair_column"),
                        ("label_column", "label_column"), ("prompt_column", "prompt_column"),
                        ("response_column", "response_column"), ("messages_column", "messages_column")):  # fmt: skip

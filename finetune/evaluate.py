@@ -39,11 +39,12 @@ def score(model, rows: list[dict], collate, loss_fn, batch_size: int) -> dict:
 def examples(cfg, args, say):
     """The labeled table the command scores: --data FILE, or the run's validation or test data."""
     from finetune.data import file_table, named_part, override_columns, task_columns, task_tables
+    from finetune.prompts import task_template
     from pretrain.config import ConfigError
 
     override_columns(cfg, args)
     if args.data:
-        return file_table(args.data, args, task_columns(cfg), "--data"), args.data
+        return file_table(args.data, args, task_columns(cfg), "--data", task_template(cfg.task)), args.data
     if args.split == "test":
         return named_part(cfg, "test"), "the run's test data"
     table = task_tables(cfg, say)["validation"]

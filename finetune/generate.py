@@ -6,7 +6,8 @@ top-p, a repetition penalty, stop strings, with the KV cache. A decoder's prompt
 left so every row's next token sits at the same position; an encoder-decoder's encoder reads the
 prompt once and its decoder writes the output. A conversation (a JSON line's "messages", or a
 --prompt under --chat) is written with the checkpoint's chat template, asking for the assistant's
-next turn.
+next turn. A checkpoint fine-tuned with task.prompt_template writes prompts with it: a text prompt
+fills its first column (--raw: sent as given), a JSON line of columns fills them.
 """
 
 from __future__ import annotations
@@ -251,6 +252,14 @@ def _cut(text: str, stops: tuple[str, ...]) -> str:
 
 def load_decoder(path: str):
     """(model, tokenizer) from anything init_from accepts; refuses encoders (they predict no next token)."""
+    model, tok, _ = load_generator(path)
+    return model, tok
+
+
+def load_generator(path: str):
+    """(model, tokenizer, prompt template or None) from anything init_from accepts: the template a
+    fine-tuning run wrote its prompts with (task.prompt_template)."""
+    from finetune.prompts import PromptTemplate
     from finetune.weights import load_pretrained
     from pretrain.config import ConfigError
     from pretrain.export import load_model
@@ -263,12 +272,14 @@ def load_decoder(path: str):
     if cfg.attention != pre.model_cfg.attention:
         print(f"attention: {cfg.attention} (the checkpoint's {pre.model_cfg.attention} takes no padding mask; the "
               "weights are the same)", file=sys.stderr)  # fmt: skip
-    return load_model(pre.state_dict(), cfg).eval(), pre.tokenizer
+    template = PromptTemplate(pre.prompt_template) if pre.prompt_template is not None else None
+    return load_model(pre.state_dict(), cfg).eval(), pre.tokenizer, template
 
 
 def read_prompts(path: str) -> list:
     """A prompts file's prompts: lines of text (\\n for a line break), or JSON lines with a "prompt"
-    (text) or "messages" (a conversation: a list of turns; ShareGPT's "conversations" too)."""
+    (text) or "messages" (a conversation: a list of turns; ShareGPT's "conversations" too), or
+    else the columns of the checkpoint's prompt template (a dict, written with it later)."""
     from finetune.chat import turns
     from pretrain.config import ConfigError
 
@@ -283,12 +294,30 @@ def read_prompts(path: str) -> list:
         try:
             record = json.loads(line)
             chat = next((record[k] for k in ("messages", "conversations") if k in record), None)
-            if chat is None and "prompt" not in record:
-                raise ValueError(f"a JSON line needs a 'prompt' or 'messages'; this one has {sorted(record)}")
-            prompts.append(turns(chat) if chat is not None else str(record["prompt"]))
+            if chat is not None:
+                prompts.append(turns(chat))
+            else:
+                prompts.append(record)
         except ValueError as e:
             raise ConfigError(f"--prompts-file {path} line {number}: {e}") from None
     return prompts
+
+
+def templated(template, prompt, raw: bool, checkpoint: str, where: str) -> str:
+    """A text prompt or a record (a prompts file's JSON line of columns) as the model reads it:
+    written with the checkpoint's prompt template (a text fills its first column) unless ``raw``."""
+    from pretrain.config import ConfigError
+
+    if isinstance(prompt, dict) and not (template is not None and set(prompt) & set(template.columns)):
+        if "prompt" not in prompt:
+            reads = (f"{checkpoint}'s prompt template reads {template.columns}" if template else
+                     f"{checkpoint} has no prompt template")  # fmt: skip
+            raise ConfigError(f"{where}: a JSON line needs a 'prompt' or 'messages' (or the columns of the "
+                              f"checkpoint's prompt template); this one has {sorted(prompt)}, and {reads}")  # fmt: skip
+        prompt = str(prompt["prompt"])
+    if isinstance(prompt, str):
+        return prompt if raw or template is None else template.write({template.columns[0]: prompt})
+    return template.write(prompt)
 
 
 def conversation_prompt(tok, messages: list[dict], checkpoint: str) -> str:
@@ -313,6 +342,8 @@ def main(argv: list[str] | None = None) -> None:
                     "conversation (its next assistant turn is written)")  # fmt: skip
     ap.add_argument("--chat", action="store_true", help="each --prompt is a user's turn, written with the checkpoint's "
                     "chat template (a model fine-tuned on conversations)")  # fmt: skip
+    ap.add_argument("--raw", action="store_true", help="text prompts go to the model as given, not written with the "
+                    "checkpoint's prompt template (task.prompt_template)")  # fmt: skip
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--greedy", action="store_true")
     ap.add_argument("--temperature", type=float, default=0.8)
@@ -342,16 +373,23 @@ def main(argv: list[str] | None = None) -> None:
         if not math.isfinite(args.length_penalty):
             raise ConfigError(f"--length-penalty {args.length_penalty}: must be a finite number (1: the mean "
                               "log-probability per token; 0: the plain sum)")  # fmt: skip
-        model, tok = load_decoder(args.checkpoint)
-        texts = [conversation_prompt(tok, p, args.checkpoint) if isinstance(p, list) else p for p in prompts]
+        model, tok, template = load_generator(args.checkpoint)
+        if template is not None and not args.raw:
+            print(f"prompts: written with the checkpoint's prompt template (columns {template.columns}; a text "
+                  f"prompt is its {template.columns[0]}); --raw sends text as given", file=sys.stderr)  # fmt: skip
+        texts = [conversation_prompt(tok, p, args.checkpoint) if isinstance(p, list)
+                 else templated(template, p, args.raw, args.checkpoint,
+                                f"--prompts-file {args.prompts_file} line {i - len(args.prompt) + 1}")
+                 for i, p in enumerate(prompts)]  # fmt: skip
         if args.num_beams > 1:
             best = beam_search(model, tok, texts, args.num_beams, s.max_new_tokens, args.length_penalty)
             texts = [_cut(t, s.stop) for t in tok.batch_decode(best, skip_special_tokens=True)]
         else:
             texts = generate(model, tok, texts, s)
         for prompt, text in zip(prompts, texts, strict=True):
-            print(json.dumps({"messages" if isinstance(prompt, list) else "prompt": prompt, "completion": text}),
-                  file=results)
+            key = "messages" if isinstance(prompt, list) else "prompt"
+            given = prompt if isinstance(prompt, dict) else {key: prompt}  # a record: its columns
+            print(json.dumps({**given, "completion": text}), file=results)
 
     run()
 

@@ -28,6 +28,8 @@ class Pretrained:
     body_only: bool = False
     """A classifier's checkpoint: the stack without its LM head (``head.*`` is not there), and for an
     encoder-decoder without its decoder."""
+    prompt_template: str | list[str] | None = None
+    """A fine-tuning checkpoint's task.prompt_template: how its prompts were written from columns."""
 
     @property
     def skip(self) -> tuple[str, ...]:
@@ -69,7 +71,16 @@ def load_pretrained(init_from: str, best: bool = False) -> Pretrained:
     cfg = ckpt.saved_config(tag_dir)
     tensors = consolidated_tensors(tag_dir)  # opened (memory-mapped) now: a refused or unfit file stops us here
     tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
-    return _opened(cfg.model, tensors, tok, ckpt.describe(tag_dir))
+    pre = _opened(cfg.model, tensors, tok, ckpt.describe(tag_dir))
+    pre.prompt_template = _saved_task(tag_dir).get("prompt_template")
+    return pre
+
+
+def _saved_task(tag_dir: Path) -> dict:
+    """The task section of a checkpoint's config ({} for a pretraining checkpoint)."""
+    import yaml
+
+    return (yaml.safe_load((tag_dir / "config.yaml").read_text()) or {}).get("task") or {}
 
 
 class BodyWeights(Mapping):

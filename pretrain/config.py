@@ -370,6 +370,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = raw
         if isinstance(value, bool) and raw.lower() not in ("true", "false"):
             value = raw  # YAML 1.1 reads on/off/yes/no as booleans; on a command line they are words
+        if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+            value = raw  # "Q: {question}" is text: a mapping on a command line is written {key: value}
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
@@ -421,7 +423,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return _coerce(arg, value, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}={value!r}: expected {_describe(tp)}")
+        braces = " (YAML reads text in braces as a mapping: quote it, e.g. '\"{name}\"')" if (
+            isinstance(value, dict) and str in args) else ""  # fmt: skip
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}={value!r}: expected {_describe(tp)}{braces}")
     if origin is Literal:
         if value in args:
             return value

@@ -218,6 +218,56 @@ def test_sft_on_conversations_carries_its_chat_template_to_generation_and_evalua
     assert evaluate_validation(run_dir)["examples"] == val
 
 
+def test_sft_on_an_instruction_table_writes_prompts_with_its_template_in_generation_and_evaluation(
+        make_config, tmp_path, pretrained):  # fmt: skip
+    """Alpaca's layout (instruction, input often blank, output) with a two-form template: the run
+    writes each prompt with the form its row fills, the checkpoint keeps the template, and
+    finetune.generate (a text prompt, a prompts file's record, --raw) and finetune.evaluate write
+    prompts with it."""
+    from finetune.generate import Sampling, generate, load_generator
+    from finetune.prompts import PromptTemplate
+
+    forms = ["Q: {instruction}\nIn: {input}\nA: ", "Q: {instruction}\nA: "]
+    funcs = [f for f in function_rows() if len(f.name) <= 16]
+    rows = [{"instruction": f.name, "input": f.package if i % 2 else "", "output": f.package}
+            for i, f in enumerate(funcs)]  # fmt: skip
+    task = {"kind": "generate", "prompt_template": forms, "response_column": "output"}
+    cfg = finetune_config(make_config, "alpaca", pretrained, task, train={"micro_batch_size": 4},
+                          data={"sources": [{"files": str(write_jsonl(tmp_path / "alpaca.jsonl", rows))}],
+                                "seq_len": 64})  # fmt: skip
+    out = launch(1, cfg, module="finetune").stdout
+    template = PromptTemplate(forms)
+    val = sum(held_out(template.write(r), 0.2) for r in rows)  # held out by the written prompt
+    assert f"task generate: {len(rows) - val} training and {val} validation examples" in out
+
+    run_dir = tmp_path / "runs" / "alpaca"
+    model, tok, saved = load_generator(str(run_dir))
+    assert saved.forms == template.forms
+    asked = {"instruction": funcs[1].name, "input": funcs[1].package}
+    want = generate(model, tok, [template.write({"instruction": funcs[0].name}), template.write(asked),
+                                 funcs[0].name], Sampling(6, 0.0))  # fmt: skip
+    assert want[0] != want[2]  # the template changes what the model reads
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [asked])
+
+    def completions(*args):
+        proc = subprocess.run([sys.executable, "-m", "finetune.generate", str(run_dir), *args, "--greedy",
+                               "--max-new-tokens", "6"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return [json.loads(line) for line in proc.stdout.strip().splitlines()]
+
+    assert completions("--prompt", funcs[0].name, "--prompts-file", str(prompts)) == [
+        {"prompt": funcs[0].name, "completion": want[0]}, {**asked, "completion": want[1]}]
+    assert completions("--raw", "--prompt", funcs[0].name) == [{"prompt": funcs[0].name, "completion": want[2]}]
+
+    assert evaluate_validation(run_dir)["examples"] == val
+    no_input = write_jsonl(tmp_path / "test.jsonl", [{"instruction": f.name, "output": f.package} for f in funcs[:5]])
+    proc = subprocess.run([sys.executable, "-m", "finetune.evaluate", str(run_dir), "--data", str(no_input)], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "5 examples from" in proc.stdout
+
+
 def test_a_decoder_trained_with_flash_decodes_padded_batches_and_fine_tunes_with_sdpa(make_config, tmp_path,
                                                                                       pretrained):
     """A checkpoint whose config says attention=flash (the same weights as the sdpa one) decodes

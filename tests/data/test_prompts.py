@@ -1,0 +1,124 @@
+"""Instruction tables for supervised fine-tuning: prompts written from columns (task.prompt_template).
+Alpaca's layout (instruction, input, output; input often blank), Dolly's (instruction, context,
+response) and a one-field template; the loss is on the response only; a bad template or a missing
+column is named before a process starts."""
+
+import json
+
+import pytest
+
+from finetune.config import load_finetune_config
+from finetune.data import check_task_sources, task_tables
+from finetune.prompts import ALPACA, PromptTemplate
+from finetune.tasks import SFTCollator, seq2seq_rows, sft_rows
+from pretrain.config import ConfigError
+from pretrain.data.sources import DataError
+
+ROWS = [
+    {"instruction": "Give the json loader.", "input": "", "output": "json.loads"},
+    {"instruction": "Add the numbers.", "input": "2 3", "output": "5"},
+    {"instruction": "Name a logger.", "output": "logging.getLogger"},  # no input key at all: null
+]
+
+
+def task(*sources, fraction=0.0, **options):
+    options = {"kind": "generate", "prompt_template": "alpaca", "response_column": "output", **options}
+    overrides = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in options.items()]
+    return load_finetune_config(None, ["init_from=somewhere", *overrides, f"data.validation_fraction={fraction}",
+                                       f"data.sources={json.dumps([{'files': str(s)} for s in sources])}"])  # fmt: skip
+
+
+def jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_alpaca_takes_its_input_form_only_where_the_input_is_filled():
+    t = PromptTemplate("alpaca")
+    assert t.columns == ["instruction", "input"]
+    with_input = t.write({"instruction": "Add.", "input": "2 3"})
+    assert with_input == ALPACA[0].format(instruction="Add.", input="2 3")
+    assert "### Input:\n2 3\n\n### Response:\n" in with_input
+    for blank in ("", "  \n", None):
+        assert t.write({"instruction": "Add.", "input": blank}) == ALPACA[1].format(instruction="Add.")
+    assert t.write({"instruction": "Add."}) == ALPACA[1].format(instruction="Add.")  # a missing column is blank
+
+
+def test_a_list_takes_the_first_form_whose_fields_are_filled_else_the_last():
+    t = PromptTemplate(["Q: {question}\nContext: {context}\nA: ", "Q: {question}\nA: "])
+    assert t.columns == ["question", "context"]
+    assert t.write({"question": "Why?", "context": "Because."}) == "Q: Why?\nContext: Because.\nA: "
+    assert t.write({"question": "Why?", "context": ""}) == "Q: Why?\nA: "
+    assert t.write({"question": "", "context": ""}) == "Q: \nA: "  # nothing fits: the last, blanks empty
+    assert PromptTemplate("{my col} and {a-b} {{x}}").write({"my col": 1, "a-b": 2.5}) == "1 and 2.5 {x}"
+
+
+@pytest.mark.parametrize("setting, said", [
+    ("{}", "field {} is not a column's name"), ("{0}", "field {0}"), ("{a.b}", "field {a.b}"),
+    ("{a[0]}", "field {a[0]}"), ("{a!r}", "field {a!r}"), ("{a:>9}", "field {a:>9}"),
+    ("x {a", "expected '}'"), ("alpca", "names no column"), ([], "prompt_template=[]"),
+])  # fmt: skip
+def test_a_bad_template_is_named(setting, said):
+    with pytest.raises(ValueError, match=None) as e:
+        PromptTemplate(setting)
+    assert said in str(e.value)
+
+
+def test_the_loss_is_on_the_response_only_and_the_prompt_is_the_template(tmp_path, bpe):
+    """Every labelled token, decoded, is the response and its end-of-text; the model reads the
+    written prompt before it. Blank and missing inputs take the shorter form."""
+    cfg = task(jsonl(tmp_path / "alpaca.jsonl", ROWS))
+    table = task_tables(cfg)["train"]
+    assert table.column_names == ["prompt", "output"]
+    prompts = [PromptTemplate("alpaca").write(r) for r in ROWS]
+    assert list(table["prompt"]) == prompts and prompts[0].count("### Input") == 0 and "### Input:\n2 3" in prompts[1]
+    rows = sft_rows(bpe, table, cfg.task, 512, "the train data")
+    batch = SFTCollator(bpe.pad_token_id)([{**r, "position": i} for i, r in enumerate(rows)])
+    for i, row in enumerate(ROWS):
+        labels = batch["labels"][i]
+        assert bpe.decode(labels[labels >= 0].tolist()) == row["output"] + bpe.eos_token
+        read = batch["input_ids"][i][: len(bpe(prompts[i], add_special_tokens=False)["input_ids"])]
+        assert bpe.decode(read.tolist()) == prompts[i]
+
+
+def test_dolly_columns_a_seq2seq_source_and_the_hold_out_by_written_prompt(tmp_path, bpe):
+    dolly = [{"instruction": f"Say {i}.", "context": "ctx" if i % 2 else "", "response": str(i)} for i in range(40)]
+    forms = ["{instruction}\nContext: {context}\n", "{instruction}\n"]
+    cfg = task(jsonl(tmp_path / "dolly.jsonl", dolly), fraction=0.25, prompt_template=forms, response_column="response")
+    tables = task_tables(cfg, say=lambda _: None)
+    assert len(tables["train"]) + len(tables["validation"]) == 40 and len(tables["validation"]) > 0
+    written = sorted([*tables["train"]["prompt"], *tables["validation"]["prompt"]])
+    assert written == sorted(PromptTemplate(forms).write(r) for r in dolly)
+    cfg.task.kind = "seq2seq"
+    rows = seq2seq_rows(bpe, tables["train"], cfg.task, 64, 16, "the train data")
+    first = tables["train"][0]
+    assert bpe.decode(rows[0]["input_ids"]) == first["prompt"] + bpe.eos_token
+    assert bpe.decode(rows[0]["target"]) == first["response"] + bpe.eos_token
+
+
+def test_missing_columns_and_bad_settings_are_named_before_a_process_starts(tmp_path):
+    data = jsonl(tmp_path / "a.jsonl", [{"instruction": "x", "output": "y"}])
+    with pytest.raises(
+        DataError,
+        match=r"task.prompt_template \{question\}='question': no such column in "
+        r"data.sources\[0\] \(train data\); the data has \['instruction', 'output'\]",
+    ):
+        check_task_sources(task(data, prompt_template="Q: {question}"))
+    check_task_sources(task(data))  # alpaca's input is read only by its fuller form: a table may lack it
+    assert list(task_tables(task(data))["train"]["prompt"]) == [ALPACA[1].format(instruction="x")]
+    with pytest.raises(DataError, match=r"task.prompt_template \{instruction\}='instruction': no such column"):
+        check_task_sources(task(jsonl(tmp_path / "d.jsonl", [{"input": "x", "output": "y"}])))
+    listed = jsonl(tmp_path / "b.jsonl", [{"instruction": ["x"], "output": "y"}])
+    with pytest.raises(DataError, match=r"\{instruction\}='instruction': example 0 .* holds list"):
+        check_task_sources(task(listed))
+    no_answer = jsonl(tmp_path / "c.jsonl", [{"instruction": "x", "output": None}])
+    with pytest.raises(DataError, match="task.response_column='output': 1 example"):
+        check_task_sources(task(no_answer))
+    bad = [({"kind": "classify"}, "prompt_template with kind=classify"),
+           ({"messages_column": "messages"}, "prompt_template with messages_column='messages'"),
+           ({"response_column": "input"}, "reads column 'input', the response_column"),
+           ({"prompt_template": "{x"}, "task.prompt_template '{x': expected '}'")]  # fmt: skip
+    for options, said in bad:
+        with pytest.raises(ConfigError) as e:
+            task(data, **options)
+        assert said in str(e.value)
