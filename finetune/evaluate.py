@@ -78,7 +78,7 @@ def evaluate_generator(tag_dir: Path, args, say) -> dict:
     """task.kind generate (a decoder) or seq2seq (an encoder-decoder): loss and token accuracy on
     the targets, and greedy decoding's exact match."""
     from finetune.config import load_finetune_config
-    from finetune.generate import Sampling, generate, load_decoder
+    from finetune.generate import load_decoder
     from finetune.tasks import Seq2SeqCollator, SFTCollator, seq2seq_rows, sft_rows
     from pretrain.run import LanguageModelTask
     from pretrain.trainer import lm_loss, seq2seq_loss
@@ -103,10 +103,30 @@ def evaluate_generator(tag_dir: Path, args, say) -> dict:
         targets = [r["input_ids"][a:b] for r, (a, b) in zip(rows, last, strict=True)]
     metrics = LanguageModelTask.eval_metrics(sums)
     wanted = [tok.decode(t, skip_special_tokens=True).strip() for t in targets]
-    longest = max((len(t) for t in targets), default=1)
-    got = generate(model, tok, prompts, Sampling(max_new_tokens=longest, temperature=0.0)) if rows else []
+    got = greedy(model, tok, prompts, [len(t) for t in targets], args.batch_size)
     out = {k.removeprefix("val_"): v for k, v in metrics.items()}
     return {"task": cfg.task.kind, "data": what, "examples": len(rows), **out, **sequence_metrics(got, wanted)}
+
+
+def greedy(model, tok, prompts: list[str], lengths: list[int], batch_size: int) -> list[str]:
+    """Greedy completions of ``prompts``, batch by batch in order of length, each batch as long as
+    its longest target (``lengths``, in tokens) and, for a decoder with learned positions, no
+    longer than its longest prompt leaves room for (a prompt that fills them gets no completion)."""
+    from finetune.generate import Sampling, generate
+
+    room = model.cfg.max_seq_len if model.cfg.position == "learned" and model.cfg.arch == "decoder" else None
+    sizes = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted((i for i in range(len(prompts)) if room is None or sizes[i] < room), key=sizes.__getitem__)
+    got = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        new = max(lengths[i] for i in batch)
+        if room is not None:
+            new = min(new, room - sizes[batch[-1]])
+        texts = generate(model, tok, [prompts[i] for i in batch], Sampling(max_new_tokens=new, temperature=0.0))
+        for i, text in zip(batch, texts, strict=True):
+            got[i] = text
+    return got
 
 
 def sequence_metrics(got: list[str], wanted: list[str]) -> dict:

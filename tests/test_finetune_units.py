@@ -261,3 +261,20 @@ def test_a_demo_task_file_cut_short_is_written_again(tmp_path, capsys):
     path.write_bytes(whole[: len(whole) // 2])
     assert builtin_task_file("stdlib-names", tmp_path) == path and path.read_bytes() == whole
     assert capsys.readouterr().err == f"warning: the demo task file {path} is cut short; writing it again\n"
+
+
+def test_evaluations_greedy_completions_stop_where_a_learned_position_model_runs_out():
+    """finetune.evaluate's exact match decodes prompts in batches by length, each batch for as long
+    as its longest target, never past a learned-position model's positions: a prompt near the end
+    gets what room is left, one that fills them gets nothing, and each is as if decoded alone."""
+    from finetune.evaluate import greedy
+    from finetune.generate import Sampling, generate
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, max_seq_len=16)).eval()
+    tok = CharTokenizer()
+    prompts = ["abc", "twelve chars", "de", "sixteen chars ok"]  # 3, 12, 2 and 16 tokens
+    got = greedy(model, tok, prompts, [6, 6, 2, 6], batch_size=2)
+    assert [len(g.split()) for g in got] == [6, 4, 6, 0]  # "de" shares its batch (and its 6 tokens) with "abc"
+    for i, n in ((0, 6), (1, 4), (2, 6)):
+        assert got[i] == generate(model, tok, [prompts[i]], Sampling(max_new_tokens=n, temperature=0.0))[0]
