@@ -41,6 +41,11 @@ class TaskConfig:
     """generate: a column of conversations, used instead of prompt_column and response_column: each
     a list of turns, {role, content} (OpenAI, HF chat) or ShareGPT's {from, value}, with roles
     system, user, assistant, tool (human, gpt). The loss is on the assistant's turns only."""
+    tools_column: str = "tools"
+    """generate with messages_column: the column of the tools each conversation may call (a list of
+    JSON schemas, OpenAI's and HF's {type: function, function: {name, description, parameters}}, or
+    its JSON text; null: none), given to the chat template. Read where the data has it; a name
+    other than tools must be a column."""
     chat_template: str = "auto"
     """generate with messages_column: how a conversation is written as text. auto: the tokenizer's
     chat template where it has one, else plain; plain: each turn as <|role|>, a line break, its

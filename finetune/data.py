@@ -15,7 +15,7 @@ def task_columns(cfg) -> dict[str, str]:
     """Config field -> column name, for the columns ``cfg.task`` reads."""
     t = cfg.task
     if t.messages_column:
-        return {"messages_column": t.messages_column}
+        return {"messages_column": t.messages_column, "tools_column": t.tools_column}
     if t.kind in ("generate", "seq2seq") and t.prompt_template is not None:
         fields = {f"prompt_template {{{c}}}": c for c in task_template(t).columns}
         return {**fields, "response_column": t.response_column}
@@ -40,7 +40,8 @@ def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: s
     """One source's ``part`` (train, validation or test) reduced to ``columns``, each one checked:
     there, and given in every example (a prompt template's columns may be blank or null).
     ``template`` (finetune.prompts.PromptTemplate): its columns are written into the prompt column."""
-    from finetune.chat import conversation_column, looks_like_conversations
+    from finetune.chat import conversation_column, looks_like_conversations, tools_column
+    from finetune.config import TaskConfig
 
     table = load_table(src, part, where)
     chats = looks_like_conversations(table) if columns.get("prompt_column") not in (None, *table.column_names) else None
@@ -51,15 +52,21 @@ def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: s
     if template is not None:  # a column only the fuller forms read may be absent
         columns = {f: c for f, c in columns.items() if c in table.column_names or c not in template.columns
                    or c in template.required}  # fmt: skip
+    default = TaskConfig.tools_column
+    if columns.get("tools_column") == default and default not in table.column_names:
+        columns = {f: c for f, c in columns.items() if f != "tools_column"}  # no tools (another name must be there)
     require_columns(table, columns, "task", f"{where} ({part} data)")
     table = table.select_columns(list(columns.values()))
     if "label_column" in columns:
         table = _label_names(table, columns["label_column"])
     if "messages_column" in columns:
         table = conversation_column(table, columns["messages_column"], f"{where} ({part} data)")
+    if "tools_column" in columns:
+        table = tools_column(table, columns["tools_column"], f"{where} ({part} data)")
     for field, column in columns.items():
         _check_kind(table, field, column, f"{where} ({part} data)")
-        empty = [] if field.startswith("prompt_template") else _missing(table, column, blank=field == "label_column")
+        optional = field.startswith("prompt_template") or field == "tools_column"  # blank or null is none
+        empty = [] if optional else _missing(table, column, blank=field == "label_column")
         if empty:
             what = "no label (null, absent or blank)" if field == "label_column" else "no value (null or absent)"
             shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")

@@ -23,6 +23,18 @@ import torch
 
 
 @dataclass
+class Chat:
+    """A conversation to continue with the assistant's next turn, and the tools it may call."""
+
+    messages: list[dict]
+    tools: list[dict] | None = None
+
+    def shown(self) -> dict:
+        """What the output line repeats of it."""
+        return {"messages": self.messages, **({"tools": self.tools} if self.tools else {})}
+
+
+@dataclass
 class Sampling:
     max_new_tokens: int = 64
     temperature: float = 1.0
@@ -278,9 +290,10 @@ def load_generator(path: str):
 
 def read_prompts(path: str) -> list:
     """A prompts file's prompts: lines of text (\\n for a line break), or JSON lines with a "prompt"
-    (text) or "messages" (a conversation: a list of turns; ShareGPT's "conversations" too), or
-    else the columns of the checkpoint's prompt template (a dict, written with it later)."""
-    from finetune.chat import turns
+    (text) or "messages" (a conversation: a list of turns, ShareGPT's "conversations" too, and the
+    "tools" it may call), or else the columns of the checkpoint's prompt template (a dict, written
+    with it later)."""
+    from finetune.chat import tool_list, turns
     from pretrain.config import ConfigError
 
     if not Path(path).is_file():
@@ -295,7 +308,7 @@ def read_prompts(path: str) -> list:
             record = json.loads(line)
             chat = next((record[k] for k in ("messages", "conversations") if k in record), None)
             if chat is not None:
-                prompts.append(turns(chat))
+                prompts.append(Chat(turns(chat), tool_list(record.get("tools"))))
             else:
                 prompts.append(record)
         except ValueError as e:
@@ -320,7 +333,14 @@ def templated(template, prompt, raw: bool, checkpoint: str, where: str) -> str:
     return template.write(prompt)
 
 
-def conversation_prompt(tok, messages: list[dict], checkpoint: str) -> str:
+def _shown(prompt) -> dict:
+    """What an output line repeats of its prompt: the text, the conversation, or a record's columns."""
+    if isinstance(prompt, Chat):
+        return prompt.shown()
+    return prompt if isinstance(prompt, dict) else {"prompt": prompt}
+
+
+def conversation_prompt(tok, chat: Chat, checkpoint: str) -> str:
     """A conversation written, with the checkpoint's chat template, as the prompt for the
     assistant's next turn."""
     from finetune.chat import prompt_text
@@ -329,7 +349,7 @@ def conversation_prompt(tok, messages: list[dict], checkpoint: str) -> str:
     if not tok.chat_template:
         raise ConfigError(f"{checkpoint}: its tokenizer has no chat template (it was not fine-tuned on conversations: "
                           "task.messages_column); give prompts as text")  # fmt: skip
-    return prompt_text(tok, messages, checkpoint)
+    return prompt_text(tok, chat.messages, checkpoint, chat.tools)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -361,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
         from pretrain.files import results_stdout
 
         results = results_stdout()  # JSON lines alone: what loading prints goes to stderr
-        prompts = [[{"role": "user", "content": p}] if args.chat else p for p in args.prompt]
+        prompts = [Chat([{"role": "user", "content": p}]) if args.chat else p for p in args.prompt]
         if args.prompts_file:
             prompts += read_prompts(args.prompts_file)
         if not prompts:
@@ -377,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
         if template is not None and not args.raw:
             print(f"prompts: written with the checkpoint's prompt template (columns {template.columns}; a text "
                   f"prompt is its {template.columns[0]}); --raw sends text as given", file=sys.stderr)  # fmt: skip
-        texts = [conversation_prompt(tok, p, args.checkpoint) if isinstance(p, list)
+        texts = [conversation_prompt(tok, p, args.checkpoint) if isinstance(p, Chat)
                  else templated(template, p, args.raw, args.checkpoint,
                                 f"--prompts-file {args.prompts_file} line {i - len(args.prompt) + 1}")
                  for i, p in enumerate(prompts)]  # fmt: skip
@@ -387,9 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             texts = generate(model, tok, texts, s)
         for prompt, text in zip(prompts, texts, strict=True):
-            key = "messages" if isinstance(prompt, list) else "prompt"
-            given = prompt if isinstance(prompt, dict) else {key: prompt}  # a record: its columns
-            print(json.dumps({**given, "completion": text}), file=results)
+            print(json.dumps({**_shown(prompt), "completion": text}), file=results)
 
     run()
 

@@ -157,7 +157,7 @@ def sft_rows(tok, table, t, seq_len: int, what: str, say=print) -> list[dict]:
     if t.messages_column:
         from finetune.chat import chat_rows
 
-        rows, left_out = chat_rows(tok, table, t.messages_column, seq_len, what)
+        rows, left_out = chat_rows(tok, table, t.messages_column, seq_len, what, t.tools_column)
         every = (f"has no assistant turn within data.seq_len={seq_len} tokens; raise data.seq_len or give "
                  "conversations an assistant turn")  # fmt: skip
         some = f"have no assistant turn within data.seq_len={seq_len} tokens"

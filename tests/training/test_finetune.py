@@ -180,7 +180,7 @@ def test_sft_on_conversations_carries_its_chat_template_to_generation_and_evalua
     """Multi-turn conversations, OpenAI's and ShareGPT's layout in two sources: the run writes them
     with the plain template, every checkpoint's tokenizer carries it, and finetune.generate and
     finetune.evaluate write prompts with it (evaluation scores what training scored)."""
-    from finetune.chat import PLAIN
+    from finetune.chat import PLAIN, prompt_text, turns
     from finetune.generate import Sampling, generate, load_decoder
 
     def chat(f, sharegpt):
@@ -190,16 +190,27 @@ def test_sft_on_conversations_carries_its_chat_template_to_generation_and_evalua
             return [{"from": {"user": "human", "assistant": "gpt"}.get(r, r), "value": c} for r, c in said]
         return [{"role": r, "content": c} for r, c in said]
 
+    def calling(f):  # OpenAI's function calling: a call, its result, the answer; the tools beside
+        call = {"id": "c", "type": "function", "function": {"name": "pkg", "arguments": "{}"}}
+        return [{"role": "user", "content": f.name}, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c", "content": f.package}, {"role": "assistant", "content": "ok"}]
+
+    tools = [{"name": "pkg"}]  # a bare schema: short enough for 64 positions
     funcs = [f for f in function_rows() if len(f.name) <= 16]  # a first answer within 64 near-character tokens
     sources = [{"files": str(write_jsonl(tmp_path / f"chat{i}.jsonl", [{"messages": chat(f, i)} for f in funcs[i::2]]))}
                for i in (0, 1)]  # fmt: skip
+    tooled = funcs[:12]
+    sources.append({"files": str(write_jsonl(tmp_path / "tools.jsonl", [{"messages": calling(f), "tools": tools}
+                                                                        for f in tooled]))})  # fmt: skip
     task = {"kind": "generate", "messages_column": "messages"}
     cfg = finetune_config(make_config, "chat", pretrained, task, data={"sources": sources, "seq_len": 64},
                           train={"micro_batch_size": 4})  # fmt: skip
     out = launch(1, cfg, module="finetune").stdout
     run_dir = tmp_path / "runs" / "chat"
-    val = sum(held_out(json.dumps(chat(f, False)), 0.2) for f in funcs)  # as the run reads them: one layout
-    assert f"task generate: {len(funcs) - val} training and {val} validation examples" in out
+    read = [json.dumps(turns(chat(f, False))) for f in funcs] + [json.dumps(turns(calling(f))) for f in tooled]
+    val = sum(held_out(text, 0.2) for text in read)  # as the run reads them: one layout
+    assert f"task generate: {len(read) - val} training and {val} validation examples" in out
+    assert "left out" not in out  # every conversation has an assistant turn (a call, for the tooled) in reach
     assert (run_dir / "checkpoints" / "step_00000008" / "tokenizer" / "chat_template.jinja").read_text() == PLAIN
 
     model, tok = load_decoder(str(run_dir))
@@ -214,6 +225,14 @@ def test_sft_on_conversations_carries_its_chat_template_to_generation_and_evalua
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert lines == [{"messages": asked, "completion": want}] * 2  # --chat: the prompt as a user's turn
+    with_tools = generate(model, tok, [prompt_text(tok, asked, "here", tools)], Sampling(6, 0.0))[0]
+    write_jsonl(prompts, [{"messages": asked, "tools": tools}])
+    proc = subprocess.run([sys.executable, "-m", "finetune.generate", str(run_dir), "--prompts-file", str(prompts),
+                           "--greedy", "--max-new-tokens", "6"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == {"messages": asked, "tools": tools, "completion": with_tools}
+    assert prompt_text(tok, asked, "here", tools).startswith(f"<|tools|>\n{json.dumps(tools)}{tok.eos_token}\n")
 
     assert evaluate_validation(run_dir)["examples"] == val
 
