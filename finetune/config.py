@@ -11,10 +11,11 @@ from pretrain.model.config import check_padding_kernel
 
 @dataclass
 class TaskConfig:
-    kind: Literal["classify", "generate", "seq2seq"] = "classify"
-    """classify: a label per text (or text pair). generate: supervised fine-tuning of a decoder on
-    prompt/response pairs, with the loss on response tokens only. seq2seq: an encoder-decoder reads
-    the prompt (source) and learns to write the response (target)."""
+    kind: Literal["classify", "tag", "generate", "seq2seq"] = "classify"
+    """classify: a label per text (or text pair). tag: a label per word (named entities, parts of
+    speech). generate: supervised fine-tuning of a decoder on prompt/response pairs, with the loss
+    on response tokens only. seq2seq: an encoder-decoder reads the prompt (source) and learns to
+    write the response (target)."""
     builtin: Literal["stdlib-packages", "stdlib-bodies", "stdlib-names"] | None = None
     """A demo task made from the built-in corpus (no download): stdlib-packages labels a function
     with the top-level standard-library package it comes from; stdlib-bodies asks for a
@@ -26,6 +27,12 @@ class TaskConfig:
     """classify: a second text column for pair tasks (NLI, similarity); None for single texts."""
     label_column: str = "label"
     """classify: the column with the label (names or numbers, mapped to ids and saved as labels.json)."""
+    tokens_column: str = "tokens"
+    """tag: the column of each example's words (a list of words; a text is split at whitespace)."""
+    tags_column: str = "ner_tags"
+    """tag: the column of each word's tag (a list as long as the words: names such as B-PER, or
+    numbers; datasets' ClassLabel numbers are read as their names). Tags in the BIO scheme are also
+    scored by entity."""
     prompt_column: str = "prompt"
     """generate, seq2seq: the column with the prompt or source (no loss on it)."""
     response_column: str = "response"
@@ -91,9 +98,9 @@ class TaskConfig:
     def _check_prompt_template(self) -> None:
         from finetune.prompts import PromptTemplate
 
-        if self.kind == "classify":
-            raise ValueError("prompt_template with kind=classify: a classifier reads text_column; a prompt template "
-                             "writes the prompts of kind=generate or seq2seq from a table's columns")  # fmt: skip
+        if self.kind in ("classify", "tag"):
+            raise ValueError(f"prompt_template with kind={self.kind}: a prompt template writes the prompts of "
+                             "kind=generate or seq2seq from a table's columns")  # fmt: skip
         if self.messages_column is not None or self.builtin:
             given = f"messages_column={self.messages_column!r}" if self.messages_column else f"builtin={self.builtin!r}"
             raise ValueError(f"prompt_template with {given}: those examples come with their prompts; drop one")
@@ -139,6 +146,9 @@ class TaskConfig:
         if self.builtin == "stdlib-names" and self.kind != "seq2seq":
             raise ValueError("builtin='stdlib-names' is a sequence-to-sequence task: set task.kind=seq2seq (an "
                              "encoder-decoder)")  # fmt: skip
+        if self.builtin and self.kind == "tag":
+            raise ValueError(f"builtin={self.builtin!r} with kind=tag: the built-in tasks have no tags per word; give "
+                             "data.sources with tokens_column and tags_column")  # fmt: skip
         if self.builtin == "stdlib-bodies" and self.kind == "classify":
             raise ValueError("builtin='stdlib-bodies' is a generation task: set task.kind=generate (a decoder) "
                              "or seq2seq (an encoder-decoder)")  # fmt: skip

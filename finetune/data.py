@@ -4,6 +4,7 @@ held-out validation set is the same examples everywhere."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from finetune.prompts import task_template
@@ -16,6 +17,8 @@ def task_columns(cfg) -> dict[str, str]:
     t = cfg.task
     if t.messages_column:
         return {"messages_column": t.messages_column, "tools_column": t.tools_column}
+    if t.kind == "tag":
+        return {"tokens_column": t.tokens_column, "tags_column": t.tags_column}
     if t.kind in ("generate", "seq2seq") and t.prompt_template is not None:
         fields = {f"prompt_template {{{c}}}": c for c in task_template(t).columns}
         return {**fields, "response_column": t.response_column}
@@ -63,6 +66,10 @@ def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: s
         table = conversation_column(table, columns["messages_column"], f"{where} ({part} data)")
     if "tools_column" in columns:
         table = tools_column(table, columns["tools_column"], f"{where} ({part} data)")
+    if "tokens_column" in columns:
+        from finetune.tagging import word_column
+
+        table = word_column(table, columns["tokens_column"], columns.get("tags_column"), f"{where} ({part} data)")
     for field, column in columns.items():
         _check_kind(table, field, column, f"{where} ({part} data)")
         optional = field.startswith("prompt_template") or field == "tools_column"  # blank or null is none
@@ -136,16 +143,24 @@ def check_task_sources(cfg) -> None:
     for i, src in enumerate(cfg.data.sources):
         for part in src.local_parts():
             table = source_table(src, part, columns, f"data.sources[{i}]", template)
-            if part == "train" and cfg.task.kind == "classify":
-                labels |= {str(x) for x in table[cfg.task.label_column]}
-    if cfg.task.kind == "classify" and all(src.local_parts() for src in cfg.data.sources):
-        require_labels(sorted(labels), cfg.task.label_column)
+            if part == "train":
+                labels |= task_labels(table, cfg.task)
+    if cfg.task.kind in ("classify", "tag") and all(src.local_parts() for src in cfg.data.sources):
+        field = "tags_column" if cfg.task.kind == "tag" else "label_column"
+        require_labels(sorted(labels), getattr(cfg.task, field), field)
 
 
-def require_labels(labels: list[str], column: str) -> None:
-    """A classifier learns to tell two or more labels apart."""
+def task_labels(table, task) -> set[str]:
+    """The labels of a classification table, or the tags of a tagging one (empty for other kinds)."""
+    if task.kind == "tag":
+        return {tag for tags in table[task.tags_column] for tag in json.loads(tags)}
+    return {str(x) for x in table[task.label_column]} if task.kind == "classify" else set()
+
+
+def require_labels(labels: list[str], column: str, field: str = "label_column") -> None:
+    """A classifier (or tagger: ``field`` tags_column) learns to tell two or more labels apart."""
     if len(labels) < 2:
-        raise DataError(f"task.label_column={column!r}: the training data has {len(labels)} label(s) {labels}; a "
+        raise DataError(f"task.{field}={column!r}: the training data has {len(labels)} label(s) {labels}; a "
                         "classifier needs examples of two or more")  # fmt: skip
 
 
@@ -156,7 +171,7 @@ def task_tables(cfg, say=print) -> dict:
     import datasets
 
     t, frac, columns, template = cfg.task, cfg.data.validation_fraction, task_columns(cfg), task_template(cfg.task)
-    key = t.text_column if t.kind == "classify" else t.messages_column or t.prompt_column  # the written prompt too
+    key = {"classify": t.text_column, "tag": t.tokens_column}.get(t.kind) or t.messages_column or t.prompt_column
     parts = {"train": [], "validation": []}
     for i, src in enumerate(task_sources(cfg)):
         where = f"data.sources[{i}]"
@@ -192,6 +207,8 @@ def add_file_arguments(ap) -> None:
     ap.add_argument("--text-column", help="classification: the column with the text (default: the run's)")
     ap.add_argument("--pair-column", help="classification: the second text column of pair tasks")
     ap.add_argument("--label-column", help="classification: the column with the label (default: the run's)")
+    ap.add_argument("--tokens-column", help="tagging: the column of each example's words (default: the run's)")
+    ap.add_argument("--tags-column", help="tagging: the column of each word's tag (default: the run's)")
     ap.add_argument("--prompt-column", help="generation: the prompt column (default: the run's)")
     ap.add_argument("--response-column", help="generation: the response column (default: the run's)")
     ap.add_argument("--messages-column", help="generation: the column of conversations (default: the run's)")
@@ -250,7 +267,8 @@ def override_columns(cfg, args) -> None:
                           f"task.prompt_template from columns {task_template(cfg.task).columns}; give a file "
                           "with those columns")  # fmt: skip
     for field, arg in (("text_column", "text_column"), ("text_pair_column", "pair_column"),
-                       ("label_column", "label_column"), ("prompt_column", "prompt_column"),
+                       ("label_column", "label_column"), ("tokens_column", "tokens_column"),
+                       ("tags_column", "tags_column"), ("prompt_column", "prompt_column"),
                        ("response_column", "response_column"), ("messages_column", "messages_column")):  # fmt: skip
         if getattr(args, arg, None):
             setattr(cfg.task, field, getattr(args, arg))

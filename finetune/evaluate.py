@@ -66,12 +66,20 @@ def evaluate_classifier(tag_dir: Path, args, say) -> dict:
     cfg = classifier_config(tag_dir)
     table, what = examples(cfg, args, say)  # the data is checked before the weights
     model, tok, labels, _ = load_classifier(tag_dir)
-    check_labels(table, cfg.task.label_column, labels, what)
-    rows = classification_rows(tok, table, cfg.task, labels, cfg.data.seq_len, model.cfg.type_vocab_size > 0)
-    metrics = classification_metrics(score(model, rows, ClassifyCollator(tok.pad_token_id), classify_loss,
-                                           args.batch_size))  # fmt: skip
+    with_types = model.cfg.type_vocab_size > 0
+    if cfg.task.kind == "tag":  # a tag per word: scored per word, and by entity for BIO tags
+        from finetune.tagging import TagCollator, TagLoss, tag_metrics, tag_rows
+
+        check_labels(table, cfg.task.tags_column, labels, what, tags=True)
+        rows = tag_rows(tok, table, cfg.task, labels, cfg.data.seq_len, with_types)
+        metrics = tag_metrics(score(model, rows, TagCollator(tok.pad_token_id), TagLoss(labels), args.batch_size))
+    else:
+        check_labels(table, cfg.task.label_column, labels, what)
+        rows = classification_rows(tok, table, cfg.task, labels, cfg.data.seq_len, with_types)
+        metrics = classification_metrics(score(model, rows, ClassifyCollator(tok.pad_token_id), classify_loss,
+                                               args.batch_size))  # fmt: skip
     out = {k.removeprefix("val_"): v for k, v in metrics.items()}
-    return {"task": "classify", "data": what, "examples": len(rows), "labels": labels, **out}
+    return {"task": cfg.task.kind, "data": what, "examples": len(rows), "labels": labels, **out}
 
 
 def evaluate_generator(tag_dir: Path, args, say) -> dict:
@@ -186,7 +194,7 @@ def _show(result: dict) -> None:
     print(f"{result['examples']} examples from {result['data']}")
     for key, value in result.items():
         if isinstance(value, float):
-            print(f"  {key:<12} {value:.4f}")
+            print(f"  {key:<16} {value:.4f}")
     if "confusion" in result:
         labels = result["labels"]
         width = max(len(x) for x in labels) + 2

@@ -5,6 +5,10 @@ checkpoint, else the newest) or checkpoint. FILE is .txt (one text per line), or
 jsonl/json or parquet with a text column (the run's, or --text-column; headerless tables take
 --no-header --column-names). Writes JSON lines:
 {"text": ..., "label": ..., "probabilities": {label: p, ...}}.
+
+A tagging run (task.kind tag) tags words: FILE is .txt (a line's words, split at whitespace), or a
+table whose tokens column (the run's, or --tokens-column) holds lists of words (or texts). Writes
+{"tokens": [...], "tags": [...]}, a tag per word (null for a word past data.seq_len tokens).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def load_classifier(path: str | Path, warn=print, say=None):
         say(f"weights: {ckpt.describe(tag_dir)}")
     cfg = classifier_config(tag_dir)
     labels = json.loads((tag_dir / "labels.json").read_text())
-    pooling = cfg.task.pooling_for(cfg.model.arch)
+    pooling = cfg.task.pooling_for(cfg.model.arch) if cfg.task.kind == "classify" else None  # tag: every token
     model = Classifier(build_model(cfg.model.for_padding(cfg.task.attention)), len(labels), pooling,
                        cfg.task.classifier_dropout)  # fmt: skip
     missing, unexpected = model.load_state_dict(consolidated_state_dict(tag_dir), strict=False)
@@ -86,6 +90,54 @@ def read_texts(file: str, args, cfg) -> tuple[list[str], list[str] | None]:
     return texts, [str(x) for x in table[pair_column]] if pair_column else None
 
 
+def read_words(file: str, args, cfg) -> list[list[str]]:
+    """The words of each example to tag: a .txt file's lines split at whitespace (blank lines left
+    out), or a table's tokens column (lists of words, or texts split at whitespace)."""
+    from finetune.data import file_table
+    from finetune.tagging import word_column
+    from pretrain.config import ConfigError
+    from pretrain.data.sources import DataError, kind_suffix, open_bytes
+
+    path = Path(file)
+    if not path.is_file():
+        raise ConfigError(f"{file}: no such file")
+    kind = getattr(args, "kind", None)
+    if kind == "text" or (kind is None and kind_suffix(path) in (".txt", "")):
+        with open_bytes(path) as fh:
+            lines = fh.read().decode("utf-8-sig", errors="replace").splitlines()
+        return [line.split() for line in lines if line.strip()]
+    column = args.tokens_column or cfg.task.tokens_column
+    table = file_table(file, args)
+    if column not in table.column_names:
+        raise ConfigError(f"{file}: no column {column!r} (--tokens-column); the file has {table.column_names}")
+    try:
+        table = word_column(table, column, None, file)
+    except DataError as e:
+        raise ConfigError(str(e).replace("task.tokens_column", "--tokens-column")) from None
+    return [json.loads(x) for x in table[column]]
+
+
+@torch.no_grad()
+def predict_tags(model, tok, labels: list[str], words: list[list[str]], max_length=512, batch_size=32) -> list:
+    """Each example's words with the tag of each (its first token's most likely tag; None for a
+    word past ``max_length`` tokens)."""
+    from finetune.tagging import first_tokens
+    from finetune.tasks import pad
+
+    with_types = model.cfg.type_vocab_size > 0
+    out = []
+    for start in range(0, len(words), batch_size):
+        chunk = words[start : start + batch_size]
+        enc, firsts = first_tokens(tok, chunk, max_length, with_types)
+        ids = enc["input_ids"]
+        kwargs = {"token_type_ids": pad(enc["token_type_ids"], 0)} if with_types else {}
+        guess = model(pad(ids, tok.pad_token_id), attention_mask=pad([[1] * len(x) for x in ids], 0),
+                      **kwargs).argmax(-1)  # fmt: skip
+        for ws, first, row in zip(chunk, firsts, guess.tolist(), strict=True):
+            out.append({"tokens": ws, "tags": [None if k is None else labels[row[k]] for k in first]})
+    return out
+
+
 @torch.no_grad()
 def predict(model, tok, labels: list[str], texts: list[str], pairs=None, max_length=512, batch_size=32) -> list:
     with_types = model.cfg.type_vocab_size > 0
@@ -128,9 +180,15 @@ def main(argv: list[str] | None = None) -> None:
         results = None if args.out else results_stdout()  # JSON lines alone: what loading prints goes to stderr
 
         tag_dir = ckpt.resolve(args.checkpoint, warn=say, best=True)
-        texts, pairs = read_texts(args.file, args, classifier_config(tag_dir))  # the file is checked before the weights
-        model, tok, labels, cfg = load_classifier(tag_dir, warn=say, say=say)
-        rows = predict(model, tok, labels, texts, pairs, max_length=cfg.data.seq_len)
+        cfg = classifier_config(tag_dir)
+        if cfg.task.kind == "tag":
+            words = read_words(args.file, args, cfg)  # the file is checked before the weights
+            model, tok, labels, cfg = load_classifier(tag_dir, warn=say, say=say)
+            rows = predict_tags(model, tok, labels, words, max_length=cfg.data.seq_len)
+        else:
+            texts, pairs = read_texts(args.file, args, cfg)
+            model, tok, labels, cfg = load_classifier(tag_dir, warn=say, say=say)
+            rows = predict(model, tok, labels, texts, pairs, max_length=cfg.data.seq_len)
         lines = "".join(json.dumps(r) + "\n" for r in rows)
         if args.out:
             Path(args.out).write_text(lines)

@@ -111,6 +111,6 @@ def _names(table) -> list[str]:
 
 def task_template(task) -> PromptTemplate | None:
     """The task's prompt template (None: the prompts are read from prompt_column)."""
-    if task.prompt_template is None or task.kind == "classify":
+    if task.prompt_template is None or task.kind not in ("generate", "seq2seq"):
         return None
     return PromptTemplate(task.prompt_template, into=task.prompt_column)

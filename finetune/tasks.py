@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune.config import FinetuneConfig
-from finetune.data import check_task_sources, require_labels, task_tables
+from finetune.data import check_task_sources, require_labels, task_labels, task_tables
+from finetune.tagging import TagCollator, TagLoss, is_bio, tag_metrics, tag_rows
 from finetune.weights import Pretrained, load_pretrained
 from pretrain.data.batches import IGNORE, Batches
 from pretrain.data.sources import DataError
@@ -24,9 +25,10 @@ from pretrain.trainer import lm_loss, seq2seq_loss
 
 
 class Classifier(nn.Module):
-    """A pretrained body, pooled (first / last real / mean token), then dropout and a linear head."""
+    """A pretrained body, pooled (first / last real / mean token), then dropout and a linear head;
+    ``pooling`` None: the head labels every token (task.kind tag), (B, T, labels)."""
 
-    def __init__(self, body: Transformer, num_labels: int, pooling: str, dropout: float):
+    def __init__(self, body: Transformer, num_labels: int, pooling: str | None, dropout: float):
         super().__init__()
         self.cfg = body.cfg
         self.body = body
@@ -46,7 +48,9 @@ class Classifier(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         hidden = self.body.hidden_states(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return self.classifier(self.dropout(pool(hidden, attention_mask, self.pooling)))
+        if self.pooling is not None:
+            hidden = pool(hidden, attention_mask, self.pooling)
+        return self.classifier(self.dropout(hidden))
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -129,12 +133,14 @@ def classification_metrics(sums: dict) -> dict:
     }
 
 
-def check_labels(table, column: str, labels: list[str], what: str) -> None:
-    """A ConfigError naming the labels of ``table`` that the classifier was not trained on."""
-    unseen = sorted({str(x) for x in table[column]} - set(labels))
+def check_labels(table, column: str, labels: list[str], what: str, tags: bool = False) -> None:
+    """A ConfigError naming the labels of ``table`` (``tags``: the tags of its words) that the
+    classifier was not trained on."""
+    given = {tag for x in table[column] for tag in json.loads(x)} if tags else {str(x) for x in table[column]}
+    unseen = sorted(given - set(labels))
     if unseen:
-        raise DataError(f"labels {unseen[:10]} appear in {what} but never in training (training has "
-                        f"{labels[:20]}); add training examples or drop those rows")  # fmt: skip
+        raise DataError(f"{'tags' if tags else 'labels'} {unseen[:10]} appear in {what} but never in training "
+                        f"(training has {labels[:20]}); add training examples or drop those rows")  # fmt: skip
 
 
 def classification_rows(tok, table, t, labels: list[str], seq_len: int, with_types: bool) -> list[dict]:
@@ -265,9 +271,10 @@ class FinetuneTask:
         # The shape is the checkpoint's (run checks the config against it); the kernel one that takes
         # the padding of fine-tuning batches.
         self.model_cfg = self.pretrained.model_cfg.for_padding(cfg.task.attention)
-        self.loss_fn = {"classify": classify_loss, "generate": lm_loss, "seq2seq": seq2seq_loss}[self.kind]
+        self.loss_fn = {"classify": classify_loss, "generate": lm_loss, "seq2seq": seq2seq_loss}.get(self.kind)
         self.eval_metrics = classification_metrics if self.kind == "classify" else LanguageModelTask.eval_metrics
         self.select_metric = ("val_accuracy", max) if self.kind == "classify" else ("val_loss", min)
+        # tag: loss, metrics and the metric to select by follow the tags the data has (prepare)
 
     # -- data
 
@@ -287,6 +294,9 @@ class FinetuneTask:
         if self.kind == "classify":
             rows = self._classification_rows(tables)
             collate = ClassifyCollator(self.tokenizer.pad_token_id)
+        elif self.kind == "tag":
+            rows = self._tag_rows(tables)
+            collate = TagCollator(self.tokenizer.pad_token_id)
         elif self.kind == "seq2seq":
             rows = {split: seq2seq_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len,
                                         self.cfg.target_len, f"the {split} data")
@@ -321,6 +331,18 @@ class FinetuneTask:
         return {split: classification_rows(self.tokenizer, table, t, self.labels, self.cfg.data.seq_len, with_types)
                 for split, table in tables.items()}  # fmt: skip
 
+    def _tag_rows(self, tables) -> dict:
+        t = self.cfg.task
+        self.labels = sorted(task_labels(tables["train"], t))
+        require_labels(self.labels, t.tags_column, "tags_column")
+        if "validation" in tables:
+            check_labels(tables["validation"], t.tags_column, self.labels, "the validation data", tags=True)
+        self.loss_fn, self.eval_metrics = TagLoss(self.labels), tag_metrics
+        self.select_metric = ("val_entity_f1", max) if is_bio(self.labels) else ("val_accuracy", max)
+        with_types = self.pretrained.model_cfg.type_vocab_size > 0
+        return {split: tag_rows(self.tokenizer, table, t, self.labels, self.cfg.data.seq_len, with_types)
+                for split, table in tables.items()}  # fmt: skip
+
     def _sft_rows(self, tables, say) -> dict:
         return {split: sft_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len, f"the {split} data", say)
                 for split, table in tables.items()}  # fmt: skip
@@ -334,8 +356,8 @@ class FinetuneTask:
         if not self.cfg.init_random:
             load_weights(body, self.pretrained.tensors(), gather, skip=self.pretrained.skip)
         model = body
-        if self.kind == "classify":
-            pooling = self.cfg.task.pooling_for(body.cfg.arch)
+        if self.kind in ("classify", "tag"):
+            pooling = self.cfg.task.pooling_for(body.cfg.arch) if self.kind == "classify" else None
             model = Classifier(body, len(self.labels), pooling, self.cfg.task.classifier_dropout)
             if gather is not None:
                 model.reset_head(gather)
@@ -362,4 +384,4 @@ class FinetuneTask:
 
     def extra_files(self) -> dict[str, str]:
         """Saved next to every checkpoint (and in the run directory)."""
-        return {"labels.json": json.dumps(self.labels)} if self.kind == "classify" else {}
+        return {"labels.json": json.dumps(self.labels)} if self.kind in ("classify", "tag") else {}

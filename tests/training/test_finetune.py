@@ -132,6 +132,45 @@ def test_text_pair_classification_from_csv_with_an_encoder(make_config, tmp_path
     assert any(a["probabilities"] != p["probabilities"] for a, p in zip(alone, paired, strict=True))
 
 
+def test_tagging_words_with_an_encoder_on_two_processes_then_evaluate_and_predict(make_config, tmp_path):
+    """A tag per word (BIO: the def keyword and the function's name in each signature) from an
+    encoder's checkpoint, on 2 processes under ZeRO-2: the evaluation's entity F1, summed over the
+    ranks, is what finetune.evaluate finds in one process; predict tags every word in reach."""
+    launch(1, make_config("bert", name="bert-pre", train={"max_steps": 4}))
+    rows = []
+    for f in function_rows():
+        words = f.head.split()[:12]
+        tags = ["B-KW" if w == "def" else "B-FN" if w.startswith(f.name + "(") else "O" for w in words]
+        rows.append({"tokens": words, "ner_tags": tags})
+    data = write_jsonl(tmp_path / "ner.jsonl", rows)
+    cfg = finetune_config(make_config, "ner", tmp_path / "runs" / "bert-pre", {"kind": "tag"},
+                          data={"sources": [{"files": str(data)}], "seq_len": 48}, train={"micro_batch_size": 8})
+    out = launch(2, cfg, module="finetune").stdout
+    val = sum(held_out(json.dumps(r["tokens"]), 0.2) for r in rows)  # held out by the words' JSON text
+    assert f"task tag: {len(rows) - val} training and {val} validation examples, 3 labels; weights from" in out
+    run_dir = tmp_path / "runs" / "ner"
+    final = metrics(run_dir, "eval")[8]
+    assert 0.0 <= final["val_entity_f1"] <= 1.0 and final["val_entity_f1"] > 0.0
+    assert json.loads((run_dir / "checkpoints" / "step_00000008" / "labels.json").read_text()) == ["B-FN", "B-KW", "O"]
+    scores = tmp_path / "ner-scores.json"
+    proc = subprocess.run([sys.executable, "-m", "finetune.evaluate", str(run_dir), "--split", "validation", "--out",
+                           str(scores)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scored = json.loads(scores.read_text())
+    assert scored["loss"] == pytest.approx(final["val_loss"], rel=1e-5)
+    assert scored["entity_f1"] == pytest.approx(final["val_entity_f1"], abs=1e-9)
+    assert sum(map(sum, scored["confusion"])) == sum(map(sum, final["val_confusion"]))
+
+    texts = tmp_path / "heads.txt"
+    texts.write_text("".join(" ".join(r["tokens"]) + "\n" for r in rows[:5]))
+    proc = subprocess.run([sys.executable, "-m", "finetune.predict", str(run_dir), str(texts)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tagged = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [t["tokens"] for t in tagged] == [r["tokens"] for r in rows[:5]]
+    assert all(len(t["tags"]) == len(t["tokens"]) and set(t["tags"]) <= {"B-FN", "B-KW", "O", None} for t in tagged)
+
+
 def test_sft_then_generation_with_and_without_the_kv_cache(make_config, tmp_path):
     from finetune.generate import Sampling, generate, load_decoder
 

@@ -1,0 +1,191 @@
+"""Token classification (task.kind: tag): a label per word, such as named entities (CoNLL's B-PER,
+I-PER, O) or parts of speech. Examples are lists of words with a tag each (datasets' tokens and
+ner_tags layout). The words are joined with spaces and tokenized; the first token of each word
+carries its tag and the others none, so every tokenizer (WordPiece, byte-level BPE) aligns alike.
+Tags written in the BIO scheme are also scored by entity (exact spans of one type), as seqeval
+scores CoNLL."""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+
+import torch
+import torch.nn.functional as F
+
+from pretrain.data.batches import IGNORE
+from pretrain.data.sources import DataError
+
+
+def word_column(table, words: str, tags: str | None, where: str):
+    """``table`` with each example's words (and tags) checked and written as JSON text (one type
+    for every source, and text hold-out can hash). Words are a list of text (a text is split at
+    whitespace); tags a list as long, of names or numbers (datasets' ClassLabel numbers read as
+    their names). A DataError names the first example that is not one."""
+    import datasets
+
+    names = _class_names(table.features[tags]) if tags else None
+    columns = {words: [], **({tags: []} if tags else {})}
+    for i, row in enumerate(table.select_columns(list(columns)).iter(batch_size=1)):
+        said = _words(row[words][0], f"task.tokens_column={words!r}: example {i} of {where}")
+        columns[words].append(json.dumps(said, ensure_ascii=False))
+        if tags:
+            marks = _tags(row[tags][0], names, len(said), f"task.tags_column={tags!r}: example {i} of {where}")
+            columns[tags].append(json.dumps(marks, ensure_ascii=False))
+    kept = {c: table[c] for c in table.column_names if c not in columns}
+    features = datasets.Features({**{c: table.features[c] for c in kept}, **dict.fromkeys(columns, datasets.Value(
+        "large_string"))})  # fmt: skip
+    return datasets.Dataset.from_dict({**{c: list(v) for c, v in kept.items()}, **columns}, features=features)
+
+
+def _class_names(feature) -> list[str] | None:
+    """The names behind a column of ClassLabel lists (datasets' Sequence or list of ClassLabel)."""
+    import datasets
+
+    inner = getattr(feature, "feature", None) or (feature[0] if isinstance(feature, list) and feature else None)
+    return inner.names if isinstance(inner, datasets.ClassLabel) else None
+
+
+def _words(value, what: str) -> list[str]:
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, list) or not all(isinstance(w, str | int | float) and not isinstance(w, bool)
+                                              for w in value):  # fmt: skip
+        raise DataError(f"{what} holds {type(value).__name__} {str(value)[:40]!r}, not a list of words")
+    words = [str(w) for w in value]
+    blank = next((k for k, w in enumerate(words) if not w.strip()), None)
+    if blank is not None or not words:
+        why = f"word {blank} is blank" if words else "it has no words"
+        raise DataError(f"{what}: {why}; a word is text without spaces around it")
+    return words
+
+
+def _tags(value, names: list[str] | None, count: int, what: str) -> list[str]:
+    if not isinstance(value, list):
+        raise DataError(f"{what} holds {type(value).__name__} {str(value)[:40]!r}, not a list of tags (one per word)")
+    if len(value) != count:
+        raise DataError(f"{what} has {len(value)} tags for {count} words; give one tag per word")
+    tags = []
+    for k, tag in enumerate(value):
+        if names is not None and isinstance(tag, int) and 0 <= tag < len(names):
+            tag = names[tag]
+        if tag is None or isinstance(tag, bool | list | dict) or not str(tag).strip():
+            raise DataError(f"{what}: tag {k} is {tag!r}, not a tag (a name such as B-PER, or a number)")
+        tags.append(str(tag))
+    return tags
+
+
+def first_tokens(tok, words: list[list[str]], seq_len: int, with_types: bool) -> tuple[dict, list[list[int | None]]]:
+    """(the tokenizer's encoding of each example's words joined by spaces, cut to seq_len; for each
+    word the index of its first token, None when it lies past the cut)."""
+    texts = [" ".join(w) for w in words]
+    enc = tok(texts, truncation=True, max_length=seq_len, return_offsets_mapping=True,
+              return_token_type_ids=with_types)  # fmt: skip
+    firsts = []
+    for ws, offsets in zip(words, enc["offset_mapping"], strict=True):
+        starts = [0]
+        for w in ws[:-1]:
+            starts.append(starts[-1] + len(w) + 1)
+        first: list[int | None] = [None] * len(ws)
+        for index, (a, b) in enumerate(offsets):
+            if a == b:
+                continue  # a special token ([CLS], end-of-text) covers no character
+            word = bisect_right(starts, b - 1) - 1  # the word of its last character (BPE's leading space)
+            if first[word] is None:
+                first[word] = index
+        firsts.append(first)
+    return enc, firsts
+
+
+def tag_rows(tok, table, t, labels: list[str], seq_len: int, with_types: bool) -> list[dict]:
+    """Tokenized examples: input ids with, at each word's first token, its tag's index (IGNORE at
+    the other tokens, and where a word lies past seq_len)."""
+    index = {name: i for i, name in enumerate(labels)}
+    words = [json.loads(x) for x in table[t.tokens_column]]
+    enc, firsts = first_tokens(tok, words, seq_len, with_types)
+    rows = []
+    for i, (tags, first) in enumerate(zip(table[t.tags_column], firsts, strict=True)):
+        ids = enc["input_ids"][i]
+        marks = [IGNORE] * len(ids)
+        for tag, position in zip(json.loads(tags), first, strict=True):
+            if position is not None:
+                marks[position] = index[tag]
+        rows.append({"input_ids": ids, "tags": marks,
+                     **({"token_type_ids": enc["token_type_ids"][i]} if with_types else {})})  # fmt: skip
+    return rows
+
+
+class TagCollator:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, samples: list[dict]) -> dict:
+        from finetune.tasks import pad
+
+        ids = [s["input_ids"] for s in samples]
+        batch = {"input_ids": pad(ids, self.pad_id), "attention_mask": pad([[1] * len(s) for s in ids], 0),
+                 "labels": pad([s["tags"] for s in samples], IGNORE),
+                 "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
+        if "token_type_ids" in samples[0]:
+            batch["token_type_ids"] = pad([s["token_type_ids"] for s in samples], 0)
+        return batch
+
+
+def is_bio(labels: list[str]) -> bool:
+    """Tags in the BIO (IOB2) scheme: O, and B-TYPE / I-TYPE, at least one entity type."""
+    return any(x.startswith("B-") for x in labels) and all(x == "O" or x[:2] in ("B-", "I-") for x in labels)
+
+
+def entities(tags: list[str]) -> set[tuple[int, int, str]]:
+    """The (start, end, type) spans of a BIO tag sequence, as seqeval reads one in its default
+    mode: an I- that does not continue an entity of its type starts one."""
+    spans, start, kind = set(), None, None
+    for k, tag in enumerate([*tags, "O"]):
+        inside = tag.startswith("I-") and kind == tag[2:]
+        if start is not None and not inside:
+            spans.add((start, k, kind))
+            start, kind = None, None
+        if tag[:2] in ("B-", "I-") and not inside:
+            start, kind = k, tag[2:]
+    return spans
+
+
+class TagLoss:
+    """The loss of a tagging batch (cross-entropy over the tagged tokens) and its sums: the
+    confusion matrix over tags and, for BIO tags, the entities found, given and right."""
+
+    def __init__(self, labels: list[str]):
+        self.labels, self.bio = labels, is_bio(labels)
+
+    def __call__(self, engine, batch: dict):
+        kwargs = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
+        logits = engine(batch["input_ids"], **kwargs)  # (B, T, tags)
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        n, scored = logits.shape[-1], labels != IGNORE
+        guess = logits.argmax(-1)
+        confusion = torch.bincount(labels[scored] * n + guess[scored], minlength=n * n).view(n, n)
+        sums = {"count": int(scored.sum()), "confusion": confusion}
+        if self.bio:
+            found = given = right = 0
+            for truth, pred, keep in zip(labels.tolist(), guess.tolist(), scored.tolist(), strict=True):
+                want = entities([self.labels[t] for t, k in zip(truth, keep, strict=True) if k])
+                got = entities([self.labels[p] for p, k in zip(pred, keep, strict=True) if k])
+                found, given, right = found + len(got), given + len(want), right + len(got & want)
+            sums.update(entities_found=found, entities_given=given, entities_right=right)
+        return loss, sums
+
+
+def tag_metrics(sums: dict) -> dict:
+    """Accuracy, macro-F1 and confusion over the tagged words; for BIO tags, entity precision,
+    recall and F1 (an entity counts when its span and type are both right)."""
+    from finetune.tasks import classification_metrics
+
+    out = classification_metrics(sums)
+    if "entities_found" in sums:
+        right = float(sums["entities_right"])
+        precision = right / max(float(sums["entities_found"]), 1.0)
+        recall = right / max(float(sums["entities_given"]), 1.0)
+        out.update(val_entity_precision=precision, val_entity_recall=recall,
+                   val_entity_f1=2 * precision * recall / max(precision + recall, 1e-12))  # fmt: skip
+    return out

@@ -1,0 +1,123 @@
+"""Token classification (task.kind: tag) data: words and a tag per word, aligned to the tokens of
+a WordPiece and a byte-level BPE tokenizer (the first token of each word carries its tag), BIO
+entities scored as seqeval scores them, and every malformed example named before a process
+starts."""
+
+import json
+
+import pytest
+import torch
+
+from finetune.config import load_finetune_config
+from finetune.data import check_task_sources, task_tables
+from finetune.tagging import TagCollator, TagLoss, entities, first_tokens, is_bio, tag_metrics, tag_rows
+from pretrain.data.batches import IGNORE
+from pretrain.data.sources import DataError
+
+ROWS = [
+    {"tokens": ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."],
+     "ner_tags": ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O"]},
+    {"tokens": ["Peter", "Blackburn"], "ner_tags": ["B-PER", "I-PER"]},
+    {"tokens": ["json.loads(text)", "parses", "it"], "ner_tags": ["B-FN", "O", "O"]},
+]  # fmt: skip
+
+
+def task(*sources, fraction=0.0, **options):
+    overrides = [f"task.{k}={v}" for k, v in {"kind": "tag", **options}.items()]
+    return load_finetune_config(None, ["init_from=somewhere", *overrides, f"data.validation_fraction={fraction}",
+                                       f"data.sources={json.dumps([{'files': str(s)} for s in sources])}"])  # fmt: skip
+
+
+def jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("tokenizer", ["bpe", "wordpiece"])
+def test_each_words_first_token_carries_its_tag_and_no_other_token_does(tmp_path, tokenizer, request):
+    tok = request.getfixturevalue(tokenizer)
+    cfg = task(jsonl(tmp_path / "ner.jsonl", ROWS))
+    table = task_tables(cfg)["train"]
+    labels = sorted({t for r in ROWS for t in r["ner_tags"]})
+    rows = tag_rows(tok, table, cfg.task, labels, 64, False)
+    for row, example in zip(rows, ROWS, strict=True):
+        tagged = [k for k, t in enumerate(row["tags"]) if t != IGNORE]
+        assert [labels[row["tags"][k]] for k in tagged] == example["ner_tags"]  # one per word, in order
+        ends = [*tagged[1:], len(row["input_ids"])]
+        for word, a, b in zip(example["tokens"], tagged, ends, strict=True):  # a word's tokens, up to the next word
+            said = tok.decode(row["input_ids"][a:b]).replace(" ", "").replace("##", "").replace("[SEP]", "")
+            assert said.lower() == word.lower()
+
+
+def test_words_past_the_length_have_no_tag_token():
+    class Chars:  # one token per character, no specials
+        def __call__(self, texts, **_):
+            return {"input_ids": [[ord(c) for c in t][:6] for t in texts],
+                    "offset_mapping": [[(i, i + 1) for i in range(len(t))][:6] for t in texts]}  # fmt: skip
+
+    _, firsts = first_tokens(Chars(), [["ab", "cd", "ef"]], 6, False)
+    assert firsts == [[0, 3, None]]  # "ab cd " fills 6; "ef" lies past it
+
+
+def test_bio_entities_are_scored_by_span_and_type_as_seqeval_does():
+    assert entities(["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "I-LOC"]) == {(0, 2, "PER"), (3, 6, "LOC")}
+    assert entities(["I-PER", "I-PER", "B-PER", "I-ORG"]) == {(0, 2, "PER"), (2, 3, "PER"), (3, 4, "ORG")}
+    assert is_bio(["O", "B-PER", "I-PER"]) and not is_bio(["NOUN", "VERB"]) and not is_bio(["O"])
+    labels = ["B-PER", "I-PER", "O"]
+    loss = TagLoss(labels)
+
+    class Fixed(torch.nn.Module):  # logits that pick the given tags
+        def __init__(self, picks):
+            super().__init__()
+            self.picks = torch.tensor(picks)
+
+        def forward(self, input_ids, **_):
+            return torch.nn.functional.one_hot(self.picks, 3).float() * 5
+
+    truth = [[0, 1, 2, 0], [2, 0, 1, IGNORE]]  # PER(0-2) PER(3); PER(1-3)
+    guess = [[0, 1, 2, 2], [2, 0, 2, 2]]  # PER(0-2) right; PER(1-2) wrong span; the second PER missed
+    batch = TagCollator(0)([{"input_ids": [5] * 4, "tags": t, "position": 0} for t in truth])
+    _, sums = loss(Fixed(guess), batch)
+    assert (sums["entities_found"], sums["entities_given"], sums["entities_right"]) == (2, 3, 1)
+    m = tag_metrics({**sums, "loss_sum": 0.0, "count": sums["count"]})
+    assert m["val_entity_precision"] == pytest.approx(1 / 2) and m["val_entity_recall"] == pytest.approx(1 / 3)
+    assert m["val_entity_f1"] == pytest.approx(0.4) and m["val_accuracy"] == pytest.approx(5 / 7)
+    assert "entities_found" not in TagLoss(["NOUN", "VERB"])(Fixed([[0, 1]]), TagCollator(0)(
+        [{"input_ids": [5, 5], "tags": [0, 1], "position": 0}]))[1]  # fmt: skip
+
+
+def test_class_label_numbers_and_texts_of_words_read_as_names(tmp_path):
+    import datasets
+
+    tags = datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER"]))
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")), "ner_tags": tags})
+    datasets.Dataset.from_dict({"tokens": [["Ada", "wrote"]], "ner_tags": [[1, 0]]}, features=features).to_parquet(
+        tmp_path / "ner.parquet")  # fmt: skip
+    jsonl(tmp_path / "text.jsonl", [{"words": "Ada  wrote", "tags": ["B-PER", "O"]}])
+    table = task_tables(task(tmp_path / "ner.parquet"))["train"]
+    assert json.loads(table["ner_tags"][0]) == ["B-PER", "O"] and json.loads(table["tokens"][0]) == ["Ada", "wrote"]
+    table = task_tables(task(tmp_path / "text.jsonl", tokens_column="words", tags_column="tags"))["train"]
+    assert json.loads(table["words"][0]) == ["Ada", "wrote"]
+
+
+@pytest.mark.parametrize(("row", "said"), [
+    ({"tokens": ["a", "b"], "ner_tags": ["O"]}, "task.tags_column='ner_tags': example 1 of data.sources[0] (train "
+     "data) has 1 tags for 2 words; give one tag per word"),
+    ({"tokens": ["a", "b"], "ner_tags": "O O"}, "holds str 'O O', not a list of tags (one per word)"),
+    ({"tokens": [["a"], "b"], "ner_tags": ["O", "O"]}, "task.tokens_column='tokens': example 1 of"),
+    ({"tokens": ["a", " "], "ner_tags": ["O", "O"]}, "word 1 is blank; a word is text without spaces around it"),
+    ({"tokens": [], "ner_tags": []}, "it has no words"),
+    ({"tokens": ["a"], "ner_tags": [None]}, "tag 0 is None, not a tag"),
+])  # fmt: skip
+def test_an_example_that_is_not_words_and_tags_is_named(tmp_path, row, said):
+    cfg = task(jsonl(tmp_path / "ner.jsonl", [ROWS[1], row]))
+    with pytest.raises(DataError) as e:
+        check_task_sources(cfg)
+    assert said in str(e.value)
+
+
+def test_one_tag_only_or_a_missing_column_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"task.tags_column='ner_tags': the training data has 1 label\(s\) \['O'\]"):
+        check_task_sources(task(jsonl(tmp_path / "one.jsonl", [{"tokens": ["a"], "ner_tags": ["O"]}])))
+    with pytest.raises(DataError, match=r"task.tokens_column='words': no such column"):
+        check_task_sources(task(jsonl(tmp_path / "ner.jsonl", ROWS), tokens_column="words"))
