@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         say(f"scoring {ckpt.describe(tag_dir)}")
         if (tag_dir / "labels.json").exists():
             result = evaluate_classifier(tag_dir, args, say)
-        elif (_raw_config(tag_dir).get("task") or {}).get("kind") in ("generate", "seq2seq"):
+        elif ckpt.saved_task(tag_dir).get("kind") in ("generate", "seq2seq"):
             result = evaluate_generator(tag_dir, args, say)
         else:
             raise ConfigError(f"{tag_dir} is a pretraining checkpoint; evaluate takes a fine-tuning run or checkpoint")
@@ -182,12 +182,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {args.out}")
 
     run()
-
-
-def _raw_config(tag_dir: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load((tag_dir / "config.yaml").read_text()) or {}
 
 
 def _show(result: dict) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError
-from pretrain.export import shape_of
+from pretrain.export import BodyWeights, body_lacks
 from pretrain.model import ModelConfig
 from pretrain.shards import ShardedWeights, has_weights
 
@@ -43,12 +43,6 @@ class Pretrained:
         return {name: materialize(t) for name, t in self.tensors().items()}
 
 
-def body_lacks(model_cfg: ModelConfig) -> tuple[str, ...]:
-    """Name prefixes of what a classifier's body leaves out: the LM head, and an encoder-decoder's
-    decoder (its blocks, position module, norms and position table: all named ``decoder...``)."""
-    return ("head.", "decoder") if model_cfg.arch == "encoder-decoder" else ("head.",)
-
-
 def load_pretrained(init_from: str, best: bool = False) -> Pretrained:
     """Shape, tokenizer and a way to open the weights; the weights themselves are not read here.
     ``best``: from a run directory, its ``best`` checkpoint where there is one (else the newest)."""
@@ -72,35 +66,8 @@ def load_pretrained(init_from: str, best: bool = False) -> Pretrained:
     tensors = consolidated_tensors(tag_dir)  # opened (memory-mapped) now: a refused or unfit file stops us here
     tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
     pre = _opened(cfg.model, tensors, tok, ckpt.describe(tag_dir))
-    pre.prompt_template = _saved_task(tag_dir).get("prompt_template")
+    pre.prompt_template = ckpt.saved_task(tag_dir).get("prompt_template")
     return pre
-
-
-def _saved_task(tag_dir: Path) -> dict:
-    """The task section of a checkpoint's config ({} for a pretraining checkpoint)."""
-    import yaml
-
-    return (yaml.safe_load((tag_dir / "config.yaml").read_text()) or {}).get("task") or {}
-
-
-class BodyWeights(Mapping):
-    """A classification checkpoint's tensors seen as its body's: ``body.X`` as ``X``, the head left out."""
-
-    def __init__(self, tensors: Mapping):
-        self._tensors = tensors
-        self._names = [k.removeprefix("body.") for k in tensors if k.startswith("body.")]
-
-    def __getitem__(self, name: str):
-        return self._tensors["body." + name]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return shape_of(self._tensors, "body." + name)
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
 
 
 def _opened(model_cfg: ModelConfig, tensors: Mapping, tok, source: str, body_only: bool = False) -> Pretrained:

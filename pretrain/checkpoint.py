@@ -221,6 +221,13 @@ def saved_config(tag_dir: Path) -> RunConfig:
         raise ConfigError(f"the config of checkpoint {tag_dir} does not read in this release ({e}); {MIGRATION}") from e
 
 
+def saved_task(tag_dir: Path) -> dict:
+    """The task section of a checkpoint's config, as written ({} for a pretraining checkpoint)."""
+    import yaml
+
+    return (yaml.safe_load((tag_dir / "config.yaml").read_text()) or {}).get("task") or {}
+
+
 def rng_state() -> dict:
     """Every RNG's state as plain JSON data (no pickle: a checkpoint must not be able to run code)."""
     version, key, gauss = random.getstate()

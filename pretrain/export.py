@@ -6,17 +6,19 @@ Writes, from the newest complete checkpoint of a run (or the checkpoint given):
                          model-0000i-of-0000n.safetensors + model.safetensors.index.json;
                          config.yaml, tokenizer/
   OUT_DIR/hf/            an HF transformers directory (config.json, the weights laid out the same
-                         way, tokenizer) for the GPT-2, LLaMA and BERT families
+                         way, tokenizer) for the GPT-2, LLaMA, BERT and DeBERTa families, T5 and
+                         BART; a tagger (task.kind tag) as XForTokenClassification
 Tensors are read and written one at a time, a shard at most held in memory.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-import yaml
 
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, exit_on_config_error, load_config, save_config
@@ -41,8 +43,7 @@ def consolidated_tensors(tag_dir: Path) -> dict:
         from pretrain.adapters import MergedAdapters, has_adapters
 
         if has_adapters(tensors):  # a LoRA fine-tuning checkpoint: read as the merged model
-            task = (yaml.safe_load((tag_dir / "config.yaml").read_text()) or {}).get("task") or {}
-            return MergedAdapters(tensors, float(task.get("lora_alpha", 16.0)))
+            return MergedAdapters(tensors, float(ckpt.saved_task(tag_dir).get("lora_alpha", 16.0)))
         return tensors
     except ConfigError:
         raise
@@ -93,6 +94,32 @@ def load_weights(model, tensors, gather=None, skip: tuple[str, ...] = ()) -> Non
                     param.copy_(materialize(tensors[name]).to(param.dtype))
 
 
+def body_lacks(model_cfg) -> tuple[str, ...]:
+    """Name prefixes of what a classifier's body leaves out: the LM head, and an encoder-decoder's
+    decoder (its blocks, position module, norms and position table: all named ``decoder...``)."""
+    return ("head.", "decoder") if model_cfg.arch == "encoder-decoder" else ("head.",)
+
+
+class BodyWeights(Mapping):
+    """A classification checkpoint's tensors seen as its body's: ``body.X`` as ``X``, the head left out."""
+
+    def __init__(self, tensors: Mapping):
+        self._tensors = tensors
+        self._names = [k.removeprefix("body.") for k in tensors if k.startswith("body.")]
+
+    def __getitem__(self, name: str):
+        return self._tensors["body." + name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return shape_of(self._tensors, "body." + name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def load_model(state_dict: dict, model_cfg):
     """Our model with a consolidated state dict (a tied output matrix may be absent)."""
     from pretrain.model import build_model
@@ -116,7 +143,9 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     if out.resolve().is_relative_to(folder.resolve()):
         raise ConfigError(f"{out}: inside {folder}, where an export would be taken for (and pruned as) part of a "
                           "checkpoint; export to another folder")  # fmt: skip
-    if (tag_dir / "labels.json").exists():
+    task = ckpt.saved_task(tag_dir)
+    tagger = (tag_dir / "labels.json").exists() and task.get("kind") == "tag"
+    if (tag_dir / "labels.json").exists() and not tagger:
         raise ConfigError(f"{tag_dir} is a classifier's checkpoint: its head (pooling, then a linear layer with a "
                           "bias) has no transformers class that computes the same, so it is not exported; "
                           "python -m finetune.predict and finetune.evaluate read the checkpoint itself, and "
@@ -124,7 +153,7 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     print(f"exporting {ckpt.describe(tag_dir)}")
     cfg = ckpt.saved_config(tag_dir)
     tensors = consolidated_tensors(tag_dir)
-    check_fits(tensors, cfg.model)
+    check_fits(BodyWeights(tensors) if tagger else tensors, cfg.model, skip=body_lacks(cfg.model) if tagger else ())
     tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
     cons = out / "consolidated"
     tied = cfg.model.tied_output_keys  # one tensor, stored once
@@ -139,6 +168,9 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     tok.model_max_length = cfg.model.max_seq_len  # what the positions allow (transformers' default is 1e30)
     tok.save_pretrained(str(cons / "tokenizer"))
     written = {"checkpoint": tag_dir, "consolidated": cons}
+    if cfg.model.arch == "encoder-decoder" and tagger:
+        print("no HF export: an encoder-decoder's tagger (its encoder and head) has no transformers class here")
+        return written
     if cfg.model.arch == "encoder-decoder":
         return {**written, **_export_seq2seq(cons, cfg, tok, out / "hf")}
     try:
@@ -150,15 +182,39 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     hf_cfg, ids = hf_config(cfg.model), special_token_ids(tok)
     for name, value in ids.items():
         setattr(hf_cfg, name, value)
+    if tagger:
+        hf_tagger_config(hf_cfg, cfg.model, json.loads((tag_dir / "labels.json").read_text()), task)
     hf_cfg.save_pretrained(str(hf_dir))
-    if cfg.model.arch == "decoder":  # generate() and pipelines stop at end-of-text and pad with it
+    if cfg.model.arch == "decoder" and not tagger:  # generate() and pipelines stop at end-of-text and pad with it
         from transformers import GenerationConfig
 
         GenerationConfig(**ids).save_pretrained(str(hf_dir))
-    write_sharded(hf_tensors(cfg.model, tensors, materialize), hf_dir, max_shard_bytes)
+    write_sharded(tagger_tensors(cfg.model, tensors) if tagger else hf_tensors(cfg.model, tensors, materialize),
+                  hf_dir, max_shard_bytes)  # fmt: skip
     tok.save_pretrained(str(hf_dir))
     written["hf"] = hf_dir
     return written
+
+
+def hf_tagger_config(hf_cfg, model_cfg, labels: list[str], task: dict) -> None:
+    """A transformers config made the token classifier's: its class, the tags by id, the dropout."""
+    from pretrain.model.hf import token_classifier
+
+    hf_cfg.architectures = [token_classifier(model_cfg)[0]]
+    hf_cfg.id2label = dict(enumerate(labels))
+    hf_cfg.label2id = {name: i for i, name in enumerate(labels)}
+    hf_cfg.classifier_dropout = float(task.get("classifier_dropout", 0.1))
+
+
+def tagger_tensors(model_cfg, tensors: Mapping):
+    """(HF name, make the tensor) for a tagger's checkpoint: its body under the LM class's names
+    without the LM head, then the head as the token-classification class names it."""
+    from pretrain.model.hf import hf_tensors, token_classifier
+
+    yield from hf_tensors(model_cfg, BodyWeights(tensors), materialize, body_only=True)
+    head = token_classifier(model_cfg)[1]
+    for part in ("weight", "bias"):
+        yield f"{head}.{part}", lambda part=part: materialize(tensors[f"classifier.{part}"])
 
 
 def _export_seq2seq(consolidated: Path, cfg, tok, hf_dir: Path) -> dict[str, Path]:

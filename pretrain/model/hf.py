@@ -381,10 +381,12 @@ def from_hf(hf_model) -> tuple[ModelConfig, Transformer]:
     return cfg, model
 
 
-def hf_tensors(cfg: ModelConfig, ours: Mapping, take: Callable = lambda t: t) -> Iterator[tuple[str, Callable]]:
+def hf_tensors(cfg: ModelConfig, ours: Mapping, take: Callable = lambda t: t,
+               body_only: bool = False) -> Iterator[tuple[str, Callable]]:  # fmt: skip
     """(HF name, make the tensor) for every tensor of the HF model, from our tensors by name,
     ``take`` turning each into a tensor when it is made (for lazy sources): an export streams
-    them one at a time. A tied output matrix is left out (transformers ties it when it loads)."""
+    them one at a time. A tied output matrix is left out (transformers ties it when it loads).
+    ``body_only``: the stack without its LM head (a tagger's body, under the same names)."""
     family = family_of(cfg)
     q_dim, kv_dim = cfg.num_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
 
@@ -398,12 +400,22 @@ def hf_tensors(cfg: ModelConfig, ours: Mapping, take: Callable = lambda t: t) ->
         return make
 
     for name, hf_names, transposed in _table(family, cfg):
-        if name in cfg.tied_output_keys:
+        if name in cfg.tied_output_keys or (body_only and name.startswith("head.")):
             continue
         for i, h in enumerate(hf_names):
             yield h, part(name, i, len(hf_names), transposed)
     if family == "bert" and not cfg.type_vocab_size:  # BERT always has a segment table; ours adds nothing
         yield "bert.embeddings.token_type_embeddings.weight", lambda: torch.zeros(1, cfg.d_model)
+
+
+def token_classifier(cfg: ModelConfig) -> tuple[str, str]:
+    """(the transformers class that tags tokens with this model's body, its head's name): the body
+    under the LM class's names, then dropout and a linear layer with a bias, as our tagger."""
+    family = family_of(cfg)
+    if family == "llama":
+        return ("MistralForTokenClassification" if cfg.sliding_window else "LlamaForTokenClassification"), "score"
+    return {"gpt2": "GPT2ForTokenClassification", "bert": "BertForTokenClassification",
+            "deberta": "DebertaV2ForTokenClassification"}[family], "classifier"  # fmt: skip
 
 
 def hf_config(cfg: ModelConfig):

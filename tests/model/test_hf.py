@@ -303,3 +303,29 @@ def test_deberta_v3_base_has_the_shape_of_microsofts():
 def test_deberta_variants_we_do_not_build_are_refused_by_name(kw, what):
     with pytest.raises(ValueError, match="DeBERTa with .*" + what.replace("[", r"\[").replace("]", r"\]")):
         config_from_hf(tf.DebertaV2Config(**{**DEBERTA, **kw}))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-tied-bias", "mistral", "bert", "deberta"])
+def test_a_tagger_is_transformers_token_classification_class_with_the_same_logits(name):
+    """A tagger's checkpoint (our body, a linear head per token) as the export writes it: the body
+    under the LM class's names without the LM head, the head as XForTokenClassification names it."""
+    from finetune.tasks import Classifier
+    from pretrain.export import hf_tagger_config, tagger_tensors
+    from pretrain.model.hf import hf_config, token_classifier
+
+    cfg, _ = from_hf(hf_models()[name]())
+    torch.manual_seed(0)
+    ours = Classifier(Transformer(cfg), num_labels=5, pooling=None, dropout=0.0).eval()
+    perturb(ours)
+    hf_cfg = hf_config(cfg)
+    hf_tagger_config(hf_cfg, cfg, ["B-A", "I-A", "B-B", "I-B", "O"], {"classifier_dropout": 0.0})
+    hf = getattr(tf, token_classifier(cfg)[0])(hf_cfg).eval()
+    missing, unexpected = hf.load_state_dict(dict((n, make()) for n, make in tagger_tensors(cfg, ours.state_dict())),
+                                             strict=False)  # fmt: skip
+    assert not missing and not unexpected, (missing, unexpected)
+    ids, mask, _ = inputs()
+    keep = mask.bool()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids, attention_mask=mask).logits[keep],
+                                   ours(ids, attention_mask=mask)[keep], atol=ATOL, rtol=0)  # fmt: skip
+    assert hf.config.id2label[4] == "O" and hf.config.num_labels == 5

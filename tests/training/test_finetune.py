@@ -170,6 +170,24 @@ def test_tagging_words_with_an_encoder_on_two_processes_then_evaluate_and_predic
     assert [t["tokens"] for t in tagged] == [r["tokens"] for r in rows[:5]]
     assert all(len(t["tags"]) == len(t["tokens"]) and set(t["tags"]) <= {"B-FN", "B-KW", "O", None} for t in tagged)
 
+    # the HF export is BertForTokenClassification: the same logits, and transformers' pipeline tags
+    from transformers import AutoModelForTokenClassification, pipeline
+
+    from finetune.predict import load_classifier
+
+    proc = subprocess.run([sys.executable, "-m", "pretrain.export", str(run_dir), str(tmp_path / "exp")], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hf = AutoModelForTokenClassification.from_pretrained(tmp_path / "exp" / "hf").eval()
+    assert type(hf).__name__ == "BertForTokenClassification" and hf.config.id2label == {0: "B-FN", 1: "B-KW", 2: "O"}
+    ours, tok, _, _ = load_classifier(run_dir)
+    ids = tok([" ".join(rows[0]["tokens"])], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids["input_ids"]).logits, ours(ids["input_ids"]), atol=1e-4, rtol=0)
+    found = pipeline("token-classification", model=hf, tokenizer=tok, ignore_labels=[])(" ".join(rows[0]["tokens"]))
+    guess = ours(ids["input_ids"])[0, 1:-1].argmax(-1).tolist()  # its tokens but [CLS] and [SEP]
+    assert [f["entity"] for f in found] == [["B-FN", "B-KW", "O"][g] for g in guess]
+
 
 def test_sft_then_generation_with_and_without_the_kv_cache(make_config, tmp_path):
     from finetune.generate import Sampling, generate, load_decoder
