@@ -11,11 +11,12 @@ from pretrain.model.config import check_padding_kernel
 
 @dataclass
 class TaskConfig:
-    kind: Literal["classify", "tag", "generate", "seq2seq"] = "classify"
+    kind: Literal["classify", "tag", "qa", "generate", "seq2seq"] = "classify"
     """classify: a label per text (or text pair). tag: a label per word (named entities, parts of
-    speech). generate: supervised fine-tuning of a decoder on prompt/response pairs, with the loss
-    on response tokens only. seq2seq: an encoder-decoder reads the prompt (source) and learns to
-    write the response (target)."""
+    speech). qa: extractive question answering (the answer a span of the context). generate:
+    supervised fine-tuning of a decoder on prompt/response pairs, with the loss on response tokens
+    only. seq2seq: an encoder-decoder reads the prompt (source) and learns to write the response
+    (target)."""
     builtin: Literal["stdlib-packages", "stdlib-bodies", "stdlib-names"] | None = None
     """A demo task made from the built-in corpus (no download): stdlib-packages labels a function
     with the top-level standard-library package it comes from; stdlib-bodies asks for a
@@ -33,6 +34,13 @@ class TaskConfig:
     """tag: the column of each word's tag (a list as long as the words: names such as B-PER, or
     numbers; datasets' ClassLabel numbers are read as their names). Tags in the BIO scheme are also
     scored by entity."""
+    question_column: str = "question"
+    """qa: the column with the question."""
+    context_column: str = "context"
+    """qa: the column with the text the answer is a span of."""
+    answers_column: str = "answers"
+    """qa: the column with the answer: SQuAD's {text: [...], answer_start: [...]} (several right
+    answers; empty lists: the context holds none, as in SQuAD 2.0), or a text found in the context."""
     prompt_column: str = "prompt"
     """generate, seq2seq: the column with the prompt or source (no loss on it)."""
     response_column: str = "response"
@@ -98,7 +106,7 @@ class TaskConfig:
     def _check_prompt_template(self) -> None:
         from finetune.prompts import PromptTemplate
 
-        if self.kind in ("classify", "tag"):
+        if self.kind in ("classify", "tag", "qa"):
             raise ValueError(f"prompt_template with kind={self.kind}: a prompt template writes the prompts of "
                              "kind=generate or seq2seq from a table's columns")  # fmt: skip
         if self.messages_column is not None or self.builtin:
@@ -146,9 +154,9 @@ class TaskConfig:
         if self.builtin == "stdlib-names" and self.kind != "seq2seq":
             raise ValueError("builtin='stdlib-names' is a sequence-to-sequence task: set task.kind=seq2seq (an "
                              "encoder-decoder)")  # fmt: skip
-        if self.builtin and self.kind == "tag":
-            raise ValueError(f"builtin={self.builtin!r} with kind=tag: the built-in tasks have no tags per word; give "
-                             "data.sources with tokens_column and tags_column")  # fmt: skip
+        if self.builtin and self.kind in ("tag", "qa"):
+            raise ValueError(f"builtin={self.builtin!r} with kind={self.kind}: the built-in tasks are not of this "
+                             "kind; give data.sources with the task's columns")  # fmt: skip
         if self.builtin == "stdlib-bodies" and self.kind == "classify":
             raise ValueError("builtin='stdlib-bodies' is a generation task: set task.kind=generate (a decoder) "
                              "or seq2seq (an encoder-decoder)")  # fmt: skip

@@ -19,6 +19,9 @@ def task_columns(cfg) -> dict[str, str]:
         return {"messages_column": t.messages_column, "tools_column": t.tools_column}
     if t.kind == "tag":
         return {"tokens_column": t.tokens_column, "tags_column": t.tags_column}
+    if t.kind == "qa":
+        return {"question_column": t.question_column, "context_column": t.context_column,
+                "answers_column": t.answers_column}
     if t.kind in ("generate", "seq2seq") and t.prompt_template is not None:
         fields = {f"prompt_template {{{c}}}": c for c in task_template(t).columns}
         return {**fields, "response_column": t.response_column}
@@ -66,6 +69,11 @@ def source_table(src: SourceConfig, part: str, columns: dict[str, str], where: s
         table = conversation_column(table, columns["messages_column"], f"{where} ({part} data)")
     if "tools_column" in columns:
         table = tools_column(table, columns["tools_column"], f"{where} ({part} data)")
+    if "answers_column" in columns:
+        from finetune.answers import answer_column
+
+        table = answer_column(table, columns["question_column"], columns["context_column"], columns["answers_column"],
+                              f"{where} ({part} data)")  # fmt: skip
     if "tokens_column" in columns:
         from finetune.tagging import word_column
 
@@ -171,7 +179,8 @@ def task_tables(cfg, say=print) -> dict:
     import datasets
 
     t, frac, columns, template = cfg.task, cfg.data.validation_fraction, task_columns(cfg), task_template(cfg.task)
-    key = {"classify": t.text_column, "tag": t.tokens_column}.get(t.kind) or t.messages_column or t.prompt_column
+    key = {"classify": t.text_column, "tag": t.tokens_column, "qa": t.question_column}.get(t.kind)
+    key = key or t.messages_column or t.prompt_column
     parts = {"train": [], "validation": []}
     for i, src in enumerate(task_sources(cfg)):
         where = f"data.sources[{i}]"
@@ -209,6 +218,9 @@ def add_file_arguments(ap) -> None:
     ap.add_argument("--label-column", help="classification: the column with the label (default: the run's)")
     ap.add_argument("--tokens-column", help="tagging: the column of each example's words (default: the run's)")
     ap.add_argument("--tags-column", help="tagging: the column of each word's tag (default: the run's)")
+    ap.add_argument("--question-column", help="question answering: the question column (default: the run's)")
+    ap.add_argument("--context-column", help="question answering: the context column (default: the run's)")
+    ap.add_argument("--answers-column", help="question answering: the answers column (default: the run's)")
     ap.add_argument("--prompt-column", help="generation: the prompt column (default: the run's)")
     ap.add_argument("--response-column", help="generation: the response column (default: the run's)")
     ap.add_argument("--messages-column", help="generation: the column of conversations (default: the run's)")
@@ -268,7 +280,9 @@ def override_columns(cfg, args) -> None:
                           "with those columns")  # fmt: skip
     for field, arg in (("text_column", "text_column"), ("text_pair_column", "pair_column"),
                        ("label_column", "label_column"), ("tokens_column", "tokens_column"),
-                       ("tags_column", "tags_column"), ("prompt_column", "prompt_column"),
+                       ("tags_column", "tags_column"), ("question_column", "question_column"),
+                       ("context_column", "context_column"), ("answers_column", "answers_column"),
+                       ("prompt_column", "prompt_column"),
                        ("response_column", "response_column"), ("messages_column", "messages_column")):  # fmt: skip
         if getattr(args, arg, None):
             setattr(cfg.task, field, getattr(args, arg))

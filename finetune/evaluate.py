@@ -67,6 +67,8 @@ def evaluate_classifier(tag_dir: Path, args, say) -> dict:
     table, what = examples(cfg, args, say)  # the data is checked before the weights
     model, tok, labels, _ = load_classifier(tag_dir)
     with_types = model.cfg.type_vocab_size > 0
+    if cfg.task.kind == "qa":
+        return evaluate_answers(model, tok, cfg, table, what, args.batch_size)
     if cfg.task.kind == "tag":  # a tag per word: scored per word, and by entity for BIO tags
         from finetune.tagging import TagCollator, TagLoss, tag_metrics, tag_rows
 
@@ -80,6 +82,24 @@ def evaluate_classifier(tag_dir: Path, args, say) -> dict:
                                                args.batch_size))  # fmt: skip
     out = {k.removeprefix("val_"): v for k, v in metrics.items()}
     return {"task": cfg.task.kind, "data": what, "examples": len(rows), "labels": labels, **out}
+
+
+def evaluate_answers(model, tok, cfg, table, what: str, batch_size: int) -> dict:
+    """Extractive QA: loss and spans by token, as training scores them, then the answers' text
+    against every reference answer as SQuAD's script scores it (exact match and F1, 0-1)."""
+    from finetune.answers import QACollator, predict_answers, qa_loss, qa_metrics, qa_rows, text_scores
+
+    t = cfg.task
+    rows, _ = qa_rows(tok, table, t, cfg.data.seq_len, model.cfg.type_vocab_size > 0, training=False)
+    metrics = qa_metrics(score(model, rows, QACollator(tok.pad_token_id), qa_loss, batch_size))
+    questions, contexts = [str(x) for x in table[t.question_column]], [str(x) for x in table[t.context_column]]
+    found = predict_answers(model, tok, questions, contexts, cfg.data.seq_len, batch_size)
+    wanted = [[text for _, text in json.loads(a)] for a in table[t.answers_column]]
+    scores = [text_scores(got, refs) for (got, _), refs in zip(found, wanted, strict=True)]
+    n = max(len(scores), 1)
+    out = {k.removeprefix("val_"): v for k, v in metrics.items()}
+    return {"task": "qa", "data": what, "examples": len(rows), **out,
+            "exact_match": sum(e for e, _ in scores) / n, "f1": sum(f for _, f in scores) / n}  # fmt: skip
 
 
 def evaluate_generator(tag_dir: Path, args, say) -> dict:

@@ -6,6 +6,10 @@ jsonl/json or parquet with a text column (the run's, or --text-column; headerles
 --no-header --column-names). Writes JSON lines:
 {"text": ..., "label": ..., "probabilities": {label: p, ...}}.
 
+A question-answering run (task.kind qa) reads a table's question and context columns (the run's,
+or --question-column, --context-column) and writes {"question": ..., "answer": ..., "start": ...}
+(the answer's first character in the context; "" and null where it finds none).
+
 A tagging run (task.kind tag) tags words: FILE is .txt (a line's words, split at whitespace), or a
 table whose tokens column (the run's, or --tokens-column) holds lists of words (or texts). Writes
 {"tokens": [...], "tags": [...]}, a tag per word (null for a word past data.seq_len tokens).
@@ -117,6 +121,23 @@ def read_words(file: str, args, cfg) -> list[list[str]]:
     return [json.loads(x) for x in table[column]]
 
 
+def read_questions(file: str, args, cfg) -> tuple[list[str], list[str]]:
+    """The questions and their contexts of a table (the run's columns, or --question-column and
+    --context-column)."""
+    from finetune.data import file_table
+    from pretrain.config import ConfigError
+
+    if not Path(file).is_file():
+        raise ConfigError(f"{file}: no such file")
+    table = file_table(file, args)
+    columns = [(flag, getattr(args, f"{what}_column", None) or getattr(cfg.task, f"{what}_column"))
+               for flag, what in (("--question-column", "question"), ("--context-column", "context"))]  # fmt: skip
+    for flag, column in columns:
+        if column not in table.column_names:
+            raise ConfigError(f"{file}: no column {column!r} ({flag}); the file has {table.column_names}")
+    return [str(x) for x in table[columns[0][1]]], [str(x) for x in table[columns[1][1]]]
+
+
 @torch.no_grad()
 def predict_tags(model, tok, labels: list[str], words: list[list[str]], max_length=512, batch_size=32) -> list:
     """Each example's words with the tag of each (its first token's most likely tag; None for a
@@ -181,7 +202,15 @@ def main(argv: list[str] | None = None) -> None:
 
         tag_dir = ckpt.resolve(args.checkpoint, warn=say, best=True)
         cfg = classifier_config(tag_dir)
-        if cfg.task.kind == "tag":
+        if cfg.task.kind == "qa":
+            from finetune.answers import predict_answers
+
+            questions, contexts = read_questions(args.file, args, cfg)  # the file is checked before the weights
+            model, tok, labels, cfg = load_classifier(tag_dir, warn=say, say=say)
+            found = predict_answers(model, tok, questions, contexts, cfg.data.seq_len)
+            rows = [{"question": q, "answer": text, "start": at}
+                    for q, (text, at) in zip(questions, found, strict=True)]  # fmt: skip
+        elif cfg.task.kind == "tag":
             words = read_words(args.file, args, cfg)  # the file is checked before the weights
             model, tok, labels, cfg = load_classifier(tag_dir, warn=say, say=say)
             rows = predict_tags(model, tok, labels, words, max_length=cfg.data.seq_len)

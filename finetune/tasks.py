@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from finetune.answers import QACollator, qa_loss, qa_metrics, qa_rows
 from finetune.config import FinetuneConfig
 from finetune.data import check_task_sources, require_labels, task_labels, task_tables
 from finetune.tagging import TagCollator, TagLoss, is_bio, tag_metrics, tag_rows
@@ -275,6 +276,9 @@ class FinetuneTask:
         self.eval_metrics = classification_metrics if self.kind == "classify" else LanguageModelTask.eval_metrics
         self.select_metric = ("val_accuracy", max) if self.kind == "classify" else ("val_loss", min)
         # tag: loss, metrics and the metric to select by follow the tags the data has (prepare)
+        if self.kind == "qa":
+            self.loss_fn, self.eval_metrics, self.select_metric = qa_loss, qa_metrics, ("val_span_f1", max)
+            self.labels = ["start", "end"]  # the head's two outputs per token
 
     # -- data
 
@@ -297,6 +301,9 @@ class FinetuneTask:
         elif self.kind == "tag":
             rows = self._tag_rows(tables)
             collate = TagCollator(self.tokenizer.pad_token_id)
+        elif self.kind == "qa":
+            rows = self._qa_rows(tables, say)
+            collate = QACollator(self.tokenizer.pad_token_id)
         elif self.kind == "seq2seq":
             rows = {split: seq2seq_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len,
                                         self.cfg.target_len, f"the {split} data")
@@ -317,7 +324,7 @@ class FinetuneTask:
             say(f"attention: {runs} ({why}; the weights are the same)")
         say(
             f"task {self.kind}: {len(rows['train'])} training and {len(rows.get('validation', []))} validation examples"
-            + (f", {len(self.labels)} labels" if self.labels else "")
+            + (f", {len(self.labels)} labels" if self.kind in ("classify", "tag") else "")
             + f"; weights from {self.pretrained.source}"
         )
 
@@ -343,6 +350,19 @@ class FinetuneTask:
         return {split: tag_rows(self.tokenizer, table, t, self.labels, self.cfg.data.seq_len, with_types)
                 for split, table in tables.items()}  # fmt: skip
 
+    def _qa_rows(self, tables, say) -> dict:
+        with_types, rows = self.pretrained.model_cfg.type_vocab_size > 0, {}
+        for split, table in tables.items():
+            rows[split], left_out = qa_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len, with_types,
+                                            training=split == "train")  # fmt: skip
+            if left_out and not rows[split]:
+                raise DataError(f"every answer of the {split} data lies past data.seq_len={self.cfg.data.seq_len} "
+                                "tokens of question and context; raise data.seq_len")  # fmt: skip
+            if left_out:
+                say(f"warning: {left_out} of {len(table)} examples of the {split} data have their answer past "
+                    f"data.seq_len={self.cfg.data.seq_len} tokens of question and context: left out")  # fmt: skip
+        return rows
+
     def _sft_rows(self, tables, say) -> dict:
         return {split: sft_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len, f"the {split} data", say)
                 for split, table in tables.items()}  # fmt: skip
@@ -356,7 +376,7 @@ class FinetuneTask:
         if not self.cfg.init_random:
             load_weights(body, self.pretrained.tensors(), gather, skip=self.pretrained.skip)
         model = body
-        if self.kind in ("classify", "tag"):
+        if self.kind in ("classify", "tag", "qa"):
             pooling = self.cfg.task.pooling_for(body.cfg.arch) if self.kind == "classify" else None
             model = Classifier(body, len(self.labels), pooling, self.cfg.task.classifier_dropout)
             if gather is not None:
@@ -384,4 +404,4 @@ class FinetuneTask:
 
     def extra_files(self) -> dict[str, str]:
         """Saved next to every checkpoint (and in the run directory)."""
-        return {"labels.json": json.dumps(self.labels)} if self.kind in ("classify", "tag") else {}
+        return {"labels.json": json.dumps(self.labels)} if self.kind in ("classify", "tag", "qa") else {}

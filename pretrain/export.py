@@ -144,7 +144,7 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
         raise ConfigError(f"{out}: inside {folder}, where an export would be taken for (and pruned as) part of a "
                           "checkpoint; export to another folder")  # fmt: skip
     task = ckpt.saved_task(tag_dir)
-    tagger = (tag_dir / "labels.json").exists() and task.get("kind") == "tag"
+    tagger = (tag_dir / "labels.json").exists() and task.get("kind") in ("tag", "qa")  # a head on every token
     if (tag_dir / "labels.json").exists() and not tagger:
         raise ConfigError(f"{tag_dir} is a classifier's checkpoint: its head (pooling, then a linear layer with a "
                           "bias) has no transformers class that computes the same, so it is not exported; "
@@ -169,7 +169,7 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     tok.save_pretrained(str(cons / "tokenizer"))
     written = {"checkpoint": tag_dir, "consolidated": cons}
     if cfg.model.arch == "encoder-decoder" and tagger:
-        print("no HF export: an encoder-decoder's tagger (its encoder and head) has no transformers class here")
+        print("no HF export: an encoder-decoder's encoder with a head on every token has no transformers class here")
         return written
     if cfg.model.arch == "encoder-decoder":
         return {**written, **_export_seq2seq(cons, cfg, tok, out / "hf")}
@@ -183,36 +183,40 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     for name, value in ids.items():
         setattr(hf_cfg, name, value)
     if tagger:
-        hf_tagger_config(hf_cfg, cfg.model, json.loads((tag_dir / "labels.json").read_text()), task)
+        hf_head_config(hf_cfg, cfg.model, json.loads((tag_dir / "labels.json").read_text()), task)
     hf_cfg.save_pretrained(str(hf_dir))
     if cfg.model.arch == "decoder" and not tagger:  # generate() and pipelines stop at end-of-text and pad with it
         from transformers import GenerationConfig
 
         GenerationConfig(**ids).save_pretrained(str(hf_dir))
-    write_sharded(tagger_tensors(cfg.model, tensors) if tagger else hf_tensors(cfg.model, tensors, materialize),
+    write_sharded(head_tensors(cfg.model, tensors, task["kind"]) if tagger else
+                  hf_tensors(cfg.model, tensors, materialize),
                   hf_dir, max_shard_bytes)  # fmt: skip
     tok.save_pretrained(str(hf_dir))
     written["hf"] = hf_dir
     return written
 
 
-def hf_tagger_config(hf_cfg, model_cfg, labels: list[str], task: dict) -> None:
-    """A transformers config made the token classifier's: its class, the tags by id, the dropout."""
-    from pretrain.model.hf import token_classifier
+def hf_head_config(hf_cfg, model_cfg, labels: list[str], task: dict) -> None:
+    """A transformers config made that of a head on every token (task.kind tag or qa): its class,
+    the head's outputs by name (the tags; start and end), the dropout."""
+    from pretrain.model.hf import token_head
 
-    hf_cfg.architectures = [token_classifier(model_cfg)[0]]
+    hf_cfg.architectures = [token_head(model_cfg, task["kind"])[0]]
     hf_cfg.id2label = dict(enumerate(labels))
     hf_cfg.label2id = {name: i for i, name in enumerate(labels)}
     hf_cfg.classifier_dropout = float(task.get("classifier_dropout", 0.1))
 
 
-def tagger_tensors(model_cfg, tensors: Mapping):
-    """(HF name, make the tensor) for a tagger's checkpoint: its body under the LM class's names
-    without the LM head, then the head as the token-classification class names it."""
-    from pretrain.model.hf import hf_tensors, token_classifier
+def head_tensors(model_cfg, tensors: Mapping, kind: str):
+    """(HF name, make the tensor) for the checkpoint of a head on every token (task.kind tag or
+    qa): its body under the LM class's names (or the one the class gives it) without the LM head,
+    then the head as the class names it."""
+    from pretrain.model.hf import hf_tensors, token_head
 
-    yield from hf_tensors(model_cfg, BodyWeights(tensors), materialize, body_only=True)
-    head = token_classifier(model_cfg)[1]
+    _, head, base = token_head(model_cfg, kind)
+    for name, make in hf_tensors(model_cfg, BodyWeights(tensors), materialize, body_only=True):
+        yield (f"{base}.{name.split('.', 1)[1]}" if base else name), make
     for part in ("weight", "bias"):
         yield f"{head}.{part}", lambda part=part: materialize(tensors[f"classifier.{part}"])
 

@@ -408,14 +408,16 @@ def hf_tensors(cfg: ModelConfig, ours: Mapping, take: Callable = lambda t: t,
         yield "bert.embeddings.token_type_embeddings.weight", lambda: torch.zeros(1, cfg.d_model)
 
 
-def token_classifier(cfg: ModelConfig) -> tuple[str, str]:
-    """(the transformers class that tags tokens with this model's body, its head's name): the body
-    under the LM class's names, then dropout and a linear layer with a bias, as our tagger."""
+def token_head(cfg: ModelConfig, kind: str) -> tuple[str, str, str | None]:
+    """(the transformers class of a fine-tuning ``kind`` whose head reads every token, tag or qa,
+    with this model's body; its head's name; the name its body goes under where it is not the LM
+    class's). Each is the body, then a linear layer with a bias, as ours."""
     family = family_of(cfg)
-    if family == "llama":
-        return ("MistralForTokenClassification" if cfg.sliding_window else "LlamaForTokenClassification"), "score"
-    return {"gpt2": "GPT2ForTokenClassification", "bert": "BertForTokenClassification",
-            "deberta": "DebertaV2ForTokenClassification"}[family], "classifier"  # fmt: skip
+    shape = "Mistral" if family == "llama" and cfg.sliding_window else {"gpt2": "GPT2", "llama": "Llama",
+                                                                        "bert": "Bert", "deberta": "DebertaV2"}[family]
+    if kind == "qa":  # LLaMA's keeps the name its first release gave the body
+        return f"{shape}ForQuestionAnswering", "qa_outputs", "transformer" if shape == "Llama" else None
+    return f"{shape}ForTokenClassification", "score" if family == "llama" else "classifier", None
 
 
 def hf_config(cfg: ModelConfig):

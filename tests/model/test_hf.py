@@ -305,27 +305,31 @@ def test_deberta_variants_we_do_not_build_are_refused_by_name(kw, what):
         config_from_hf(tf.DebertaV2Config(**{**DEBERTA, **kw}))
 
 
+@pytest.mark.parametrize("kind", ["tag", "qa"])
 @pytest.mark.parametrize("name", ["gpt2", "llama-tied-bias", "mistral", "bert", "deberta"])
-def test_a_tagger_is_transformers_token_classification_class_with_the_same_logits(name):
-    """A tagger's checkpoint (our body, a linear head per token) as the export writes it: the body
-    under the LM class's names without the LM head, the head as XForTokenClassification names it."""
+def test_a_head_on_every_token_is_transformers_class_for_it_with_the_same_logits(name, kind):
+    """A tagger's or question answerer's checkpoint (our body, a linear head per token) as the export
+    writes it: the body under the LM class's names (or the class's own) without the LM head, the
+    head as XForTokenClassification or XForQuestionAnswering names it."""
     from finetune.tasks import Classifier
-    from pretrain.export import hf_tagger_config, tagger_tensors
-    from pretrain.model.hf import hf_config, token_classifier
+    from pretrain.export import head_tensors, hf_head_config
+    from pretrain.model.hf import hf_config, token_head
 
     cfg, _ = from_hf(hf_models()[name]())
+    labels = ["B-A", "I-A", "B-B", "I-B", "O"] if kind == "tag" else ["start", "end"]
     torch.manual_seed(0)
-    ours = Classifier(Transformer(cfg), num_labels=5, pooling=None, dropout=0.0).eval()
+    ours = Classifier(Transformer(cfg), num_labels=len(labels), pooling=None, dropout=0.0).eval()
     perturb(ours)
     hf_cfg = hf_config(cfg)
-    hf_tagger_config(hf_cfg, cfg, ["B-A", "I-A", "B-B", "I-B", "O"], {"classifier_dropout": 0.0})
-    hf = getattr(tf, token_classifier(cfg)[0])(hf_cfg).eval()
-    missing, unexpected = hf.load_state_dict(dict((n, make()) for n, make in tagger_tensors(cfg, ours.state_dict())),
-                                             strict=False)  # fmt: skip
+    hf_head_config(hf_cfg, cfg, labels, {"kind": kind, "classifier_dropout": 0.0})
+    hf = getattr(tf, token_head(cfg, kind)[0])(hf_cfg).eval()
+    tensors = dict((n, make()) for n, make in head_tensors(cfg, ours.state_dict(), kind))
+    missing, unexpected = hf.load_state_dict(tensors, strict=False)
     assert not missing and not unexpected, (missing, unexpected)
     ids, mask, _ = inputs()
     keep = mask.bool()
     with torch.no_grad():
-        torch.testing.assert_close(hf(input_ids=ids, attention_mask=mask).logits[keep],
-                                   ours(ids, attention_mask=mask)[keep], atol=ATOL, rtol=0)  # fmt: skip
-    assert hf.config.id2label[4] == "O" and hf.config.num_labels == 5
+        out = hf(input_ids=ids, attention_mask=mask)
+        theirs = out.logits if kind == "tag" else torch.stack([out.start_logits, out.end_logits], -1)
+        torch.testing.assert_close(theirs[keep], ours(ids, attention_mask=mask)[keep], atol=ATOL, rtol=0)
+    assert hf.config.id2label[len(labels) - 1] == labels[-1] and hf.config.num_labels == len(labels)

@@ -189,6 +189,68 @@ def test_tagging_words_with_an_encoder_on_two_processes_then_evaluate_and_predic
     assert [f["entity"] for f in found] == [["B-FN", "B-KW", "O"][g] for g in guess]
 
 
+def test_extractive_question_answering_with_an_encoder_then_evaluate_predict_and_export(make_config, tmp_path):
+    """SQuAD's layout (answers with their starts; unanswerable questions) and plain answer texts:
+    finetune.evaluate's span scores are training's, predict answers from a table, and the export is
+    BertForQuestionAnswering with the same start and end logits (transformers 5 has no QA pipeline)."""
+    launch(1, make_config("bert", name="bert-pre", train={"max_steps": 4}))
+    rows = []
+    for i, f in enumerate(function_rows()):
+        context = f.head[:120]
+        if f.name not in context:
+            continue
+        if i % 3 == 0:  # SQuAD 2.0: no answer in the context
+            answers = {"text": [], "answer_start": []}
+        elif i % 3 == 1:
+            answers = {"text": [f.name], "answer_start": [context.index(f.name)]}
+        else:  # a plain text, found in the context
+            answers = f.name
+        question = ("Who imports it?", "Its name?", "Which function?")[i % 3]
+        rows.append({"question": question, "context": context, "answers": answers})
+    data = write_jsonl(tmp_path / "squad.jsonl", rows)
+    cfg = finetune_config(make_config, "qa", tmp_path / "runs" / "bert-pre", {"kind": "qa"},
+                          data={"sources": [{"files": str(data)}], "seq_len": 64}, train={"micro_batch_size": 8})
+    out = launch(1, cfg, module="finetune").stdout
+    assert "task qa: " in out and "validation examples" in out
+    run_dir = tmp_path / "runs" / "qa"
+    final = metrics(run_dir, "eval")[8]
+    scores = tmp_path / "qa-scores.json"
+    proc = subprocess.run([sys.executable, "-m", "finetune.evaluate", str(run_dir), "--split", "validation", "--out",
+                           str(scores)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scored = json.loads(scores.read_text())
+    assert scored["loss"] == pytest.approx(final["val_loss"], rel=1e-5)
+    assert scored["span_f1"] == pytest.approx(final["val_span_f1"], abs=1e-9)
+    assert 0.0 <= scored["exact_match"] <= scored["f1"] <= 1.0
+
+    table = write_jsonl(tmp_path / "questions.jsonl", [{"question": r["question"], "context": r["context"]}
+                                                       for r in rows[:4]])  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "finetune.predict", str(run_dir), str(table)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(found) == 4 and all(set(f) == {"question", "answer", "start"} for f in found)
+    for f, context in zip(found, [r["context"] for r in rows[:4]], strict=True):  # where it says, or none
+        assert (f["start"] is None and f["answer"] == "") or context[f["start"] :].startswith(f["answer"])
+
+    from transformers import AutoModelForQuestionAnswering
+
+    proc = subprocess.run([sys.executable, "-m", "pretrain.export", str(run_dir), str(tmp_path / "exp")], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hf = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "exp" / "hf").eval()
+    assert type(hf).__name__ == "BertForQuestionAnswering"
+    from finetune.predict import load_classifier
+
+    ours, tok, _, _ = load_classifier(run_dir)
+    ids = tok(["Its name?"], [rows[1]["context"]], return_tensors="pt", return_token_type_ids=True, max_length=64,
+              truncation="longest_first")  # fmt: skip
+    with torch.no_grad():
+        out = hf(**ids)
+        torch.testing.assert_close(torch.stack([out.start_logits, out.end_logits], -1),
+                                   ours(ids["input_ids"], token_type_ids=ids["token_type_ids"]), atol=1e-4, rtol=0)
+
+
 def test_sft_then_generation_with_and_without_the_kv_cache(make_config, tmp_path):
     from finetune.generate import Sampling, generate, load_decoder
 

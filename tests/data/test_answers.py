@@ -1,0 +1,103 @@
+"""Extractive question answering (task.kind: qa) data and scoring: SQuAD's answers (and a plain
+answer text) become token spans of the context, unanswerable questions point at the first token,
+answers cut off by data.seq_len are left out of training, spans decode within the context, and the
+answers' text is scored as SQuAD's script scores it."""
+
+import json
+
+import pytest
+import torch
+
+from finetune.answers import QACollator, best_spans, normalized, qa_loss, qa_rows, text_scores
+from finetune.config import load_finetune_config
+from finetune.data import check_task_sources, task_tables
+from pretrain.data.batches import IGNORE
+from pretrain.data.sources import DataError
+
+CONTEXT = "The json module was added in Python 2.6. It reads and writes JSON text."
+ROWS = [
+    {"question": "When was json added?", "context": CONTEXT, "answers": {"text": ["Python 2.6"], "answer_start": [29]}},
+    {"question": "What does it write?", "context": CONTEXT, "answers": "JSON text"},
+    {"question": "Who wrote it?", "context": CONTEXT, "answers": {"text": [], "answer_start": []}},
+]  # fmt: skip
+
+
+def task(*sources, fraction=0.0, **options):
+    overrides = [f"task.{k}={v}" for k, v in {"kind": "qa", **options}.items()]
+    return load_finetune_config(None, ["init_from=somewhere", *overrides, f"data.validation_fraction={fraction}",
+                                       f"data.sources={json.dumps([{'files': str(s)} for s in sources])}"])  # fmt: skip
+
+
+def jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("tokenizer", ["bpe", "wordpiece"])
+def test_answers_become_the_token_spans_that_cover_them(tmp_path, tokenizer, request):
+    tok = request.getfixturevalue(tokenizer)
+    cfg = task(jsonl(tmp_path / "qa.jsonl", ROWS))
+    table = task_tables(cfg)["train"]
+    assert [json.loads(a) for a in table["answers"]] == [[[29, "Python 2.6"]], [[61, "JSON text"]], []]
+    rows, left_out = qa_rows(tok, table, cfg.task, 128, tokenizer == "wordpiece", training=True)
+    assert left_out == 0 and (rows[2]["start"], rows[2]["end"]) == (0, 0)  # no answer: the first token
+    for row, want in zip(rows[:2], ["python 2.6", "json text"], strict=True):
+        said = tok.decode(row["input_ids"][row["start"] : row["end"] + 1]).replace(" ", "").lower()
+        assert said == want.replace(" ", "")
+        assert all(row["context"][row["start"] : row["end"] + 1])  # the span lies in the context
+
+
+def test_an_answer_past_the_length_is_left_out_of_training_and_missed_elsewhere(tmp_path, bpe):
+    cfg = task(jsonl(tmp_path / "qa.jsonl", ROWS[:1]))
+    table = task_tables(cfg)["train"]
+    rows, left_out = qa_rows(bpe, table, cfg.task, 12, False, training=True)
+    assert (rows, left_out) == ([], 1)
+    rows, _ = qa_rows(bpe, table, cfg.task, 12, False, training=False)
+    assert (rows[0]["start"], rows[0]["end"]) == (IGNORE, IGNORE)
+
+
+def test_spans_decode_within_the_context_and_no_answer_wins_when_it_scores_higher():
+    logits = torch.zeros(2, 6, 2)
+    logits[0, 3, 0], logits[0, 4, 1], logits[0, 1, 0], logits[0, 1, 1] = 5, 5, 9, 9  # token 1: question, not allowed
+    logits[1, 0, :], logits[1, 2, 0], logits[1, 2, 1] = 8, 3, 3  # no answer scores 16 against 6
+    allowed = torch.tensor([[0, 0, 1, 1, 1, 1]] * 2).bool()
+    assert best_spans(logits, allowed).tolist() == [[3, 4], [0, 0]]
+    logits[0, 5, 0] = 20  # a start after every good end: the end must not come before it
+    assert best_spans(logits, allowed).tolist()[0] == [5, 5]
+
+
+def test_the_loss_and_the_span_scores_of_a_batch():
+    class Fixed(torch.nn.Module):
+        def forward(self, input_ids, **_):
+            out = torch.full((2, 5, 2), -5.0)
+            out[0, 2, 0] = out[0, 3, 1] = 5.0  # (2, 3): right
+            out[1, 2, 0] = out[1, 2, 1] = 5.0  # (2, 2) against (2, 4): F1 2 * 1 / (1 + 3)
+            return out
+
+    samples = [{"input_ids": [1] * 5, "start": 2, "end": 3, "context": [0, 1, 1, 1, 1], "position": 0},
+               {"input_ids": [1] * 5, "start": 2, "end": 4, "context": [0, 1, 1, 1, 1], "position": 1}]  # fmt: skip
+    loss, sums = qa_loss(Fixed(), QACollator(0)(samples))
+    assert sums["count"] == 2 and int(sums["span_exact"]) == 1
+    assert float(sums["span_f1"]) == pytest.approx(1.0 + 0.5)
+    assert float(loss) == pytest.approx((0 + 10) / 2 / 2, abs=1e-3)  # only row 1's end is wrong, by 10 in logits
+
+
+def test_answer_text_is_scored_as_squads_script_scores_it():
+    assert normalized("The  Python 2.6!") == "python 26"
+    assert text_scores("python 2.6", ["Python 2.6", "2.6"]) == (1.0, 1.0)
+    exact, f1 = text_scores("in Python 2.6", ["Python 2.6"])
+    assert exact == 0.0 and f1 == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    assert text_scores("", []) == (1.0, 1.0) and text_scores("x", []) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize(("answers", "said"), [
+    ("Python 3", "the answer 'Python 3' is not in its context"),
+    ({"text": ["Python 2.6"], "answer_start": [3]}, "the answer 'Python 2.6' is not at character 3 of its context"),
+    ({"text": ["a", "b"], "answer_start": [0]}, "2 answer texts and 1 starts"),
+    (["Python 2.6"], "holds list"),
+])  # fmt: skip
+def test_an_answer_that_is_not_one_is_named_with_its_example(tmp_path, answers, said):
+    cfg = task(jsonl(tmp_path / "qa.jsonl", [ROWS[0], {**ROWS[0], "answers": answers}]))
+    with pytest.raises(DataError, match=r"task.answers_column='answers': example 1 of data.sources\[0\]") as e:
+        check_task_sources(cfg)
+    assert said in str(e.value)
