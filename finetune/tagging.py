@@ -120,15 +120,9 @@ class TagCollator:
         self.pad_id = pad_id
 
     def __call__(self, samples: list[dict]) -> dict:
-        from finetune.tasks import pad
+        from finetune.tasks import pad, padded
 
-        ids = [s["input_ids"] for s in samples]
-        batch = {"input_ids": pad(ids, self.pad_id), "attention_mask": pad([[1] * len(s) for s in ids], 0),
-                 "labels": pad([s["tags"] for s in samples], IGNORE),
-                 "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
-        if "token_type_ids" in samples[0]:
-            batch["token_type_ids"] = pad([s["token_type_ids"] for s in samples], 0)
-        return batch
+        return {**padded(samples, self.pad_id), "labels": pad([s["tags"] for s in samples], IGNORE)}
 
 
 def is_bio(labels: list[str]) -> bool:

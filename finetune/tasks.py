@@ -27,7 +27,7 @@ from pretrain.trainer import lm_loss, seq2seq_loss
 
 class Classifier(nn.Module):
     """A pretrained body, pooled (first / last real / mean token), then dropout and a linear head;
-    ``pooling`` None: the head labels every token (task.kind tag), (B, T, labels)."""
+    ``pooling`` None: the head labels every token (task.kind tag, qa), (B, T, labels)."""
 
     def __init__(self, body: Transformer, num_labels: int, pooling: str | None, dropout: float):
         super().__init__()
@@ -73,21 +73,23 @@ def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
 
 
+def padded(samples: list[dict], pad_id: int) -> dict:
+    """The inputs of a batch of tokenized examples, padded on the right: ids, attention mask,
+    stream positions, and token types where the examples have them."""
+    ids = [s["input_ids"] for s in samples]
+    batch = {"input_ids": pad(ids, pad_id), "attention_mask": pad([[1] * len(s) for s in ids], 0),
+             "position": torch.tensor([s["position"] for s in samples])}  # fmt: skip
+    if "token_type_ids" in samples[0]:
+        batch["token_type_ids"] = pad([s["token_type_ids"] for s in samples], 0)
+    return batch
+
+
 class ClassifyCollator:
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
     def __call__(self, samples: list[dict]) -> dict:
-        ids = [s["input_ids"] for s in samples]
-        batch = {
-            "input_ids": pad(ids, self.pad_id),
-            "attention_mask": pad([[1] * len(s) for s in ids], 0),
-            "labels": torch.tensor([s["label"] for s in samples]),
-            "position": torch.tensor([s["position"] for s in samples]),
-        }
-        if "token_type_ids" in samples[0]:
-            batch["token_type_ids"] = pad([s["token_type_ids"] for s in samples], 0)
-        return batch
+        return {**padded(samples, self.pad_id), "labels": torch.tensor([s["label"] for s in samples])}
 
 
 class SFTCollator:

@@ -46,3 +46,24 @@ def wordpiece(corpus_dir, tmp_path_factory):
 
     cfg = data_cfg(corpus_dir, tmp_path_factory.mktemp("tok"))
     return train_tokenizer(load_corpus(cfg, "train"), "encoder", cfg.tokenizer, 400)
+
+
+def finetune_task(kind: str, *sources, fraction: float = 0.0, **options):
+    """A fine-tuning config of ``kind`` over local ``sources`` (no checkpoint is read), with task
+    ``options`` given as on a command line (lists as JSON)."""
+    import json
+
+    from finetune.config import load_finetune_config
+
+    options = {"kind": kind, **options}
+    overrides = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in options.items()]
+    return load_finetune_config(None, ["init_from=somewhere", *overrides, f"data.validation_fraction={fraction}",
+                                       f"data.sources={json.dumps([{'files': str(s)} for s in sources])}"])  # fmt: skip
+
+
+def jsonl(path, rows):
+    """``rows`` written as JSON lines at ``path``."""
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from finetune.answers import QACollator, best_spans, normalized, qa_loss, qa_rows, text_scores
-from finetune.config import load_finetune_config
 from finetune.data import check_task_sources, task_tables
 from pretrain.data.batches import IGNORE
 from pretrain.data.sources import DataError
+
+from .conftest import finetune_task, jsonl
 
 CONTEXT = "The json module was added in Python 2.6. It reads and writes JSON text."
 ROWS = [
@@ -23,14 +24,7 @@ ROWS = [
 
 
 def task(*sources, fraction=0.0, **options):
-    overrides = [f"task.{k}={v}" for k, v in {"kind": "qa", **options}.items()]
-    return load_finetune_config(None, ["init_from=somewhere", *overrides, f"data.validation_fraction={fraction}",
-                                       f"data.sources={json.dumps([{'files': str(s)} for s in sources])}"])  # fmt: skip
-
-
-def jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return finetune_task("qa", *sources, fraction=fraction, **options)
 
 
 @pytest.mark.parametrize("tokenizer", ["bpe", "wordpiece"])

@@ -8,11 +8,12 @@ import json
 import pytest
 
 from finetune.chat import PLAIN, render, turns
-from finetune.config import load_finetune_config
 from finetune.data import check_task_sources, task_tables
 from finetune.tasks import SFTCollator, sft_rows
 from pretrain.config import ConfigError
 from pretrain.data.sources import DataError
+
+from .conftest import finetune_task, jsonl
 
 OPENAI = [{"role": "system", "content": "Answer with code."}, {"role": "user", "content": "A function adding one?"},
           {"role": "assistant", "content": "def inc(x):\n    return x + 1"}, {"role": "user", "content": "And two?"},
@@ -20,15 +21,8 @@ OPENAI = [{"role": "system", "content": "Answer with code."}, {"role": "user", "
 SHAREGPT = [{"from": "human", "value": "Name the json loader."}, {"from": "gpt", "value": "json.loads"}]
 
 
-def task(*sources, fraction=0.0, **options):
-    overrides = [f"task.{k}={v}" for k, v in {"kind": "generate", "messages_column": "messages", **options}.items()]
-    return load_finetune_config(None, ["init_from=somewhere", *overrides, f"data.validation_fraction={fraction}",
-                                       f"data.sources={json.dumps([{'files': str(s)} for s in sources])}"])  # fmt: skip
-
-
-def jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+def task(*sources, fraction=0.0, kind="generate", **options):
+    return finetune_task(kind, *sources, fraction=fraction, **{"messages_column": "messages", **options})
 
 
 @pytest.fixture

@@ -3,16 +3,16 @@ Alpaca's layout (instruction, input, output; input often blank), Dolly's (instru
 response) and a one-field template; the loss is on the response only; a bad template or a missing
 column is named before a process starts."""
 
-import json
 
 import pytest
 
-from finetune.config import load_finetune_config
 from finetune.data import check_task_sources, task_tables
 from finetune.prompts import ALPACA, PromptTemplate
 from finetune.tasks import SFTCollator, seq2seq_rows, sft_rows
 from pretrain.config import ConfigError
 from pretrain.data.sources import DataError
+
+from .conftest import finetune_task, jsonl
 
 ROWS = [
     {"instruction": "Give the json loader.", "input": "", "output": "json.loads"},
@@ -21,16 +21,9 @@ ROWS = [
 ]
 
 
-def task(*sources, fraction=0.0, **options):
-    options = {"kind": "generate", "prompt_template": "alpaca", "response_column": "output", **options}
-    overrides = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in options.items()]
-    return load_finetune_config(None, ["init_from=somewhere", *overrides, f"data.validation_fraction={fraction}",
-                                       f"data.sources={json.dumps([{'files': str(s)} for s in sources])}"])  # fmt: skip
-
-
-def jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+def task(*sources, fraction=0.0, kind="generate", **options):
+    options = {"prompt_template": "alpaca", "response_column": "output", **options}
+    return finetune_task(kind, *sources, fraction=fraction, **options)
 
 
 def test_alpaca_takes_its_input_form_only_where_the_input_is_filled():

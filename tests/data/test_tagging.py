@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 
-from finetune.config import load_finetune_config
 from finetune.data import check_task_sources, task_tables
 from finetune.tagging import TagCollator, TagLoss, entities, first_tokens, is_bio, tag_metrics, tag_rows
 from pretrain.data.batches import IGNORE
 from pretrain.data.sources import DataError
+
+from .conftest import finetune_task, jsonl
 
 ROWS = [
     {"tokens": ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."],
@@ -23,14 +24,7 @@ ROWS = [
 
 
 def task(*sources, fraction=0.0, **options):
-    overrides = [f"task.{k}={v}" for k, v in {"kind": "tag", **options}.items()]
-    return load_finetune_config(None, ["init_from=somewhere", *overrides, f"data.validation_fraction={fraction}",
-                                       f"data.sources={json.dumps([{'files': str(s)} for s in sources])}"])  # fmt: skip
-
-
-def jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return finetune_task("tag", *sources, fraction=fraction, **options)
 
 
 @pytest.mark.parametrize("tokenizer", ["bpe", "wordpiece"])
