@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.data.batches import IGNORE
-from pretrain.data.sources import DataError
+from pretrain.data.sources import DataError, rewritten
 
 MAX_ANSWER_TOKENS = 30
 """The longest span decoding considers, in tokens (SQuAD's scripts use 30)."""
@@ -26,8 +26,6 @@ def answer_column(table, question: str, context: str, answers: str | None, where
     """``table`` with each example's answers checked and written as JSON text: a list of
     [start, text] in the context. SQuAD's {"text": [...], "answer_start": [...]} (empty lists: no
     answer), or a text, which is found in the context. A DataError names the first that is not one."""
-    import datasets
-
     if answers is None:
         return table
     written = []
@@ -36,10 +34,7 @@ def answer_column(table, question: str, context: str, answers: str | None, where
         if not isinstance(q, str) or not q.strip() or not isinstance(c, str) or not c.strip():
             raise DataError(f"{what}: its question or context is blank or not text")
         written.append(json.dumps(_spans(value, c, what), ensure_ascii=False))
-    features = table.features.copy()
-    features[answers] = datasets.Value("large_string")
-    return datasets.Dataset.from_dict({k: written if k == answers else list(table[k]) for k in table.column_names},
-                                      features=features)  # fmt: skip
+    return rewritten(table, {answers: written})
 
 
 def _spans(value, context: str, what: str) -> list[list]:

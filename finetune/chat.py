@@ -12,7 +12,7 @@ import json
 from bisect import bisect_left
 from pathlib import Path
 
-from pretrain.data.sources import DataError
+from pretrain.data.sources import DataError, rewritten
 
 ROLES = ("system", "user", "assistant", "tool")
 ALIASES = {"human": "user", "gpt": "assistant", "function_call": "assistant", "observation": "tool"}
@@ -141,8 +141,6 @@ def conversation_column(table, column: str, where: str):
     """``table`` with each conversation of ``column`` checked and written as the JSON text of its
     turns (one type for every source, and text that hold-out can hash); a null stays null. A
     DataError names the first example that is not a conversation."""
-    import datasets
-
     written = []
     for i, value in enumerate(table[column]):
         try:
@@ -150,17 +148,12 @@ def conversation_column(table, column: str, where: str):
         except ValueError as e:
             raise DataError(f"task.messages_column={column!r}: example {i} of {where} is not a conversation: "
                             f"{e}") from None  # fmt: skip
-    features = table.features.copy()
-    features[column] = datasets.Value("large_string")
-    return datasets.Dataset.from_dict({c: written if c == column else table[c] for c in table.column_names},
-                                      features=features)
+    return rewritten(table, {column: written})
 
 
 def tools_column(table, column: str, where: str):
     """``table`` with each conversation's tools in ``column`` checked and written as JSON text (null:
     none). A DataError names the first example whose tools are not a list of tool definitions."""
-    import datasets
-
     written = []
     for i, value in enumerate(table[column]):
         try:
@@ -168,10 +161,7 @@ def tools_column(table, column: str, where: str):
         except ValueError as e:
             raise DataError(f"task.tools_column={column!r}: example {i} of {where}: {e}") from None
         written.append(None if tools is None else json.dumps(tools, ensure_ascii=False))
-    features = table.features.copy()
-    features[column] = datasets.Value("large_string")
-    return datasets.Dataset.from_dict({c: written if c == column else table[c] for c in table.column_names},
-                                      features=features)  # fmt: skip
+    return rewritten(table, {column: written})
 
 
 def looks_like_conversations(table) -> str | None:

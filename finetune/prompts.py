@@ -87,26 +87,18 @@ class PromptTemplate:
         return self.forms[-1][0].format(**values)
 
     def prompts(self, table) -> list[str]:
-        """Every example's prompt (a datasets table, or a dict of columns)."""
-        n = len(table[self.required[0]])
-        columns = {name: list(table[name]) if name in _names(table) else [None] * n for name in self.columns}
+        """Every example's prompt (a datasets table)."""
+        n = len(table)
+        columns = {name: list(table[name]) if name in table.column_names else [None] * n for name in self.columns}
         return [self.write({name: values[i] for name, values in columns.items()}) for i in range(n)]
 
     def written(self, table):
         """``table`` (datasets) with its prompts written into column ``into`` in place of the
         template's columns."""
-        import datasets
+        from pretrain.data.sources import rewritten
 
         kept = [c for c in table.column_names if c not in self.columns and c != self.into]
-        features = datasets.Features({self.into: datasets.Value("large_string"),
-                                      **{c: table.features[c] for c in kept}})  # fmt: skip
-        return datasets.Dataset.from_dict(
-            {self.into: self.prompts(table), **{c: list(table[c]) for c in kept}}, features=features
-        )
-
-
-def _names(table) -> list[str]:
-    return table.column_names if hasattr(table, "column_names") else list(table)
+        return rewritten(table, {self.into: self.prompts(table)}, order=[self.into, *kept])
 
 
 def task_template(task) -> PromptTemplate | None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.data.batches import IGNORE
-from pretrain.data.sources import DataError
+from pretrain.data.sources import DataError, rewritten
 
 
 def word_column(table, words: str, tags: str | None, where: str):
@@ -22,20 +22,15 @@ def word_column(table, words: str, tags: str | None, where: str):
     for every source, and text hold-out can hash). Words are a list of text (a text is split at
     whitespace); tags a list as long, of names or numbers (datasets' ClassLabel numbers read as
     their names). A DataError names the first example that is not one."""
-    import datasets
-
     names = _class_names(table.features[tags]) if tags else None
     columns = {words: [], **({tags: []} if tags else {})}
-    for i, row in enumerate(table.select_columns(list(columns)).iter(batch_size=1)):
-        said = _words(row[words][0], f"task.tokens_column={words!r}: example {i} of {where}")
+    for i, (value, marked) in enumerate(zip(table[words], table[tags] if tags else [None] * len(table), strict=True)):
+        said = _words(value, f"task.tokens_column={words!r}: example {i} of {where}")
         columns[words].append(json.dumps(said, ensure_ascii=False))
         if tags:
-            marks = _tags(row[tags][0], names, len(said), f"task.tags_column={tags!r}: example {i} of {where}")
+            marks = _tags(marked, names, len(said), f"task.tags_column={tags!r}: example {i} of {where}")
             columns[tags].append(json.dumps(marks, ensure_ascii=False))
-    kept = {c: table[c] for c in table.column_names if c not in columns}
-    features = datasets.Features({**{c: table.features[c] for c in kept}, **dict.fromkeys(columns, datasets.Value(
-        "large_string"))})  # fmt: skip
-    return datasets.Dataset.from_dict({**{c: list(v) for c, v in kept.items()}, **columns}, features=features)
+    return rewritten(table, columns)
 
 
 def _class_names(feature) -> list[str] | None:

@@ -521,6 +521,19 @@ def load_corpus(cfg: DataConfig, split: str, seed: int = 0, log=None):
     )
 
 
+def rewritten(table, columns: dict[str, list], order: list[str] | None = None):
+    """``table`` with ``columns`` (name -> a value per row) as text (large_string), each in place of
+    the column of its name. ``order``: the columns the result has, in order (default: the table's,
+    then the new ones)."""
+    import datasets
+
+    order = order or [*table.column_names, *(c for c in columns if c not in table.column_names)]
+    features = datasets.Features({c: datasets.Value("large_string") if c in columns else table.features[c]
+                                  for c in order})  # fmt: skip
+    return datasets.Dataset.from_dict({c: columns[c] if c in columns else list(table[c]) for c in order},
+                                      features=features)  # fmt: skip
+
+
 def aligned(tables: list) -> list:
     """The tables with one type per column, so that datasets can concatenate or interleave them
     (sources of different formats differ: JSON text is large_string, a text file's string; a label

@@ -4,6 +4,7 @@ answers cut off by data.seq_len are left out of training, spans decode within th
 answers' text is scored as SQuAD's script scores it."""
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -23,8 +24,7 @@ ROWS = [
 ]  # fmt: skip
 
 
-def task(*sources, fraction=0.0, **options):
-    return finetune_task("qa", *sources, fraction=fraction, **options)
+task = partial(finetune_task, "qa")
 
 
 @pytest.mark.parametrize("tokenizer", ["bpe", "wordpiece"])

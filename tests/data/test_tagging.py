@@ -4,6 +4,7 @@ entities scored as seqeval scores them, and every malformed example named before
 starts."""
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -23,8 +24,7 @@ ROWS = [
 ]  # fmt: skip
 
 
-def task(*sources, fraction=0.0, **options):
-    return finetune_task("tag", *sources, fraction=fraction, **options)
+task = partial(finetune_task, "tag")
 
 
 @pytest.mark.parametrize("tokenizer", ["bpe", "wordpiece"])
