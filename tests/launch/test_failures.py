@@ -13,6 +13,7 @@ import psutil
 import pytest
 import yaml
 
+from tests.launch.conftest import sigterm_to_sigkill_s
 from tests.training.conftest import ENV, ROOT, kill_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(600)]
@@ -75,7 +76,9 @@ def test_a_stopped_rank_is_named_from_the_heartbeats(make_config):
     assert code == 1, out[-3000:]
     # rank 0 gives up after 12 s, the stopped rank 1 is killed after grace_s=3 (torch alone waits 30 s)
     print(f"\na stopped rank: the job ended {took:.1f}s after the stop (timeout 12s, grace 3s)")
-    assert took < 12 + 3 + 15, f"the job ended {took:.0f}s after rank 1 stopped"
+    assert sigterm_to_sigkill_s(out) < 3 + 2, out[-3000:]
+    # ~18 s on a quiet machine; the bound catches a wait for gloo's 30-minute default, not a busy host
+    assert took < 120, f"the job ended {took:.0f}s after rank 1 stopped"
     assert "rank 1 on " in out and "stopped making progress" in out, out[-3000:]
     assert "Timed out" in out  # rank 0 collective gave up after train.dist_timeout_s, with its stack
     status = json.loads((run_dir / "status.json").read_text())

@@ -272,7 +272,7 @@ def test_preflight_refuses_a_job_that_cannot_fit_and_names_what_would(stage, fit
         assert "deepspeed.zero_stage=3 " in proc.stderr and "deepspeed.zero_stage=1 " in proc.stderr
 
 
-def test_preflight_checks_host_memory_per_node():
+def test_preflight_checks_host_memory_per_node(tmp_path):
     # LLaMA-1B on 8 GPUs: at ZeRO-2 every rank builds the whole fp32 model on the host (8 x 4.4 GB x 1.5);
     # ZeRO-3 builds it partitioned (deepspeed.zero.Init) and needs a layer per rank.
     node = ["--nodes", "1", "--gpus-per-node", "8", "--gpu-memory-gib", "80", "--cpu-memory-gib", "32", "--dry-run"]
@@ -287,8 +287,10 @@ def test_preflight_checks_host_memory_per_node():
     assert "host memory 2.93 GiB per node of 32.00 GiB" in fits.stdout
     # without GPUs the model states themselves live on the host: 2 processes x (4 + 4/2 + 8/2) bytes x 14.8M
     # at ZeRO-2; ZeRO-3 holds 16 / 2 bytes per parameter and one layer per process (0.24 GiB)
+    # its own output_dir: the run `make demo` leaves in runs/ has another shape, which a resume would refuse
     cpu = launch("local", "configs/pretrain/default.yaml", "--cluster", "configs/cluster/local-cpu.yaml", "--dry-run",
-                 "--cpu-memory-gib", "0.25", "model.d_model=512", "model.num_heads=8")  # fmt: skip
+                 "--cpu-memory-gib", "0.25", "model.d_model=512", "model.num_heads=8",
+                 f"output_dir={tmp_path}")  # fmt: skip
     assert cpu.returncode == 2
     assert "0.28 GiB of host memory per node at ZeRO-2 (the model states of its 2 processes" in cpu.stderr
     assert "settings that fit (host memory per node):\n  deepspeed.zero_stage=3    0.24 GiB CPU" in cpu.stderr

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+from tests.launch.conftest import sigterm_to_sigkill_s
 from tests.training.conftest import ENV, ROOT
 
 
@@ -40,4 +41,5 @@ def test_workers_left_after_a_failure_get_the_shutdown_timeout_not_torchs_30_s(t
     took = time.monotonic() - start
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "torchrun: rank 0 stopped first with exit status 3; then rank 1 (exit status -9)" in proc.stderr
-    assert took < 25, f"took {took:.0f}s: the worker that ignored SIGTERM was killed after torch's 30 s"
+    assert sigterm_to_sigkill_s(proc.stderr) < 2 + 2, proc.stderr[-3000:]  # not torch's fixed 30 s
+    assert took < 60, f"took {took:.0f}s"
