@@ -173,3 +173,11 @@ def pretrained(tmp_path_factory, corpus, tokenizers, data_cache) -> Path:
     folder = tmp_path_factory.mktemp("pretrained")
     launch(1, write_config(folder, corpus, tokenizers, data_cache, name="pre", train={"max_steps": 2}))
     return folder / "runs" / "pre"
+
+
+@pytest.fixture(scope="session")
+def pretrained_encoder(tmp_path_factory, corpus, tokenizers, data_cache) -> Path:
+    """The same for encoders: one tiny BERT pretraining run (4 steps, one process), only read."""
+    folder = tmp_path_factory.mktemp("pretrained_encoder")
+    launch(1, write_config(folder, corpus, tokenizers, data_cache, "bert", name="bert-pre", train={"max_steps": 4}))
+    return folder / "runs" / "bert-pre"

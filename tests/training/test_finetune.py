@@ -87,13 +87,12 @@ def test_classification_from_a_zero3_two_process_checkpoint_loaded_by_one(make_c
     assert accuracy == pytest.approx(final["val_accuracy"], abs=1e-9)  # predict agrees with the eval
 
 
-def test_text_pair_classification_from_csv_with_an_encoder(make_config, tmp_path):
+def test_text_pair_classification_from_csv_with_an_encoder(make_config, tmp_path, pretrained_encoder):
     """Does this body belong to this signature and docstring? Pairs go in as [CLS] a [SEP] b [SEP]
     with token types 0/1, in training, evaluation and predict alike."""
     import csv
     import random
 
-    launch(1, make_config("bert", name="bert-pre", train={"max_steps": 4}))
     funcs = function_rows()
     rng = random.Random(0)
     rows = []
@@ -107,7 +106,7 @@ def test_text_pair_classification_from_csv_with_an_encoder(make_config, tmp_path
         writer.writeheader()
         writer.writerows(rows)
     task = {"kind": "classify", "text_column": "head", "text_pair_column": "body", "max_train_examples": 200}
-    cfg = finetune_config(make_config, "pairs", tmp_path / "runs" / "bert-pre", task,
+    cfg = finetune_config(make_config, "pairs", pretrained_encoder, task,
                           data={"sources": [{"files": str(table)}]})  # fmt: skip
     out = launch(1, cfg, module="finetune").stdout
     val_rows = [r for r in rows if held_out(r["head"], 0.2)]  # held out by the text column
@@ -132,18 +131,18 @@ def test_text_pair_classification_from_csv_with_an_encoder(make_config, tmp_path
     assert any(a["probabilities"] != p["probabilities"] for a, p in zip(alone, paired, strict=True))
 
 
-def test_tagging_words_with_an_encoder_on_two_processes_then_evaluate_and_predict(make_config, tmp_path):
+def test_tagging_words_with_an_encoder_on_two_processes_then_evaluate_and_predict(make_config, tmp_path,
+                                                                                  pretrained_encoder):
     """A tag per word (BIO: the def keyword and the function's name in each signature) from an
     encoder's checkpoint, on 2 processes under ZeRO-2: the evaluation's entity F1, summed over the
     ranks, is what finetune.evaluate finds in one process; predict tags every word in reach."""
-    launch(1, make_config("bert", name="bert-pre", train={"max_steps": 4}))
     rows = []
     for f in function_rows():
         words = f.head.split()[:12]
         tags = ["B-KW" if w == "def" else "B-FN" if w.startswith(f.name + "(") else "O" for w in words]
         rows.append({"tokens": words, "ner_tags": tags})
     data = write_jsonl(tmp_path / "ner.jsonl", rows)
-    cfg = finetune_config(make_config, "ner", tmp_path / "runs" / "bert-pre", {"kind": "tag"},
+    cfg = finetune_config(make_config, "ner", pretrained_encoder, {"kind": "tag"},
                           data={"sources": [{"files": str(data)}], "seq_len": 48}, train={"micro_batch_size": 8})
     out = launch(2, cfg, module="finetune").stdout
     val = sum(held_out(json.dumps(r["tokens"]), 0.2) for r in rows)  # held out by the words' JSON text
@@ -184,11 +183,11 @@ def test_tagging_words_with_an_encoder_on_two_processes_then_evaluate_and_predic
     assert [f["entity"] for f in found] == [["B-FN", "B-KW", "O"][g] for g in guess]
 
 
-def test_extractive_question_answering_with_an_encoder_then_evaluate_predict_and_export(make_config, tmp_path):
+def test_extractive_question_answering_with_an_encoder_then_evaluate_predict_and_export(make_config, tmp_path,
+                                                                                        pretrained_encoder):
     """SQuAD's layout (answers with their starts; unanswerable questions) and plain answer texts:
     finetune.evaluate's span scores are training's, predict answers from a table, and the export is
     BertForQuestionAnswering with the same start and end logits (transformers 5 has no QA pipeline)."""
-    launch(1, make_config("bert", name="bert-pre", train={"max_steps": 4}))
     rows = []
     for i, f in enumerate(function_rows()):
         context = f.head[:120]
@@ -203,7 +202,7 @@ def test_extractive_question_answering_with_an_encoder_then_evaluate_predict_and
         question = ("Who imports it?", "Its name?", "Which function?")[i % 3]
         rows.append({"question": question, "context": context, "answers": answers})
     data = write_jsonl(tmp_path / "squad.jsonl", rows)
-    cfg = finetune_config(make_config, "qa", tmp_path / "runs" / "bert-pre", {"kind": "qa"},
+    cfg = finetune_config(make_config, "qa", pretrained_encoder, {"kind": "qa"},
                           data={"sources": [{"files": str(data)}], "seq_len": 64}, train={"micro_batch_size": 8})
     out = launch(1, cfg, module="finetune").stdout
     assert "task qa: " in out and "validation examples" in out
@@ -423,8 +422,8 @@ def test_a_decoder_trained_with_flash_decodes_padded_batches_and_fine_tunes_with
         assert FinetuneTask(load_finetune_config(path)).model_cfg.attention == runs
 
 
-def test_bad_task_data_and_wrong_checkpoints_are_named(make_config, tmp_path, tokenizers, pretrained):
-    launch(1, make_config(name="enc", family="bert", train={"max_steps": 2}))
+def test_bad_task_data_and_wrong_checkpoints_are_named(make_config, tmp_path, tokenizers, pretrained,
+                                                        pretrained_encoder):
     shutil.copytree(pretrained, tmp_path / "runs" / "dec")  # a copy: one of its checkpoints is broken below
     rows = [{"text": f"sample number {i} " * 3, "label": "even" if i % 2 else "odd"} for i in range(60)]
     lone = next(f"unusual text {i}" for i in range(1000) if held_out(f"unusual text {i}", 0.2))
@@ -445,7 +444,8 @@ def test_bad_task_data_and_wrong_checkpoints_are_named(make_config, tmp_path, to
         ("missing", {"kind": "classify"}, {}, "no such file or directory"),
     ]  # fmt: skip
     for i, (init, task, data, message) in enumerate(cases):
-        cfg = finetune_config(make_config, f"bad{i}", tmp_path / "runs" / init, task, data=data)
+        start = pretrained_encoder if init == "enc" else tmp_path / "runs" / init
+        cfg = finetune_config(make_config, f"bad{i}", start, task, data=data)
         proc = subprocess.run([sys.executable, "-m", "finetune", str(cfg)], cwd=ROOT, env=ENV, capture_output=True,
                               text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 2, proc.stderr[-2000:]
