@@ -1,9 +1,11 @@
 """Extractive question answering (task.kind: qa): the answer is a span of the context, as in
-SQuAD. The question and context go in as a pair (the longer cut first); a head of two
-outputs per token gives the span's start and end. SQuAD 2.0's unanswerable questions point both
-at the first token, and a span scores against that "no answer". Training's evaluation scores
-spans by token (exact span, token overlap F1); finetune.evaluate scores the answers' text as
-SQuAD's script does (exact match and F1 after lowercasing and dropping punctuation and articles)."""
+SQuAD. The question and context go in as a pair, a context too long for data.seq_len in windows
+that overlap (task.doc_stride); a head of two outputs per token gives the span's start and end.
+SQuAD 2.0's unanswerable questions, and windows that do not hold the answer, point both at the
+first token, and a span scores against that "no answer". Training's evaluation scores each
+window's span by token (exact span, token overlap F1); finetune.evaluate and predict take each
+example's best span over its windows and score the answers' text as SQuAD's script does (exact
+match and F1 after lowercasing and dropping punctuation and articles)."""
 
 from __future__ import annotations
 
@@ -57,49 +59,69 @@ def _spans(value, context: str, what: str) -> list[list]:
                     "answer_start: [...]}, or a text in the context)")  # fmt: skip
 
 
-def encode(tok, questions: list[str], contexts: list[str], seq_len: int, with_types: bool):
-    """The pairs tokenized, cut to fit seq_len (the longer of the two first: the context, unless a
-    question is longer than what is left of it), and, per example, its tokens' character spans in
-    the context (None outside it)."""
-    enc = tok(questions, contexts, truncation="longest_first", max_length=seq_len, return_offsets_mapping=True,
+def stride_for(task, seq_len: int) -> int:
+    """The tokens consecutive windows of a context share: task.doc_stride, else a quarter of seq_len."""
+    return seq_len // 4 if task.doc_stride is None else task.doc_stride
+
+
+def encode(tok, questions: list[str], contexts: list[str], seq_len: int, with_types: bool, stride: int):
+    """The pairs tokenized in windows of seq_len: a question is cut to half of seq_len, and a context
+    that does not fit with it is read in windows that share ``stride`` tokens (at most half of what a
+    window holds of it). Returns the encoding (one row a window; ``overflow_to_sample_mapping``
+    gives each window's example) and, per window, its tokens' character spans in the context (None
+    outside it)."""
+    cut = tok(questions, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    limit = seq_len // 2
+    questions = [q[: at[limit - 1][1]] if len(at) > limit else q for q, at in zip(questions, cut, strict=True)]
+    longest = max((min(len(offsets), limit) for offsets in cut), default=0)
+    room = seq_len - longest - tok.num_special_tokens_to_add(pair=True)  # context tokens a window holds, at least
+    if room < 2:
+        raise DataError(f"data.seq_len={seq_len} leaves {room} tokens of context beside a question; raise data.seq_len")
+    enc = tok(questions, contexts, truncation="only_second", max_length=seq_len, stride=min(stride, room // 2),
+              return_overflowing_tokens=True, return_offsets_mapping=True,
               return_token_type_ids=with_types)  # fmt: skip
     spans = []
-    for i, offsets in enumerate(enc["offset_mapping"]):
-        seq = enc.sequence_ids(i)
+    for w, offsets in enumerate(enc["offset_mapping"]):
+        seq = enc.sequence_ids(w)
         spans.append([tuple(o) if s == 1 and o[0] < o[1] else None for o, s in zip(offsets, seq, strict=True)])
     return enc, spans
 
 
 def qa_rows(tok, table, t, seq_len: int, with_types: bool, training: bool) -> tuple[list[dict], int]:
-    """(rows, how many were left out): input ids with the first answer's start and end tokens (0
-    and 0 for no answer). An answer the cut context does not hold cannot be learned: in training
-    the example is left out; elsewhere it is kept and scored as a miss (its span is IGNORE)."""
+    """(rows, how many examples were left out): a row per window of an example (see encode), with
+    the first answer's start and end tokens where the window holds all of it, else 0 and 0, as for
+    no answer. An answer no window holds (longer than a window) cannot be learned: in training its
+    example is left out; elsewhere it is kept and not scored (its spans are IGNORE)."""
     questions, contexts = [str(x) for x in table[t.question_column]], [str(x) for x in table[t.context_column]]
-    enc, spans = encode(tok, questions, contexts, seq_len, with_types)
-    rows, left_out = [], 0
-    for i, (answers, cover) in enumerate(zip(table[t.answers_column], spans, strict=True)):
-        answers = json.loads(answers)
-        start = end = 0  # no answer: the first token
-        if answers:
-            a, text = answers[0]
-            start, end = _token_span(cover, a, a + len(text))
-            if start is None:
-                if training:
-                    left_out += 1
-                    continue
-                start = end = IGNORE
-        rows.append({"input_ids": enc["input_ids"][i], "start": start, "end": end,
+    enc, spans = encode(tok, questions, contexts, seq_len, with_types, stride_for(t, seq_len))
+    answers = [json.loads(a) for a in table[t.answers_column]]
+    rows, held = [], set()
+    for w, (i, cover) in enumerate(zip(enc["overflow_to_sample_mapping"], spans, strict=True)):
+        start = end = 0  # no answer here: the first token
+        if answers[i]:
+            a, text = answers[i][0]
+            found = _token_span(cover, a, a + len(text))
+            if found is not None:
+                start, end = found
+                held.add(i)
+        rows.append({"input_ids": enc["input_ids"][w], "start": start, "end": end, "example": i,
                      "context": [int(span is not None) for span in cover],
-                     **({"token_type_ids": enc["token_type_ids"][i]} if with_types else {})})  # fmt: skip
-    return rows, left_out
+                     **({"token_type_ids": enc["token_type_ids"][w]} if with_types else {})})  # fmt: skip
+    lost = {i for i, a in enumerate(answers) if a and i not in held}
+    if training:
+        return [r for r in rows if r["example"] not in lost], len(lost)
+    for r in rows:
+        if r["example"] in lost:
+            r["start"] = r["end"] = IGNORE
+    return rows, len(lost)
 
 
-def _token_span(cover: list, a: int, b: int) -> tuple[int | None, int | None]:
-    """The first and last tokens whose characters meet [a, b), or (None, None) when they are not all there."""
+def _token_span(cover: list, a: int, b: int) -> tuple[int, int] | None:
+    """The first and last tokens whose characters meet [a, b), or None when the window does not hold them all."""
     inside = [k for k, span in enumerate(cover) if span is not None and span[0] < b and span[1] > a]
-    last = max((span[1] for span in cover if span is not None), default=0)
-    if not inside or last < b:
-        return None, None
+    held = [span for span in cover if span is not None]
+    if not inside or held[0][0] > a or held[-1][1] < b:
+        return None
     return inside[0], inside[-1]
 
 
@@ -114,10 +136,10 @@ class QACollator:
                 "context": pad([s["context"] for s in samples], 0).bool()}  # fmt: skip
 
 
-def best_spans(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """(B, 2) start and end of each row's best span: the highest start + end logit over spans of
-    ``allowed`` tokens (B, T) of at most MAX_ANSWER_TOKENS, or (0, 0), no answer, where its score
-    is higher."""
+def span_scores(logits: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: the best span's (start, end) among ``allowed`` tokens (B, T), of at most
+    MAX_ANSWER_TOKENS, with its score (start + end logit), and the score of no answer (the first
+    token's)."""
     start, end = logits.float().unbind(-1)
     neg = torch.finfo(start.dtype).min / 4
     s, e = start.masked_fill(~allowed, neg), end.masked_fill(~allowed, neg)
@@ -125,11 +147,15 @@ def best_spans(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     T = logits.shape[1]
     k = torch.arange(T, device=logits.device)
     ok = (k[None, :] >= k[:, None]) & (k[None, :] - k[:, None] < MAX_ANSWER_TOKENS)
-    scores = scores.masked_fill(~ok, neg).flatten(1)
-    best, where = scores.max(-1)
-    spans = torch.stack([where // T, where % T], -1)
-    none = start[:, 0] + end[:, 0] > best
-    return torch.where(none[:, None], torch.zeros_like(spans), spans)
+    best, where = scores.masked_fill(~ok, neg).flatten(1).max(-1)
+    return torch.stack([where // T, where % T], -1), best, start[:, 0] + end[:, 0]
+
+
+def best_spans(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """(B, 2) start and end of each row's best span (span_scores), or (0, 0), no answer, where that
+    scores higher."""
+    spans, best, none = span_scores(logits, allowed)
+    return torch.where((none > best)[:, None], torch.zeros_like(spans), spans)
 
 
 def qa_loss(engine, batch: dict):
@@ -151,25 +177,38 @@ def qa_loss(engine, batch: dict):
 
 
 @torch.no_grad()
-def predict_answers(model, tok, questions: list[str], contexts: list[str], max_length: int,
+def predict_answers(model, tok, task, questions: list[str], contexts: list[str], max_length: int,
                     batch_size: int = 32) -> list[tuple[str, int | None]]:  # fmt: skip
-    """Each question's answer in its context and where it starts (("", None): no answer)."""
+    """Each question's answer in its context and where it starts (("", None): no answer): the best
+    span over the context's windows, unless no answer scores higher in every window (the lowest
+    no-answer score, as HF's SQuAD 2.0 post-processing compares)."""
     from finetune.tasks import pad
 
     with_types, out = model.cfg.type_vocab_size > 0, []
-    for start in range(0, len(questions), batch_size):
-        qs, cs = questions[start : start + batch_size], contexts[start : start + batch_size]
-        enc, spans = encode(tok, qs, cs, max_length, with_types)
-        ids = enc["input_ids"]
-        kwargs = {"token_type_ids": pad(enc["token_type_ids"], 0)} if with_types else {}
-        logits = model(pad(ids, tok.pad_token_id), attention_mask=pad([[1] * len(x) for x in ids], 0), **kwargs)
-        allowed = pad([[int(s is not None) for s in cover] for cover in spans], 0).bool()
-        for (a, b), cover, context in zip(best_spans(logits, allowed).tolist(), spans, cs, strict=True):
-            if (a, b) == (0, 0) or cover[a] is None or cover[b] is None:
+    for first in range(0, len(questions), batch_size):
+        qs, cs = questions[first : first + batch_size], contexts[first : first + batch_size]
+        enc, spans = encode(tok, qs, cs, max_length, with_types, stride_for(task, max_length))
+        best = {}  # example -> (span score, window, start, end), and its lowest no-answer score
+        none = {}
+        for w0 in range(0, len(spans), batch_size):
+            ids = enc["input_ids"][w0 : w0 + batch_size]
+            kwargs = {"token_type_ids": pad(enc["token_type_ids"][w0 : w0 + batch_size], 0)} if with_types else {}
+            logits = model(pad(ids, tok.pad_token_id), attention_mask=pad([[1] * len(x) for x in ids], 0), **kwargs)
+            allowed = pad([[int(s is not None) for s in cover] for cover in spans[w0 : w0 + batch_size]], 0).bool()
+            found, score, null = span_scores(logits, allowed)
+            for w, (a, b), sc, nu in zip(range(w0, w0 + len(ids)), found.tolist(), score.tolist(), null.tolist(),
+                                         strict=True):  # fmt: skip
+                i = enc["overflow_to_sample_mapping"][w]
+                none[i] = min(nu, none.get(i, nu))
+                if spans[w][a] is not None and spans[w][b] is not None and sc > best.get(i, (float("-inf"),))[0]:
+                    best[i] = (sc, w, a, b)
+        for i, context in enumerate(cs):
+            if i not in best or none[i] > best[i][0]:
                 out.append(("", None))
                 continue
-            text = context[cover[a][0] : cover[b][1]]  # a byte-level BPE token holds the space before its word
-            out.append((text.strip(), cover[a][0] + len(text) - len(text.lstrip())))
+            _, w, a, b = best[i]
+            text = context[spans[w][a][0] : spans[w][b][1]]  # a byte-level BPE token holds the space before its word
+            out.append((text.strip(), spans[w][a][0] + len(text) - len(text.lstrip())))
     return out
 
 

@@ -41,6 +41,11 @@ class TaskConfig:
     answers_column: str = "answers"
     """qa: the column with the answer: SQuAD's {text: [...], answer_start: [...]} (several right
     answers; empty lists: the context holds none, as in SQuAD 2.0), or a text found in the context."""
+    doc_stride: int | None = None
+    """qa: a context too long for data.seq_len with its question is read in windows that overlap by
+    this many tokens (HF's doc_stride; at most a third of data.seq_len); None: a quarter of
+    data.seq_len. Each window is its own training example (a window without the answer learns "no
+    answer"); predictions take the best span over an example's windows."""
     prompt_column: str = "prompt"
     """generate, seq2seq: the column with the prompt or source (no loss on it)."""
     response_column: str = "response"
@@ -134,6 +139,9 @@ class TaskConfig:
         if self.target_len is not None and self.target_len < 2:
             raise ValueError(f"target_len={self.target_len}: must be >= 2 (a token and the end-of-text), or null "
                              "for data.seq_len")  # fmt: skip
+        if self.doc_stride is not None and self.doc_stride < 0:
+            raise ValueError(f"doc_stride={self.doc_stride}: must be >= 0 (tokens that windows share), or null for a "
+                             "quarter of data.seq_len")  # fmt: skip
         if not 0.0 < self.layer_lr_decay <= 1.0:
             raise ValueError(f"layer_lr_decay={self.layer_lr_decay}: must be in (0, 1]")
         if self.max_train_examples is not None and self.max_train_examples < 1:
@@ -182,6 +190,10 @@ class FinetuneConfig(RunConfig):
                 "or an HF model directory"
             )
         self.check_run()  # the model's shape is the checkpoint's: with_model checks against it
+        if self.task.doc_stride is not None and self.task.doc_stride > self.data.seq_len // 3:
+            raise ConfigError(f"task.doc_stride={self.task.doc_stride}: more than a third of data.seq_len="
+                              f"{self.data.seq_len}, so windows would barely advance; use task.doc_stride <= "
+                              f"{self.data.seq_len // 3}, or null for {self.data.seq_len // 4}")  # fmt: skip
 
     @property
     def target_len(self) -> int:

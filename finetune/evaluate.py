@@ -85,20 +85,21 @@ def evaluate_classifier(tag_dir: Path, args, say) -> dict:
 
 
 def evaluate_answers(model, tok, cfg, table, what: str, batch_size: int) -> dict:
-    """Extractive QA: loss and spans by token, as training scores them, then the answers' text
-    against every reference answer as SQuAD's script scores it (exact match and F1, 0-1)."""
+    """Extractive QA: loss and spans by token in each window of a context, as training scores them,
+    then each example's answer (its best span over the windows) against every reference answer as
+    SQuAD's script scores it (exact match and F1, 0-1)."""
     from finetune.answers import QACollator, predict_answers, qa_loss, qa_metrics, qa_rows, text_scores
 
     t = cfg.task
     rows, _ = qa_rows(tok, table, t, cfg.data.seq_len, model.cfg.type_vocab_size > 0, training=False)
     metrics = qa_metrics(score(model, rows, QACollator(tok.pad_token_id), qa_loss, batch_size))
     questions, contexts = [str(x) for x in table[t.question_column]], [str(x) for x in table[t.context_column]]
-    found = predict_answers(model, tok, questions, contexts, cfg.data.seq_len, batch_size)
+    found = predict_answers(model, tok, t, questions, contexts, cfg.data.seq_len, batch_size)
     wanted = [[text for _, text in json.loads(a)] for a in table[t.answers_column]]
     scores = [text_scores(got, refs) for (got, _), refs in zip(found, wanted, strict=True)]
     n = max(len(scores), 1)
     out = {k.removeprefix("val_"): v for k, v in metrics.items()}
-    return {"task": "qa", "data": what, "examples": len(rows), **out,
+    return {"task": "qa", "data": what, "examples": len(questions), "windows": len(rows), **out,
             "exact_match": sum(e for e, _ in scores) / n, "f1": sum(f for _, f in scores) / n}  # fmt: skip
 
 

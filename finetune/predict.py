@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
 
             questions, contexts = read_questions(args.file, args, cfg)  # the file is checked before the weights
             model, tok, labels, cfg = load_classifier(tag_dir, warn=say, say=say)
-            found = predict_answers(model, tok, questions, contexts, cfg.data.seq_len)
+            found = predict_answers(model, tok, cfg.task, questions, contexts, cfg.data.seq_len)
             rows = [{"question": q, "answer": text, "start": at}
                     for q, (text, at) in zip(questions, found, strict=True)]  # fmt: skip
         elif cfg.task.kind == "tag":

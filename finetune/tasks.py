@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.answers import QACollator, qa_loss, qa_metrics, qa_rows
+from finetune.answers import QACollator, qa_loss, qa_metrics, qa_rows, stride_for
 from finetune.config import FinetuneConfig
 from finetune.data import check_task_sources, require_labels, task_labels, task_tables
 from finetune.tagging import TagCollator, TagLoss, is_bio, tag_metrics, tag_rows
@@ -324,11 +324,18 @@ class FinetuneTask:
             why = f"the checkpoint's {trained} takes no padding mask" if self.cfg.task.attention == "auto" else (
                 f"task.attention; the checkpoint's is {trained}")  # fmt: skip
             say(f"attention: {runs} ({why}; the weights are the same)")
+        def examples(split: str) -> int:  # a QA example may be read in several windows, each a row
+            return len({r.get("example", k) for k, r in enumerate(rows.get(split, []))})
+
+        n_train, n_val = examples("train"), examples("validation")
+        windows = len(rows["train"]) + len(rows.get("validation", []))
         say(
-            f"task {self.kind}: {len(rows['train'])} training and {len(rows.get('validation', []))} validation examples"
+            f"task {self.kind}: {n_train} training and {n_val} validation examples"
             + (f", {len(self.labels)} labels" if self.kind in ("classify", "tag") else "")
+            + (f" ({windows} windows of data.seq_len={self.cfg.data.seq_len} tokens, sharing "
+               f"{stride_for(self.cfg.task, self.cfg.data.seq_len)})" if windows > n_train + n_val else "")
             + f"; weights from {self.pretrained.source}"
-        )
+        )  # fmt: skip
 
     def _classification_rows(self, tables) -> dict:
         t = self.cfg.task
@@ -358,11 +365,12 @@ class FinetuneTask:
             rows[split], left_out = qa_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len, with_types,
                                             training=split == "train")  # fmt: skip
             if left_out and not rows[split]:
-                raise DataError(f"every answer of the {split} data lies past data.seq_len={self.cfg.data.seq_len} "
-                                "tokens of question and context; raise data.seq_len")  # fmt: skip
+                raise DataError(f"every answer of the {split} data is longer than a window of data.seq_len="
+                                f"{self.cfg.data.seq_len} tokens holds beside its question; raise data.seq_len")
             if left_out:
-                say(f"warning: {left_out} of {len(table)} examples of the {split} data have their answer past "
-                    f"data.seq_len={self.cfg.data.seq_len} tokens of question and context: left out")  # fmt: skip
+                say(f"warning: {left_out} of {len(table)} examples of the {split} data have an answer longer than a "
+                    f"window of data.seq_len={self.cfg.data.seq_len} tokens holds beside its question: left out")
+
         return rows
 
     def _sft_rows(self, tables, say) -> dict:

@@ -1,7 +1,8 @@
 """Extractive question answering (task.kind: qa) data and scoring: SQuAD's answers (and a plain
 answer text) become token spans of the context, unanswerable questions point at the first token,
-answers cut off by data.seq_len are left out of training, spans decode within the context, and the
-answers' text is scored as SQuAD's script scores it."""
+a long context is read in overlapping windows (an answer longer than a window is left out of
+training), spans decode within the context and over the windows, and the answers' text is scored
+as SQuAD's script scores it."""
 
 import json
 from functools import partial
@@ -41,13 +42,67 @@ def test_answers_become_the_token_spans_that_cover_them(tmp_path, tokenizer, req
         assert all(row["context"][row["start"] : row["end"] + 1])  # the span lies in the context
 
 
-def test_an_answer_past_the_length_is_left_out_of_training_and_missed_elsewhere(tmp_path, bpe):
+def test_an_answer_longer_than_a_window_is_left_out_of_training_and_not_scored_elsewhere(tmp_path, bpe):
     cfg = task(jsonl(tmp_path / "qa.jsonl", ROWS[:1]))
     table = task_tables(cfg)["train"]
     rows, left_out = qa_rows(bpe, table, cfg.task, 12, False, training=True)
     assert (rows, left_out) == ([], 1)
     rows, _ = qa_rows(bpe, table, cfg.task, 12, False, training=False)
     assert (rows[0]["start"], rows[0]["end"]) == (IGNORE, IGNORE)
+
+
+LONG = " ".join(f"line {i} says nothing much." for i in range(30)) + " The answer is Python 2.6 here."
+
+
+@pytest.mark.parametrize("tokenizer", ["bpe", "wordpiece"])
+def test_a_long_context_is_read_in_overlapping_windows_and_the_answer_learned_where_it_is(tmp_path, tokenizer,
+                                                                                        request):  # fmt: skip
+    tok = request.getfixturevalue(tokenizer)
+    rows = [{"question": "Which version?", "context": LONG, "answers": "Python 2.6"},
+            {"question": "Who wrote it?", "context": LONG, "answers": {"text": [], "answer_start": []}}]  # fmt: skip
+    cfg = task(jsonl(tmp_path / "qa.jsonl", rows), doc_stride=8)
+    got, left_out = qa_rows(tok, task_tables(cfg)["train"], cfg.task, 64, tokenizer == "wordpiece", training=True)
+    windows = [r for r in got if r["example"] == 0]
+    assert left_out == 0 and len(windows) > 2 and len(got) == 2 * len(windows)  # both contexts, the same windows
+    assert all(len(r["input_ids"]) <= 64 for r in got)
+    labeled = [r for r in windows if (r["start"], r["end"]) != (0, 0)]
+    assert labeled and all(r is windows[-1] or r is windows[-2] for r in labeled)  # the answer is at the end
+    for r in labeled:
+        said = tok.decode(r["input_ids"][r["start"] : r["end"] + 1]).replace(" ", "").lower()
+        assert said == "python2.6"
+    assert all((r["start"], r["end"]) == (0, 0) for r in got if r["example"] == 1)
+    # consecutive windows share 8 tokens of the context
+    ctx = [[t for t, c in zip(r["input_ids"], r["context"], strict=True) if c] for r in windows]
+    assert all(a[-8:] == b[:8] for a, b in zip(ctx, ctx[1:], strict=False))
+
+
+def test_the_answer_is_the_best_span_over_the_windows_unless_no_answer_wins_in_every_one(bpe):
+    from finetune.answers import encode, predict_answers
+
+    cfg = task("unused.jsonl", doc_stride=8)
+    enc, spans = encode(bpe, ["Which version?"], [LONG], 64, False, 8)
+    where = LONG.index("Python 2.6")
+    span = {w: [k for k, c in enumerate(cover) if c and c[0] < where + 10 and c[1] > where] for w, cover in
+            enumerate(spans)}  # fmt: skip
+    holds = [w for w, ks in span.items() if ks and spans[w][ks[0]][0] <= where]
+
+    class Reader(torch.nn.Module):  # points at Python 2.6 where a window holds it; elsewhere says no answer
+        cfg = type("Cfg", (), {"type_vocab_size": 0})()
+        sure = 9.0
+
+        def forward(self, input_ids, **_):
+            out = torch.zeros(*input_ids.shape, 2)
+            out[:, 0, :] = 5.0
+            for w in range(input_ids.shape[0]):
+                if w in holds:
+                    out[w, span[w][0], 0] = out[w, span[w][-1], 1] = self.sure
+            return out
+
+    reader = Reader()
+    assert len(spans) > 2 and holds
+    assert predict_answers(reader, bpe, cfg.task, ["Which version?"], [LONG], 64) == [("Python 2.6", where)]
+    reader.sure = 4.0  # 8 against no answer's 10 in every window: no answer
+    assert predict_answers(reader, bpe, cfg.task, ["Which version?"], [LONG], 64) == [("", None)]
 
 
 def test_spans_decode_within_the_context_and_no_answer_wins_when_it_scores_higher():
@@ -94,4 +149,16 @@ def test_an_answer_that_is_not_one_is_named_with_its_example(tmp_path, answers, 
     cfg = task(jsonl(tmp_path / "qa.jsonl", [ROWS[0], {**ROWS[0], "answers": answers}]))
     with pytest.raises(DataError, match=r"task.answers_column='answers': example 1 of data.sources\[0\]") as e:
         check_task_sources(cfg)
+    assert said in str(e.value)
+
+
+@pytest.mark.parametrize("stride, said", [(-1, "task.doc_stride=-1: must be >= 0"),
+                                          (90, "task.doc_stride=90: more than a third of data.seq_len=256, so "
+                                               "windows would barely advance; use task.doc_stride <= 85, or null "
+                                               "for 64")])  # fmt: skip
+def test_a_stride_windows_cannot_advance_with_is_refused(stride, said):
+    from pretrain.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        task("unused.jsonl", doc_stride=stride)
     assert said in str(e.value)

@@ -2,6 +2,7 @@
 and the errors for bad task data or the wrong checkpoint."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -205,11 +206,16 @@ def test_extractive_question_answering_with_an_encoder_then_evaluate_predict_and
     cfg = finetune_config(make_config, "qa", pretrained_encoder, {"kind": "qa"},
                           data={"sources": [{"files": str(data)}], "seq_len": 64}, train={"micro_batch_size": 8})
     out = launch(1, cfg, module="finetune").stdout
-    assert "task qa: " in out and "validation examples" in out
+    said = re.search(r"task qa: (\d+) training and (\d+) validation examples \((\d+) windows of data.seq_len=64 "
+                     r"tokens, sharing 16\)", out)  # fmt: skip
+    assert said, out[-2000:]  # contexts of 120 characters do not all fit beside their questions in 64 tokens
+    n_train, n_val, windows = map(int, said.groups())
+    assert n_train + n_val == len(rows) and windows > len(rows)
     run_dir = tmp_path / "runs" / "qa"
     final = metrics(run_dir, "eval")[8]
     scored = evaluate_validation(run_dir)
     assert scored["span_f1"] == pytest.approx(final["val_span_f1"], abs=1e-9)
+    assert scored["examples"] == n_val and scored["windows"] > n_val
     assert 0.0 <= scored["exact_match"] <= scored["f1"] <= 1.0
 
     table = write_jsonl(tmp_path / "questions.jsonl", [{"question": r["question"], "context": r["context"]}
