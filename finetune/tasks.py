@@ -240,6 +240,11 @@ def check_task_fits(task, arch: str, what: str) -> None:
                         "stack's layers); use 1.0, or LoRA (task.lora_rank)")  # fmt: skip
 
 
+def _examples(rows: list[dict]) -> int:
+    """How many examples ``rows`` hold: a QA example read in several windows is a row a window."""
+    return len({r.get("example", k) for k, r in enumerate(rows)})
+
+
 class FinetuneTask:
     """Builds data, model and loss for `python -m finetune` (see pretrain.run.run for the loop)."""
 
@@ -324,10 +329,7 @@ class FinetuneTask:
             why = f"the checkpoint's {trained} takes no padding mask" if self.cfg.task.attention == "auto" else (
                 f"task.attention; the checkpoint's is {trained}")  # fmt: skip
             say(f"attention: {runs} ({why}; the weights are the same)")
-        def examples(split: str) -> int:  # a QA example may be read in several windows, each a row
-            return len({r.get("example", k) for k, r in enumerate(rows.get(split, []))})
-
-        n_train, n_val = examples("train"), examples("validation")
+        n_train, n_val = _examples(rows.get("train", [])), _examples(rows.get("validation", []))
         windows = len(rows["train"]) + len(rows.get("validation", []))
         say(
             f"task {self.kind}: {n_train} training and {n_val} validation examples"
@@ -365,12 +367,13 @@ class FinetuneTask:
             rows[split], left_out = qa_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len, with_types,
                                             training=split == "train")  # fmt: skip
             if left_out and not rows[split]:
-                raise DataError(f"every answer of the {split} data is longer than a window of data.seq_len="
-                                f"{self.cfg.data.seq_len} tokens holds beside its question; raise data.seq_len")
+                raise DataError(f"every answer of the {split} data is longer than the context a window of "
+                                f"data.seq_len={self.cfg.data.seq_len} tokens holds beside its question; raise "
+                                "data.seq_len")  # fmt: skip
             if left_out:
-                say(f"warning: {left_out} of {len(table)} examples of the {split} data have an answer longer than a "
-                    f"window of data.seq_len={self.cfg.data.seq_len} tokens holds beside its question: left out")
-
+                say(f"warning: {left_out} of {len(table)} examples of the {split} data have an answer longer than the "
+                    f"context a window of data.seq_len={self.cfg.data.seq_len} tokens holds beside its question: left "
+                    "out")  # fmt: skip
         return rows
 
     def _sft_rows(self, tables, say) -> dict:
