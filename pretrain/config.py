@@ -13,6 +13,7 @@ module imports no torch, so the launcher can validate a job without it.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import difflib
 import json
@@ -518,9 +519,12 @@ def parse_cli(argv: list[str], cls: type = None) -> RunConfig:
 
 
 def exit_on_config_error(fn):
-    """Decorator for entry points: a ConfigError becomes one line on stderr and exit status 2."""
+    """Decorator for entry points: a ConfigError becomes one line on stderr and exit status 2, and
+    the process, once its command is over, ends without the garbage collector's scans."""
 
     def wrapper(*args, **kwargs):
+        atexit.unregister(_no_collection_at_shutdown)  # registered once, however often called
+        atexit.register(_no_collection_at_shutdown)
         try:
             return fn(*args, **kwargs)
         except ConfigError as e:
@@ -535,6 +539,16 @@ def exit_on_config_error(fn):
             sys.exit(2)
 
     return wrapper
+
+
+def _no_collection_at_shutdown() -> None:
+    """At interpreter shutdown Python runs full collections over every object of every module
+    (torch, DeepSpeed, datasets, transformers: 400,000 the collector tracks), which took 0.75 s
+    of a 6 s one-process run. Freezing them first skips those scans; every exit handler, close
+    and flush still runs, and only garbage in reference cycles is left to the ending process."""
+    import gc
+
+    gc.freeze()
 
 
 @exit_on_config_error

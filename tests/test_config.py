@@ -154,6 +154,23 @@ def test_cli_error_is_one_line_exit_2_without_traceback():
     )
 
 
+def test_an_entry_point_ends_its_process_without_the_collectors_scans():
+    """At exit, once however often the entry point ran, and after every handler its command
+    registered (the checker is registered first, so it runs last)."""
+    code = """
+import atexit, gc
+import pretrain.config as config
+freeze, calls = config._no_collection_at_shutdown, []
+config._no_collection_at_shutdown = lambda: (calls.append(1), freeze())
+atexit.register(lambda: print("at exit: frozen", gc.get_freeze_count() > 0, "calls", len(calls)))
+command = config.exit_on_config_error(lambda: print("frozen", gc.get_freeze_count() > 0))
+command()
+command()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.stdout.splitlines() == ["frozen False", "frozen False", "at exit: frozen True calls 1"], proc.stderr
+
+
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
