@@ -81,6 +81,12 @@ class TaskConfig:
     pooling: Literal["auto", "first", "last", "mean"] = "auto"
     """auto: the first token for encoders ([CLS]), the last real token for decoders, the mean of
     the encoder's output for encoder-decoders."""
+    head: Literal["hf", "linear"] = "hf"
+    """classify: hf is the head of transformers' XForSequenceClassification for the model's family,
+    so the classifier exports as that class: BERT a dense layer and tanh on the pooled token, then
+    a linear layer; DeBERTa the same with GELU; GPT-2 and LLaMA a linear layer without a bias.
+    linear: a linear layer with a bias on the pooled output (what a model of no HF family gets,
+    and what checkpoints written before this setting have)."""
     freeze_body: bool = False
     """Train the classification head only."""
     layer_lr_decay: float = 1.0
@@ -195,6 +201,16 @@ class FinetuneConfig(RunConfig):
                               f"{self.data.seq_len}, so windows would barely advance; use task.doc_stride <= "
                               f"{self.data.seq_len // 3}, or null for {self.data.seq_len // 4}")  # fmt: skip
 
+    def check_resume(self, tag_dir) -> None:
+        """A ConfigError where checkpoint ``tag_dir``, which this run resumes, holds another
+        classification head than this config builds (task.head)."""
+        from pretrain import checkpoint as ckpt
+
+        was = ckpt.saved_head(ckpt.saved_task(tag_dir))
+        if self.task.kind == "classify" and was != self.task.head:
+            raise ConfigError(f"task.head changed {was} -> {self.task.head}: checkpoint {tag_dir} holds the {was} "
+                              f"head; resume with task.head={was}, or start a new run")  # fmt: skip
+
     @property
     def target_len(self) -> int:
         """seq2seq: the decoder's length."""
@@ -216,4 +232,11 @@ def load_finetune_config(path, overrides=None) -> FinetuneConfig:
     return load_config(path, overrides, cls=FinetuneConfig)
 
 
-__all__ = ["FinetuneConfig", "TaskConfig", "load_finetune_config"]
+def saved_finetune_config(tag_dir) -> FinetuneConfig:
+    """The fine-tuning config a checkpoint was written with (see pretrain.checkpoint.saved_head)."""
+    from pretrain import checkpoint as ckpt
+
+    return load_finetune_config(tag_dir / "config.yaml", [f"task.head={ckpt.saved_head(ckpt.saved_task(tag_dir))}"])
+
+
+__all__ = ["FinetuneConfig", "TaskConfig", "load_finetune_config", "saved_finetune_config"]

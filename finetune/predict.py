@@ -29,7 +29,7 @@ def load_classifier(path: str | Path, warn=print, say=None):
     """(model, tokenizer, labels, run config) from a classification fine-tuning run (its best
     checkpoint, else the newest) or checkpoint; every weight of the classifier must be there.
     ``say`` is told which checkpoint that is."""
-    from finetune.tasks import Classifier
+    from finetune.tasks import Classifier, classify_head
     from pretrain import checkpoint as ckpt
     from pretrain.config import ConfigError
     from pretrain.data.tokenizer import load_tokenizer
@@ -42,8 +42,9 @@ def load_classifier(path: str | Path, warn=print, say=None):
     cfg = classifier_config(tag_dir)
     labels = json.loads((tag_dir / "labels.json").read_text())
     pooling = cfg.task.pooling_for(cfg.model.arch) if cfg.task.kind == "classify" else None  # tag: every token
+    head = classify_head(cfg.model, cfg.task) if cfg.task.kind == "classify" else {}
     model = Classifier(build_model(cfg.model.for_padding(cfg.task.attention)), len(labels), pooling,
-                       cfg.task.classifier_dropout)  # fmt: skip
+                       cfg.task.classifier_dropout, **head)  # fmt: skip
     missing, unexpected = model.load_state_dict(consolidated_state_dict(tag_dir), strict=False)
     if missing or unexpected:
         raise ConfigError(f"{tag_dir}: the weights do not fit the classifier its config describes (missing "
@@ -54,12 +55,12 @@ def load_classifier(path: str | Path, warn=print, say=None):
 
 def classifier_config(tag_dir: Path):
     """The fine-tuning config of a classification checkpoint (a ConfigError for any other)."""
-    from finetune.config import load_finetune_config
+    from finetune.config import saved_finetune_config
     from pretrain.config import ConfigError
 
     if not (tag_dir / "labels.json").exists():
         raise ConfigError(f"{tag_dir} is not a classification checkpoint (no labels.json)")
-    return load_finetune_config(tag_dir / "config.yaml")
+    return saved_finetune_config(tag_dir)
 
 
 def read_texts(file: str, args, cfg) -> tuple[list[str], list[str] | None]:

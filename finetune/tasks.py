@@ -27,9 +27,13 @@ from pretrain.trainer import lm_loss, seq2seq_loss
 
 class Classifier(nn.Module):
     """A pretrained body, pooled (first / last real / mean token), then dropout and a linear head;
-    ``pooling`` None: the head labels every token (task.kind tag, qa), (B, T, labels)."""
+    ``pooling`` None: the head labels every token (task.kind tag, qa), (B, T, labels). ``pooler``
+    (an activation, "tanh" or "gelu") puts a dense layer with it on the pooled token first (BERT's
+    and DeBERTa's sequence classifiers); ``bias`` False leaves the head without one (GPT-2's and
+    LLaMA's). See classify_head."""
 
-    def __init__(self, body: Transformer, num_labels: int, pooling: str | None, dropout: float):
+    def __init__(self, body: Transformer, num_labels: int, pooling: str | None, dropout: float,
+                 pooler: str | None = None, bias: bool = True):  # fmt: skip
         super().__init__()
         self.cfg = body.cfg
         self.body = body
@@ -37,21 +41,39 @@ class Classifier(nn.Module):
             body.drop_decoder()  # the pooled encoder output is classified
         self.body.head = nn.Identity()  # the LM head has no part here (and unused weights upset ZeRO)
         self.pooling = pooling
+        self.pooler = nn.Linear(body.cfg.d_model, body.cfg.d_model) if pooler else None
+        self.pooler_activation = {"tanh": torch.tanh, "gelu": F.gelu, None: None}[pooler]
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(body.cfg.d_model, num_labels)
+        self.classifier = nn.Linear(body.cfg.d_model, num_labels, bias=bias)
         self.reset_head()
 
     def reset_head(self, gather=None) -> None:
-        """Normal(0, init_std) weights, zero bias; ``gather`` as in Transformer.reset_parameters."""
-        with gather([self.classifier.weight, self.classifier.bias]) if gather else contextlib.nullcontext():
-            nn.init.normal_(self.classifier.weight, 0.0, self.cfg.init_std)
-            nn.init.zeros_(self.classifier.bias)
+        """Normal(0, init_std) weights, zero biases; ``gather`` as in Transformer.reset_parameters."""
+        layers = [m for m in (self.pooler, self.classifier) if m is not None]
+        params = [p for m in layers for p in m.parameters()]
+        with gather(params) if gather else contextlib.nullcontext():
+            for m in layers:
+                nn.init.normal_(m.weight, 0.0, self.cfg.init_std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         hidden = self.body.hidden_states(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         if self.pooling is not None:
             hidden = pool(hidden, attention_mask, self.pooling)
+        if self.pooler is not None:
+            hidden = self.pooler_activation(self.pooler(hidden))
         return self.classifier(self.dropout(hidden))
+
+
+def classify_head(model_cfg, task) -> dict:
+    """Classifier's ``pooler`` and ``bias`` for task.head: hf, the head of the model's HF sequence
+    classifier (pretrain.model.hf.sequence_head; a model of no HF family gets linear's); linear,
+    a linear layer with a bias."""
+    from pretrain.model.hf import sequence_head
+
+    hf = sequence_head(model_cfg) if task.head == "hf" else None
+    return {"pooler": hf.pooler, "bias": hf.bias} if hf else {"pooler": None, "bias": True}
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -391,7 +413,8 @@ class FinetuneTask:
         model = body
         if self.kind in ("classify", "tag", "qa"):
             pooling = self.cfg.task.pooling_for(body.cfg.arch) if self.kind == "classify" else None
-            model = Classifier(body, len(self.labels), pooling, self.cfg.task.classifier_dropout)
+            head = classify_head(body.cfg, self.cfg.task) if self.kind == "classify" else {}
+            model = Classifier(body, len(self.labels), pooling, self.cfg.task.classifier_dropout, **head)
             if gather is not None:
                 model.reset_head(gather)
         if self.cfg.task.freeze_body:
@@ -414,6 +437,9 @@ class FinetuneTask:
         if name.startswith(("embed.", "position.")):
             return decay ** (layers + 1)
         return 1.0
+
+    def check_resume(self, resume: Path) -> None:
+        self.cfg.check_resume(resume)
 
     def extra_files(self) -> dict[str, str]:
         """Saved next to every checkpoint (and in the run directory)."""

@@ -109,6 +109,7 @@ def check_resume(program: str, cfg, world: int) -> None:
         return
     ckpt.check_format(resume)
     if program == "finetune":
+        cfg.check_resume(resume)
         model = model_config(program, cfg)
         cfg = cfg if model is None else cfg.with_model(model)
     info = ckpt.saved_info(resume)

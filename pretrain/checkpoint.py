@@ -228,6 +228,12 @@ def saved_task(tag_dir: Path) -> dict:
     return (yaml.safe_load((tag_dir / "config.yaml").read_text()) or {}).get("task") or {}
 
 
+def saved_head(task: dict) -> str:
+    """task.head of a checkpoint's task section as written (saved_task): a classifier saved before
+    the setting existed has the linear head."""
+    return task.get("head", "linear")
+
+
 def rng_state() -> dict:
     """Every RNG's state as plain JSON data (no pickle: a checkpoint must not be able to run code)."""
     version, key, gauss = random.getstate()

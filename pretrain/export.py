@@ -7,7 +7,9 @@ Writes, from the newest complete checkpoint of a run (or the checkpoint given):
                          config.yaml, tokenizer/
   OUT_DIR/hf/            an HF transformers directory (config.json, the weights laid out the same
                          way, tokenizer) for the GPT-2, LLaMA, BERT and DeBERTa families, T5 and
-                         BART; a tagger (task.kind tag) as XForTokenClassification
+                         BART; a fine-tuned head as the family's class for it
+                         (XForSequenceClassification, XForTokenClassification,
+                         XForQuestionAnswering)
 Tensors are read and written one at a time, a shard at most held in memory.
 """
 
@@ -144,14 +146,12 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
         raise ConfigError(f"{out}: inside {folder}, where an export would be taken for (and pruned as) part of a "
                           "checkpoint; export to another folder")  # fmt: skip
     task = ckpt.saved_task(tag_dir)
-    tagger = (tag_dir / "labels.json").exists() and task.get("kind") in ("tag", "qa")  # a head on every token
-    if (tag_dir / "labels.json").exists() and not tagger:
-        raise ConfigError(f"{tag_dir} is a classifier's checkpoint: its head (pooling, then a linear layer with a "
-                          "bias) has no transformers class that computes the same, so it is not exported; "
-                          "python -m finetune.predict and finetune.evaluate read the checkpoint itself, and "
-                          "init_from starts another fine-tuning from it")  # fmt: skip
-    print(f"exporting {ckpt.describe(tag_dir)}")
+    tagger = (tag_dir / "labels.json").exists()  # a head on every token (tag, qa) or on the pooled one (classify)
     cfg = ckpt.saved_config(tag_dir)
+    kind = task.get("kind", "classify")  # a fine-tuning run always writes it; a bare labels.json is a classifier's
+    if tagger and kind == "classify":
+        check_sequence_head(tag_dir, cfg.model, task)
+    print(f"exporting {ckpt.describe(tag_dir)}")
     tensors = consolidated_tensors(tag_dir)
     check_fits(BodyWeights(tensors) if tagger else tensors, cfg.model, skip=body_lacks(cfg.model) if tagger else ())
     tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
@@ -166,6 +166,9 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
         raise ConfigError(f"checkpoint {tag_dir} cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
     save_config(cfg, cons / "config.yaml")
     tok.model_max_length = cfg.model.max_seq_len  # what the positions allow (transformers' default is 1e30)
+    if cfg.model.type_vocab_size:  # BERT's segments: a tokenizer returns what model_input_names lists, and
+        names = ["input_ids", "token_type_ids", "attention_mask"]  # ours, trained with tokenizers, lists no types
+        tok.model_input_names, tok.init_kwargs["model_input_names"] = names, names  # (init_kwargs: saved)
     tok.save_pretrained(str(cons / "tokenizer"))
     written = {"checkpoint": tag_dir, "consolidated": cons}
     if cfg.model.arch == "encoder-decoder" and tagger:
@@ -183,13 +186,13 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     for name, value in ids.items():
         setattr(hf_cfg, name, value)
     if tagger:
-        hf_head_config(hf_cfg, cfg.model, json.loads((tag_dir / "labels.json").read_text()), task)
+        hf_head_config(hf_cfg, cfg.model, json.loads((tag_dir / "labels.json").read_text()), {**task, "kind": kind})
     hf_cfg.save_pretrained(str(hf_dir))
     if cfg.model.arch == "decoder" and not tagger:  # generate() and pipelines stop at end-of-text and pad with it
         from transformers import GenerationConfig
 
         GenerationConfig(**ids).save_pretrained(str(hf_dir))
-    write_sharded(head_tensors(cfg.model, tensors, task["kind"]) if tagger else
+    write_sharded(head_tensors(cfg.model, tensors, kind) if tagger else
                   hf_tensors(cfg.model, tensors, materialize),
                   hf_dir, max_shard_bytes)  # fmt: skip
     tok.save_pretrained(str(hf_dir))
@@ -197,27 +200,69 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     return written
 
 
-def hf_head_config(hf_cfg, model_cfg, labels: list[str], task: dict) -> None:
-    """A transformers config made that of a head on every token (task.kind tag or qa): its class,
-    the head's outputs by name (the tags; start and end), the dropout."""
-    from pretrain.model.hf import token_head
+def check_sequence_head(tag_dir: Path, model_cfg, task: dict) -> None:
+    """A ConfigError unless a classifier's checkpoint (task.kind classify) is its model's HF sequence
+    classifier: task.head=hf, a model of an HF family, and the pooling that class reads."""
+    from pretrain.model.hf import family_of, sequence_head
 
-    hf_cfg.architectures = [token_head(model_cfg, task["kind"])[0]]
+    hf, head = sequence_head(model_cfg), ckpt.saved_head(task)
+    pooling = task.get("pooling", "auto")
+    pooling = hf.pooling if hf and pooling == "auto" else pooling
+    if model_cfg.arch == "encoder-decoder":
+        why = "an encoder-decoder's classifier reads its encoder alone, which no transformers class classifies"
+    elif hf is None:
+        try:
+            family_of(model_cfg)
+        except ValueError as e:
+            why = str(e)
+    elif head != "hf":
+        why = (f"it was trained with task.head={head} (a linear layer with a bias), which {hf.cls} does not have; "
+               "fine-tune with task.head=hf")  # fmt: skip
+    elif pooling != hf.pooling:
+        why = f"it pools the {pooling} token(s), and {hf.cls} reads the {hf.pooling}; fine-tune with task.pooling=auto"
+    else:
+        return
+    raise ConfigError(f"{tag_dir} is a classifier's checkpoint that no transformers class computes: {why}. "
+                      "python -m finetune.predict and finetune.evaluate read the checkpoint itself, and init_from "
+                      "starts another fine-tuning from it")  # fmt: skip
+
+
+def hf_head_config(hf_cfg, model_cfg, labels: list[str], task: dict) -> None:
+    """A transformers config made that of a fine-tuning head: its class, the head's outputs by
+    name (the labels; the tags; start and end), the dropout."""
+    from pretrain.model.hf import sequence_head, token_head
+
+    kind = task["kind"]
+    hf_cfg.architectures = [sequence_head(model_cfg).cls if kind == "classify" else token_head(model_cfg, kind)[0]]
     hf_cfg.id2label = dict(enumerate(labels))
     hf_cfg.label2id = {name: i for i, name in enumerate(labels)}
-    hf_cfg.classifier_dropout = float(task.get("classifier_dropout", 0.1))
+    dropout = float(task.get("classifier_dropout", 0.1))
+    hf_cfg.classifier_dropout = dropout
+    if kind == "classify":
+        hf_cfg.problem_type = "single_label_classification"
+    if kind == "classify" and hf_cfg.model_type == "deberta-v2":  # its ContextPooler: no dropout of ours before it
+        hf_cfg.cls_dropout, hf_cfg.pooler_dropout = dropout, 0.0
+        hf_cfg.pooler_hidden_size, hf_cfg.pooler_hidden_act = model_cfg.d_model, "gelu"
 
 
 def head_tensors(model_cfg, tensors: Mapping, kind: str):
-    """(HF name, make the tensor) for the checkpoint of a head on every token (task.kind tag or
-    qa): its body under the LM class's names (or the one the class gives it) without the LM head,
-    then the head as the class names it."""
-    from pretrain.model.hf import hf_tensors, token_head
+    """(HF name, make the tensor) for the checkpoint of a fine-tuning head (task.kind classify, tag
+    or qa): its body under the LM class's names (or the one the class gives it) without the LM
+    head, then the head (and a sequence classifier's pooler) as the class names it."""
+    from pretrain.model.hf import hf_tensors, sequence_head, token_head
 
-    _, head, base = token_head(model_cfg, kind)
+    bias = True
+    if kind == "classify":
+        seq = sequence_head(model_cfg)
+        head, base, bias = seq.head, None, seq.bias
+        if seq.pooler_name:
+            for part in ("weight", "bias"):
+                yield f"{seq.pooler_name}.{part}", lambda part=part: materialize(tensors[f"pooler.{part}"])
+    else:
+        _, head, base = token_head(model_cfg, kind)
     for name, make in hf_tensors(model_cfg, BodyWeights(tensors), materialize, body_only=True):
         yield (f"{base}.{name.split('.', 1)[1]}" if base else name), make
-    for part in ("weight", "bias"):
+    for part in ("weight", "bias") if bias else ("weight",):
         yield f"{head}.{part}", lambda part=part: materialize(tensors[f"classifier.{part}"])
 
 

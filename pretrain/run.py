@@ -105,6 +105,9 @@ class LanguageModelTask:
     def extra_files(self) -> dict[str, str]:
         return {}
 
+    def check_resume(self, resume: Path) -> None:
+        """A ConfigError where checkpoint ``resume`` holds a model other than this task builds."""
+
 
 def find_resume(cfg: RunConfig, rank: int = 0, world: int = 1):
     """The checkpoint folder this run continues from, or None for a fresh start. Rank 0 chooses
@@ -348,6 +351,7 @@ def _prepare_data(cfg: RunConfig, task, rank: int, world: int, resume, ready, sa
         info = ckpt.saved_info(resume)
         keep = ckpt.compare_for_resume(ckpt.saved_config(resume), cfg, info["world_size"], world,
                                        lambda m: say(f"warning: {m}"), step=info["step"])  # fmt: skip
+        task.check_resume(resume)
     if rank == 0 and resume is not None and (resume / "tokenizer").exists():
         from pretrain.data.pipeline import load_saved_tokenizer
 

@@ -150,6 +150,11 @@ CASES = [
      ["launch", "local", "configs/finetune/stdlib-packages.yaml", "--nproc-per-node", "2", "init_from={tmp}/nowhere",
       "output_dir={tmp}/runs"],
      "config error: init_from='{tmp}/nowhere': no such file or directory"),
+    ("fine-tuning: resumed with another classification head, under the launcher",
+     ["launch", "local", "configs/finetune/stdlib-packages.yaml", "--nproc-per-node", "2", f"init_from={GOLDEN}",
+      "train.resume={tmp}/cls/step_00000010", "output_dir={tmp}/runs"],
+     "config error: task.head changed linear -> hf: checkpoint {tmp}/cls/step_00000010 holds the linear head; resume "
+     "with task.head=linear, or start a new run"),
     ("fine-tuning: a kernel that takes no padding mask", ["finetune", "configs/finetune/stdlib-names.yaml",
                                                           "task.attention=flash", "output_dir={tmp}/runs"],
      "config error: task.attention='flash' takes no padding mask, which padded batches need (and an encoder-decoder's "

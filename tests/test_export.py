@@ -1,5 +1,7 @@
 """python -m pretrain.export into a folder that already holds an export, or where it must not write."""
 
+import dataclasses
+import re
 import shutil
 from pathlib import Path
 
@@ -40,7 +42,27 @@ def test_no_export_into_a_checkpoint_nor_of_a_classifier(tmp_path):
         with pytest.raises(ConfigError, match=r"where an export would be taken for \(and pruned as\) part of a"):
             export(run, inside)
         assert not inside.exists()
-    (run / "labels.json").write_text('["a", "b"]')
-    with pytest.raises(ConfigError, match=r"is a classifier's checkpoint: its head .* has no transformers class"):
+    (run / "labels.json").write_text('["a", "b"]')  # a classifier's, written before task.head: a linear head
+    with pytest.raises(ConfigError, match=r"is a classifier's checkpoint that no transformers class computes: it "
+                       r"was trained with task.head=linear \(a linear layer with a bias\), which "
+                       r"GPT2ForSequenceClassification does not have; fine-tune with task.head=hf"):  # fmt: skip
         export(run, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_classifier_exports_only_as_the_class_that_computes_it():
+    from pretrain.checkpoint import saved_config
+    from pretrain.export import check_sequence_head
+
+    gpt2 = saved_config(GOLDEN).model
+    check_sequence_head(GOLDEN, gpt2, {"kind": "classify", "head": "hf", "pooling": "auto"})
+    check_sequence_head(GOLDEN, gpt2, {"kind": "classify", "head": "hf", "pooling": "last"})
+    for changes, task, why in (
+        ({}, {"pooling": "mean"}, "it pools the mean token(s), and GPT2ForSequenceClassification reads the last; "
+                                  "fine-tune with task.pooling=auto"),
+        ({"position": "alibi"}, {}, "no HF gpt2 model has this architecture: {'position': 'alibi'}"),
+        ({"arch": "encoder-decoder"}, {}, "an encoder-decoder's classifier reads its encoder alone"),
+    ):  # fmt: skip
+        model = dataclasses.replace(gpt2, **changes)
+        with pytest.raises(ConfigError, match=re.escape(why)):
+            check_sequence_head(GOLDEN, model, {"kind": "classify", "head": "hf", **task})

@@ -121,6 +121,30 @@ def test_the_model_section_is_checked_against_init_froms_shape_not_the_default()
         cfg.with_model(ModelConfig(vocab_size=50, d_model=16, num_layers=2, num_heads=2, max_seq_len=256))
 
 
+def test_a_classifier_resumes_with_the_head_its_checkpoint_holds_and_reads_as_written(tmp_path):
+    """A checkpoint written before task.head holds the linear head: its config reads as linear
+    (predict, evaluate), and a resume with the default (hf) is refused, not a failed load of weights."""
+    from finetune.config import load_finetune_config, saved_finetune_config
+    from pretrain.config import ConfigError, save_config
+
+    for name, head in (("old", None), ("new", "hf")):
+        saved = load_finetune_config(None, ["init_from=somewhere", "task.kind=classify"])
+        (tmp_path / name).mkdir()
+        save_config(saved, tmp_path / name / "config.yaml")
+        if head is None:  # as an earlier release wrote it
+            text = (tmp_path / name / "config.yaml").read_text()
+            (tmp_path / name / "config.yaml").write_text(text.replace("  head: hf\n", ""))
+        assert saved_finetune_config(tmp_path / name).task.head == (head or "linear")
+    again = load_finetune_config(None, ["init_from=somewhere", "task.kind=classify"])
+    again.check_resume(tmp_path / "new")
+    with pytest.raises(ConfigError, match="task.head changed linear -> hf: checkpoint .*old holds the linear head; "
+                                          "resume with task.head=linear, or start a new run"):  # fmt: skip
+        again.check_resume(tmp_path / "old")
+    load_finetune_config(None, ["init_from=somewhere", "task.kind=classify", "task.head=linear"]).check_resume(
+        tmp_path / "old")
+    load_finetune_config(None, ["init_from=somewhere", "task.kind=tag"]).check_resume(tmp_path / "old")  # no such head
+
+
 @pytest.mark.parametrize(
     "task, arch, message",
     [

@@ -15,6 +15,7 @@ Conv1D stores weights transposed. transformers is imported only when a conversio
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
 import torch
 
@@ -408,13 +409,51 @@ def hf_tensors(cfg: ModelConfig, ours: Mapping, take: Callable = lambda t: t,
         yield "bert.embeddings.token_type_embeddings.weight", lambda: torch.zeros(1, cfg.d_model)
 
 
+def _class_prefix(cfg: ModelConfig, family: str) -> str:
+    if family == "llama" and cfg.sliding_window:
+        return "Mistral"
+    return {"gpt2": "GPT2", "llama": "Llama", "bert": "Bert", "deberta": "DebertaV2"}[family]
+
+
+class SequenceHead(NamedTuple):
+    """transformers' XForSequenceClassification for a model's family, as finetune's Classifier
+    builds it (task.head=hf). Its body goes under the LM class's names."""
+
+    cls: str
+    pooling: str
+    """The token it reads: first ([CLS]) or last (the last that is not padding)."""
+    pooler: str | None
+    """The activation of its dense layer on that token (BERT's pooler, DeBERTa's ContextPooler); None: none."""
+    pooler_name: str | None
+    """That layer's name in the class."""
+    head: str
+    """The name of the linear layer that gives the logits."""
+    bias: bool
+
+
+def sequence_head(cfg: ModelConfig) -> SequenceHead | None:
+    """The sequence classifier of this model's HF family; None for a model of none (and for an
+    encoder-decoder, whose HF classes classify the decoder's output at the last end-of-text)."""
+    if cfg.arch == "encoder-decoder":
+        return None
+    try:
+        family = family_of(cfg)
+    except ValueError:
+        return None
+    name = f"{_class_prefix(cfg, family)}ForSequenceClassification"
+    if family == "bert":
+        return SequenceHead(name, "first", "tanh", "bert.pooler.dense", "classifier", True)
+    if family == "deberta":
+        return SequenceHead(name, "first", "gelu", "pooler.dense", "classifier", True)
+    return SequenceHead(name, "last", None, None, "score", False)
+
+
 def token_head(cfg: ModelConfig, kind: str) -> tuple[str, str, str | None]:
     """(the transformers class of a fine-tuning ``kind`` whose head reads every token, tag or qa,
     with this model's body; its head's name; the name its body goes under where it is not the LM
     class's). Each is the body, then a linear layer with a bias, as ours."""
     family = family_of(cfg)
-    shape = "Mistral" if family == "llama" and cfg.sliding_window else {"gpt2": "GPT2", "llama": "Llama",
-                                                                        "bert": "Bert", "deberta": "DebertaV2"}[family]
+    shape = _class_prefix(cfg, family)
     if kind == "qa":  # LLaMA's keeps the name its first release gave the body
         return f"{shape}ForQuestionAnswering", "qa_outputs", "transformer" if shape == "Llama" else None
     return f"{shape}ForTokenClassification", "score" if family == "llama" else "classifier", None

@@ -333,3 +333,50 @@ def test_a_head_on_every_token_is_transformers_class_for_it_with_the_same_logits
         theirs = out.logits if kind == "tag" else torch.stack([out.start_logits, out.end_logits], -1)
         torch.testing.assert_close(theirs[keep], ours(ids, attention_mask=mask)[keep], atol=ATOL, rtol=0)
     assert hf.config.id2label[len(labels) - 1] == labels[-1] and hf.config.num_labels == len(labels)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-tied-bias", "mistral", "bert", "deberta"])
+def test_a_sequence_classifier_is_transformers_class_for_it_with_the_same_logits(name):
+    """A classifier fine-tuned with task.head=hf (the default), as the export writes it: BERT's pooler
+    (dense, tanh) and DeBERTa's (dense, GELU) on the first token, GPT-2's and LLaMA's bias-free
+    score on the last that is not padding, under XForSequenceClassification's names."""
+    from finetune.config import TaskConfig
+    from finetune.tasks import Classifier, classify_head
+    from pretrain.export import head_tensors, hf_head_config
+    from pretrain.model.hf import hf_config, sequence_head
+
+    cfg, _ = from_hf(hf_models()[name]())
+    labels = ["neg", "neutral", "pos"]
+    seq = sequence_head(cfg)
+    torch.manual_seed(0)
+    head = classify_head(cfg, TaskConfig(kind="classify"))
+    assert head == {"pooler": seq.pooler, "bias": seq.bias}
+    assert seq.pooling == ("first" if cfg.arch == "encoder" else "last")
+    ours = Classifier(Transformer(cfg), len(labels), seq.pooling, 0.0, **head).eval()
+    perturb(ours)
+    hf_cfg = hf_config(cfg)
+    hf_cfg.pad_token_id = 1  # inputs() pads with 1; the decoders' classes find the last real token by it
+    hf_head_config(hf_cfg, cfg, labels, {"kind": "classify", "classifier_dropout": 0.0})
+    hf = getattr(tf, seq.cls)(hf_cfg).eval()
+    tensors = dict((n, make()) for n, make in head_tensors(cfg, ours.state_dict(), "classify"))
+    missing, unexpected = hf.load_state_dict(tensors, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    ids, mask, _ = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids, attention_mask=mask).logits, ours(ids, attention_mask=mask),
+                                   atol=ATOL, rtol=0)  # fmt: skip
+    assert hf.config.id2label[2] == "pos" and hf.config.num_labels == 3
+
+
+def test_a_classifier_of_no_hf_family_or_with_a_linear_head_keeps_a_linear_layer_with_a_bias():
+    from finetune.config import TaskConfig
+    from finetune.tasks import classify_head
+
+    linear = {"pooler": None, "bias": True}
+    bert, _ = from_hf(hf_models()["bert"]())
+    assert classify_head(bert, TaskConfig(kind="classify", head="linear")) == linear
+    alibi = ModelConfig(vocab_size=101, d_model=32, num_layers=1, num_heads=4, max_seq_len=16, position="alibi")
+    assert classify_head(alibi, TaskConfig(kind="classify")) == linear
+    t5 = ModelConfig(vocab_size=101, d_model=32, num_layers=1, num_heads=4, max_seq_len=16, arch="encoder-decoder",
+                     position="relative", norm="rmsnorm")  # fmt: skip
+    assert classify_head(t5, TaskConfig(kind="classify")) == linear

@@ -40,6 +40,25 @@ def finetune_config(make_config, name, init_from, task, data=None, **sections):
     return path
 
 
+def exported_probabilities(run_dir, out, texts, pairs=None) -> list[dict]:
+    """A classifier's run exported (python -m pretrain.export's function), loaded by transformers'
+    Auto classes, and run on ``texts`` as training encodes them: each text's label probabilities."""
+    import yaml
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from pretrain.export import export
+
+    hf_dir = export(run_dir, out)["hf"]
+    model = AutoModelForSequenceClassification.from_pretrained(hf_dir).eval()
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    seq_len = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["seq_len"]
+    enc = tok(texts, pairs, truncation=True, max_length=seq_len, padding=True, return_tensors="pt")
+    assert ("token_type_ids" in enc) == (getattr(model.config, "type_vocab_size", 0) > 0)  # BERT's segments
+    with torch.no_grad():
+        probs = model(**enc).logits.softmax(-1)
+    return [{model.config.id2label[i]: float(v) for i, v in enumerate(p)} for p in probs]
+
+
 def evaluate_validation(run_dir) -> dict:
     """finetune.evaluate's scores of a fine-tuning run's own validation set, whose loss is the one
     training reported at its last evaluation (step 8)."""
@@ -86,6 +105,11 @@ def test_classification_from_a_zero3_two_process_checkpoint_loaded_by_one(make_c
     assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in predictions)
     accuracy = sum(p["label"] == r["label"] for p, r in zip(predictions, val_rows, strict=True)) / len(val_rows)
     assert accuracy == pytest.approx(final["val_accuracy"], abs=1e-9)  # predict agrees with the eval
+    # exported as GPT2ForSequenceClassification (bias-free score on the last real token): the same
+    # probabilities from transformers, for texts padded in one batch
+    hf = exported_probabilities(run_dir, tmp_path / "export", [r["text"] for r in val_rows[:6]])
+    for theirs, ours in zip(hf, predictions[:6], strict=True):
+        assert theirs == pytest.approx(ours["probabilities"], abs=1e-5)
 
 
 def test_text_pair_classification_from_csv_with_an_encoder(make_config, tmp_path, pretrained_encoder):
@@ -130,6 +154,11 @@ def test_text_pair_classification_from_csv_with_an_encoder(make_config, tmp_path
     assert accuracy == pytest.approx(final["val_accuracy"], abs=1e-9)  # predict encodes pairs as training did
     alone = predict("--pair-column", "head")  # the same first texts with another second text
     assert any(a["probabilities"] != p["probabilities"] for a, p in zip(alone, paired, strict=True))
+    # exported as BertForSequenceClassification (its pooler: dense and tanh on [CLS]), pairs and all
+    hf = exported_probabilities(run_dir, tmp_path / "export", [r["head"] for r in rows[:6]],
+                                [r["body"] for r in rows[:6]])  # fmt: skip
+    for theirs, ours in zip(hf, paired[:6], strict=True):
+        assert theirs == pytest.approx(ours["probabilities"], abs=1e-5)
 
 
 def test_tagging_words_with_an_encoder_on_two_processes_then_evaluate_and_predict(make_config, tmp_path,
@@ -575,7 +604,7 @@ def test_lora_adapters_train_alone_under_zero_2_and_3_and_merge_into_the_same_mo
     from finetune.config import TaskConfig
     from finetune.lora import add_adapters
     from finetune.predict import load_classifier
-    from finetune.tasks import Classifier
+    from finetune.tasks import Classifier, classify_head
     from pretrain.export import consolidated_state_dict
     from pretrain.model import Transformer
 
@@ -591,8 +620,9 @@ def test_lora_adapters_train_alone_under_zero_2_and_3_and_merge_into_the_same_mo
         cfg = finetune_config(make_config, f"lora{stage}", pre, lora, data=data, train=train,
                               deepspeed={"zero_stage": stage})  # fmt: skip
         out = launch(2, cfg, module="finetune").stdout
-        # adapters: 2 layers x (rank 4 x (in + out) of qkv, proj, fc, mlp.proj); the head: 32 x 3 + 3
-        adapters = 2 * (4 * (32 + 96) + 4 * (32 + 32) + 4 * (32 + 64) + 4 * (64 + 32)) + 32 * 3 + 3
+        # adapters: 2 layers x (rank 4 x (in + out) of qkv, proj, fc, mlp.proj); the head (GPT-2's score:
+        # no bias): 32 x 3
+        adapters = 2 * (4 * (32 + 96) + 4 * (32 + 32) + 4 * (32 + 64) + 4 * (64 + 32)) + 32 * 3
         assert f"{adapters:,} of " in out and "parameters train; the rest are frozen" in out, out[-2000:]
         runs[stage] = losses(tmp_path / "runs" / f"lora{stage}")
     whole = losses(tmp_path / "runs" / "full")
@@ -608,7 +638,7 @@ def test_lora_adapters_train_alone_under_zero_2_and_3_and_merge_into_the_same_mo
     assert raw[f"body.{qkv}.lora_B.default.weight"].abs().max() > 0  # trained away from zero
 
     merged, tok, labels, cfg = load_classifier(tag)
-    adapted = Classifier(Transformer(cfg.model), len(labels), "last", 0.0)
+    adapted = Classifier(Transformer(cfg.model), len(labels), "last", 0.0, **classify_head(cfg.model, cfg.task))
     add_adapters(adapted.body, TaskConfig(**{k: v for k, v in lora.items() if k != "classifier_dropout"}))
     adapted.load_state_dict(raw)
     enc = tok(["def f(x):\n    return x", "import json"], padding=True, return_tensors="pt")
