@@ -146,14 +146,14 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
         raise ConfigError(f"{out}: inside {folder}, where an export would be taken for (and pruned as) part of a "
                           "checkpoint; export to another folder")  # fmt: skip
     task = ckpt.saved_task(tag_dir)
-    tagger = (tag_dir / "labels.json").exists()  # a head on every token (tag, qa) or on the pooled one (classify)
+    headed = (tag_dir / "labels.json").exists()  # a head on every token (tag, qa) or on the pooled one (classify)
     cfg = ckpt.saved_config(tag_dir)
     kind = task.get("kind", "classify")  # a fine-tuning run always writes it; a bare labels.json is a classifier's
-    if tagger and kind == "classify":
+    if headed and kind == "classify":
         check_sequence_head(tag_dir, cfg.model, task)
     print(f"exporting {ckpt.describe(tag_dir)}")
     tensors = consolidated_tensors(tag_dir)
-    check_fits(BodyWeights(tensors) if tagger else tensors, cfg.model, skip=body_lacks(cfg.model) if tagger else ())
+    check_fits(BodyWeights(tensors) if headed else tensors, cfg.model, skip=body_lacks(cfg.model) if headed else ())
     tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
     cons = out / "consolidated"
     tied = cfg.model.tied_output_keys  # one tensor, stored once
@@ -171,7 +171,7 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
         tok.model_input_names, tok.init_kwargs["model_input_names"] = names, names  # (init_kwargs: saved)
     tok.save_pretrained(str(cons / "tokenizer"))
     written = {"checkpoint": tag_dir, "consolidated": cons}
-    if cfg.model.arch == "encoder-decoder" and tagger:
+    if cfg.model.arch == "encoder-decoder" and headed:
         print("no HF export: an encoder-decoder's encoder with a head on every token has no transformers class here")
         return written
     if cfg.model.arch == "encoder-decoder":
@@ -185,14 +185,14 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     hf_cfg, ids = hf_config(cfg.model), special_token_ids(tok)
     for name, value in ids.items():
         setattr(hf_cfg, name, value)
-    if tagger:
+    if headed:
         hf_head_config(hf_cfg, cfg.model, json.loads((tag_dir / "labels.json").read_text()), {**task, "kind": kind})
     hf_cfg.save_pretrained(str(hf_dir))
-    if cfg.model.arch == "decoder" and not tagger:  # generate() and pipelines stop at end-of-text and pad with it
+    if cfg.model.arch == "decoder" and not headed:  # generate() and pipelines stop at end-of-text and pad with it
         from transformers import GenerationConfig
 
         GenerationConfig(**ids).save_pretrained(str(hf_dir))
-    write_sharded(head_tensors(cfg.model, tensors, kind) if tagger else
+    write_sharded(head_tensors(cfg.model, tensors, kind) if headed else
                   hf_tensors(cfg.model, tensors, materialize),
                   hf_dir, max_shard_bytes)  # fmt: skip
     tok.save_pretrained(str(hf_dir))
