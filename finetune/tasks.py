@@ -358,7 +358,7 @@ class FinetuneTask:
             + (f", {len(self.labels)} labels" if self.kind in ("classify", "tag") else "")
             + (f" ({windows} windows of data.seq_len={self.cfg.data.seq_len} tokens, sharing "
                f"{stride_for(self.cfg.task, self.cfg.data.seq_len)})" if windows > n_train + n_val else "")
-            + f"; weights from {self.pretrained.source}"
+            + f"; weights from {self.pretrained.source}" + (" (its pooler too)" if self.pooler_from_folder else "")
         )  # fmt: skip
 
     def _classification_rows(self, tables) -> dict:
@@ -417,6 +417,9 @@ class FinetuneTask:
             model = Classifier(body, len(self.labels), pooling, self.cfg.task.classifier_dropout, **head)
             if gather is not None:
                 model.reset_head(gather)
+            if self.pooler_from_folder:
+                pooler = {f"pooler.{k}": v for k, v in self.pretrained.pooler.items()}
+                load_weights(model, pooler, gather, skip=("body.", "classifier."))
         if self.cfg.task.freeze_body:
             for p in body.parameters():
                 p.requires_grad_(False)
@@ -437,6 +440,12 @@ class FinetuneTask:
         if name.startswith(("embed.", "position.")):
             return decay ** (layers + 1)
         return 1.0
+
+    @property
+    def pooler_from_folder(self) -> bool:
+        """A sequence classifier with a pooler starts it from the HF folder's where there is one."""
+        return (self.kind == "classify" and not self.cfg.init_random and self.pretrained.pooler is not None
+                and classify_head(self.pretrained.model_cfg, self.cfg.task)["pooler"] is not None)  # fmt: skip
 
     def check_resume(self, resume: Path) -> None:
         self.cfg.check_resume(resume)

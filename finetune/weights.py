@@ -30,6 +30,9 @@ class Pretrained:
     encoder-decoder without its decoder."""
     prompt_template: str | list[str] | None = None
     """A fine-tuning checkpoint's task.prompt_template: how its prompts were written from columns."""
+    pooler: Mapping | None = None
+    """An HF folder's pooler ({"weight", "bias"}; see pretrain.model.hf.FromHF.pooler), which a
+    sequence classifier with that head (task.head=hf) starts from, as transformers' does."""
 
     @property
     def skip(self) -> tuple[str, ...]:
@@ -116,7 +119,9 @@ def _from_hf_dir(path: Path) -> Pretrained:
         model_cfg = config_from_hf(hf_cfg)
         if has_weights(path):
             tensors = FromHF(model_cfg, ShardedWeights(path), hf_cfg)
-            return _opened(model_cfg, tensors, tok, source, tensors.body_only)
+            pre = _opened(model_cfg, tensors, tok, source, tensors.body_only)
+            pre.pooler = tensors.pooler()
+            return pre
         masked = MODEL_TYPES.get(hf_cfg.model_type) in ("bert", "deberta")
         auto = transformers.AutoModelForMaskedLM if masked else transformers.AutoModelForCausalLM
         hf_model = auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)

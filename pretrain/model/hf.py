@@ -319,7 +319,7 @@ class FromHF(Mapping):
     family's own (RoBERTa)."""
 
     def __init__(self, cfg: ModelConfig, hf: Mapping, hf_cfg=None):
-        self._hf = hf
+        self._hf, self._width = hf, cfg.d_model
         kind = hf_cfg.model_type if hf_cfg is not None else None
         if kind == "deberta-v2" and "cls.predictions.bias" in hf:  # transformers' legacy=True head
             kind = "deberta-legacy"
@@ -334,6 +334,15 @@ class FromHF(Mapping):
         offset = position_offset(hf_cfg) if hf_cfg is not None else 0
         positions = self._table.get("embed.positions.weight")
         self._skip = {positions[0][0]: offset} if positions and offset else {}  # HF rows before position 0
+
+    def pooler(self) -> dict | None:
+        """The folder's dense layer on the first token, {"weight", "bias"}, or None: BERT's and
+        RoBERTa's pooler (pretrained with next-sentence prediction, or a classifier's), a DeBERTa
+        classifier's ContextPooler. transformers' XForSequenceClassification starts from it."""
+        name = next((k for k in self._hf if k.endswith("pooler.dense.weight")), None)
+        if name is None or tuple(self._hf[name].shape) != (self._width, self._width):  # a wider ContextPooler: not ours
+            return None
+        return {"weight": self._hf[name], "bias": self._hf[name.removesuffix("weight") + "bias"]}
 
     def _key(self, hf_name: str) -> str:
         """The name as the source has it: with the base model's prefix, or without (a KeyError

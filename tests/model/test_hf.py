@@ -264,6 +264,35 @@ def test_init_from_an_hf_folder_without_an_lm_head_reads_the_stack(head, tmp_pat
     assert load_pretrained(str(tmp_path / "llama")).body_only
 
 
+@pytest.mark.parametrize("name", ["bert", "deberta"])
+def test_a_classifier_from_an_hf_folder_starts_from_its_pooler_as_transformers_does(name, tmp_path):
+    """BertForSequenceClassification.from_pretrained keeps a checkpoint's pooler (BERT's, trained
+    with next-sentence prediction) and DeBERTa's ContextPooler: so does task.head=hf; a linear
+    head has none, and init_random draws it afresh."""
+    from finetune.config import load_finetune_config
+    from finetune.tasks import FinetuneTask
+
+    hf_cfg = tf.BertConfig(**ENCODER, num_labels=3) if name == "bert" else tf.DebertaV2Config(**DEBERTA, num_labels=3)
+    hf = (tf.BertForSequenceClassification if name == "bert" else tf.DebertaV2ForSequenceClassification)(hf_cfg)
+    perturb(hf)
+    hf.save_pretrained(tmp_path)
+    _word_tokenizer(tmp_path)
+    want = hf.bert.pooler.dense if name == "bert" else hf.pooler.dense
+
+    def built(*overrides):
+        task = FinetuneTask(load_finetune_config(None, [f"init_from={tmp_path}", "task.kind=classify", *overrides]))
+        task.labels = ["a", "b", "c"]
+        return task, task.build_model()
+
+    task, model = built()
+    assert task.pooler_from_folder
+    torch.testing.assert_close(model.pooler.weight, want.weight, atol=0, rtol=0)
+    torch.testing.assert_close(model.pooler.bias, want.bias, atol=0, rtol=0)
+    assert built("task.head=linear")[1].pooler is None
+    task, model = built("init_random=true")
+    assert not task.pooler_from_folder and not torch.equal(model.pooler.weight, want.weight)
+
+
 def test_init_from_an_hf_folder_without_a_tokenizer_says_so(tmp_path):
     from finetune.weights import load_pretrained
     from pretrain.config import ConfigError
