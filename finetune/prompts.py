@@ -86,6 +86,20 @@ class PromptTemplate:
                 return text.format(**values)
         return self.forms[-1][0].format(**values)
 
+    def chat_template(self) -> str:
+        """The template as a tokenizer's chat template (Jinja), so that the tokenizer of every
+        checkpoint and export carries it: a user's message fills the first column (the others
+        blank, as finetune.generate writes a text prompt), an assistant's message is the response
+        and the end of text. transformers' apply_chat_template then writes the prompt training did."""
+        import json
+
+        mark = "\ue000"  # a private-use character: no template holds it
+        parts = [json.dumps(part) for part in self.write({self.columns[0]: mark}).split(mark)]
+        user = " }}{{ message['content'] }}{{ ".join(parts)
+        return ("{% for message in messages %}{% if message['role'] == 'user' %}{{ " + user + " }}"
+                "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}{% endif %}"
+                "{% endfor %}")
+
     def prompts(self, table) -> list[str]:
         """Every example's prompt (a datasets table)."""
         n = len(table)

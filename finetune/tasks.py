@@ -14,6 +14,7 @@ from torch import nn
 from finetune.answers import QACollator, qa_loss, qa_metrics, qa_rows, stride_for
 from finetune.config import FinetuneConfig
 from finetune.data import check_task_sources, require_labels, task_labels, task_tables
+from finetune.prompts import task_template
 from finetune.tagging import TagCollator, TagLoss, is_bio, tag_metrics, tag_rows
 from finetune.weights import Pretrained, load_pretrained
 from pretrain.data.batches import IGNORE, Batches
@@ -296,6 +297,9 @@ class FinetuneTask:
             from finetune.chat import chat_template
 
             self.tokenizer.chat_template = chat_template(self.tokenizer, cfg.task.chat_template)
+        template = task_template(cfg.task)
+        if template is not None:  # the prompts' template, as a chat template: carried by every checkpoint and export
+            self.tokenizer.chat_template = template.chat_template()
         if self.tokenizer.pad_token_id is None:
             raise DataError(f"the tokenizer of {self.pretrained.source} has no pad token, which batching needs")
         # The shape is the checkpoint's (run checks the config against it); the kernel one that takes

@@ -37,6 +37,25 @@ def test_alpaca_takes_its_input_form_only_where_the_input_is_filled():
     assert t.write({"instruction": "Add."}) == ALPACA[1].format(instruction="Add.")  # a missing column is blank
 
 
+@pytest.mark.parametrize("setting", ["alpaca", 'Q: {q}\n{q} again? \u00abn\u00e9e\u00bb {{literal}} "x" {ctx}\nA: '])
+def test_the_template_as_a_chat_template_writes_what_training_wrote(setting):
+    """What a checkpoint's (and an export's) tokenizer carries: transformers' apply_chat_template
+    writes a user's message as the template's first column, as finetune.generate does, then an
+    assistant's reply and the end of text (quotes, braces, line breaks and accents kept)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    t = PromptTemplate(setting)
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<e>": 1}, unk_token="a")),
+                                  eos_token="<e>")  # fmt: skip
+    tok.chat_template = t.chat_template()
+    ask = [{"role": "user", "content": 'Add "2" {and} 3.'}]
+    prompt = t.write({t.columns[0]: 'Add "2" {and} 3.'})
+    assert tok.apply_chat_template(ask, tokenize=False) == prompt
+    answered = [*ask, {"role": "assistant", "content": "5"}]
+    assert tok.apply_chat_template(answered, tokenize=False) == prompt + "5<e>"
+
+
 def test_a_list_takes_the_first_form_whose_fields_are_filled_else_the_last():
     t = PromptTemplate(["Q: {question}\nContext: {context}\nA: ", "Q: {question}\nA: "])
     assert t.columns == ["question", "context"]

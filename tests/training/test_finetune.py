@@ -423,6 +423,16 @@ def test_sft_on_an_instruction_table_writes_prompts_with_its_template_in_generat
     assert completions("--raw", "--prompt", funcs[0].name) == [{"prompt": funcs[0].name, "completion": want[2]}]
 
     assert evaluate_validation(run_dir)["examples"] == val
+    # the export's tokenizer carries the template as its chat template: transformers writes the prompt
+    from transformers import AutoTokenizer
+
+    from pretrain.export import export
+
+    hf_tok = AutoTokenizer.from_pretrained(export(run_dir, tmp_path / "export")["hf"])
+    ask = [{"role": "user", "content": funcs[0].name}]
+    assert hf_tok.apply_chat_template(ask, tokenize=False) == template.write({"instruction": funcs[0].name})
+    assert list(hf_tok.apply_chat_template(ask, return_dict=True)["input_ids"]) == tok(
+        template.write({"instruction": funcs[0].name}), add_special_tokens=False)["input_ids"]
     no_input = write_jsonl(tmp_path / "test.jsonl", [{"instruction": f.name, "output": f.package} for f in funcs[:5]])
     proc = subprocess.run([sys.executable, "-m", "finetune.evaluate", str(run_dir), "--data", str(no_input)], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
