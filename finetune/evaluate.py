@@ -69,7 +69,7 @@ def evaluate_classifier(tag_dir: Path, args, say) -> dict:
     with_types = model.cfg.type_vocab_size > 0
     if cfg.task.kind == "qa":
         return evaluate_answers(model, tok, cfg, table, what, args.batch_size)
-    if cfg.task.kind == "tag":  # a tag per word: scored per word, and by entity for BIO tags
+    if cfg.task.kind == "tag":  # a tag per word: scored per word, and by entity for entity tags (BIO, IOBES, BILOU)
         from finetune.tagging import TagCollator, TagLoss, tag_metrics, tag_rows
 
         check_labels(table, cfg.task.tags_column, labels, what, tags=True)

@@ -2,8 +2,8 @@
 I-PER, O) or parts of speech. Examples are lists of words with a tag each (datasets' tokens and
 ner_tags layout). The words are joined with spaces and tokenized; the first token of each word
 carries its tag and the others none, so every tokenizer (WordPiece, byte-level BPE) aligns alike.
-Tags written in the BIO scheme are also scored by entity (exact spans of one type), as seqeval
-scores CoNLL."""
+Tags written in the BIO, IOBES or BILOU scheme are also scored by entity (exact spans of one
+type), as seqeval scores CoNLL."""
 
 from __future__ import annotations
 
@@ -120,31 +120,49 @@ class TagCollator:
         return {**padded(samples, self.pad_id), "labels": pad([s["tags"] for s in samples], IGNORE)}
 
 
-def is_bio(labels: list[str]) -> bool:
-    """Tags in the BIO (IOB2) scheme: O, and B-TYPE / I-TYPE, at least one entity type."""
-    return any(x.startswith("B-") for x in labels) and all(x == "O" or x[:2] in ("B-", "I-") for x in labels)
+PREFIXES = {"B": "B", "I": "I", "E": "E", "S": "S", "L": "E", "U": "S"}
+"""The prefix of an entity tag, as conlleval reads it: BIO's B- and I-, IOBES's E- (end) and S-
+(single), BILOU's L- (last) as E- and U- (unit) as S-."""
+
+
+def entity_tags(labels: list[str]) -> bool:
+    """Entity tags: O, and PREFIX-TYPE tags in the BIO (IOB2), IOBES or BILOU scheme (at least one
+    B- or single-token tag), which are scored by entity."""
+    tagged = [x for x in labels if x != "O"]
+    return (any(x[:2] in ("B-", "S-", "U-") for x in tagged)
+            and all(len(x) > 2 and x[1] == "-" and x[0] in PREFIXES for x in tagged))  # fmt: skip
+
+
+def _parts(tag: str) -> tuple[str, str]:
+    return ("O", "") if tag == "O" else (PREFIXES[tag[0]], tag[2:])
 
 
 def entities(tags: list[str]) -> set[tuple[int, int, str]]:
-    """The (start, end, type) spans of a BIO tag sequence, as seqeval reads one in its default
-    mode: an I- that does not continue an entity of its type starts one."""
-    spans, start, kind = set(), None, None
+    """The (start, end, type) spans of a tag sequence in the BIO, IOBES or BILOU scheme, as
+    conlleval (and seqeval's default mode) reads one: an entity ends after an E- or S-, before a
+    B-, S- or O, or where the type changes; one starts at a B- or S-, at an I- or E- that follows
+    an O, an E- or an S-, or where the type changes."""
+    spans, start = set(), None
+    was, kind = "O", ""
     for k, tag in enumerate([*tags, "O"]):
-        inside = tag.startswith("I-") and kind == tag[2:]
-        if start is not None and not inside:
+        now, typ = _parts(tag)
+        ends = was in "ES" or (was in "BI" and now in "BSO") or (was != "O" and kind != typ)
+        if start is not None and ends:
             spans.add((start, k, kind))
-            start, kind = None, None
-        if tag[:2] in ("B-", "I-") and not inside:
-            start, kind = k, tag[2:]
+            start = None
+        begins = now in "BS" or (was in "OES" and now in "IE") or (now != "O" and kind != typ)
+        if begins:
+            start = k
+        was, kind = now, typ
     return spans
 
 
 class TagLoss:
     """The loss of a tagging batch (cross-entropy over the tagged tokens) and its sums: the
-    confusion matrix over tags and, for BIO tags, the entities found, given and right."""
+    confusion matrix over tags and, for entity tags (see entity_tags), the entities found, given and right."""
 
     def __init__(self, labels: list[str]):
-        self.labels, self.bio = labels, is_bio(labels)
+        self.labels, self.by_entity = labels, entity_tags(labels)
 
     def __call__(self, engine, batch: dict):
         kwargs = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
@@ -155,7 +173,7 @@ class TagLoss:
         guess = logits.argmax(-1)
         confusion = torch.bincount(labels[scored] * n + guess[scored], minlength=n * n).view(n, n)
         sums = {"count": int(scored.sum()), "confusion": confusion}
-        if self.bio:
+        if self.by_entity:
             found = given = right = 0
             for truth, pred, keep in zip(labels.tolist(), guess.tolist(), scored.tolist(), strict=True):
                 want = entities([self.labels[t] for t, k in zip(truth, keep, strict=True) if k])
@@ -166,7 +184,7 @@ class TagLoss:
 
 
 def tag_metrics(sums: dict) -> dict:
-    """Accuracy, macro-F1 and confusion over the tagged words; for BIO tags, entity precision,
+    """Accuracy, macro-F1 and confusion over the tagged words; for entity tags, entity precision,
     recall and F1 (an entity counts when its span and type are both right)."""
     from finetune.tasks import classification_metrics
 
