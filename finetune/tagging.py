@@ -125,7 +125,7 @@ PREFIXES = {"B": "B", "I": "I", "E": "E", "S": "S", "L": "E", "U": "S"}
 (single), BILOU's L- (last) as E- and U- (unit) as S-."""
 
 
-def entity_tags(labels: list[str]) -> bool:
+def are_entity_tags(labels: list[str]) -> bool:
     """Entity tags: O, and PREFIX-TYPE tags in the BIO (IOB2), IOBES or BILOU scheme (at least one
     B- or single-token tag), which are scored by entity."""
     tagged = [x for x in labels if x != "O"]
@@ -159,10 +159,11 @@ def entities(tags: list[str]) -> set[tuple[int, int, str]]:
 
 class TagLoss:
     """The loss of a tagging batch (cross-entropy over the tagged tokens) and its sums: the
-    confusion matrix over tags and, for entity tags (see entity_tags), the entities found, given and right."""
+    confusion matrix over tags and, for entity tags (are_entity_tags), the entities found, given and
+    right."""
 
     def __init__(self, labels: list[str]):
-        self.labels, self.by_entity = labels, entity_tags(labels)
+        self.labels, self.by_entity = labels, are_entity_tags(labels)
 
     def __call__(self, engine, batch: dict):
         kwargs = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}

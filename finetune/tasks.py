@@ -15,7 +15,7 @@ from finetune.answers import QACollator, qa_loss, qa_metrics, qa_rows, stride_fo
 from finetune.config import FinetuneConfig
 from finetune.data import check_task_sources, require_labels, task_labels, task_tables
 from finetune.prompts import task_template
-from finetune.tagging import TagCollator, TagLoss, entity_tags, tag_metrics, tag_rows
+from finetune.tagging import TagCollator, TagLoss, are_entity_tags, tag_metrics, tag_rows
 from finetune.weights import Pretrained, load_pretrained
 from pretrain.data.batches import IGNORE, Batches
 from pretrain.data.sources import DataError
@@ -382,7 +382,7 @@ class FinetuneTask:
         if "validation" in tables:
             check_labels(tables["validation"], t.tags_column, self.labels, "the validation data", tags=True)
         self.loss_fn, self.eval_metrics = TagLoss(self.labels), tag_metrics
-        self.select_metric = ("val_entity_f1", max) if entity_tags(self.labels) else ("val_accuracy", max)
+        self.select_metric = ("val_entity_f1", max) if are_entity_tags(self.labels) else ("val_accuracy", max)
         with_types = self.pretrained.model_cfg.type_vocab_size > 0
         return {split: tag_rows(self.tokenizer, table, t, self.labels, self.cfg.data.seq_len, with_types)
                 for split, table in tables.items()}  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from finetune.data import check_task_sources, task_tables
-from finetune.tagging import TagCollator, TagLoss, entities, entity_tags, first_tokens, tag_metrics, tag_rows
+from finetune.tagging import TagCollator, TagLoss, are_entity_tags, entities, first_tokens, tag_metrics, tag_rows
 from pretrain.data.batches import IGNORE
 from pretrain.data.sources import DataError
 
@@ -56,7 +56,8 @@ def test_words_past_the_length_have_no_tag_token():
 def test_entities_are_scored_by_span_and_type_as_seqeval_does():
     assert entities(["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "I-LOC"]) == {(0, 2, "PER"), (3, 6, "LOC")}
     assert entities(["I-PER", "I-PER", "B-PER", "I-ORG"]) == {(0, 2, "PER"), (2, 3, "PER"), (3, 4, "ORG")}
-    assert entity_tags(["O", "B-PER", "I-PER"]) and not entity_tags(["NOUN", "VERB"]) and not entity_tags(["O"])
+    assert are_entity_tags(["O", "B-PER", "I-PER"])
+    assert not are_entity_tags(["NOUN", "VERB"]) and not are_entity_tags(["O"])
     # IOBES (E- ends an entity, S- is one of a single word) and BILOU (L- and U- for the same)
     iobes = ["S-PER", "B-LOC", "E-LOC", "S-LOC", "O", "B-ORG", "I-ORG", "E-ORG", "I-ORG"]
     assert entities(iobes) == {(0, 1, "PER"), (1, 3, "LOC"), (3, 4, "LOC"), (5, 8, "ORG"), (8, 9, "ORG")}
@@ -64,8 +65,9 @@ def test_entities_are_scored_by_span_and_type_as_seqeval_does():
     assert entities(bilou) == {(0, 1, "PER"), (1, 3, "LOC"), (3, 4, "LOC"), (4, 7, "ORG")}
     assert entities(["B-PER", "E-PER", "E-PER", "S-PER", "I-PER"]) == {(0, 2, "PER"), (2, 3, "PER"), (3, 4, "PER"),
                                                                        (4, 5, "PER")}  # fmt: skip
-    assert entity_tags(sorted(set(iobes))) and entity_tags(sorted(set(bilou)))
-    assert not entity_tags(["O", "I-PER"]) and not entity_tags(["B-PER", "X-PER"])  # no entity starts; not a prefix
+    assert are_entity_tags(sorted(set(iobes))) and are_entity_tags(sorted(set(bilou)))
+    assert not are_entity_tags(["O", "I-PER"])  # no entity starts
+    assert not are_entity_tags(["B-PER", "X-PER"])  # X- is no scheme's prefix
     labels = ["B-PER", "I-PER", "O"]
     loss = TagLoss(labels)
 
