@@ -29,7 +29,7 @@ def load_classifier(path: str | Path, warn=print, say=None):
     """(model, tokenizer, labels, run config) from a classification fine-tuning run (its best
     checkpoint, else the newest) or checkpoint; every weight of the classifier must be there.
     ``say`` is told which checkpoint that is."""
-    from finetune.tasks import Classifier, classify_head
+    from finetune.tasks import Classifier
     from pretrain import checkpoint as ckpt
     from pretrain.config import ConfigError
     from pretrain.data.tokenizer import load_tokenizer
@@ -41,10 +41,7 @@ def load_classifier(path: str | Path, warn=print, say=None):
         say(f"weights: {ckpt.describe(tag_dir)}")
     cfg = classifier_config(tag_dir)
     labels = json.loads((tag_dir / "labels.json").read_text())
-    pooling = cfg.task.pooling_for(cfg.model.arch) if cfg.task.kind == "classify" else None  # tag: every token
-    head = classify_head(cfg.model, cfg.task) if cfg.task.kind == "classify" else {}
-    model = Classifier(build_model(cfg.model.for_padding(cfg.task.attention)), len(labels), pooling,
-                       cfg.task.classifier_dropout, **head)  # fmt: skip
+    model = Classifier.for_task(build_model(cfg.model.for_padding(cfg.task.attention)), len(labels), cfg.task)
     missing, unexpected = model.load_state_dict(consolidated_state_dict(tag_dir), strict=False)
     if missing or unexpected:
         raise ConfigError(f"{tag_dir}: the weights do not fit the classifier its config describes (missing "

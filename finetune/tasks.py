@@ -48,6 +48,15 @@ class Classifier(nn.Module):
         self.classifier = nn.Linear(body.cfg.d_model, num_labels, bias=bias)
         self.reset_head()
 
+    @classmethod
+    def for_task(cls, body: Transformer, num_labels: int, task) -> Classifier:
+        """The head ``task`` (a TaskConfig) asks for: classify pools (task.pooling) under
+        task.head's layers; tag and qa label every token."""
+        if task.kind != "classify":
+            return cls(body, num_labels, None, task.classifier_dropout)
+        pooling = task.pooling_for(body.cfg.arch)
+        return cls(body, num_labels, pooling, task.classifier_dropout, **classify_head(body.cfg, task))
+
     def reset_head(self, gather=None) -> None:
         """Normal(0, init_std) weights, zero biases; ``gather`` as in Transformer.reset_parameters."""
         layers = [m for m in (self.pooler, self.classifier) if m is not None]
@@ -416,9 +425,7 @@ class FinetuneTask:
             load_weights(body, self.pretrained.tensors(), gather, skip=self.pretrained.skip)
         model = body
         if self.kind in ("classify", "tag", "qa"):
-            pooling = self.cfg.task.pooling_for(body.cfg.arch) if self.kind == "classify" else None
-            head = classify_head(body.cfg, self.cfg.task) if self.kind == "classify" else {}
-            model = Classifier(body, len(self.labels), pooling, self.cfg.task.classifier_dropout, **head)
+            model = Classifier.for_task(body, len(self.labels), self.cfg.task)
             if gather is not None:
                 model.reset_head(gather)
             if self.pooler_from_folder:
