@@ -14,7 +14,6 @@ and ``extra_files()``.
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
 import os
 import shutil
@@ -43,6 +42,7 @@ from pretrain.engine import (
 from pretrain.hostmem import keep_freed_memory
 from pretrain.model.config import ModelConfig
 from pretrain.status import running_here, write_heartbeat, write_status
+from pretrain.stops import STOPPED_EXIT, Stopped, stops_raise
 
 
 class LanguageModelTask:
@@ -187,33 +187,6 @@ def _choose_resume(cfg: RunConfig):
     return resume
 
 
-STOPPED_EXIT = 128 + signal.SIGTERM
-"""The exit status of a run stopped on a signal after saving its checkpoint (as if killed by SIGTERM)."""
-STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP", signal.SIGINT: "SIGINT (Ctrl-C)"}
-
-
-class Stopped(BaseException):
-    """A stop signal before training began (preparing data, building the engine, loading the
-    checkpoint): there is no step to save, so the process stops where it is, and what it was
-    writing (a packed cache, a tokenizer) is cleaned up as on any error, not left half-written."""
-
-
-@contextlib.contextmanager
-def _setup_stops():
-    """Until training begins, SIGTERM, SIGHUP and Ctrl-C raise Stopped where the process is (by
-    default SIGTERM and SIGHUP kill it mid-write, and Ctrl-C ends in a traceback); a signal the
-    process was started ignoring (nohup, a background job) stays ignored."""
-
-    def stop(sig, _frame):
-        raise Stopped(STOP_SIGNALS[sig])
-
-    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 """What gloo says when another rank's process is gone: not this rank's story to tell at length."""
 
@@ -262,7 +235,7 @@ def _run_process(cfg: RunConfig, make_task) -> None:
     grad_accum = cfg.check_world_size(int(os.environ.get("WORLD_SIZE", "1")))  # before DeepSpeed starts
     if not torch.cuda.is_available():
         keep_freed_memory()  # steps on CPU reuse freed blocks instead of faulting in new pages
-    with _setup_stops():
+    with stops_raise():
         task = make_task(cfg)
         cfg = cfg.with_model(task.model_cfg)  # fine-tuning trains init_from's shape: checked against it
         task.check_data()  # a bad file is one line from here, before any process group ties the ranks together
@@ -316,9 +289,9 @@ def _run(cfg: RunConfig, task, rank: int, world: int, grad_accum: int, resume, r
     """Setup, resume and fit in one process; returns the last step and, for a run stopped on a
     signal, why (else ""). ``ready`` (rank 0) is called once the data is prepared."""
     say = print if rank == 0 else (lambda *a, **k: None)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True)
-    with _setup_stops():
+    with stops_raise():
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True)
         keep = _prepare_data(cfg, task, rank, world, resume, ready, say)
         saved_world = ckpt.saved_info(resume)["world_size"] if resume is not None else world
         # ZeRO-1-3 shards are per rank and per precision: another world size or precision loads their

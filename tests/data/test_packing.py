@@ -178,11 +178,11 @@ def test_a_crash_mid_write_leaves_no_cache_and_junk_is_never_read(corpus_dir, tm
 
 
 def test_a_stop_signal_while_the_shards_are_written_leaves_no_cache(corpus_dir, tmp_path, bpe, monkeypatch):
-    """Before training begins a run's SIGTERM raises where the process is (pretrain.run): the
+    """Before training begins a run's SIGTERM raises where the process is (pretrain.stops): the
     packing it interrupts removes its unfinished folder, as on any error."""
     import signal
 
-    from pretrain.run import Stopped, _setup_stops
+    from pretrain.stops import Stopped, stops_raise
 
     cfg = data_cfg(corpus_dir, tmp_path)
     write = packing._write_shards
@@ -193,7 +193,7 @@ def test_a_stop_signal_while_the_shards_are_written_leaves_no_cache(corpus_dir, 
 
     monkeypatch.setattr(packing, "_write_shards", preempted)
     own = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Stopped, match="SIGTERM"), _setup_stops():
+    with pytest.raises(Stopped, match="SIGTERM"), stops_raise():
         pack(cfg, bpe, "decoder", "train", **quiet)
     assert list(Path(cfg.cache_dir).iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is own  # the process's own handler is back
