@@ -125,9 +125,13 @@ def start(ns) -> int:
         print(plan.text)
         for note in plan.notes:
             print(f"# note: {note}")
+    try:
         preflight(ns, plan, cluster)
+    except KeyboardInterrupt:  # its check reads the data, which a large corpus makes take a while
+        print("launch: stopped (Ctrl-C) during the preflight check; nothing was started or written", file=sys.stderr)
+        return 130
+    if ns.dry_run:
         return 0
-    preflight(ns, plan, cluster)
     for note in plan.notes:
         print(f"launch: note: {note}")
     return plan.go()

@@ -352,6 +352,31 @@ def test_a_stop_before_training_begins_ends_at_once_with_nothing_half_written(ma
     assert not (tmp_path / "runs" / "early" / "status.json").exists()  # the run never began
 
 
+def test_ctrl_c_during_the_launchers_preflight_is_one_line_and_starts_nothing(make_config, tmp_path):
+    """Ctrl-C at the terminal while the launcher's preflight reads the data (the launcher and its
+    check, one process group): it used to end in a KeyboardInterrupt traceback."""
+    import signal
+    import time
+
+    import psutil
+
+    cfg = make_config(name="early")
+    command = [sys.executable, "-m", "launch", "local", str(cfg), "--nproc-per-node", "2", "cluster.gpus=false"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(
+        "launch.preflight" in " ".join(c.cmdline()) for c in psutil.Process(proc.pid).children()
+    ):
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the check
+    os.killpg(proc.pid, signal.SIGINT)  # as the terminal sends it: to the launcher and its check
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip() == "launch: stopped (Ctrl-C) during the preflight check; nothing was started or written"
+    assert not (tmp_path / "runs").exists()
+
 @pytest.mark.parametrize("via_launcher", [False, True])
 def test_a_closed_terminal_stops_the_run_with_its_step_saved(make_config, tmp_path, via_launcher):
     """The ssh session a run was started from drops: its terminal hangs up (SIGHUP to the
