@@ -9,7 +9,7 @@ Writes, from the newest complete checkpoint of a run (or the checkpoint given):
                          way, tokenizer) for the GPT-2, LLaMA, BERT and DeBERTa families, T5 and
                          BART; a fine-tuned head as the family's class for it
                          (XForSequenceClassification, XForTokenClassification,
-                         XForQuestionAnswering)
+                         XForQuestionAnswering; T5ForTokenClassification)
 Tensors are read and written one at a time, a shard at most held in memory.
 """
 
@@ -171,9 +171,9 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
         tok.model_input_names, tok.init_kwargs["model_input_names"] = names, names  # (init_kwargs: saved)
     tok.save_pretrained(str(cons / "tokenizer"))
     written = {"checkpoint": tag_dir, "consolidated": cons}
-    if cfg.model.arch == "encoder-decoder" and headed:
-        print("no HF export: an encoder-decoder's encoder with a head on every token has no transformers class here")
-        return written
+    if cfg.model.arch == "encoder-decoder" and headed:  # a tagger or a question answerer: the encoder's output read
+        labels = json.loads((tag_dir / "labels.json").read_text())
+        return {**written, **_export_t5_tagger(tensors, cfg, tok, labels, task, kind, out / "hf")}
     if cfg.model.arch == "encoder-decoder":
         return {**written, **_export_seq2seq(cons, cfg, tok, out / "hf")}
     try:
@@ -286,6 +286,36 @@ def _export_seq2seq(consolidated: Path, cfg, tok, hf_dir: Path) -> dict[str, Pat
     hf.config.decoder_start_token_id = ids.get("pad_token_id", 0)
     hf.generation_config.update(**ids, decoder_start_token_id=hf.config.decoder_start_token_id)
     hf.save_pretrained(str(hf_dir))
+    tok.save_pretrained(str(hf_dir))
+    return {"hf": hf_dir}
+
+
+def _export_t5_tagger(tensors: Mapping, cfg, tok, labels: list[str], task: dict, kind: str,
+                      hf_dir: Path) -> dict[str, Path]:  # fmt: skip
+    """An encoder-decoder's tagger as T5ForTokenClassification: T5's encoder, then a linear layer,
+    as ours. (T5ForQuestionAnswering reads the decoder, which our question answerer leaves out.)"""
+    from transformers import T5ForTokenClassification
+
+    from pretrain.model.hf_t5 import t5_config, t5_token_classifier_tensors
+
+    if kind != "tag":
+        print("no HF export: transformers' T5ForQuestionAnswering reads the decoder's output; this question "
+              "answerer reads the encoder's")  # fmt: skip
+        return {}
+    try:
+        hf_cfg = t5_config(cfg.model, architectures=["T5ForTokenClassification"], id2label=dict(enumerate(labels)),
+                           label2id={name: i for i, name in enumerate(labels)},
+                           classifier_dropout=float(task.get("classifier_dropout", 0.1)),
+                           **special_token_ids(tok))  # fmt: skip
+    except ValueError as e:
+        print(f"no HF export: {e}")
+        return {}
+    body = BodyWeights(tensors)
+    head = {part: materialize(tensors[f"classifier.{part}"]) for part in ("weight", "bias")}
+    model = T5ForTokenClassification(hf_cfg)
+    model.load_state_dict(t5_token_classifier_tensors(cfg.model, {n: materialize(body[n]) for n in body}, head),
+                          strict=True)  # fmt: skip
+    model.save_pretrained(str(hf_dir))
     tok.save_pretrained(str(hf_dir))
     return {"hf": hf_dir}
 

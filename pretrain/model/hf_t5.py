@@ -91,11 +91,11 @@ def t5_from_hf(hf_model) -> tuple[ModelConfig, EncoderDecoder]:
     return cfg, model.eval()
 
 
-def t5_to_hf(model: EncoderDecoder):
-    """Our EncoderDecoder (relative positions, RMSNorm, no biases) -> T5ForConditionalGeneration."""
-    from transformers import T5Config, T5ForConditionalGeneration
+def t5_config(cfg: ModelConfig, **options):
+    """The T5Config of our encoder-decoder's shape (``options`` added); a ValueError naming what T5
+    has no equivalent of."""
+    from transformers import T5Config
 
-    cfg = model.cfg
     act = {v: k for k, v in ACTS.items()}.get(cfg.mlp)
     want = dict(position="relative", norm="rmsnorm", norm_position="pre", bias=False, scale_embeddings=False,
                 sliding_window=None, global_tokens=0, linear_attention=None, kv_heads=cfg.num_heads,
@@ -104,6 +104,42 @@ def t5_to_hf(model: EncoderDecoder):
     off = {k: have[k] for k in want if have[k] != want[k]}
     if off:
         raise ValueError(f"T5 has no equivalent of {off}: it needs {dict((k, want[k]) for k in off)}")
+    return T5Config(vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.head_dim, d_ff=cfg.ffn_size,
+                    num_layers=cfg.num_layers, num_decoder_layers=cfg.decoder_layers, num_heads=cfg.num_heads,
+                    relative_attention_num_buckets=cfg.relative_num_buckets,
+                    relative_attention_max_distance=cfg.relative_max_distance, dropout_rate=0.0,
+                    layer_norm_epsilon=cfg.norm_eps, feed_forward_proj=act, **options)  # fmt: skip
+
+
+def _to_t5_names(cfg: ModelConfig, ours, names) -> dict:
+    """T5's tensors of ours (name -> tensor) for our parameters ``names`` (the scale on T5's query
+    rows undone, the fused matrices split)."""
+    sd = {}
+    for name, keys, first in _pairs(cfg):
+        if name in names:
+            parts = list(ours[name].split([ours[name].shape[0] // len(keys)] * len(keys), dim=0))
+            parts[0] = parts[0] / first
+            sd.update(zip(keys, parts, strict=True))
+    return sd
+
+
+def t5_token_classifier_tensors(cfg: ModelConfig, body, head) -> dict:
+    """T5ForTokenClassification's state dict for our encoder-decoder's tagger (task.kind tag): its
+    encoder (``body``, our names -> tensors; the decoder is not part of it) and its linear layer
+    (``head``: weight and bias). T5's class reads the encoder's output as ours does."""
+    t5_config(cfg)  # what T5 has no equivalent of is a ValueError
+    encoder = {n for n, _, _ in _pairs(cfg) if n.startswith(("embed.", "encoder"))}
+    sd = {f"transformer.{k}": v for k, v in _to_t5_names(cfg, body, encoder).items()}
+    sd["transformer.encoder.embed_tokens.weight"] = sd["transformer.shared.weight"]
+    return {**sd, "classifier.weight": head["weight"], "classifier.bias": head["bias"]}
+
+
+def t5_to_hf(model: EncoderDecoder):
+    """Our EncoderDecoder (relative positions, RMSNorm, no biases) -> T5ForConditionalGeneration."""
+    from transformers import T5ForConditionalGeneration
+
+    cfg = model.cfg
+    t5_config(cfg)  # what T5 has no equivalent of, before anything else
     ours = model.state_dict()
     embedding, head = ours["embed.tokens.weight"], ours["head.weight"]
     if torch.equal(head, embedding):
@@ -113,20 +149,9 @@ def t5_to_hf(model: EncoderDecoder):
     else:
         raise ValueError("transformers' T5 ties its output layer to the shared embedding (times d_model**-0.5 "
                          "or not); this model's output layer is neither, so it has no T5 form")  # fmt: skip
-    hf_cfg = T5Config(vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.head_dim, d_ff=cfg.ffn_size,
-                      num_layers=cfg.num_layers, num_decoder_layers=cfg.decoder_layers, num_heads=cfg.num_heads,
-                      relative_attention_num_buckets=cfg.relative_num_buckets,
-                      relative_attention_max_distance=cfg.relative_max_distance, dropout_rate=0.0,
-                      layer_norm_epsilon=cfg.norm_eps, feed_forward_proj=act, tie_word_embeddings=scaled,
-                      decoder_start_token_id=0, pad_token_id=0)  # fmt: skip
+    hf_cfg = t5_config(cfg, tie_word_embeddings=scaled, decoder_start_token_id=0, pad_token_id=0)
     hf = T5ForConditionalGeneration(hf_cfg)
-    sd = {}
-    for name, keys, first in _pairs(cfg):
-        if name == "head.weight":
-            continue  # it is the shared embedding there
-        parts = list(ours[name].split([ours[name].shape[0] // len(keys)] * len(keys), dim=0))
-        parts[0] = parts[0] / first
-        sd.update(zip(keys, parts, strict=True))
+    sd = _to_t5_names(cfg, ours, {n for n, _, _ in _pairs(cfg)} - {"head.weight"})  # the head: the shared embedding
     for tied in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"):
         sd[tied] = sd["shared.weight"]
     hf.load_state_dict({k: v.contiguous() for k, v in sd.items()}, strict=True)

@@ -118,6 +118,41 @@ def test_t5_both_ways_gives_the_same_logits_on_padded_batches(gated, tied):
         assert torch.allclose(again.logits[1], want[1], atol=1e-4)
 
 
+@pytest.mark.parametrize("gated", [True, False])
+def test_a_tagger_of_the_encoder_is_t5_for_token_classification(gated):
+    """task.kind=tag on an encoder-decoder reads the encoder's output, then a linear layer: T5's
+    token classifier, so the export gives its class the same logits, padding included."""
+    transformers = pytest.importorskip("transformers")
+    from finetune.tasks import Classifier
+    from pretrain.model.hf_t5 import t5_config, t5_token_classifier_tensors
+
+    torch.manual_seed(0)
+    cfg = tiny(mlp="geglu_tanh" if gated else "relu", ffn_hidden_size=48, relative_num_buckets=8,
+               relative_max_distance=16)  # fmt: skip
+    ours = Classifier(EncoderDecoder(cfg), 5, None, 0.0).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0.0, 0.3)
+    body = {k.removeprefix("body."): v for k, v in ours.state_dict().items() if k.startswith("body.")}
+    head = {"weight": ours.classifier.weight.detach(), "bias": ours.classifier.bias.detach()}
+    hf = transformers.T5ForTokenClassification(t5_config(cfg, num_labels=5, classifier_dropout=0.0)).eval()
+    hf.load_state_dict(t5_token_classifier_tensors(cfg, body, head), strict=True)
+    src, _, src_mask = batch(torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = hf(input_ids=src, attention_mask=src_mask).logits
+        got = ours(src, attention_mask=src_mask)
+    assert got.shape == want.shape == (2, 7, 5)
+    assert torch.allclose(got[0], want[0], atol=1e-5) and torch.allclose(got[1, :4], want[1, :4], atol=1e-5)
+
+
+def test_a_tagger_t5_cannot_hold_is_refused_by_name():
+    pytest.importorskip("transformers")
+    from pretrain.model.hf_t5 import t5_token_classifier_tensors
+
+    with pytest.raises(ValueError, match="T5 has no equivalent of {'position': 'learned'}"):
+        t5_token_classifier_tensors(tiny(position="learned"), {}, {})
+
+
 def test_an_output_layer_of_its_own_has_no_t5_form():
     from pretrain.model.hf_t5 import t5_to_hf
 

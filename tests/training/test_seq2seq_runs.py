@@ -105,6 +105,29 @@ def test_span_corruption_pretraining_resumes_exactly_after_sigkill_and_exports_t
         scores[name] = metrics(tmp_path / "runs" / name, "eval")[10]["val_loss"]
     assert scores["names"] < scores["names-random"] - 0.1, scores
 
+    # A tagger of its encoder exports as T5ForTokenClassification, with the logits predict computes
+    from transformers import AutoModelForTokenClassification
+
+    from finetune.predict import load_classifier
+
+    from .test_finetune import function_rows, write_jsonl
+
+    rows = [{"tokens": f.head.split()[:10], "ner_tags": ["B-KW" if w == "def" else "O" for w in f.head.split()[:10]]}
+            for f in function_rows()]  # fmt: skip
+    data = write_jsonl(tmp_path / "tags.jsonl", rows)
+    ft = finetune_config(make_config, "tagger", killed, {"kind": "tag"}, data={"sources": [{"files": str(data)}],
+                         "seq_len": 32}, train={"max_steps": 2, "eval_every": 0})  # fmt: skip
+    launch(1, ft, module="finetune")
+    written = export(tmp_path / "runs" / "tagger", tmp_path / "exp-tagger")
+    hf = AutoModelForTokenClassification.from_pretrained(written["hf"]).eval()
+    assert type(hf).__name__ == "T5ForTokenClassification" and hf.config.id2label == {0: "B-KW", 1: "O"}
+    ours, tok, _, _ = load_classifier(tmp_path / "runs" / "tagger")
+    ids = tok([" ".join(rows[0]["tokens"]), " ".join(rows[1]["tokens"][:4])], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        got = ours(ids["input_ids"], attention_mask=ids["attention_mask"])
+        want = hf(**ids).logits
+    torch.testing.assert_close(want[ids["attention_mask"].bool()], got[ids["attention_mask"].bool()], atol=1e-5, rtol=0)
+
 
 def test_the_papers_model_trained_with_flash_fine_tunes_for_seq2seq_and_classification(make_config, tmp_path):
     """Pretrained with attention=flash: task.kind=seq2seq at 2 processes and classification of the
