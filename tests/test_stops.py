@@ -42,10 +42,10 @@ def test_a_stop_a_library_swallows_still_ends_the_work_that_goes_on():
     started = time.monotonic()
     with pytest.raises(Stopped, match="SIGTERM"), stops_raise():
         assert swallowed_stop() is False  # the library's answer: the file is not there
-        for _ in range(200):  # the rank goes on preparing its data (packing, say)
+        for _ in range(1000):  # the rank goes on preparing its data (packing, say), 10 s
             time.sleep(0.01)
         done.append(True)
-    assert not done and time.monotonic() - started < 1.5
+    assert not done and time.monotonic() - started < 5  # 0.05 s between redeliveries here; a loaded host is slower
 
 
 def test_a_swallowed_stop_ends_the_block_where_nothing_runs_after_it():
