@@ -2,14 +2,16 @@
 SQuAD. The question and context go in as a pair, a context too long for data.seq_len in windows
 that overlap (task.doc_stride); a head of two outputs per token gives the span's start and end.
 SQuAD 2.0's unanswerable questions, and windows that do not hold the answer, point both at the
-first token, and a span scores against that "no answer". Training's evaluation scores each
-window's span by token (exact span, token overlap F1); finetune.evaluate and predict take each
-example's best span over its windows and score the answers' text as SQuAD's script does (exact
-match and F1 after lowercasing and dropping punctuation and articles)."""
+first token, and a span scores against that "no answer". Training's evaluation (and
+finetune.evaluate's span scores) take each example's best span over its windows, as predict does,
+and score it by token against the window's labelled span (exact span, token overlap F1);
+finetune.evaluate also scores the answers' text as SQuAD's script does (exact match and F1 after
+lowercasing and dropping punctuation and articles)."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import string
 from collections import Counter
@@ -158,22 +160,36 @@ def best_spans(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return torch.where((none > best)[:, None], torch.zeros_like(spans), spans)
 
 
-def qa_loss(engine, batch: dict):
-    """Cross-entropy of the start and of the end (their mean), and the sums: spans exactly right and
-    the token-overlap F1 of the predicted spans, over the scored examples."""
-    kwargs = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
-    logits = engine(batch["input_ids"], **kwargs)  # (B, T, 2)
-    labels = batch["labels"]
-    mask = batch["attention_mask"].bool()
-    masked = logits.float().masked_fill(~mask[..., None], torch.finfo(torch.float32).min / 4)
-    loss = (F.cross_entropy(masked[..., 0], labels[:, 0], ignore_index=IGNORE)
-            + F.cross_entropy(masked[..., 1], labels[:, 1], ignore_index=IGNORE)) / 2  # fmt: skip
-    with torch.no_grad():
-        guess = best_spans(logits.detach(), batch["context"])
+class QALoss:
+    """Cross-entropy of the start and of the end (their mean); in evaluation also, per window, what
+    scoring an example by its best window needs (see qa_metrics). ``examples``: the example of each
+    evaluated window, in the order of the evaluation's rows (a batch's positions index them)."""
+
+    FIELDS = ("seen", "example", "span", "null", "exact", "f1", "holds")  # a row of the windows' table each
+
+    def __init__(self, examples: list[int]):
+        self.examples = torch.tensor(examples, dtype=torch.float64)
+
+    def __call__(self, engine, batch: dict):
+        kwargs = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
+        logits = engine(batch["input_ids"], **kwargs)  # (B, T, 2)
+        labels = batch["labels"]
+        mask = batch["attention_mask"].bool()
+        masked = logits.float().masked_fill(~mask[..., None], torch.finfo(torch.float32).min / 4)
+        loss = (F.cross_entropy(masked[..., 0], labels[:, 0], ignore_index=IGNORE)
+                + F.cross_entropy(masked[..., 1], labels[:, 1], ignore_index=IGNORE)) / 2  # fmt: skip
         scored = labels[:, 0] != IGNORE
-        exact = (guess == labels).all(-1) & scored
-        f1 = _overlap_f1(guess, labels) * scored
-    return loss, {"count": int(scored.sum()), "span_exact": exact.sum(), "span_f1": f1.sum()}
+        if torch.is_grad_enabled():  # a training step reads the loss alone (evaluations run without gradients)
+            return loss, {"count": int(scored.sum())}
+        with torch.no_grad():
+            found, score, null = span_scores(logits.detach(), batch["context"])
+            at = batch["position"][scored].cpu()  # each row is scored once in a pass (a second look: IGNORE)
+            values = torch.stack([x.double() for x in (torch.ones_like(score), score, null, (found == labels).all(-1),
+                                                       _overlap_f1(found, labels), (labels != 0).any(-1))])
+            values = values[:, scored].cpu()
+            windows = torch.zeros(len(self.FIELDS), len(self.examples), dtype=torch.float64)
+            windows[:, at] = torch.cat([values[:1], self.examples[at][None], values[1:]])
+        return loss, {"count": int(scored.sum()), "windows": windows}
 
 
 @torch.no_grad()
@@ -223,9 +239,24 @@ def _overlap_f1(guess: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 
 def qa_metrics(sums: dict) -> dict:
+    """The loss over the scored windows; each scored example's span (its best over its windows,
+    unless no answer scores higher in every window, as predict_answers decides) exact and its token
+    F1, against the span labelled in that window (or no answer), over the examples."""
     n = max(float(sums["count"]), 1.0)
-    return {"val_loss": float(sums["loss_sum"]) / n, "val_span_exact": float(sums["span_exact"]) / n,
-            "val_span_f1": float(sums["span_f1"]) / n}  # fmt: skip
+    windows = dict(zip(QALoss.FIELDS, sums["windows"].tolist(), strict=True))
+    best, lowest_null, answerable = {}, {}, {}
+    for w, seen in enumerate(windows["seen"]):
+        if not seen:
+            continue
+        e, span = int(windows["example"][w]), windows["span"][w]
+        if e not in best or span > best[e][0]:
+            best[e] = (span, windows["exact"][w], windows["f1"][w])
+        lowest_null[e] = min(lowest_null.get(e, math.inf), windows["null"][w])
+        answerable[e] = answerable.get(e, False) or bool(windows["holds"][w])
+    scores = [best[e][1:] if best[e][0] >= lowest_null[e] else (float(not answerable[e]),) * 2 for e in best]
+    m = max(len(scores), 1)
+    return {"val_loss": float(sums["loss_sum"]) / n, "val_span_exact": sum(x for x, _ in scores) / m,
+            "val_span_f1": sum(f for _, f in scores) / m}  # fmt: skip
 
 
 def normalized(text: str) -> str:

@@ -85,14 +85,15 @@ def evaluate_classifier(tag_dir: Path, args, say) -> dict:
 
 
 def evaluate_answers(model, tok, cfg, table, what: str, batch_size: int) -> dict:
-    """Extractive QA: loss and spans by token in each window of a context, as training scores them,
-    then each example's answer (its best span over the windows) against every reference answer as
-    SQuAD's script scores it (exact match and F1, 0-1)."""
-    from finetune.answers import QACollator, predict_answers, qa_loss, qa_metrics, qa_rows, text_scores
+    """Extractive QA: the loss over the windows of the contexts and each example's best span by
+    token, as training scores them, then each example's answer (that span's text) against every
+    reference answer as SQuAD's script scores it (exact match and F1, 0-1)."""
+    from finetune.answers import QACollator, QALoss, predict_answers, qa_metrics, qa_rows, text_scores
 
     t = cfg.task
     rows, _ = qa_rows(tok, table, t, cfg.data.seq_len, model.cfg.type_vocab_size > 0, training=False)
-    metrics = qa_metrics(score(model, rows, QACollator(tok.pad_token_id), qa_loss, batch_size))
+    metrics = qa_metrics(score(model, rows, QACollator(tok.pad_token_id), QALoss([r["example"] for r in rows]),
+                               batch_size))  # fmt: skip
     questions, contexts = [str(x) for x in table[t.question_column]], [str(x) for x in table[t.context_column]]
     found = predict_answers(model, tok, t, questions, contexts, cfg.data.seq_len, batch_size)
     wanted = [[text for _, text in json.loads(a)] for a in table[t.answers_column]]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.answers import QACollator, qa_loss, qa_metrics, qa_rows, stride_for
+from finetune.answers import QACollator, QALoss, qa_metrics, qa_rows, stride_for
 from finetune.config import FinetuneConfig
 from finetune.data import check_task_sources, require_labels, task_labels, task_tables
 from finetune.prompts import task_template
@@ -319,7 +319,7 @@ class FinetuneTask:
         self.select_metric = ("val_accuracy", max) if self.kind == "classify" else ("val_loss", min)
         # tag: loss, metrics and the metric to select by follow the tags the data has (prepare)
         if self.kind == "qa":
-            self.loss_fn, self.eval_metrics, self.select_metric = qa_loss, qa_metrics, ("val_span_f1", max)
+            self.loss_fn, self.eval_metrics, self.select_metric = QALoss([]), qa_metrics, ("val_span_f1", max)
             self.labels = ["start", "end"]  # the head's two outputs per token
 
     # -- data
@@ -409,6 +409,7 @@ class FinetuneTask:
                 say(f"warning: {left_out} of {len(table)} examples of the {split} data have an answer longer than the "
                     f"context a window of data.seq_len={self.cfg.data.seq_len} tokens holds beside its question: left "
                     "out")  # fmt: skip
+        self.loss_fn = QALoss([r["example"] for r in rows.get("validation", [])])  # an example by its best window
         return rows
 
     def _sft_rows(self, tables, say) -> dict:

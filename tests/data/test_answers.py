@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 import torch
 
-from finetune.answers import QACollator, best_spans, normalized, qa_loss, qa_rows, text_scores
+from finetune.answers import QACollator, QALoss, best_spans, normalized, qa_metrics, qa_rows, text_scores
 from finetune.data import check_task_sources, task_tables
 from pretrain.data.batches import IGNORE
 from pretrain.data.sources import DataError
@@ -115,20 +115,66 @@ def test_spans_decode_within_the_context_and_no_answer_wins_when_it_scores_highe
     assert best_spans(logits, allowed).tolist()[0] == [5, 5]
 
 
-def test_the_loss_and_the_span_scores_of_a_batch():
-    class Fixed(torch.nn.Module):
-        def forward(self, input_ids, **_):
-            out = torch.full((2, 5, 2), -5.0)
-            out[0, 2, 0] = out[0, 3, 1] = 5.0  # (2, 3): right
-            out[1, 2, 0] = out[1, 2, 1] = 5.0  # (2, 2) against (2, 4): F1 2 * 1 / (1 + 3)
-            return out
+class Fixed(torch.nn.Module):
+    """A reader whose start and end logits are given, row by row of the batch (by position)."""
 
-    samples = [{"input_ids": [1] * 5, "start": 2, "end": 3, "context": [0, 1, 1, 1, 1], "position": 0},
-               {"input_ids": [1] * 5, "start": 2, "end": 4, "context": [0, 1, 1, 1, 1], "position": 1}]  # fmt: skip
-    loss, sums = qa_loss(Fixed(), QACollator(0)(samples))
-    assert sums["count"] == 2 and int(sums["span_exact"]) == 1
-    assert float(sums["span_f1"]) == pytest.approx(1.0 + 0.5)
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, input_ids, **_):
+        return self.logits[self.rows]
+
+
+def window(start=(), end=(), null=None) -> torch.Tensor:
+    out = torch.full((5, 2), -5.0)
+    for k, v in start:
+        out[k, 0] = v
+    for k, v in end:
+        out[k, 1] = v
+    if null is not None:
+        out[0] = null / 2
+    return out
+
+
+def test_the_loss_and_the_span_scores_of_a_batch():
+    reader = Fixed(torch.stack([window([(2, 5.0)], [(3, 5.0)]), window([(2, 5.0)], [(2, 5.0)])]))
+    reader.rows = [0, 1]  # (2, 3): right; (2, 2) against (2, 4): F1 2 * 1 / (1 + 3)
+    samples = [{"input_ids": [1] * 5, "start": 2, "end": end, "context": [0, 1, 1, 1, 1], "position": i, "example": i}
+               for i, end in enumerate((3, 4))]  # fmt: skip
+    with torch.no_grad():
+        loss, sums = QALoss([0, 1])(reader, QACollator(0)(samples))
+    assert sums["count"] == 2
     assert float(loss) == pytest.approx((0 + 10) / 2 / 2, abs=1e-3)  # only row 1's end is wrong, by 10 in logits
+    assert set(QALoss([0, 1])(reader, QACollator(0)(samples))[1]) == {"count"}  # a training step: the loss alone
+    metrics = qa_metrics({"loss_sum": loss * 2, **sums})
+    assert metrics["val_span_exact"] == 0.5 and metrics["val_span_f1"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_an_example_is_scored_by_its_best_window_as_predict_answers_it():
+    """Three examples in five windows, scored in two batches (as on two ranks, or one after the other):
+    the first's best span is in a window that does not hold its answer (0, where each window scored
+    apart gives a half); the second has no answer, which scores highest in both its windows (1);
+    the third's span is one token of its two (F1 2/3)."""
+    logits = torch.stack([window([(3, 6.0)], [(3, 6.0)]),  # example 0: (3, 3) scores 12, the answer is elsewhere
+                          window([(2, 5.0)], [(3, 5.0)]),  # ... its answer (2, 3), 10
+                          window(null=20.0), window(null=20.0),  # example 1: no answer scores 20 in both
+                          window([(1, 5.0)], [(1, 5.0)])])  # example 2: (1, 1) against (1, 2)  # fmt: skip
+    labels = [(0, 0), (2, 3), (0, 0), (0, 0), (1, 2)]
+    examples = [0, 0, 1, 1, 2]
+    loss_fn, sums = QALoss(examples), {}
+    from pretrain.trainer import accumulate
+
+    for rows in ([4, 1], [0, 2, 3]):
+        reader = Fixed(logits)
+        reader.rows = rows
+        samples = [{"input_ids": [1] * 5, "start": labels[r][0], "end": labels[r][1], "context": [0, 1, 1, 1, 1],
+                    "position": r, "example": examples[r]} for r in rows]  # fmt: skip
+        with torch.no_grad():  # as evaluations run
+            accumulate(sums, *loss_fn(reader, QACollator(0)(samples)))
+    metrics = qa_metrics(sums)
+    assert metrics["val_span_exact"] == pytest.approx(1 / 3)
+    assert metrics["val_span_f1"] == pytest.approx((0 + 1 + 2 / 3) / 3)
 
 
 def test_answer_text_is_scored_as_squads_script_scores_it():
