@@ -181,14 +181,13 @@ class QALoss:
         scored = labels[:, 0] != IGNORE
         if torch.is_grad_enabled():  # a training step reads the loss alone (evaluations run without gradients)
             return loss, {"count": int(scored.sum())}
-        with torch.no_grad():
-            found, score, null = span_scores(logits.detach(), batch["context"])
-            at = batch["position"][scored].cpu()  # each row is scored once in a pass (a second look: IGNORE)
-            values = torch.stack([x.double() for x in (torch.ones_like(score), score, null, (found == labels).all(-1),
-                                                       _overlap_f1(found, labels), (labels != 0).any(-1))])
-            values = values[:, scored].cpu()
-            windows = torch.zeros(len(self.FIELDS), len(self.examples), dtype=torch.float64)
-            windows[:, at] = torch.cat([values[:1], self.examples[at][None], values[1:]])
+        found, score, null = span_scores(logits, batch["context"])
+        at = batch["position"][scored].cpu()  # each row is scored once in a pass (a second look: IGNORE)
+        values = torch.stack([x.double() for x in (torch.ones_like(score), score, null, (found == labels).all(-1),
+                                                   _overlap_f1(found, labels), (labels != 0).any(-1))])
+        values = values[:, scored].cpu()
+        windows = torch.zeros(len(self.FIELDS), len(self.examples), dtype=torch.float64)
+        windows[:, at] = torch.cat([values[:1], self.examples[at][None], values[1:]])
         return loss, {"count": int(scored.sum()), "windows": windows}
 
 
