@@ -60,8 +60,13 @@ def resolve_files(spec: list[str] | str, where: str, kind: str | None = None) ->
                 raise DataError(f"{where}: {pattern} holds {len(inside)} file(s), none named as a kind read by its "
                                 f"suffix ({said}); give kind: text to read them as text (source code, say), or "
                                 f"another kind")  # fmt: skip
+        elif os.path.isfile(pattern):  # a file's own name, even one that reads as a glob ("notes [1].txt")
+            found = [pattern]
         else:
             found = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+        if not found and os.path.islink(pattern):
+            raise DataError(f"{where}: {pattern} is a symbolic link to {os.readlink(pattern)!r}, which does not "
+                            "exist")  # fmt: skip
         if not found:
             raise DataError(f"{where}: nothing matches {pattern!r} (give a file, a glob or a directory)")
         out += found
@@ -204,8 +209,8 @@ def _load_files(src: SourceConfig, files: list[str], where: str):
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # its "Failed to load ..." line would come before ours
     try:
-        return _load_dataset(where, builder, data_files={"train": files}, split="train",
-                             **builder_options(src, builder, suffix))  # fmt: skip
+        return _load_dataset(where, builder, data_files={"train": [glob.escape(f) for f in files]}, split="train",
+                             **builder_options(src, builder, suffix))  # fmt: skip (datasets globs each name)
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; find the file and say why
         raise DataError(f"{where}: {_unreadable(files, builder, e, src.field)}") from None
     finally:

@@ -194,3 +194,18 @@ def test_a_dataset_saved_by_datasets_is_read_from_its_arrow_files(tmp_path):
                                         r"'validation'\]\); name a split's folder, e.g. files: .*dict/train"):
         corpus(tmp_path / "dict")
     assert len(corpus(tmp_path / "dict" / "validation")) == 2
+
+
+def test_files_and_folders_whose_names_read_as_globs_are_read_as_named(tmp_path):
+    """datasets takes every file name as a pattern: "[1]" is a character class, and "notes [1].txt"
+    matched nothing, alone or as a folder's file. A broken link says where it points."""
+    folder = tmp_path / "drafts [v2]"
+    folder.mkdir()
+    write(folder / "notes [1].txt", "first draft\n")
+    write(folder / "notes 1.txt", "not the bracketed one\n")
+    assert corpus(folder / "notes [1].txt")["text"] == ["first draft\n"]
+    assert sorted(corpus(folder)["text"]) == ["first draft\n", "not the bracketed one\n"]
+    assert corpus(tmp_path / "drafts [[]v2]" / "*1].txt")["text"] == ["first draft\n"]  # an escaped glob still globs
+    (tmp_path / "gone.txt").symlink_to(tmp_path / "moved.txt")
+    with pytest.raises(DataError, match=r"gone.txt is a symbolic link to '.*moved.txt', which does not exist"):
+        corpus(tmp_path / "gone.txt")
