@@ -172,8 +172,12 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
     tok.save_pretrained(str(cons / "tokenizer"))
     written = {"checkpoint": tag_dir, "consolidated": cons}
     if cfg.model.arch == "encoder-decoder" and headed:  # a tagger or a question answerer: the encoder's output read
+        if kind != "tag":
+            print("no HF export: transformers' T5ForQuestionAnswering reads the decoder's output; this question "
+                  "answerer reads the encoder's")  # fmt: skip
+            return written
         labels = json.loads((tag_dir / "labels.json").read_text())
-        return {**written, **_export_t5_tagger(tensors, cfg, tok, labels, task, kind, out / "hf")}
+        return {**written, **_export_t5_tagger(tensors, cfg, tok, labels, task, out / "hf")}
     if cfg.model.arch == "encoder-decoder":
         return {**written, **_export_seq2seq(cons, cfg, tok, out / "hf")}
     try:
@@ -290,18 +294,13 @@ def _export_seq2seq(consolidated: Path, cfg, tok, hf_dir: Path) -> dict[str, Pat
     return {"hf": hf_dir}
 
 
-def _export_t5_tagger(tensors: Mapping, cfg, tok, labels: list[str], task: dict, kind: str,
-                      hf_dir: Path) -> dict[str, Path]:  # fmt: skip
+def _export_t5_tagger(tensors: Mapping, cfg, tok, labels: list[str], task: dict, hf_dir: Path) -> dict[str, Path]:
     """An encoder-decoder's tagger as T5ForTokenClassification: T5's encoder, then a linear layer,
-    as ours. (T5ForQuestionAnswering reads the decoder, which our question answerer leaves out.)"""
+    as ours."""
     from transformers import T5ForTokenClassification
 
     from pretrain.model.hf_t5 import t5_config, t5_token_classifier_tensors
 
-    if kind != "tag":
-        print("no HF export: transformers' T5ForQuestionAnswering reads the decoder's output; this question "
-              "answerer reads the encoder's")  # fmt: skip
-        return {}
     try:
         hf_cfg = t5_config(cfg.model, architectures=["T5ForTokenClassification"], id2label=dict(enumerate(labels)),
                            label2id={name: i for i, name in enumerate(labels)},
