@@ -70,8 +70,8 @@ def pack(cfg: DataConfig, tok, arch: str, split: str = "train", seed: int = 0, l
     texts = load_corpus(cfg, split, seed, log)
     sep = separator_id(tok, arch)
 
-    def encode(batch):
-        ids = tok(batch["text"], add_special_tokens=False)["input_ids"]
+    def encode(batch):  # a special token's spelling inside a document ("<|endoftext|>" in code) is text
+        ids = tok(batch["text"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
         return {"ids": ids, "n": [len(x) + 1 for x in ids]}  # +1: the separator after each document
 
     procs = min(cfg.num_proc, max(1, len(texts) // 16))

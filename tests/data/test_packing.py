@@ -301,3 +301,27 @@ def test_corpus_shorter_than_one_sequence_is_refused(tmp_path, bpe):
         match=r"the train corpus has \d+ tokens, fewer than one sequence needs \(data.seq_len \+ 1 = 65\)",
     ):
         pack(cfg, bpe, "decoder", "train", **quiet)
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encoder"])
+def test_a_special_tokens_spelling_inside_a_document_is_text(tmp_path, bpe, wordpiece, arch):
+    """Code and ML text spell "<|endoftext|>", "<|pad|>" or "[SEP]": read as control tokens they made
+    false document ends, padding inside the data and masks the collator never chose."""
+    tok = bpe if arch == "decoder" else wordpiece
+    specials = sorted(set(tok.all_special_tokens))
+    docs = [f'SEP = "{s}"  # document {i} names the {s} token\n' for i, s in enumerate(specials * 3)]
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i, d in enumerate(docs):
+        (folder / f"{i:02d}.txt").write_text(d)
+    cfg = data_cfg(folder, tmp_path, validation_fraction=0.0, seq_len=8)
+    packed = PackedTokens(pack(cfg, tok, arch, "train", **quiet))
+    stream = packed.tokens(0, packed.index["num_tokens"]).tolist()
+    sep = tok.eos_token_id if arch == "decoder" else tok.sep_token_id
+    assert stream.count(sep) == len(docs)  # one separator after each document, none inside
+    assert set(stream) & set(tok.all_special_ids) == {sep}
+    ends = [i for i, t in enumerate(stream) if t == sep]
+    pieces = [tok.decode(stream[a + 1 : b]) for a, b in zip([-1, *ends], ends)]  # noqa: B905
+    if arch == "decoder":  # byte-level BPE gives the text back as it was; WordPiece spaces its pieces
+        assert sorted(pieces) == sorted(docs)
+    assert all(any(s in p.replace(" ", "") for s in specials) for p in pieces)  # its spelling survives, as text
