@@ -127,12 +127,19 @@ def _missing(table, column: str, blank: bool) -> list[int]:
 def _label_names(table, column: str):
     """A label column of datasets' ClassLabel (files datasets wrote: save_to_disk, its parquet; hub
     data) as the names it stands for, not their indices; -1 (no label, as GLUE's test splits have)
-    as null, so it is named as a missing label."""
+    as null, so it is named as a missing label. Labels written as text lose the spaces around them:
+    a spreadsheet's "pos " is "pos", not a class of its own."""
     import datasets
+    import pyarrow.compute as pc
 
     feature = table.features[column]
     if not isinstance(feature, datasets.ClassLabel):
-        return table
+        values = table.data.column(column)
+        if values.type not in ("string", "large_string") or pc.all(pc.equal(values, pc.utf8_trim_whitespace(values))
+                                                                   ).as_py() is not False:  # fmt: skip
+            return table
+        return table.map(lambda batch: {column: [v.strip() if v is not None else None for v in batch[column]]},
+                         batched=True)  # fmt: skip
     features = table.features.copy()
     features[column] = datasets.Value("string")
     names = feature.names

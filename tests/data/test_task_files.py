@@ -93,3 +93,16 @@ def test_a_classlabel_column_gives_its_names_and_minus_one_is_a_missing_label(tm
     with pytest.raises(DataError, match=r"1 example\(s\) of data.sources\[0\] \(train data\) have no label \(null, "
                                         r"absent or blank\): example 4 \("):  # fmt: skip
         task_tables(task(tmp_path / "unlabeled"))
+
+
+def test_labels_written_with_spaces_around_them_are_the_same_labels(tmp_path):
+    """A spreadsheet's export writes "pos " in some rows: it was a third and fourth class."""
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + "".join(
+        f"{r['text']}\t{[' pos', 'neg ', 'pos', 'neg'][i % 4]}\n" for i, r in enumerate(ROWS)))  # fmt: skip
+    cfg = task(tmp_path / "train.tsv", fraction=0.2)
+    check_task_sources(cfg)
+    tables = task_tables(cfg)
+    assert {split: sorted(set(t["label"])) for split, t in tables.items()} == {"train": ["neg", "pos"],
+                                                                               "validation": ["neg", "pos"]}
+    rows = [dict(r, label=" 1 ") for r in ROWS[:3]] + ROWS  # numbers in text in one file: the same labels
+    assert {str(x) for x in task_tables(task(jsonl(tmp_path / "t.jsonl", rows)))["train"]["label"]} == {"0", "1"}
