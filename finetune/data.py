@@ -235,7 +235,7 @@ def add_file_arguments(ap) -> None:
     ap.add_argument("--no-header", action="store_true", help="csv/tsv: the first line is data (give --column-names)")
     ap.add_argument("--column-names", help="csv/tsv: the columns' names in order, comma-separated, e.g. text,label")
     ap.add_argument("--field", help="json: the key whose list holds the records ({\"data\": [...]})")
-    ap.add_argument("--kind", choices=["text", "json", "csv", "parquet", "arrow"],
+    ap.add_argument("--kind", choices=["text", "json", "csv", "parquet", "arrow", "conll", "conllu"],
                     help="read the file as this kind whatever its name (default: from its suffix)")  # fmt: skip
     ap.add_argument("--quoting", choices=["minimal", "all", "nonnumeric", "none"], default="minimal",
                     help="csv/tsv quoting (none: quote characters are text)")  # fmt: skip

@@ -19,9 +19,9 @@ from pretrain.data.sources import DataError, rewritten
 
 def word_column(table, words: str, tags: str | None, where: str):
     """``table`` with each example's words (and tags) checked and written as JSON text (one type
-    for every source, and text hold-out can hash). Words are a list of text (a text is split at
-    whitespace); tags a list as long, of names or numbers (datasets' ClassLabel numbers read as
-    their names). A DataError names the first example that is not one."""
+    for every source, and text hold-out can hash). Words are a list of text; tags a list as long,
+    of names or numbers (datasets' ClassLabel numbers read as their names); either may be text, as
+    a table's cell holds a list (``_listed``). A DataError names the first example that is not one."""
     names = _class_names(table.features[tags]) if tags else None
     columns = {words: [], **({tags: []} if tags else {})}
     for i, (value, marked) in enumerate(zip(table[words], table[tags] if tags else [None] * len(table), strict=True)):
@@ -41,9 +41,26 @@ def _class_names(feature) -> list[str] | None:
     return inner.names if isinstance(inner, datasets.ClassLabel) else None
 
 
+def _listed(value):
+    """A list as a table's cell holds one: CSV and TSV hold text, so a list is written there as a
+    JSON or Python list (pandas' to_csv writes "['EU', 'rejects']") or as words between spaces."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        import ast
+
+        try:
+            parsed = ast.literal_eval(text)  # literals only: nothing in the cell runs
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            parsed = None
+        if isinstance(parsed, list):
+            return parsed
+    return value.split()
+
+
 def _words(value, what: str) -> list[str]:
-    if isinstance(value, str):
-        value = value.split()
+    value = _listed(value)
     if not isinstance(value, list) or not all(isinstance(w, str | int | float) and not isinstance(w, bool)
                                               for w in value):  # fmt: skip
         raise DataError(f"{what} holds {type(value).__name__} {str(value)[:40]!r}, not a list of words")
@@ -56,6 +73,7 @@ def _words(value, what: str) -> list[str]:
 
 
 def _tags(value, names: list[str] | None, count: int, what: str) -> list[str]:
+    value = _listed(value)
     if not isinstance(value, list):
         raise DataError(f"{what} holds {type(value).__name__} {str(value)[:40]!r}, not a list of tags (one per word)")
     if len(value) != count:

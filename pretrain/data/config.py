@@ -17,8 +17,9 @@ class SourceConfig:
     files: list[str] | str | None = None
     """Local file(s): a path, a glob or a directory (its files of the kinds below, hidden ones left
     out); .txt/.md/.py (text, see sample_by), .json/.jsonl, .csv/.tsv (see delimiter, header),
-    .parquet, .arrow (a folder written by datasets' save_to_disk is read as its Arrow files); text,
-    json and csv also compressed (.gz, .bz2, .xz, .zst). Files of one kind may mix suffixes (.md
+    .parquet, .arrow (a folder written by datasets' save_to_disk is read as its Arrow files),
+    .conll/.conllu (tagging data, a word a line); text, json, csv and conll also compressed (.gz,
+    .bz2, .xz, .zst). Files of one kind may mix suffixes (.md
     with .txt); other names are read with ``kind``."""
     validation_files: list[str] | str | None = None
     """Local files (path, glob or directory) holding this source's validation data; when given,
@@ -26,10 +27,11 @@ class SourceConfig:
     test_files: list[str] | str | None = None
     """Local files with labeled test data (fine-tuning): never read in training;
     `python -m finetune.evaluate RUN --split test` scores them."""
-    kind: Literal["text", "json", "csv", "parquet", "arrow"] | None = None
+    kind: Literal["text", "json", "csv", "parquet", "arrow", "conll", "conllu"] | None = None
     """Local files: read every file as this kind whatever its name (source code such as .c, .rs or
-    .js as text, a .log as text, a .ndjson as json); a directory then gives all its files (hidden
-    ones left out). None: each file's kind from its suffix (see files)."""
+    .js as text, a .log as text, a .ndjson as json, CoNLL-2003's eng.train as conll); a directory
+    then gives all its files (hidden ones left out). None: each file's kind from its suffix (see
+    files). conll and conllu (word-per-line tagging data) are read as pretrain.data.conll says."""
     hub: str | None = None
     """A dataset id on the HF hub (needs network the first time; then datasets' cache)."""
     hub_config: str | None = None

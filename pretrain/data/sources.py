@@ -18,7 +18,8 @@ from pretrain.data.config import DataConfig, SourceConfig
 from pretrain.errors import ConfigError
 
 BUILDERS = {".txt": "text", ".md": "text", ".py": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
-            ".tsv": "csv", ".parquet": "parquet", ".arrow": "arrow"}  # fmt: skip
+            ".tsv": "csv", ".parquet": "parquet", ".arrow": "arrow",
+            ".conll": "conll", ".conllu": "conllu"}  # fmt: skip
 COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma", ".zst": "zstandard"}
 """Compression a text, json or csv file may have (data.jsonl.gz, as C4 ships), read by datasets as
 it reads; the module that opens it here."""
@@ -188,8 +189,9 @@ def _load_files(src: SourceConfig, files: list[str], where: str):
     kinds = {src.kind} if src.kind else {BUILDERS.get(x) for x in suffixes}
     if None in kinds or len(kinds) > 1:
         raise DataError(f"{where}: found {sorted(suffixes)}; one source takes files of one kind: text (.txt, .md, "
-                        f".py), json (.json, .jsonl), csv (.csv, .tsv), .parquet or .arrow (text, json and csv also "
-                        f"as {', '.join(COMPRESSED)}); kind: text reads files of any name as text")  # fmt: skip
+                        f".py), json (.json, .jsonl), csv (.csv, .tsv), .parquet, .arrow, .conll or .conllu (text, "
+                        f"json, csv and conll also as {', '.join(COMPRESSED)}); kind: text reads files of any name as "
+                        "text")  # fmt: skip
     builder = kinds.pop()
     if builder == "csv" and len(suffixes) > 1 and src.delimiter is None:
         raise DataError(f"{where}: found {sorted(suffixes)}: .csv files are read with ',' and .tsv files with a "
@@ -205,6 +207,10 @@ def _load_files(src: SourceConfig, files: list[str], where: str):
         bad = _bad_text_file(files)
         if bad:
             raise DataError(f"{where}: {bad}")
+    if builder in ("conll", "conllu"):
+        from pretrain.data.conll import read_conll
+
+        return read_conll(files, builder, where)
     quiet = logging.getLogger(f"datasets.packaged_modules.{builder}.{builder}")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # its "Failed to load ..." line would come before ours

@@ -108,7 +108,8 @@ def test_class_label_numbers_and_texts_of_words_read_as_names(tmp_path):
 @pytest.mark.parametrize(("row", "said"), [
     ({"tokens": ["a", "b"], "ner_tags": ["O"]}, "task.tags_column='ner_tags': example 1 of data.sources[0] (train "
      "data) has 1 tags for 2 words; give one tag per word"),
-    ({"tokens": ["a", "b"], "ner_tags": "O O"}, "holds str 'O O', not a list of tags (one per word)"),
+    ({"tokens": ["a", "b"], "ner_tags": 3}, "holds int '3', not a list of tags (one per word)"),
+    ({"tokens": "a b", "ner_tags": "O"}, "has 1 tags for 2 words"),
     ({"tokens": [["a"], "b"], "ner_tags": ["O", "O"]}, "task.tokens_column='tokens': example 1 of"),
     ({"tokens": ["a", " "], "ner_tags": ["O", "O"]}, "word 1 is blank; a word is text without spaces around it"),
     ({"tokens": [], "ner_tags": []}, "it has no words"),
@@ -126,3 +127,90 @@ def test_one_tag_only_or_a_missing_column_is_named(tmp_path):
         check_task_sources(task(jsonl(tmp_path / "one.jsonl", [{"tokens": ["a"], "ner_tags": ["O"]}])))
     with pytest.raises(DataError, match=r"task.tokens_column='words': no such column"):
         check_task_sources(task(jsonl(tmp_path / "ner.jsonl", ROWS), tokens_column="words"))
+
+
+CONLL_2003 = """-DOCSTART- -X- -X- O
+
+EU NNP B-NP B-ORG
+rejects VBZ B-VP O
+German JJ B-NP B-MISC
+call NN I-NP O
+. . O O
+
+Peter NNP B-NP B-PER
+Blackburn NNP I-NP I-PER
+
+-DOCSTART- -X- -X- O
+
+json.loads(text) NN B-NP B-FN
+parses VBZ B-VP O
+"""
+
+CONLLU = """# sent_id = 1
+# text = I'd say no.
+1-2\tI'd\t_\t_\t_\t_\t_\t_\t_\t_
+1\tI\tI\tPRON\tPRP\t_\t3\tnsubj\t_\t_
+2\t'd\twould\tAUX\tMD\t_\t3\taux\t_\t_
+3\tsay\tsay\tVERB\tVB\t_\t0\troot\t_\t_
+3.1\tthink\tthink\tVERB\tVB\t_\t_\t_\t3:conj\t_
+4\tno\tno\tINTJ\tUH\t_\t3\tobj\t_\tSpaceAfter=No
+5\t.\t.\tPUNCT\t.\t_\t3\tpunct\t_\t_
+
+# sent_id = 2
+1\tNew York\tNew York\tPROPN\tNNP\t_\t0\troot\t_\t_
+"""
+
+
+def test_conll_and_conllu_files_read_a_sentence_an_example_in_the_hubs_columns(tmp_path):
+    """CoNLL-2003's files (a word a line, its tag last, -DOCSTART- between documents, as eng.train
+    ships without a suffix) and Universal Dependencies' CoNLL-U are what tagging data comes as."""
+    (tmp_path / "eng.train").write_bytes(CONLL_2003.replace("\n", "\r\n").encode())
+    from finetune.config import load_finetune_config
+
+    source = json.dumps([{"files": str(tmp_path / "eng.train"), "kind": "conll"}])
+    cfg = load_finetune_config(None, ["init_from=somewhere", "task.kind=tag", "data.validation_fraction=0.0",
+                                      f"data.sources={source}"])  # fmt: skip
+    table = task_tables(cfg)["train"]
+    assert [json.loads(t) for t in table["tokens"]] == [["EU", "rejects", "German", "call", "."],
+                                                       ["Peter", "Blackburn"], ["json.loads(text)", "parses"]]
+    assert [json.loads(t) for t in table["ner_tags"]] == [["B-ORG", "O", "B-MISC", "O", "O"], ["B-PER", "I-PER"],
+                                                         ["B-FN", "O"]]  # fmt: skip
+    from pretrain.data.conll import read_conll
+
+    raw = read_conll([str(tmp_path / "eng.train")], "conll", "here")
+    assert raw.column_names == ["tokens", "pos_tags", "chunk_tags", "ner_tags"] and raw[1]["pos_tags"] == ["NNP"] * 2
+    (tmp_path / "wnut.conll").write_text("New York\tB-LOC\nrocks\tO\n\nhi\tO\n")  # tabs: a word may hold a space
+    table = task_tables(task(tmp_path / "wnut.conll"))["train"]
+    assert [json.loads(t) for t in table["tokens"]] == [["New York", "rocks"], ["hi"]]
+    (tmp_path / "ewt.conllu").write_text(CONLLU)
+    table = task_tables(task(tmp_path / "ewt.conllu", tags_column="upos"))["train"]
+    assert [json.loads(t) for t in table["tokens"]] == [["I", "'d", "say", "no", "."], ["New York"]]
+    assert [json.loads(t) for t in table["upos"]] == [["PRON", "AUX", "VERB", "INTJ", "PUNCT"], ["PROPN"]]
+
+
+@pytest.mark.parametrize(("name", "text", "said"), [
+    ("a.conll", "EU B-ORG\nrejects\n", "a.conll line 2 has 1 columns where .*a.conll line 1 has 2; a CoNLL file has a "
+     "word first and its tag last on every line"),
+    ("b.conllu", "# c\n1\tI\tI\tPRON\n", r"b.conllu line 2 has 4 tab-separated fields; a CoNLL-U line has 10 \(ID, "),
+    ("c.conll", "-DOCSTART- -X- -X- O\n\n", r"c.conll: no sentences in it \(a conll file has a word a line"),
+])  # fmt: skip
+def test_a_conll_file_that_does_not_read_is_named_with_its_line(tmp_path, name, text, said):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=said):
+        check_task_sources(task(tmp_path / name))
+
+
+def test_lists_a_table_holds_as_text_are_read_as_lists(tmp_path):
+    """CSV and TSV cells are text: pandas' to_csv writes a list as "['EU', 'rejects']"; others write
+    words and tags between spaces. Split at spaces, that list gave the words "['EU'," and "'rejects']"."""
+    import csv
+
+    with open(tmp_path / "ner.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["tokens", "ner_tags"])
+        out.writerow([str(ROWS[0]["tokens"]), str(ROWS[0]["ner_tags"])])
+        out.writerow([" ".join(ROWS[1]["tokens"]), " ".join(ROWS[1]["ner_tags"])])
+        out.writerow([json.dumps(ROWS[2]["tokens"]), json.dumps(ROWS[2]["ner_tags"])])
+    table = task_tables(task(tmp_path / "ner.csv"))["train"]
+    assert [json.loads(t) for t in table["tokens"]] == [r["tokens"] for r in ROWS]
+    assert [json.loads(t) for t in table["ner_tags"]] == [r["ner_tags"] for r in ROWS]

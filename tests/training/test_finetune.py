@@ -165,13 +165,17 @@ def test_tagging_words_with_an_encoder_on_two_processes_then_evaluate_and_predic
                                                                                   pretrained_encoder):
     """A tag per word (BIO: the def keyword and the function's name in each signature) from an
     encoder's checkpoint, on 2 processes under ZeRO-2: the evaluation's entity F1, summed over the
-    ranks, is what finetune.evaluate finds in one process; predict tags every word in reach."""
+    ranks, is what finetune.evaluate finds in one process; predict tags every word in reach. The
+    data is a CoNLL-2003 file (four columns, documents between -DOCSTART- lines)."""
     rows = []
     for f in function_rows():
         words = f.head.split()[:12]
         tags = ["B-KW" if w == "def" else "B-FN" if w.startswith(f.name + "(") else "O" for w in words]
         rows.append({"tokens": words, "ner_tags": tags})
-    data = write_jsonl(tmp_path / "ner.jsonl", rows)
+    data = tmp_path / "ner.conll"
+    data.write_text("".join(("-DOCSTART- -X- -X- O\n\n" if i % 10 == 0 else "")
+                            + "".join(f"{w} X O {t}\n" for w, t in zip(r["tokens"], r["ner_tags"], strict=True)) + "\n"
+                            for i, r in enumerate(rows)))  # fmt: skip
     cfg = finetune_config(make_config, "ner", pretrained_encoder, {"kind": "tag"},
                           data={"sources": [{"files": str(data)}], "seq_len": 48}, train={"micro_batch_size": 8})
     out = launch(2, cfg, module="finetune").stdout
