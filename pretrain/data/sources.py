@@ -211,6 +211,15 @@ def _load_files(src: SourceConfig, files: list[str], where: str):
         from pretrain.data.conll import read_conll
 
         return read_conll(files, builder, where)
+    if builder == "json" and not src.field and suffix == ".json":
+        from pretrain.data.squad import is_squad, read_squad
+
+        squad = [f for f in files if is_squad(f)]
+        if squad and len(squad) < len(files):
+            raise DataError(f"{where}: {squad[0]} holds SQuAD's articles and {sorted(set(files) - set(squad))[0]} "
+                            "does not; give them as two sources")  # fmt: skip
+        if squad:
+            return read_squad(files, where)
     quiet = logging.getLogger(f"datasets.packaged_modules.{builder}.{builder}")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # its "Failed to load ..." line would come before ours

@@ -208,3 +208,38 @@ def test_a_stride_windows_cannot_advance_with_is_refused(stride, said):
     with pytest.raises(ConfigError) as e:
         task("unused.jsonl", doc_stride=stride)
     assert said in str(e.value)
+
+
+SQUAD_V2 = {"version": "v2.0", "data": [
+    {"title": "json", "paragraphs": [
+        {"context": CONTEXT, "qas": [
+            {"id": "q1", "question": "When was json added?", "is_impossible": False,
+             "answers": [{"text": "Python 2.6", "answer_start": 29}, {"text": "2.6", "answer_start": 36}]},
+            {"id": "q2", "question": "Who wrote it?", "is_impossible": True, "answers": [],
+             "plausible_answers": [{"text": "Python", "answer_start": 29}]},
+        ]},
+    ]},
+    {"title": "text", "paragraphs": [
+        {"context": "It reads JSON text.", "qas": [
+            {"id": "q3", "question": "What does it read?", "answers": [{"text": "JSON text", "answer_start": 9}]},
+        ]},
+    ]},
+]}  # fmt: skip
+
+
+def test_squads_own_json_files_read_a_question_a_row(tmp_path):
+    """train-v1.1.json and dev-v2.0.json nest articles, paragraphs and questions: datasets' json
+    reader gave one row of 'version' and 'data', and the task no question column."""
+    (tmp_path / "dev-v2.0.json").write_text(json.dumps(SQUAD_V2))
+    cfg = task(tmp_path / "dev-v2.0.json")
+    check_task_sources(cfg)  # what the launcher runs before any rank starts
+    table = task_tables(cfg)["train"]
+    assert table["question"] == ["When was json added?", "Who wrote it?", "What does it read?"]
+    assert table["context"] == [CONTEXT, CONTEXT, "It reads JSON text."]
+    assert [json.loads(a) for a in table["answers"]] == [[[29, "Python 2.6"], [36, "2.6"]], [], [[9, "JSON text"]]]
+    bad = {"data": [{"title": "t", "paragraphs": [{"context": CONTEXT, "qas": [
+        {"id": "x", "question": "Where?", "answers": [{"text": "json", "answer_start": "4"}]}]}]}]}  # fmt: skip
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(DataError, match=r"bad.json data\[0\].paragraphs\[0\].qas\[0\] has the answer .*: not a text "
+                       "and the character position it starts at"):  # fmt: skip
+        check_task_sources(task(tmp_path / "bad.json"))
