@@ -3,8 +3,10 @@ mix of them, each reduced to one ``text`` column, with a deterministic validatio
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -24,6 +26,9 @@ COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma", ".zst": "zstandard"}
 """Compression a text, json or csv file may have (data.jsonl.gz, as C4 ships), read by datasets as
 it reads; the module that opens it here."""
 QUOTING = {"minimal": 0, "all": 1, "nonnumeric": 2, "none": 3}  # Python's csv.QUOTE_* values
+CHECKS = 1
+"""The version of what check_local_sources looks at: a release that checks more raises it, so the
+notes of files that passed an earlier release's checks are not taken for its own."""
 
 
 class DataError(ConfigError):
@@ -286,7 +291,6 @@ def _bad_text_file(files: list[str]) -> str | None:
 def _bad_json(files: list[str], field: str | None) -> str | None:
     """The first file that is not JSON records, with the line that is not: one JSON document (a
     list of objects, or an object whose ``field`` holds one) or one object per line."""
-    import json
 
     for f in files:
         with open_text(f) as fh:
@@ -315,7 +319,6 @@ def _bad_json(files: list[str], field: str | None) -> str | None:
 
 def _json_lines(f: str):
     """(line number, the line's value or its JSONDecodeError) for each non-blank line."""
-    import json
 
     with open_text(f) as fh:
         for number, line in enumerate(fh, 1):
@@ -384,10 +387,31 @@ def check_local_sources(cfg: DataConfig) -> None:
     """Every local file of every source (training, validation, test) exists, reads in its format
     and has its text column: a DataError naming the first that does not. Run before any process
     group exists (and by the launcher, in one process), so a bad file is one line, not a crash of
-    every rank. Hub and built-in data are left to the run."""
+    every rank. Hub and built-in data are left to the run.
+
+    Reading every byte of a large corpus on every rank at every start (a resume) costs minutes, so
+    a source's part that passed is noted under ``data.cache_dir/checked``, keyed by its options and
+    its files' paths, sizes and modification times (to the nanosecond): unchanged, it is not read
+    again."""
     for i, src in enumerate(cfg.sources):
         for part in src.local_parts():
-            text_table(src, part, f"data.sources[{i}]")
+            where = f"data.sources[{i}]"
+            field = "files" if part == "train" else f"{part}_files"
+            files = resolve_files(getattr(src, field), f"{where}.{field}", src.kind)
+            entry = {**dataclasses.asdict(src), "weight": None, "part": part, "checks": CHECKS,
+                     "files": [(f, st.st_size, st.st_mtime_ns) for f in files for st in [os.stat(f)]]}  # fmt: skip
+            key = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:24]
+            passed = Path(cfg.cache_dir) / "checked" / f"{key}.json"
+            if passed.is_file():
+                continue
+            text_table(src, part, where)
+            try:  # a note for the next start; where it cannot be written, that start reads the files again
+                passed.parent.mkdir(parents=True, exist_ok=True)
+                tmp = passed.with_name(f".{key}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"source": where, "part": part, "files": len(files)}))
+                os.replace(tmp, passed)
+            except OSError:
+                pass
 
 
 def load_source(src: SourceConfig, part: str, where: str, num_proc: int = 1):

@@ -209,3 +209,38 @@ def test_files_and_folders_whose_names_read_as_globs_are_read_as_named(tmp_path)
     (tmp_path / "gone.txt").symlink_to(tmp_path / "moved.txt")
     with pytest.raises(DataError, match=r"gone.txt is a symbolic link to '.*moved.txt', which does not exist"):
         corpus(tmp_path / "gone.txt")
+
+
+def test_files_that_passed_the_check_are_not_read_again_until_they_change(tmp_path, monkeypatch):
+    """Every rank checks the local files at every start (a resume too): over a large corpus that
+    was minutes of reading what had not changed."""
+    import os
+
+    from pretrain.data import sources
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write(corpus / "a.txt", "first document\n")
+    write(corpus / "b.jsonl", json.dumps({"body": "second"}) + "\n")
+    cfg = DataConfig(sources=[SourceConfig(files=str(corpus / "a.txt"), validation_files=str(corpus / "*.txt")),
+                              SourceConfig(files=str(corpus / "b.jsonl"), text_column="body")],
+                     cache_dir=str(tmp_path / "cache"), num_proc=1)  # fmt: skip
+    read = []
+    table = sources.text_table
+    monkeypatch.setattr(sources, "text_table", lambda src, part, where: read.append((where, part)) or
+                        table(src, part, where))  # fmt: skip
+    sources.check_local_sources(cfg)
+    assert read == [("data.sources[0]", "train"), ("data.sources[0]", "validation"), ("data.sources[1]", "train")]
+    sources.check_local_sources(cfg)
+    assert len(read) == 3  # nothing read again
+    write(corpus / "b.jsonl", json.dumps({"body": "sekond"}) + "\n")  # other bytes, the same size
+    os.utime(corpus / "b.jsonl", ns=(1, 1))
+    sources.check_local_sources(cfg)
+    assert read[3:] == [("data.sources[1]", "train")]  # the changed file's source only
+    (corpus / "a.txt").write_bytes(b"caf\xe9 latin-1\n")
+    with pytest.raises(DataError, match=r"a.txt is not UTF-8 text"):
+        sources.check_local_sources(cfg)
+    cfg.sources[1].text_column = "text"  # another option: checked again, and refused
+    (corpus / "a.txt").write_text("fixed\n")
+    with pytest.raises(DataError, match=r"text_column='text': no such column"):
+        sources.check_local_sources(cfg)
