@@ -28,13 +28,13 @@ def render(job: Job, cluster: ClusterConfig, python: str, workdir: str) -> str:
             lines.append(f"#SBATCH --{option}={value}")
     lines += [
         f"#SBATCH --time={s.time}",
-        f"#SBATCH --output={log_dir}/%x-%j.out",
+        f"#SBATCH --output={shlex.quote(f'{log_dir}/%x-%j.out')}",  # sbatch reads quotes as a shell does
         "#SBATCH --open-mode=append",
         "#SBATCH --requeue",
         f"#SBATCH --signal=B:USR1@{s.signal_before_end_s}",
         *(f"#SBATCH {extra}" for extra in s.sbatch),
         "",
-        f"# {job.program} {job.config} {shlex.join(job.overrides)}".rstrip(),
+        f"# {job.program} {shlex.join([str(job.config), *job.overrides])}",
         "# Rendered by python -m launch slurm. Requeued runs resume from the newest checkpoint.",
         *(
             [f"# From the submitting shell (sbatch exports it, never written here): {' '.join(secret)}"]
@@ -85,7 +85,7 @@ def submit(script: str, path: Path, command: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     for line in script.splitlines():  # Slurm does not create the folder of its log files
         if line.startswith("#SBATCH --output="):
-            Path(line.split("=", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+            Path(shlex.split(line.split("=", 1)[1])[0]).parent.mkdir(parents=True, exist_ok=True)
     path.write_text(script)
     try:
         proc = subprocess.run([*shlex.split(command), str(path)], capture_output=True, text=True, timeout=120)

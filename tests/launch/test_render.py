@@ -3,6 +3,7 @@ writes (rendezvous endpoint, node count, GPUs, environment). Every call is a rea
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -62,14 +63,17 @@ def test_slurm_submit_writes_the_script_and_calls_sbatch(tmp_path):
     fake = tmp_path / "sbatch"
     fake.write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho Submitted batch job 4242\n')
     fake.chmod(0o755)
-    proc = launch("slurm", GPT, f"output_dir={tmp_path / 'runs'}", "--nodes", "2", "--skip-preflight",
+    runs = tmp_path / "my runs"  # sbatch splits a directive at spaces, as a shell does, unless quoted
+    proc = launch("slurm", GPT, f"output_dir={runs}", "--nodes", "2", "--skip-preflight",
                   f"cluster.slurm.submit={fake}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "Submitted batch job 4242" in proc.stdout
-    written = list((tmp_path / "runs" / "gpt2-small-4nodes" / "launch").glob("sbatch-*.sh"))
+    written = list((runs / "gpt2-small-4nodes" / "launch").glob("sbatch-*.sh"))
     assert len(written) == 1 and written[0].read_text() == (tmp_path / "submitted.sh").read_text()
     assert "#SBATCH --nodes=2" in written[0].read_text()
-    assert (tmp_path / "runs" / "gpt2-small-4nodes" / "slurm").is_dir()  # Slurm does not create its log folder
+    output = next(line for line in written[0].read_text().splitlines() if line.startswith("#SBATCH --output="))
+    assert shlex.split(output[len("#SBATCH "):]) == [f"--output={runs}/gpt2-small-4nodes/slurm/%x-%j.out"]
+    assert (runs / "gpt2-small-4nodes" / "slurm").is_dir()  # Slurm does not create its log folder
 
 
 def _shims(tmp_path: Path, srun_status: int | None) -> dict:
