@@ -228,9 +228,10 @@ def _load_files(src: SourceConfig, files: list[str], where: str):
     quiet = logging.getLogger(f"datasets.packaged_modules.{builder}.{builder}")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # its "Failed to load ..." line would come before ours
+    escaped = [glob.escape(f) for f in files]  # datasets takes each name as a pattern ("notes [1].txt")
     try:
-        return _load_dataset(where, builder, data_files={"train": [glob.escape(f) for f in files]}, split="train",
-                             **builder_options(src, builder, suffix))  # fmt: skip (datasets globs each name)
+        return _load_dataset(where, builder, data_files={"train": escaped}, split="train",
+                             **builder_options(src, builder, suffix))  # fmt: skip
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; find the file and say why
         raise DataError(f"{where}: {_unreadable(files, builder, e, src.field)}") from None
     finally:
@@ -291,7 +292,6 @@ def _bad_text_file(files: list[str]) -> str | None:
 def _bad_json(files: list[str], field: str | None) -> str | None:
     """The first file that is not JSON records, with the line that is not: one JSON document (a
     list of objects, or an object whose ``field`` holds one) or one object per line."""
-
     for f in files:
         with open_text(f) as fh:
             head = fh.read(1 << 16)
@@ -319,7 +319,6 @@ def _bad_json(files: list[str], field: str | None) -> str | None:
 
 def _json_lines(f: str):
     """(line number, the line's value or its JSONDecodeError) for each non-blank line."""
-
     with open_text(f) as fh:
         for number, line in enumerate(fh, 1):
             if line.strip():
