@@ -11,6 +11,12 @@ source's files, has a bare ``except``: the stop became "Unable to find 11.txt", 
 on preparing its data while the others had stopped). So a stop, once received, is delivered again
 every ``REDELIVER_S`` until it ends the block; the block ends in ``Stopped`` whatever else it ended
 in, since what failed after a stop (a collective another rank left as it stopped) is its consequence.
+
+A rank gets the same stop more than once: the launcher signals every process of a node and torchrun
+passes its own signal on (Slurm's scancel, too, signals every process of the step). With the
+handlers put back as the stop unwound, the second SIGTERM killed the rank by its default action
+before it said why it ended. So once a stop is received, the block leaves the stop signals ignored:
+the process is on its way out.
 """
 
 from __future__ import annotations
@@ -33,11 +39,15 @@ class Stopped(BaseException):
     """A stop signal before training began: there is no step to save."""
 
 
+def already_stopping(_sig, _frame) -> None:
+    """A stop signal after the first: the process is already ending on that one."""
+
+
 @contextlib.contextmanager
 def stops_raise():
     """Within the block, SIGTERM, SIGHUP and Ctrl-C raise ``Stopped``; a signal the process was
     started ignoring (nohup, a background job) stays ignored. The handlers before it are restored
-    at its end."""
+    at its end, unless a stop came: then ``already_stopping`` takes the stop signals."""
     received: list[int] = []
     closing = threading.Event()
 
@@ -68,6 +78,6 @@ def stops_raise():
         closing.set()
         redelivery.join()  # no redelivery is left to meet the handlers restored below
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, already_stopping if received else handler)
     if received:  # swallowed each time until the block ended
         raise Stopped(STOP_SIGNALS[received[0]])

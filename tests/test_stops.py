@@ -15,6 +15,10 @@ from pretrain.stops import Stopped, stops_raise
 @pytest.fixture(autouse=True)
 def quick_redelivery(monkeypatch):
     monkeypatch.setattr(stops, "REDELIVER_S", 0.05)
+    own = {sig: signal.getsignal(sig) for sig in stops.STOP_SIGNALS}
+    yield
+    for sig, handler in own.items():  # a block that stopped leaves them to already_stopping
+        signal.signal(sig, handler)
 
 
 def swallowed_stop(sig=signal.SIGTERM) -> bool:
@@ -49,10 +53,9 @@ def test_a_stop_a_library_swallows_still_ends_the_work_that_goes_on():
 
 
 def test_a_swallowed_stop_ends_the_block_where_nothing_runs_after_it():
-    own = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Stopped, match="SIGTERM"), stops_raise():
         swallowed_stop()
-    assert signal.getsignal(signal.SIGTERM) is own
+    assert signal.getsignal(signal.SIGTERM) is stops.already_stopping
     assert not [t for t in threading.enumerate() if t.name == "stop-redelivery"]
 
 
@@ -94,12 +97,36 @@ def test_a_swallowed_ctrl_c_ends_as_stopped_and_not_in_a_keyboard_interrupt_late
 
 
 def _ctrl_c_swallowed_then_nothing_after():
-    own = signal.getsignal(signal.SIGINT)
     with pytest.raises(Stopped, match="SIGINT"), stops_raise():
         swallowed_stop(signal.SIGINT)
     for _ in range(20):  # a redelivery left pending would raise KeyboardInterrupt here
         time.sleep(0.01)
-    assert signal.getsignal(signal.SIGINT) is own
+    assert signal.getsignal(signal.SIGINT) is stops.already_stopping
+
+
+def test_a_second_stop_as_the_first_unwinds_does_not_kill_the_process_before_it_says_why():
+    """The launcher signals every rank and torchrun passes its own SIGTERM on: the second one came
+    after the handlers were put back, and the rank died by SIGTERM's default action, silent (a
+    stop drill's rank 0 never said why it ended; 1 run in about 30)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, time\n"
+        "from pretrain.stops import Stopped, stops_raise\n"
+        "try:\n"
+        "    with stops_raise():\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(5)\n"
+        "except Stopped as e:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # torchrun's, as the first unwinds\n"
+        "    time.sleep(0.1)\n"
+        "    print(f'stopped on {e}', flush=True)\n"
+        "    raise SystemExit(143)\n"
+    )  # fmt: skip
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout.strip()) == (143, "stopped on SIGTERM"), proc.stderr[-2000:]
 
 
 def test_no_stop_no_exception_and_the_handlers_are_back():

@@ -346,7 +346,8 @@ def test_a_stop_before_training_begins_ends_at_once_with_nothing_half_written(ma
     out = "".join(seen) + proc.communicate(timeout=120)[0]
     assert proc.returncode == 143, out[-3000:]
     assert time.time() - signalled < 15 and "Traceback" not in out, out[-3000:]
-    assert "stopped on SIGTERM before training began: nothing to save; the same command starts it again" in out
+    said = "stopped on SIGTERM before training began: nothing to save; the same command starts it again"
+    assert said in out, out[-3000:]
     assert "launch: the job was stopped before training began (nothing to save)" in out
     assert not list((tmp_path / "cache").glob(".*.tmp-*"))
     assert not (tmp_path / "runs" / "early" / "status.json").exists()  # the run never began
