@@ -182,7 +182,7 @@ def test_a_stop_signal_while_the_shards_are_written_leaves_no_cache(corpus_dir, 
     packing it interrupts removes its unfinished folder, as on any error."""
     import signal
 
-    from pretrain.stops import Stopped, stops_raise
+    from pretrain.stops import Stopped, already_stopping, stops_raise
 
     cfg = data_cfg(corpus_dir, tmp_path)
     write = packing._write_shards
@@ -192,11 +192,15 @@ def test_a_stop_signal_while_the_shards_are_written_leaves_no_cache(corpus_dir, 
         return write(*args)
 
     monkeypatch.setattr(packing, "_write_shards", preempted)
-    own = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Stopped, match="SIGTERM"), stops_raise():
-        pack(cfg, bpe, "decoder", "train", **quiet)
-    assert list(Path(cfg.cache_dir).iterdir()) == []
-    assert signal.getsignal(signal.SIGTERM) is own  # the process's own handler is back
+    own = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        with pytest.raises(Stopped, match="SIGTERM"), stops_raise():
+            pack(cfg, bpe, "decoder", "train", **quiet)
+        assert list(Path(cfg.cache_dir).iterdir()) == []
+        assert signal.getsignal(signal.SIGTERM) is already_stopping  # a second stop cannot cut the exit short
+    finally:
+        for sig, handler in own.items():  # this test process goes on
+            signal.signal(sig, handler)
 
 
 def test_packing_left_by_a_killed_process_is_removed_and_others_are_left_to_their_owners(corpus_dir, tmp_path, bpe):
