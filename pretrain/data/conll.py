@@ -61,15 +61,11 @@ def read_conll(files: list[str], kind: str, where: str):
         raise DataError(f"{where}: {files[0] if len(files) == 1 else f'{len(files)} files'}: no sentences in it "
                         f"(a {kind} file has a word a line, blank lines between sentences)")  # fmt: skip
     if kind == "conllu":
-        names = ("tokens", "upos", "xpos")
+        picks = {"tokens": 0, "upos": 1, "xpos": 2}  # of the (FORM, UPOS, XPOS) kept per word
     elif width == 4:
-        names = CONLL_2003
+        picks = dict(zip(CONLL_2003, range(4), strict=True))
     else:
-        names = ("tokens", "ner_tags")[: min(width, 2)]
-    columns = {name: [] for name in names}
-    for sentence in rows:
-        for i, name in enumerate(names):
-            k = i if kind == "conllu" or width == 4 or i == 0 else -1  # the tag is the last column
-            columns[name].append([fields[k] for fields in sentence])
-    features = datasets.Features({name: datasets.Sequence(datasets.Value("string")) for name in names})
+        picks = {"tokens": 0, "ner_tags": -1} if width > 1 else {"tokens": 0}  # the tag is the last column
+    columns = {name: [[fields[k] for fields in sentence] for sentence in rows] for name, k in picks.items()}
+    features = datasets.Features({name: datasets.Sequence(datasets.Value("string")) for name in picks})
     return datasets.Dataset.from_dict(columns, features=features)
