@@ -21,6 +21,7 @@ def _files(tmp):
     (tmp / "ds-list.json").write_text("[1, 2]")
     (tmp / "ds-typo.json").write_text('{"zero_optimisation": {"stage": 2}}')
     (tmp / "empty.jsonl").write_text("")
+    (tmp / "blank.txt").write_text("  \n\n")
     (tmp / "latin.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
     (tmp / "ids.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
     import gzip
@@ -92,6 +93,8 @@ CASES = [
     ("data: no file matches", pretrain("data.sources=[{files: '{tmp}/none/*.txt'}]"),
      "config error: data.sources[0].files: nothing matches"),
     ("data: empty file", pretrain("data.sources=[{files: '{tmp}/empty.jsonl'}]"), "empty.jsonl is empty"),
+    ("data: blank file", pretrain("data.sources=[{files: '{tmp}/blank.txt'}]"),
+     "config error: data.sources[0]: the train data has no non-empty documents (files {tmp}/blank.txt)"),
     ("data: not UTF-8", pretrain("data.sources=[{files: '{tmp}/latin.jsonl'}]"),
      "latin.jsonl is not UTF-8 text (byte 13); convert it, e.g. iconv -f latin1 -t utf-8"),
     ("data: a cut-off archive, under the launcher", ["launch", "local", DEBUG, "--nproc-per-node", "2",
@@ -100,7 +103,7 @@ CASES = [
      "cut.jsonl.gz cannot be decompressed (EOFError: Compressed file ended before the end-of-stream marker was "
      "reached): truncated or corrupt?"),
     ("data: text column of numbers", pretrain("data.sources=[{files: '{tmp}/ids.jsonl', text_column: id}]"),
-     "config error: data.sources[0].text_column='id': holds int64 values, not text"),
+     "config error: data.sources[0].text_column='id': holds int64 values (example 0: int '1'), not text"),
     ("data: named split on local files", pretrain("data.sources=[{files: '{tmp}/pairs.tsv', validation_split: dev}]"),
      "config error: data.sources[0].validation_split='dev': only hub datasets have named splits; for local files "
      "give validation_files"),

@@ -26,7 +26,7 @@ COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma", ".zst": "zstandard"}
 """Compression a text, json or csv file may have (data.jsonl.gz, as C4 ships), read by datasets as
 it reads; the module that opens it here."""
 QUOTING = {"minimal": 0, "all": 1, "nonnumeric": 2, "none": 3}  # Python's csv.QUOTE_* values
-CHECKS = 1
+CHECKS = 2
 """The version of what check_local_sources looks at: a release that checks more raises it, so the
 notes of files that passed an earlier release's checks are not taken for its own."""
 
@@ -356,10 +356,25 @@ def text_table(src: SourceConfig, part: str, where: str):
     feature = ds.features[src.text_column]
     kind = getattr(feature, "dtype", None)
     if kind not in ("string", "large_string"):  # mixed kinds (datasets' Json feature): show one
-        what = f"{kind} values" if kind else f"values of mixed kinds{_first_not_text(ds, src.text_column)}"
-        raise DataError(f"{where}.text_column={src.text_column!r}: holds {what}, not text; name a text column "
-                        f"among {ds.column_names}")  # fmt: skip
+        what = (f"{kind} values" if kind else "lists" if _is_list(feature) else "values of mixed kinds")
+        columns = len(ds) == 1 and all(_is_list(f) for f in ds.features.values())
+        hint = ("; the file is one JSON object of columns (as json.dump(Dataset.to_dict()) writes it), which reads "
+                "as one record: write a record a line (Dataset.to_json) or a list of records" if columns else "")
+        raise DataError(f"{where}.text_column={src.text_column!r}: holds {what}{_first_not_text(ds, src.text_column)}, "
+                        f"not text; name a text column among {ds.column_names}{hint}")  # fmt: skip
+    if not _has_text(ds, src.text_column):  # found here, in the preflight, rather than in every rank
+        raise DataError(f"{where}: the {part} data has no non-empty documents ({_describe(src, part)})")
     return ds
+
+
+def _has_text(ds, column: str) -> bool:
+    """Whether any value of ``column`` holds more than whitespace; reads only as far as the first."""
+    import pyarrow.compute as pc
+
+    for batch in ds.with_format("arrow").iter(batch_size=10_000):
+        if pc.any(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(batch[column])), 0)).as_py():
+            return True
+    return False
 
 
 def _is_list(feature) -> bool:
@@ -544,10 +559,7 @@ def load_corpus(cfg: DataConfig, split: str, seed: int = 0, log=None):
         own = src.names("validation")
         if split == "validation" and not own and cfg.validation_fraction == 0:
             continue
-        ds = load_source(src, split if own else "train", where, cfg.num_proc)
-        if len(ds) == 0:
-            part = "train" if split == "train" or not own else "validation"
-            raise DataError(f"{where}: the {part} data has no non-empty documents ({_describe(src)})")
+        ds = load_source(src, split if own else "train", where, cfg.num_proc)  # never empty (text_table)
         if not own and cfg.validation_fraction > 0:
             ds = hold_out(ds, cfg.validation_fraction, split, where, cfg.num_proc, log)
         parts.append(ds)
@@ -610,5 +622,8 @@ def _procs(num_proc: int, ds) -> int | None:
     return n if n > 1 else None
 
 
-def _describe(src: SourceConfig) -> str:
-    return src.builtin or (f"files {src.files}" if src.files else f"hub {src.hub}")
+def _describe(src: SourceConfig, part: str = "train") -> str:
+    if src.files:
+        field = "files" if part == "train" else f"{part}_files"
+        return f"{field} {getattr(src, field) or src.files}"
+    return src.builtin or f"hub {src.hub}"

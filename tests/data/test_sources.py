@@ -6,7 +6,7 @@ import json
 import pytest
 
 from pretrain.data.config import DataConfig, SourceConfig
-from pretrain.data.sources import DataError, load_corpus
+from pretrain.data.sources import DataError, check_local_sources, load_corpus
 
 
 def corpus(path, **source):
@@ -35,7 +35,8 @@ def test_latin1_bytes_are_named_with_the_file_and_offset(tmp_path):
 
 def test_a_text_column_of_numbers_is_refused_naming_the_columns(tmp_path):
     (tmp_path / "ints.jsonl").write_text('{"id": 1, "body": "x"}\n{"id": 2, "body": "y"}\n')
-    with pytest.raises(DataError, match=r"text_column='id': holds int64 values, not text; .*\['id', 'body'\]"):
+    with pytest.raises(DataError, match=r"text_column='id': holds int64 values \(example 0: int '1'\), not text; "
+                       r".*\['id', 'body'\]"):  # fmt: skip
         corpus(tmp_path / "ints.jsonl", text_column="id")
     assert len(corpus(tmp_path / "ints.jsonl", text_column="body")) == 2
 
@@ -136,6 +137,28 @@ def test_a_text_column_of_mixed_kinds_shows_a_value_that_is_not_text(tmp_path):
     (tmp_path / "mixed.jsonl").write_text('{"text": "a b"}\n{"text": null}\n{"text": 12345}\n')
     with pytest.raises(DataError, match=r"text_column='text': holds values of mixed kinds \(example 2: int '12345'\)"):
         corpus(tmp_path / "mixed.jsonl")
+
+
+def test_a_json_object_of_columns_is_named_with_how_to_write_records(tmp_path):
+    (tmp_path / "columns.json").write_text(json.dumps({"text": ["a b", "c d"], "id": [1, 2]}))
+    with pytest.raises(DataError, match=r"text_column='text': holds lists \(example 0: list .*one JSON object of "
+                       r"columns .*write a record a line"):  # fmt: skip
+        corpus(tmp_path / "columns.json")
+
+
+@pytest.mark.parametrize("name, text", [("blank.txt", "  \n\n\t\n"),
+                                        ("blank.jsonl", '{"text": null}\n{"text": " "}\n{"id": 3}\n')])
+def test_a_source_without_a_non_empty_document_is_found_by_the_preflight_check(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    cfg = DataConfig(sources=[SourceConfig(files=str(tmp_path / name))], cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=rf"data.sources\[0\]: the train data has no non-empty documents \(files "
+                       rf".*{name}\)"):  # fmt: skip
+        check_local_sources(cfg)
+    (tmp_path / "dev.txt").write_text("\n")
+    (tmp_path / name).write_text('{"text": "a real document"}\n' if name.endswith("jsonl") else "a document\n")
+    cfg.sources[0].validation_files = str(tmp_path / "dev.txt")
+    with pytest.raises(DataError, match=r"the validation data has no non-empty documents \(validation_files .*dev"):
+        check_local_sources(cfg)
 
 
 def test_predict_reads_a_compressed_text_file_one_text_per_line(tmp_path):
