@@ -154,15 +154,20 @@ def check_task_sources(cfg) -> None:
     if cfg.task.builtin:
         return
     columns, template = task_columns(cfg), task_template(cfg.task)
-    labels = set()
+    labels, named = set(), []
     for i, src in enumerate(cfg.data.sources):
         for part in src.local_parts():
             table = source_table(src, part, columns, f"data.sources[{i}]", template)
             if part == "train":
                 labels |= task_labels(table, cfg.task)
+            else:
+                named.append((table, f"the {part} data of data.sources[{i}]"))
     if cfg.task.kind in ("classify", "tag") and all(src.local_parts() for src in cfg.data.sources):
-        field = "tags_column" if cfg.task.kind == "tag" else "label_column"
+        tags = cfg.task.kind == "tag"
+        field = "tags_column" if tags else "label_column"
         require_labels(sorted(labels), getattr(cfg.task, field), field)
+        for table, what in named:  # a label the classifier never learns is refused here, not once ranks run
+            check_labels(table, getattr(cfg.task, field), sorted(labels), what, tags)
 
 
 def task_labels(table, task) -> set[str]:
@@ -170,6 +175,16 @@ def task_labels(table, task) -> set[str]:
     if task.kind == "tag":
         return {tag for tags in table[task.tags_column] for tag in json.loads(tags)}
     return {str(x) for x in table[task.label_column]} if task.kind == "classify" else set()
+
+
+def check_labels(table, column: str, labels: list[str], what: str, tags: bool = False) -> None:
+    """A DataError naming the labels of ``table`` (``tags``: the tags of its words) that the
+    classifier was not trained on."""
+    given = {tag for x in table[column] for tag in json.loads(x)} if tags else {str(x) for x in table[column]}
+    unseen = sorted(given - set(labels))
+    if unseen:
+        raise DataError(f"{'tags' if tags else 'labels'} {unseen[:10]} appear in {what} but never in training "
+                        f"(training has {labels[:20]}); add training examples or drop those rows")  # fmt: skip
 
 
 def require_labels(labels: list[str], column: str, field: str = "label_column") -> None:

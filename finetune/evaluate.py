@@ -54,14 +54,9 @@ def examples(cfg, args, say):
 
 
 def evaluate_classifier(tag_dir: Path, args, say) -> dict:
+    from finetune.data import check_labels
     from finetune.predict import classifier_config, load_classifier
-    from finetune.tasks import (
-        ClassifyCollator,
-        check_labels,
-        classification_metrics,
-        classification_rows,
-        classify_loss,
-    )
+    from finetune.tasks import ClassifyCollator, classification_metrics, classification_rows, classify_loss
 
     cfg = classifier_config(tag_dir)
     table, what = examples(cfg, args, say)  # the data is checked before the weights

@@ -13,7 +13,7 @@ from torch import nn
 
 from finetune.answers import QACollator, QALoss, qa_metrics, qa_rows, stride_for
 from finetune.config import FinetuneConfig
-from finetune.data import check_task_sources, require_labels, task_labels, task_tables
+from finetune.data import check_labels, check_task_sources, require_labels, task_labels, task_tables
 from finetune.prompts import task_template
 from finetune.tagging import TagCollator, TagLoss, are_entity_tags, tag_metrics, tag_rows
 from finetune.weights import Pretrained, load_pretrained
@@ -166,16 +166,6 @@ def classification_metrics(sums: dict) -> dict:
         "val_macro_f1": f1.mean().item() if len(f1) else 0.0,
         "val_confusion": confusion.tolist(),
     }
-
-
-def check_labels(table, column: str, labels: list[str], what: str, tags: bool = False) -> None:
-    """A ConfigError naming the labels of ``table`` (``tags``: the tags of its words) that the
-    classifier was not trained on."""
-    given = {tag for x in table[column] for tag in json.loads(x)} if tags else {str(x) for x in table[column]}
-    unseen = sorted(given - set(labels))
-    if unseen:
-        raise DataError(f"{'tags' if tags else 'labels'} {unseen[:10]} appear in {what} but never in training "
-                        f"(training has {labels[:20]}); add training examples or drop those rows")  # fmt: skip
 
 
 def classification_rows(tok, table, t, labels: list[str], seq_len: int, with_types: bool) -> list[dict]:

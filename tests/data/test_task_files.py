@@ -51,6 +51,27 @@ def test_one_label_is_refused(tmp_path):
         check_task_sources(cfg)
 
 
+def test_a_label_that_training_never_has_is_refused_before_any_rank_starts(tmp_path):
+    """A validation or test file with a class the training files lack was found only once ranks ran
+    (validation) or at evaluation after training (test)."""
+    train = jsonl(tmp_path / "train.jsonl", ROWS)
+    other = jsonl(tmp_path / "other.jsonl", ROWS[:4] + [{"text": "a third kind", "label": 7}])
+    for part in ("validation", "test"):
+        cfg = task(train)
+        setattr(cfg.data.sources[0], f"{part}_files", str(other))
+        with pytest.raises(DataError, match=rf"labels \['7'\] appear in the {part} data of data.sources\[0\] but "
+                           r"never in training \(training has \['0', '1'\]\)"):  # fmt: skip
+            check_task_sources(cfg)
+        setattr(cfg.data.sources[0], f"{part}_files", str(jsonl(tmp_path / "fine.jsonl", ROWS[:4])))
+        check_task_sources(cfg)
+    words = [{"tokens": ["Paris", "is"], "ner_tags": ["B-LOC", "O"]}] * 6
+    cfg = task(jsonl(tmp_path / "tags.jsonl", words), kind="tag")
+    cfg.data.sources[0].validation_files = str(jsonl(tmp_path / "dev.jsonl", [{"tokens": ["Ada"],
+                                                                             "ner_tags": ["B-PER"]}]))  # fmt: skip
+    with pytest.raises(DataError, match=r"tags \['B-PER'\] appear in the validation data of data.sources\[0\]"):
+        check_task_sources(cfg)
+
+
 def test_sources_of_different_formats_are_one_table(tmp_path):
     """JSON holds the text as large_string and here the label as text; a TSV's reader holds the text as
     string and the label as a number."""
