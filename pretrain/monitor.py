@@ -177,7 +177,8 @@ class Monitor:
 
         units = {"entropy": "nats", "distance": "tokens"}
         for name, values in stats.items():
-            figure = pictures.matrix(values.cpu(), f"attention {name} at step {step}", units.get(name, ""))
+            unit = units.get(name.rsplit("_", 1)[-1], "")  # an encoder-decoder's: encoder_entropy, cross_entropy, ...
+            figure = pictures.matrix(values.cpu(), f"attention {name.replace('_', ' ')} at step {step}", unit)
             self._tb.add_figure(f"attention/{name}", figure, step)  # closes the figure
         self._tb.flush()
 

@@ -31,14 +31,16 @@ def _label_size(n: int) -> float:
     return max(4.0, min(10.0, 300.0 / max(n, 1)))
 
 
-def head(weights: torch.Tensor, tokens: list[str], title: str):
-    """(T, T) weights of one head: queries down, keys across, each axis labelled with its tokens."""
+def head(weights: torch.Tensor, tokens: list[str], title: str, keys: list[str] | None = None):
+    """(T, S) weights of one head: queries down, keys across, each axis labelled with its tokens
+    (``keys``: the keys' where they are not the queries, as in cross-attention)."""
     plt = _plt()
-    n = len(tokens)
-    side = min(14.0, 3.0 + 0.22 * n)
+    keys = tokens if keys is None else keys
+    n, m = len(tokens), len(keys)
+    side = min(14.0, 3.0 + 0.22 * max(n, m))
     fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=110)
-    image = ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(n), tokens, rotation=90, fontsize=_label_size(n))
+    image = ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto" if n != m else "equal")
+    ax.set_xticks(range(m), keys, rotation=90, fontsize=_label_size(m))
     ax.set_yticks(range(n), tokens, fontsize=_label_size(n))
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
@@ -48,24 +50,25 @@ def head(weights: torch.Tensor, tokens: list[str], title: str):
     return fig
 
 
-def heads_grid(weights: torch.Tensor, tokens: list[str], title: str):
-    """(H, T, T) weights of every head of one layer, side by side, tokens on the outer axes."""
+def heads_grid(weights: torch.Tensor, tokens: list[str], title: str, keys: list[str] | None = None):
+    """(H, T, S) weights of every head of one layer, side by side, tokens on the outer axes
+    (``keys`` across where they are not the queries)."""
     plt = _plt()
-    H, n = weights.shape[0], len(tokens)
+    keys = tokens if keys is None else keys
+    H, n, m = weights.shape[0], len(tokens), len(keys)
     cols = min(H, 4)
     rows = -(-H // cols)
-    panel = min(5.0, 1.5 + 0.1 * n)
+    panel = min(5.0, 1.5 + 0.1 * max(n, m))
     fig, axes = plt.subplots(rows, cols, figsize=(panel * cols + 1.0, panel * rows + 0.6), dpi=100, squeeze=False)
     image = None
     for h, ax in enumerate(axes.flat):
         if h >= H:
             ax.axis("off")
             continue
-        image = ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+        image = ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto" if n != m else "equal")
         ax.set_title(f"head {h}", fontsize=9)
-        small = _label_size(n) * 0.7
-        ax.set_xticks(range(n), tokens if h // cols == rows - 1 else [], rotation=90, fontsize=small)
-        ax.set_yticks(range(n), tokens if h % cols == 0 else [], fontsize=small)
+        ax.set_xticks(range(m), keys if h // cols == rows - 1 else [], rotation=90, fontsize=_label_size(m) * 0.7)
+        ax.set_yticks(range(n), tokens if h % cols == 0 else [], fontsize=_label_size(n) * 0.7)
     fig.suptitle(title)
     fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02, label="attention weight")
     return fig
@@ -79,7 +82,7 @@ def overview(weights: list[torch.Tensor], title: str):
     fig, axes = plt.subplots(L, H, figsize=(1.3 * H + 1.0, 1.3 * L + 0.8), dpi=100, squeeze=False)
     for layer, row in enumerate(axes):
         for h, ax in enumerate(row):
-            ax.imshow(weights[layer][h].numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+            ax.imshow(weights[layer][h].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
             ax.set_xticks([])
             ax.set_yticks([])
             if layer == 0:

@@ -240,18 +240,30 @@ class Trainer:
     @torch.no_grad()
     def inspect(self, sequences: int = 2, tokens: int = 256) -> dict:
         """Per layer and head, the attention entropy and mean attended distance on the first
-        validation sequences (cut short: the eager kernel holds every weight). Every rank runs it,
-        as ZeRO-3 gathers parameters collectively."""
-        from pretrain.model.inspect import attention_weights, head_statistics
+        validation sequences (cut short: the eager kernel holds every weight); an encoder-decoder's
+        per stack (encoder_entropy, decoder_distance, ..., and the cross-attention's entropy). Every
+        rank runs it, as ZeRO-3 gathers parameters collectively."""
+        from pretrain.model.inspect import attention_weights, head_statistics, seq2seq_attention_weights
 
         self.val_batches.consumed = 0
         batch = next(_take(self.val_batches, 1))
         model = self.engine.module
         device = next(model.parameters()).device
-        ids = batch["input_ids"][:sequences, :tokens].to(device)
-        mask = batch.get("attention_mask")
-        mask = mask[:sequences, :tokens].to(device) if mask is not None else None
-        return head_statistics(attention_weights(model, ids, mask), mask)
+
+        def cut(name: str):
+            return batch[name][:sequences, :tokens].to(device) if batch.get(name) is not None else None
+
+        ids, mask = cut("input_ids"), cut("attention_mask")
+        if "decoder_input_ids" not in batch:
+            return head_statistics(attention_weights(model, ids, mask), mask)
+        target_mask = cut("decoder_attention_mask")
+        stacks = seq2seq_attention_weights(model, ids, cut("decoder_input_ids"), mask, target_mask)
+        stats = {}
+        for stack, weights in stacks.items():
+            for name, values in head_statistics(weights, mask if stack == "encoder" else target_mask).items():
+                if stack != "cross" or name == "entropy":  # a target token's distance to a source token means nothing
+                    stats[f"{stack}_{name}"] = values
+        return stats
 
     def fit(self) -> None:
         try:

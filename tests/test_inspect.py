@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from finetune.inspect import main
 from pretrain.config import RunConfig, save_config
-from pretrain.model import ModelConfig, Transformer
+from pretrain.model import ModelConfig, build_model
 
 GOLDEN = Path(__file__).parent / "golden" / "checkpoint"  # a real step-10 DeepSpeed checkpoint of a decoder
 TEXT = "def load(fp):\n    return json.loads(fp.read())"
@@ -69,9 +69,11 @@ def test_decoder_checkpoint(tmp_path, capsys):
 def export_folder(tmp_path: Path, model_cfg: ModelConfig, prefix: str = "") -> Path:
     """A consolidated export (model.safetensors + config.yaml + tokenizer) of a fresh model."""
     torch.manual_seed(0)
-    model = Transformer(model_cfg)
+    model = build_model(model_cfg)
+    if prefix and model_cfg.arch == "encoder-decoder":
+        model.drop_decoder()  # a classifier of an encoder-decoder keeps its encoder
     folder = tmp_path / "consolidated"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     state = {prefix + k: v.contiguous() for k, v in model.state_dict().items()}
     if prefix:  # a classifier: its body without the LM head, and its own head
         state = {k: v for k, v in state.items() if ".head." not in k}
@@ -109,6 +111,77 @@ def test_a_performer_shows_the_attention_it_estimates_and_a_linformer_is_refused
     folder = export_folder(tmp_path / "l", ModelConfig(**base, linear_attention="linformer"))
     code, _, err = run(capsys, folder, "--text", "x = [1, 2, 3]", "--out", tmp_path / "none")
     assert code == 2 and "no token-by-token attention to draw" in err and len(err.strip().splitlines()) == 1, err
+
+
+T5 = dict(arch="encoder-decoder", vocab_size=512, d_model=32, num_layers=3, num_decoder_layers=2, num_heads=2,
+          max_seq_len=64, position="relative", norm="rmsnorm", norm_eps=1e-6, mlp="geglu_tanh", bias=False,
+          tie_embeddings=True, relative_num_buckets=8, relative_max_distance=32)  # fmt: skip
+
+
+def test_an_encoder_decoders_three_attentions_are_the_ones_transformers_t5_returns():
+    """Encoder self-attention, the decoder's masked self-attention and its cross-attention to the
+    source, on a padded batch, against T5ForConditionalGeneration holding the same weights
+    (output_attentions), where a query is a real token."""
+    from pretrain.model.hf_t5 import t5_to_hf
+    from pretrain.model.inspect import seq2seq_attention_weights
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**T5)).eval()
+    hf = t5_to_hf(model).eval()
+    hf.set_attn_implementation("eager")
+    src, tgt = torch.randint(5, 500, (2, 9)), torch.randint(5, 500, (2, 5))
+    mask, target_mask = torch.ones_like(src), torch.ones_like(tgt)
+    mask[1, 6:], target_mask[1, 3:] = 0, 0
+    ours = seq2seq_attention_weights(model, src, tgt, mask, target_mask)
+    with torch.no_grad():
+        out = hf(input_ids=src, attention_mask=mask, decoder_input_ids=tgt, decoder_attention_mask=target_mask,
+                 output_attentions=True)  # fmt: skip
+    theirs = {"encoder": out.encoder_attentions, "decoder": out.decoder_attentions, "cross": out.cross_attentions}
+    assert [len(ours[k]) for k in theirs] == [3, 2, 2]
+    for name, layers in theirs.items():
+        rows = (mask if name == "encoder" else target_mask).bool()  # the real queries of each sequence
+        for a, b in zip(ours[name], layers, strict=True):
+            assert a.shape == b.shape
+            for i in range(2):
+                torch.testing.assert_close(a[i][:, rows[i]], b[i][:, rows[i]].float(), atol=1e-5, rtol=1e-4)
+    assert ours["cross"][0][1, :, :, 6:].abs().max() == 0  # no weight on the second source's padding
+    assert torch.triu(ours["decoder"][1][0], diagonal=1).abs().max() == 0  # nor on later target tokens
+
+
+def test_an_encoder_decoder_is_drawn_stack_by_stack_and_its_classifier_as_an_encoder(tmp_path, capsys):
+    folder = export_folder(tmp_path, ModelConfig(**T5))
+    out = tmp_path / "out"
+    code, printed, err = run(capsys, folder, "--text", TEXT, "--text", "import os", "--target", "load json",
+                             "--heads", "1", "--out", out)  # fmt: skip
+    assert code == 0, err
+    record = json.loads((out / "attention.json").read_text())
+    assert record["target"] == "load json" and record["arch"] == "encoder-decoder"
+    enc, dec, cross = record["encoder"], record["decoder"], record["cross"]
+    assert enc["layer"] == 2 and dec["layer"] == 1 and cross["layer"] == 1  # the last of each stack
+    assert enc["tokens"][-1] == "<|endoftext|>"  # the source as pretraining wrote it
+    assert dec["tokens"][0] == "<|pad|>" and cross["tokens"] == dec["tokens"] and cross["keys"] == enc["tokens"]
+    assert len(cross["heads"]["1"]) == len(dec["tokens"]) and "distance" not in cross
+    assert all(j < len(enc["tokens"]) for row in cross["heads"]["1"] for _, j, _ in row["top"])
+    names = {p.name for p in out.iterdir()}
+    kinds = ("head1.png", "heads.png")
+    stacks = {f"{stack}_{n}" for stack, layer in (("encoder", 2), ("decoder", 1), ("cross", 1))
+              for n in [f"layer{layer}_{kind}" for kind in kinds] + ["overview.png", "head_entropy.png"]}  # fmt: skip
+    assert names == stacks | {"encoder_head_distance.png", "decoder_head_distance.png", "encoder_positions.png",
+                              "decoder_positions.png", "attention.json"}  # fmt: skip
+    for name in names - {"attention.json"}:
+        assert_picture(out / name)
+    assert "cross-attention (target to source), layer 1" in printed
+
+    code, _, err = run(capsys, folder, "--text", "x", "--layer", "2", "--out", tmp_path / "no")
+    assert code == 2 and "--layer 2: this model's encoder has 3 layers and its decoder 2: give one of 0-1" in err
+    code, _, err = run(capsys, GOLDEN, "--text", "x", "--target", "y", "--out", tmp_path / "no")
+    assert code == 2 and "--target: only an encoder-decoder reads a target; this model's arch is decoder" in err
+
+    classifier = export_folder(tmp_path / "cls", ModelConfig(**T5), prefix="body.")
+    code, _, err = run(capsys, classifier, "--text", TEXT, "--out", tmp_path / "cls-out")
+    assert code == 0, err
+    record = json.loads((tmp_path / "cls-out" / "attention.json").read_text())
+    assert record["layer"] == 2 and "cross" not in record  # the encoder it kept, drawn as an encoder's
 
 
 @pytest.mark.parametrize(

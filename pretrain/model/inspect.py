@@ -46,6 +46,22 @@ def attention_weights(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     return [w.float() for w in weights]
 
 
+@torch.no_grad()
+def seq2seq_attention_weights(model: nn.Module, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor,
+                              attention_mask: torch.Tensor | None = None,
+                              decoder_attention_mask: torch.Tensor | None = None) -> dict[str, list]:  # fmt: skip
+    """An encoder-decoder's attention, one float32 tensor per layer of each: ``encoder`` (B, H, S, S)
+    over the source, ``decoder`` (B, H, T, T) the decoder's masked self-attention over the target so
+    far, ``cross`` (B, H, T, S) how each target token spreads its attention over the source."""
+    body = body_of(model)
+    encoder, decoder = [], []
+    with reference_kernel(model):
+        memory = body.encode(input_ids, attention_mask, weights=encoder)
+        body.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask, weights=decoder)
+    return {"encoder": [w.float() for w in encoder], "decoder": [w.float() for w, _ in decoder],
+            "cross": [w.float() for _, w in decoder]}  # fmt: skip
+
+
 def head_statistics(weights: list[torch.Tensor], attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per layer and head (L, H), averaged over the real query tokens of every sequence:
     ``entropy`` of the attention row in nats (0: one key takes everything; log n: uniform over n keys)
@@ -65,26 +81,29 @@ def head_statistics(weights: list[torch.Tensor], attention_mask: torch.Tensor | 
 
 
 @torch.no_grad()
-def position_tables(model: nn.Module, n: int) -> tuple[str, torch.Tensor, list[str]] | None:
+def position_tables(model: nn.Module, n: int, stack: str = "encoder") -> tuple[str, torch.Tensor, list[str]] | None:
     """The model's own position scheme over positions 0..n-1 as (description, (G, n, n) table, titles):
     for schemes added to the embeddings (sinusoidal, learned) the cosine similarity of the encodings of
     positions i and j; for RoPE, the score a query and key with equal content get at positions i and j
     (as a fraction of the unrotated score); for ALiBi and T5's relative bias, the bias each head adds to
     the score of query i and key j; for DeBERTa's disentangled positions (whose scores depend on the
     content too), the cosine similarity of the embedding of distance i - j to that of distance 0.
-    None for a model without positions."""
+    None for a model without positions. ``stack``: an encoder-decoder's ``encoder`` or ``decoder``
+    (each has its own learned table and relative bias)."""
     body = body_of(model)
     cfg, scheme = body.cfg, body.cfg.position
+    seq2seq = cfg.arch == "encoder-decoder"
     pos = torch.arange(n)
     if scheme in ("sinusoidal", "learned"):
         if scheme == "learned":
             n = min(n, cfg.max_seq_len)
-            enc = body.embed.positions.weight[:n].float()
+            embed = body.decoder_embed if seq2seq and stack == "decoder" else body.embed
+            enc = embed.positions.weight[:n].float()
         else:
             enc = sinusoidal(pos, cfg.d_model)
         enc = F.normalize(enc, dim=-1)
         return f"cosine similarity of the {scheme} position encodings", (enc @ enc.T)[None], [scheme]
-    position = body.position
+    position = getattr(body, f"{stack}_position") if seq2seq else body.position
     if isinstance(position, Rotary):
         cos, sin = position.angles(pos[None])  # (1, 1, n, rot_dim)
         unit = torch.ones(1, 1, n, cfg.head_dim)

@@ -87,13 +87,18 @@ class Block(nn.Module):
         prefix: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``memory``/``memory_ctx``: the encoder's output to cross-attend to. ``prefix``: this
-        layer's inputs at the positions before x (Transformer-XL's memory), attended to beside x."""
+        layer's inputs at the positions before x (Transformer-XL's memory), attended to beside x.
+        ``need_weights``: the self-attention's weights come back (B, H, T, S); with ``memory``, a
+        pair (self-attention's, cross-attention's (B, H, T, source length))."""
         if prefix is not None and self.pre_norm:
             prefix = self.attn_norm(prefix)
         x, (_, weights) = self._residual(
             x, self.attn_norm, lambda h: self.attn(h, ctx, cache, layer, need_weights=need_weights, prefix=prefix)
         )
         if memory is not None:
-            x, _ = self._residual(x, self.cross_norm, lambda h: self.cross_attn(h, memory_ctx, cache, layer, memory))
+            x, (_, cross) = self._residual(
+                x, self.cross_norm, lambda h: self.cross_attn(h, memory_ctx, cache, layer, memory, need_weights)
+            )
+            weights = (weights, cross) if need_weights else None
         x, _ = self._residual(x, self.mlp_norm, self.mlp)
         return x, weights

@@ -77,26 +77,34 @@ class EncoderDecoder(nn.Module):
                              "positions")  # fmt: skip
         return torch.arange(offset, offset + T, device=ids.device)[None]  # (1, T): every row's
 
-    def _stack(self, blocks, x, ctx, cache=None, memory=None, memory_ctx=None):
+    def _stack(self, blocks, x, ctx, cache=None, memory=None, memory_ctx=None, weights: list | None = None):
+        """``weights``: a list that each block's attention weights are appended to (see Block)."""
         for i, block in enumerate(blocks):
             if self.activation_checkpointing and self.training:
                 x, _ = torch.utils.checkpoint.checkpoint(block, x, ctx, None, i, memory, memory_ctx,
                                                          use_reentrant=False)  # fmt: skip
             else:
-                x, _ = block(x, ctx, cache, i, memory, memory_ctx)
+                x, w = block(x, ctx, cache, i, memory, memory_ctx, need_weights=weights is not None)
+                if weights is not None:
+                    weights.append(w)
         return x
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Source ids (B, S) -> the encoder's output (B, S, D)."""
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               weights: list | None = None) -> torch.Tensor:  # fmt: skip
+        """Source ids (B, S) -> the encoder's output (B, S, D). ``weights``: a list that gets each
+        layer's self-attention weights (B, H, S, S)."""
         positions = self._positions(input_ids)
         ctx = build_context(self.cfg, self.encoder_position, q_len=input_ids.shape[1], positions=positions,
                             attention_mask=attention_mask, device=input_ids.device, causal=False)  # fmt: skip
-        x = self._stack(self.encoder, self.embed(input_ids, positions), ctx)
+        x = self._stack(self.encoder, self.embed(input_ids, positions), ctx, weights=weights)
         return self.encoder_norm(x) if self.encoder_norm is not None else x
 
-    def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """The encoder's output: what a classifier pools (see ``drop_decoder``)."""
-        return self.encode(input_ids, attention_mask)
+    def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None, return_attention: bool = False):
+        """The encoder's output: what a classifier pools (see ``drop_decoder``); with
+        ``return_attention``, (output, each encoder layer's attention weights), as Transformer's."""
+        weights = [] if return_attention else None
+        x = self.encode(input_ids, attention_mask, weights)
+        return (x, weights) if return_attention else x
 
     def drop_decoder(self) -> None:
         """Keep the embedding and the encoder stack only (classification reads the pooled encoder
@@ -112,10 +120,12 @@ class EncoderDecoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        weights: list | None = None,
     ) -> torch.Tensor:
         """Target ids so far (B, T) and the encoder's output -> the decoder's hidden states (B, T, D).
         attention_mask: the source's padding; decoder_attention_mask: the target's (covering the
-        cache too, as in Transformer.hidden_states)."""
+        cache too, as in Transformer.hidden_states). ``weights``: a list that gets, per layer, the
+        pair (self-attention weights (B, H, T, T), cross-attention weights (B, H, T, S))."""
         offset = cache.length if cache is not None else 0
         T = decoder_input_ids.shape[1]
         positions = self._positions(decoder_input_ids, offset)
@@ -125,7 +135,7 @@ class EncoderDecoder(nn.Module):
         memory_ctx = build_context(self.cfg, None, q_len=T, attention_mask=attention_mask, memory_len=memory.shape[1],
                                    device=device)  # fmt: skip
         x = self.decoder_embed(decoder_input_ids, positions, tokens=self.embed.tokens)
-        x = self._stack(self.decoder, x, ctx, cache, memory, memory_ctx)
+        x = self._stack(self.decoder, x, ctx, cache, memory, memory_ctx, weights)
         if cache is not None:
             cache.length += T
         return self.decoder_norm(x) if self.decoder_norm is not None else x

@@ -53,8 +53,15 @@ def test_span_corruption_pretraining_resumes_exactly_after_sigkill_and_exports_t
     assert sorted(evals) == [12, 24]
     assert all(0 < e["val_loss"] < 20 and 0 <= e["val_accuracy"] < 1 for e in evals.values())
 
-    launch(2, t5_config(make_config, "t5-zero2", train={**train, "max_steps": 1}))
+    launch(2, t5_config(make_config, "t5-zero2", train={**train, "max_steps": 1, "eval_every": 1},
+                        log={"tensorboard": True, "inspect_every": 1}))  # fmt: skip
     assert losses(tmp_path / "runs" / "t5-zero2")[1] == pytest.approx(got[1], rel=1e-6)  # the same initial weights
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "runs" / "t5-zero2" / "tensorboard"))
+    events.Reload()
+    summaries = {"encoder_entropy", "encoder_distance", "decoder_entropy", "decoder_distance", "cross_entropy"}
+    assert {t for t in events.Tags()["images"] if t.startswith("attention/")} == {f"attention/{n}" for n in summaries}
 
     # The same run again, killed (SIGKILL, every process) once its step-4 checkpoint is complete,
     # then started again with the same command: it resumes and gives the same losses bit for bit.
@@ -70,6 +77,13 @@ def test_span_corruption_pretraining_resumes_exactly_after_sigkill_and_exports_t
                          text=True, timeout=300)  # fmt: skip
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert json.loads(gen.stdout.splitlines()[-1])["prompt"] == "def load(fp):"
+    look = subprocess.run([sys.executable, "-m", "finetune.inspect", str(run), "--text", "def load(fp):",
+                           "--heads", "0", "--out", str(tmp_path / "inspect")], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert look.returncode == 0, look.stderr[-3000:]
+    drawn = json.loads((tmp_path / "inspect" / "attention.json").read_text())  # the source, and its own output
+    assert drawn["cross"]["keys"] == drawn["encoder"]["tokens"] and len(drawn["cross"]["tokens"]) >= 1
+    assert (tmp_path / "inspect" / "cross_layer1_head0.png").stat().st_size > 5000
 
     from transformers import AutoModelForSeq2SeqLM
 
