@@ -474,6 +474,7 @@ def _print_summary(run_dir, trainer, lines: list[str]) -> None:
     print(f"run directory: {run_dir}")
     print(f"checkpoints: {root} (newest: {newest.name if newest else 'none'})")
     if (root / "best").exists():
-        print(f"best checkpoint: {root / (root / 'best').read_text().strip()} ({trainer.best})")
+        best = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in trainer.best.items())
+        print(f"best checkpoint: {root / (root / 'best').read_text().strip()} ({best})")  # (step 20, val_loss 5.502)
     for line in lines:
         print(line)

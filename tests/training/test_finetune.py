@@ -568,7 +568,7 @@ def test_headerless_tsv_files_with_early_stopping_the_best_checkpoint_and_a_test
     run_dir = tmp_path / "runs" / "sst"
     assert "task classify: 40 training and 7 validation examples" in out
     assert "stopped early at step 2: val_accuracy has not improved for 1 evaluations" in out
-    assert "best checkpoint: " in out and "step_00000001" in out
+    assert f"best checkpoint: {run_dir / 'checkpoints' / 'step_00000001'} (step 1, val_accuracy " in out
     evals = metrics(run_dir, "eval")
     assert sorted(evals) == [1, 2] and len(evals[1]["val_confusion"]) == 3
     assert all(sum(map(sum, e["val_confusion"])) == 7 for e in evals.values())  # 7 of 7, at 2 processes
