@@ -76,7 +76,7 @@ def inspect(model, tok, texts: list[str], layer: int | None, heads: str | None, 
     the first text's target: its encoder's, decoder's and cross-attention are each drawn."""
     from pretrain import pictures
     from pretrain.config import ConfigError
-    from pretrain.model.inspect import head_statistics, position_tables
+    from pretrain.model.inspect import position_tables, stack_statistics
 
     cfg = model.cfg
     if cfg.linear_attention == "linformer":
@@ -92,10 +92,11 @@ def inspect(model, tok, texts: list[str], layer: int | None, heads: str | None, 
         kept = " (a classifier's, which keeps no decoder)" if cfg.arch == "encoder-decoder" else ""
         raise ConfigError(f"--target: only an encoder-decoder reads a target; this model's arch is {cfg.arch}{kept}")
     depth = min(cfg.num_layers, cfg.decoder_layers) if seq2seq else cfg.num_layers
+    if layer is not None and not 0 <= layer < depth and seq2seq:
+        raise ConfigError(f"--layer {layer}: this model's encoder has {cfg.num_layers} layers and its decoder "
+                          f"{cfg.decoder_layers}: give one of 0-{depth - 1}")  # fmt: skip
     if layer is not None and not 0 <= layer < depth:
-        has = (f"'s encoder has {cfg.num_layers} layers and its decoder {cfg.decoder_layers}: give one of "
-               if seq2seq else f" has {depth} layers (")  # fmt: skip
-        raise ConfigError(f"--layer {layer}: this model{has}0-{depth - 1}{'' if seq2seq else ')'}")
+        raise ConfigError(f"--layer {layer}: this model has {depth} layers (0-{depth - 1})")
     selected = _parse_heads(heads, cfg.num_heads)
     check_numbers(top, positions)
 
@@ -118,22 +119,20 @@ def inspect(model, tok, texts: list[str], layer: int | None, heads: str | None, 
             draw(f"{named}layer{at}_head{h}.png", pictures.head(first[at][h], queries, f"{where}, head {h}", keys))
         draw(f"{named}layer{at}_heads.png", pictures.heads_grid(first[at], queries, f"{where}: every head", keys))
         draw(f"{named}overview.png", pictures.overview(first, f"{said}: every layer and head"))
-        stats = head_statistics(weights, mask)
+        stats = stack_statistics(view["name"], weights, mask)
         over = f"over {len(texts)} text(s)"
-        entropy, distance = f"{said}: attention entropy {over}", f"{said}: mean attended distance {over}"
-        draw(f"{named}head_entropy.png", pictures.matrix(stats["entropy"], entropy, "nats"))
-        if view["name"] != "cross":  # a target token's distance to a source token means nothing
-            draw(f"{named}head_distance.png", pictures.matrix(stats["distance"], distance, "tokens"))
+        for name, what, unit in (("entropy", "attention entropy", "nats"), ("distance", "mean attended distance",
+                                                                             "tokens")):  # fmt: skip
+            if name in stats:
+                draw(f"{named}head_{name}.png", pictures.matrix(stats[name], f"{said}: {what} {over}", unit))
         k = min(top, len(keys))
         rows = {str(h): [{"token": queries[i],
                           "top": [[keys[int(b)], int(b), round(float(a), 6)]
                                   for a, b in zip(*first[at][h, i].topk(k), strict=True) if a > 0]}
                          for i in range(len(queries))]
                 for h in selected}  # fmt: skip
-        part = {"tokens": queries, "layer": at, "heads": rows, "entropy": stats["entropy"].tolist()}
-        if view["name"] != "cross":
-            part["distance"] = stats["distance"].tolist()
-        else:
+        part = {"tokens": queries, "layer": at, "heads": rows, **{k: v.tolist() for k, v in stats.items()}}
+        if keys is not queries:
             part["keys"] = keys
         if seq2seq:
             record[view["name"]] = {"what": view["what"], **part}

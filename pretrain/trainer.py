@@ -243,7 +243,7 @@ class Trainer:
         validation sequences (cut short: the eager kernel holds every weight); an encoder-decoder's
         per stack (encoder_entropy, decoder_distance, ..., and the cross-attention's entropy). Every
         rank runs it, as ZeRO-3 gathers parameters collectively."""
-        from pretrain.model.inspect import attention_weights, head_statistics, seq2seq_attention_weights
+        from pretrain.model.inspect import attention_weights, seq2seq_attention_weights, stack_statistics
 
         self.val_batches.consumed = 0
         batch = next(_take(self.val_batches, 1))
@@ -255,15 +255,12 @@ class Trainer:
 
         ids, mask = cut("input_ids"), cut("attention_mask")
         if "decoder_input_ids" not in batch:
-            return head_statistics(attention_weights(model, ids, mask), mask)
+            return stack_statistics("self", attention_weights(model, ids, mask), mask)
         target_mask = cut("decoder_attention_mask")
         stacks = seq2seq_attention_weights(model, ids, cut("decoder_input_ids"), mask, target_mask)
-        stats = {}
-        for stack, weights in stacks.items():
-            for name, values in head_statistics(weights, mask if stack == "encoder" else target_mask).items():
-                if stack != "cross" or name == "entropy":  # a target token's distance to a source token means nothing
-                    stats[f"{stack}_{name}"] = values
-        return stats
+        masks = {"encoder": mask, "decoder": target_mask, "cross": target_mask}  # the queries' padding
+        return {f"{stack}_{name}": values for stack, weights in stacks.items()
+                for name, values in stack_statistics(stack, weights, masks[stack]).items()}  # fmt: skip
 
     def fit(self) -> None:
         try:

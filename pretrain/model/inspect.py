@@ -80,6 +80,14 @@ def head_statistics(weights: list[torch.Tensor], attention_mask: torch.Tensor | 
             "distance": ((distance * weight).sum(dim=(1, 3)) / count).cpu()}  # fmt: skip
 
 
+def stack_statistics(stack: str, weights: list[torch.Tensor], attention_mask: torch.Tensor | None = None) -> dict:
+    """head_statistics of one attention of a model (``stack``: an encoder-decoder's encoder,
+    decoder or cross, or any name for another model's): the cross-attention's entropy alone, as
+    the distance of a target token to a source token means nothing."""
+    stats = head_statistics(weights, attention_mask)
+    return {"entropy": stats["entropy"]} if stack == "cross" else stats
+
+
 @torch.no_grad()
 def position_tables(model: nn.Module, n: int, stack: str = "encoder") -> tuple[str, torch.Tensor, list[str]] | None:
     """The model's own position scheme over positions 0..n-1 as (description, (G, n, n) table, titles):
