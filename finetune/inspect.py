@@ -45,13 +45,30 @@ def load_body(path: str):
 
 
 def token_labels(tok, ids: list[int]) -> list[str]:
-    """Each token as the text it stands for, with spaces and line breaks made visible."""
-    out = []
-    for i in ids:
-        text = tok.decode([i], clean_up_tokenization_spaces=False)
-        text = text.replace("\n", "\\n").replace("\t", "\\t")
-        out.append(text.replace(" ", "\u2423") if text.strip() == "" else text.strip() or "\u2423")
+    """Each token as the text it stands for, with spaces and line breaks made visible. A character
+    that byte-level BPE splits over several tokens (CJK, emoji, accents) labels each of them with
+    the character and its part ("語 1/2", "語 2/2"), where its own bytes alone would read "\ufffd"."""
+    out, i = [], 0
+    while i < len(ids):
+        j, text = i + 1, _decoded(tok, ids[i : i + 1])
+        while "\ufffd" in text and j < min(len(ids), i + 8):  # the rest of a character's bytes
+            j, text = j + 1, _decoded(tok, ids[i : j + 1])
+        if j - i > 1 and "\ufffd" not in text:
+            out += [f"{_visible(text)} {k}/{j - i}" for k in range(1, j - i + 1)]
+        else:  # one token (or bytes that never make a character: each shown as it decodes)
+            j = i + 1
+            out.append(_visible(_decoded(tok, ids[i:j])))
+        i = j
     return out
+
+
+def _decoded(tok, ids: list[int]) -> str:
+    return tok.decode(ids, clean_up_tokenization_spaces=False)
+
+
+def _visible(text: str) -> str:
+    text = text.replace("\n", "\\n").replace("\t", "\\t")
+    return text.replace(" ", "\u2423") if text.strip() == "" else text.strip() or "\u2423"
 
 
 def _parse_heads(spec: str | None, num_heads: int) -> list[int]:

@@ -6,6 +6,7 @@ Each function returns the matplotlib Figure; ``save`` writes one to a PNG and cl
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -18,6 +19,42 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+FALLBACK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK KR", "Noto Sans CJK TC", "Source Han Sans SC",
+                  "WenQuanYi Zen Hei", "Droid Sans Fallback", "Noto Sans", "Noto Sans Arabic", "Noto Sans Hebrew",
+                  "Noto Sans Devanagari", "Noto Sans Thai", "Noto Emoji", "Symbola")  # fmt: skip
+"""Fonts that token labels fall back to, in order, where installed (DejaVu Sans, matplotlib's own,
+covers Latin, Greek and Cyrillic; a CJK, Arabic or emoji token needs one of these to be drawn)."""
+
+
+@functools.cache
+def _fonts() -> tuple[tuple[str, ...], frozenset[int]]:
+    """The font families token labels are drawn with and the code points they cover between them."""
+    from matplotlib import font_manager, ft2font
+
+    installed = {f.name: f.fname for f in font_manager.fontManager.ttflist}
+    families = tuple(name for name in ("DejaVu Sans", *FALLBACK_FONTS) if name in installed)
+    covered = set()
+    for name in families:
+        covered |= set(ft2font.FT2Font(installed[name]).get_charmap())
+    return families, frozenset(covered)
+
+
+def labels(tokens: list[str]) -> list[str]:
+    """Token labels as they can be drawn: a character no installed font has is written as its code
+    point (U+65E5) rather than drawn as an empty box, with a warning per character."""
+    covered = _fonts()[1]
+    return ["".join(c if ord(c) in covered or c.isspace() else f"U+{ord(c):04X}" for c in t) for t in tokens]
+
+
+def _ticks(ax, queries: list[str], keys: list[str], size: float, outer: tuple[bool, bool] = (True, True)) -> None:
+    """Keys across (turned upright), queries down, with the fonts that draw them."""
+    family = list(_fonts()[0])
+    ax.set_xticks(range(len(keys)), labels(keys) if outer[0] else [], rotation=90, family=family,
+                  fontsize=_label_size(len(keys)) * size)  # fmt: skip
+    ax.set_yticks(range(len(queries)), labels(queries) if outer[1] else [], family=family,
+                  fontsize=_label_size(len(queries)) * size)  # fmt: skip
 
 
 def save(fig, path: Path) -> Path:
@@ -40,8 +77,7 @@ def head(weights: torch.Tensor, tokens: list[str], title: str, keys: list[str] |
     side = min(14.0, 3.0 + 0.22 * max(n, m))
     fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=110)
     image = ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto" if n != m else "equal")
-    ax.set_xticks(range(m), keys, rotation=90, fontsize=_label_size(m))
-    ax.set_yticks(range(n), tokens, fontsize=_label_size(n))
+    _ticks(ax, tokens, keys, 1.0)
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
     ax.set_title(title)
@@ -67,8 +103,7 @@ def heads_grid(weights: torch.Tensor, tokens: list[str], title: str, keys: list[
             continue
         image = ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto" if n != m else "equal")
         ax.set_title(f"head {h}", fontsize=9)
-        ax.set_xticks(range(m), keys if h // cols == rows - 1 else [], rotation=90, fontsize=_label_size(m) * 0.7)
-        ax.set_yticks(range(n), tokens if h % cols == 0 else [], fontsize=_label_size(n) * 0.7)
+        _ticks(ax, tokens, keys, 0.7, outer=(h // cols == rows - 1, h % cols == 0))
     fig.suptitle(title)
     fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02, label="attention weight")
     return fig

@@ -113,6 +113,35 @@ def test_a_performer_shows_the_attention_it_estimates_and_a_linformer_is_refused
     assert code == 2 and "no token-by-token attention to draw" in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_characters_split_over_byte_tokens_are_labelled_with_the_character():
+    """Byte-level BPE spells a CJK character or an emoji with several tokens, each of which decodes to
+    U+FFFD alone: the pictures' axes were rows of replacement characters for any non-Latin text."""
+    from finetune.inspect import load_body, token_labels
+
+    _, tok, _ = load_body(str(GOLDEN))
+    ids = tok("日本語 🎉 café", add_special_tokens=False)["input_ids"]
+    labels = token_labels(tok, ids)
+    assert len(labels) == len(ids) and "\ufffd" not in "".join(labels)
+    assert [x for x in labels if x.startswith("語")] == ["語 1/3", "語 2/3", "語 3/3"]
+    assert [x for x in labels if x.startswith("🎉")] == ["🎉 1/4", "🎉 2/4", "🎉 3/4", "🎉 4/4"]
+    assert labels[-2:] == ["é 1/2", "é 2/2"]
+
+
+def test_a_character_no_installed_font_draws_is_written_as_its_code_point(tmp_path):
+    """matplotlib's own font has no CJK: such labels were empty boxes, with a warning per glyph."""
+    import warnings
+
+    from pretrain import pictures
+
+    covered = pictures._fonts()[1]
+    figure = pictures.head(torch.eye(3), ["日 1/3", "é", "x"], "a head")
+    drawn = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert drawn == ["日 1/3" if ord("日") in covered else "U+65E5 1/3", "é", "x"]  # DejaVu Sans has é
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph ... missing from font(s)" would fail here
+        assert_picture(pictures.save(figure, tmp_path / "head.png"))
+
+
 T5 = dict(arch="encoder-decoder", vocab_size=512, d_model=32, num_layers=3, num_decoder_layers=2, num_heads=2,
           max_seq_len=64, position="relative", norm="rmsnorm", norm_eps=1e-6, mlp="geglu_tanh", bias=False,
           tie_embeddings=True, relative_num_buckets=8, relative_max_distance=32)  # fmt: skip
