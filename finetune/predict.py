@@ -53,10 +53,17 @@ def load_classifier(path: str | Path, warn=print, say=None):
 def classifier_config(tag_dir: Path):
     """The fine-tuning config of a classification checkpoint (a ConfigError for any other)."""
     from finetune.config import saved_finetune_config
+    from pretrain import checkpoint as ckpt
     from pretrain.config import ConfigError
 
     if not (tag_dir / "labels.json").exists():
-        raise ConfigError(f"{tag_dir} is not a classification checkpoint (no labels.json)")
+        kind = ckpt.saved_task(tag_dir).get("kind")
+        arch = ckpt.saved_config(tag_dir).model.arch
+        tuned = kind in ("generate", "seq2seq")
+        hint = (f"; for what it writes: python -m finetune.generate {tag_dir} --prompts-file FILE (a prompt a line, or "
+                "JSON lines with a prompt field)" if tuned or (kind is None and arch != "encoder") else "")  # fmt: skip
+        hint += "; to score it on a labeled file: python -m finetune.evaluate" if tuned else ""
+        raise ConfigError(f"{tag_dir} is not a classification checkpoint (no labels.json){hint}")
     return saved_finetune_config(tag_dir)
 
 

@@ -168,6 +168,8 @@ CASES = [
      "plain sum)"),
     ("generation: bad sampling flag", ["finetune.generate", "{tmp}/ck", "--prompt", "x", "--max-new-tokens", "-3"],
      "config error: --max-new-tokens -3: must be an integer >= 1"),
+    ("prediction: a checkpoint that writes text", ["finetune.predict", str(GOLDEN), "{tmp}/pairs.tsv"],
+     "is not a classification checkpoint (no labels.json); for what it writes: python -m finetune.generate "),
     ("prediction: text and label lines as plain text", ["finetune.predict", "{tmp}/cls", "{tmp}/pairs.txt"],
      "line 1 holds 2 tab-separated fields (a text and a label?)"),
     ("prediction: weights that are not the classifier's",
