@@ -264,13 +264,14 @@ def _cut(text: str, stops: tuple[str, ...]) -> str:
 
 def load_decoder(path: str):
     """(model, tokenizer) from anything init_from accepts; refuses encoders (they predict no next token)."""
-    model, tok, _ = load_generator(path)
+    model, tok, _, _ = load_generator(path)
     return model, tok
 
 
 def load_generator(path: str):
-    """(model, tokenizer, prompt template or None) from anything init_from accepts: the template a
-    fine-tuning run wrote its prompts with (task.prompt_template)."""
+    """(model, tokenizer, prompt template or None, prompt column or None) from anything init_from
+    accepts: the template a fine-tuning run wrote its prompts with (task.prompt_template), and the
+    column its data held the prompts in (task.prompt_column; a record of prompts may use it)."""
     from finetune.prompts import PromptTemplate
     from finetune.weights import load_pretrained
     from pretrain.config import ConfigError
@@ -285,19 +286,29 @@ def load_generator(path: str):
         print(f"attention: {cfg.attention} (the checkpoint's {pre.model_cfg.attention} takes no padding mask; the "
               "weights are the same)", file=sys.stderr)  # fmt: skip
     template = PromptTemplate(pre.prompt_template) if pre.prompt_template is not None else None
-    return load_model(pre.state_dict(), cfg).eval(), pre.tokenizer, template
+    return load_model(pre.state_dict(), cfg).eval(), pre.tokenizer, template, pre.prompt_column
 
 
 def read_prompts(path: str) -> list:
     """A prompts file's prompts: lines of text (\\n for a line break), or JSON lines with a "prompt"
     (text) or "messages" (a conversation: a list of turns, ShareGPT's "conversations" too, and the
-    "tools" it may call), or else the columns of the checkpoint's prompt template (a dict, written
-    with it later)."""
+    "tools" it may call), or else the columns of the checkpoint's prompt template or its prompt
+    column (a dict, written with it later). A table (.csv, .tsv, .parquet) gives a record a row:
+    its lines are not prompts (a header, a target beside the source)."""
     from finetune.chat import tool_list, turns
     from pretrain.config import ConfigError
+    from pretrain.data.sources import BUILDERS, kind_suffix
 
     if not Path(path).is_file():
         raise ConfigError(f"--prompts-file {path}: no such file")
+    if BUILDERS.get(kind_suffix(path)) in ("csv", "parquet", "arrow"):
+        from types import SimpleNamespace
+
+        from finetune.data import file_table
+
+        flags = SimpleNamespace(no_header=False, column_names=None, quoting="minimal", delimiter=None, field=None,
+                                kind=None)  # fmt: skip
+        return [{k: v for k, v in row.items() if v is not None} for row in file_table(path, flags)]
     prompts = []
     for number, line in enumerate(open(path, encoding="utf-8-sig"), 1):
         line = line.rstrip("\n")
@@ -316,18 +327,22 @@ def read_prompts(path: str) -> list:
     return prompts
 
 
-def templated(template, prompt, raw: bool, checkpoint: str, where: str) -> str:
-    """A text prompt or a record (a prompts file's JSON line of columns) as the model reads it:
-    written with the checkpoint's prompt template (a text fills its first column) unless ``raw``."""
+def templated(template, prompt, raw: bool, checkpoint: str, where: str, column: str | None = None) -> str:
+    """A text prompt or a record (a prompts file's JSON line or table row of columns) as the model
+    reads it: written with the checkpoint's prompt template (a text fills its first column) unless
+    ``raw``. A record without the template's columns gives its "prompt", else its ``column`` (the
+    checkpoint's task.prompt_column)."""
     from pretrain.config import ConfigError
 
     if isinstance(prompt, dict) and not (template is not None and set(prompt) & set(template.columns)):
-        if "prompt" not in prompt:
+        key = next((k for k in ("prompt", column) if k is not None and k in prompt), None)
+        if key is None:
             reads = (f"{checkpoint}'s prompt template reads {template.columns}" if template else
                      f"{checkpoint} has no prompt template")  # fmt: skip
-            raise ConfigError(f"{where}: a JSON line needs a 'prompt' or 'messages' (or the columns of the "
+            named = f" or its prompt column {column!r}" if column not in (None, "prompt") else ""
+            raise ConfigError(f"{where}: a record needs a 'prompt'{named} or 'messages' (or the columns of the "
                               f"checkpoint's prompt template); this one has {sorted(prompt)}, and {reads}")  # fmt: skip
-        prompt = str(prompt["prompt"])
+        prompt = str(prompt[key])
     if isinstance(prompt, str):
         return prompt if raw or template is None else template.write({template.columns[0]: prompt})
     return template.write(prompt)
@@ -359,7 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("checkpoint")
     ap.add_argument("--prompt", action="append", default=[])
     ap.add_argument("--prompts-file", help="one prompt per line, or JSON lines with a 'prompt' field or a 'messages' "
-                    "conversation (its next assistant turn is written)")  # fmt: skip
+                    "conversation (its next assistant turn is written), or a table (.csv, .tsv, .parquet) with a "
+                    "prompt column (the run's task.prompt_column, or 'prompt')")  # fmt: skip
     ap.add_argument("--chat", action="store_true", help="each --prompt is a user's turn, written with the checkpoint's "
                     "chat template (a model fine-tuned on conversations)")  # fmt: skip
     ap.add_argument("--raw", action="store_true", help="text prompts go to the model as given, not written with the "
@@ -393,13 +409,13 @@ def main(argv: list[str] | None = None) -> None:
         if not math.isfinite(args.length_penalty):
             raise ConfigError(f"--length-penalty {args.length_penalty}: must be a finite number (1: the mean "
                               "log-probability per token; 0: the plain sum)")  # fmt: skip
-        model, tok, template = load_generator(args.checkpoint)
+        model, tok, template, column = load_generator(args.checkpoint)
         if template is not None and not args.raw:
             print(f"prompts: written with the checkpoint's prompt template (columns {template.columns}; a text "
                   f"prompt is its {template.columns[0]}); --raw sends text as given", file=sys.stderr)  # fmt: skip
         texts = [conversation_prompt(tok, p, args.checkpoint) if isinstance(p, Chat)
                  else templated(template, p, args.raw, args.checkpoint,
-                                f"--prompts-file {args.prompts_file} line {i - len(args.prompt) + 1}")
+                                f"--prompts-file {args.prompts_file} line {i - len(args.prompt) + 1}", column)
                  for i, p in enumerate(prompts)]  # fmt: skip
         if args.num_beams > 1:
             best = beam_search(model, tok, texts, args.num_beams, s.max_new_tokens, args.length_penalty)

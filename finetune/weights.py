@@ -30,6 +30,9 @@ class Pretrained:
     encoder-decoder without its decoder."""
     prompt_template: str | list[str] | None = None
     """A fine-tuning checkpoint's task.prompt_template: how its prompts were written from columns."""
+    prompt_column: str | None = None
+    """A generation fine-tuning checkpoint's task.prompt_column (generate, seq2seq): the column a
+    record of prompts holds its prompt in."""
     pooler: Mapping | None = None
     """An HF folder's pooler ({"weight", "bias"}; see pretrain.model.hf.FromHF.pooler), which a
     sequence classifier with that head (task.head=hf) starts from, as transformers' does."""
@@ -69,7 +72,10 @@ def load_pretrained(init_from: str, best: bool = False) -> Pretrained:
     tensors = consolidated_tensors(tag_dir)  # opened (memory-mapped) now: a refused or unfit file stops us here
     tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
     pre = _opened(cfg.model, tensors, tok, ckpt.describe(tag_dir))
-    pre.prompt_template = ckpt.saved_task(tag_dir).get("prompt_template")
+    task = ckpt.saved_task(tag_dir)
+    pre.prompt_template = task.get("prompt_template")
+    if task.get("kind") in ("generate", "seq2seq"):
+        pre.prompt_column = task.get("prompt_column", "prompt")
     return pre
 
 

@@ -134,3 +134,22 @@ def test_missing_columns_and_bad_settings_are_named_before_a_process_starts(tmp_
         with pytest.raises(ConfigError) as e:
             task(data, **options)
         assert said in str(e.value)
+
+
+def test_a_table_of_prompts_is_read_a_record_a_row_and_its_prompt_column_is_the_runs(tmp_path):
+    """A seq2seq run trained on source/target columns, given its dev.csv as --prompts-file: each
+    line was a prompt, the header one of them and the target pasted beside each source."""
+    from finetune.generate import read_prompts, templated
+
+    (tmp_path / "dev.csv").write_text('source,target\n"reverse: a, b",b a\nreverse: c d,d c\n')
+    records = read_prompts(str(tmp_path / "dev.csv"))
+    assert records == [{"source": "reverse: a, b", "target": "b a"}, {"source": "reverse: c d", "target": "d c"}]
+    written = [templated(None, r, False, "RUN", f"row {i}", "source") for i, r in enumerate(records)]
+    assert written == ["reverse: a, b", "reverse: c d"]
+    assert templated(None, {"prompt": "p", "source": "s"}, False, "RUN", "row 0", "source") == "p"
+    with pytest.raises(ConfigError, match=r"row 0: a record needs a 'prompt' or its prompt column 'source' or "
+                                          r"'messages' .*this one has \['target'\], and RUN has no prompt template"):
+        templated(None, {"target": "b a"}, False, "RUN", "row 0", "source")
+    alpaca = PromptTemplate("alpaca")  # a template's columns come first
+    assert templated(alpaca, {"instruction": "Add.", "source": "x"}, False, "RUN", "row 0", "source") == \
+        alpaca.write({"instruction": "Add."})  # fmt: skip

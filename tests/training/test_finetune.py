@@ -407,7 +407,7 @@ def test_sft_on_an_instruction_table_writes_prompts_with_its_template_in_generat
     assert f"task generate: {len(rows) - val} training and {val} validation examples" in out
 
     run_dir = tmp_path / "runs" / "alpaca"
-    model, tok, saved = load_generator(str(run_dir))
+    model, tok, saved, _ = load_generator(str(run_dir))
     assert saved.forms == template.forms
     asked = {"instruction": funcs[1].name, "input": funcs[1].package}
     want = generate(model, tok, [template.write({"instruction": funcs[0].name}), template.write(asked),
