@@ -60,8 +60,9 @@ def classifier_config(tag_dir: Path):
         kind = ckpt.saved_task(tag_dir).get("kind")
         arch = ckpt.saved_config(tag_dir).model.arch
         tuned = kind in ("generate", "seq2seq")
-        hint = (f"; for what it writes: python -m finetune.generate {tag_dir} --prompts-file FILE (a prompt a line, or "
-                "JSON lines with a prompt field)" if tuned or (kind is None and arch != "encoder") else "")  # fmt: skip
+        writes = tuned or (kind is None and arch != "encoder")  # a model that writes text
+        hint = (f"; for what it writes: python -m finetune.generate {tag_dir} --prompts-file FILE (a prompt a line, "
+                "JSON lines, or a table with a prompt column)" if writes else "")  # fmt: skip
         hint += "; to score it on a labeled file: python -m finetune.evaluate" if tuned else ""
         raise ConfigError(f"{tag_dir} is not a classification checkpoint (no labels.json){hint}")
     return saved_finetune_config(tag_dir)
