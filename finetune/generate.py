@@ -295,7 +295,6 @@ def read_prompts(path: str) -> list:
     "tools" it may call), or else the columns of the checkpoint's prompt template or its prompt
     column (a dict, written with it later). A table (.csv, .tsv, .parquet) gives a record a row:
     its lines are not prompts (a header, a target beside the source)."""
-    from finetune.chat import tool_list, turns
     from pretrain.config import ConfigError
     from pretrain.data.sources import BUILDERS, kind_suffix
 
@@ -308,7 +307,8 @@ def read_prompts(path: str) -> list:
 
         flags = SimpleNamespace(no_header=False, column_names=None, quoting="minimal", delimiter=None, field=None,
                                 kind=None)  # fmt: skip
-        return [{k: v for k, v in row.items() if v is not None} for row in file_table(path, flags)]
+        records = [{k: v for k, v in row.items() if v is not None} for row in file_table(path, flags)]
+        return [_prompt_of(r, f"--prompts-file {path} row {i}") for i, r in enumerate(records, 1)]
     prompts = []
     for number, line in enumerate(open(path, encoding="utf-8-sig"), 1):
         line = line.rstrip("\n")
@@ -317,14 +317,25 @@ def read_prompts(path: str) -> list:
             continue
         try:
             record = json.loads(line)
-            chat = next((record[k] for k in ("messages", "conversations") if k in record), None)
-            if chat is not None:
-                prompts.append(Chat(turns(chat), tool_list(record.get("tools"))))
-            else:
-                prompts.append(record)
         except ValueError as e:
             raise ConfigError(f"--prompts-file {path} line {number}: {e}") from None
+        prompts.append(_prompt_of(record, f"--prompts-file {path} line {number}"))
     return prompts
+
+
+def _prompt_of(record: dict, where: str):
+    """A record of a prompts file: a conversation (``messages``, ShareGPT's ``conversations``, with
+    the ``tools`` it may call) as a Chat, else the record itself (see templated)."""
+    from finetune.chat import tool_list, turns
+    from pretrain.config import ConfigError
+
+    chat = next((record[k] for k in ("messages", "conversations") if k in record), None)
+    if chat is None:
+        return record
+    try:
+        return Chat(turns(chat), tool_list(record.get("tools")))
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def templated(template, prompt, raw: bool, checkpoint: str, where: str, column: str | None = None) -> str:

@@ -153,3 +153,18 @@ def test_a_table_of_prompts_is_read_a_record_a_row_and_its_prompt_column_is_the_
     alpaca = PromptTemplate("alpaca")  # a template's columns come first
     assert templated(alpaca, {"instruction": "Add.", "source": "x"}, False, "RUN", "row 0", "source") == \
         alpaca.write({"instruction": "Add."})  # fmt: skip
+
+
+def test_a_table_of_conversations_gives_conversations(tmp_path):
+    import datasets
+
+    from finetune.generate import Chat, read_prompts
+
+    chats = [[{"role": "user", "content": "hi"}], [{"role": "system", "content": "be brief"},
+                                                   {"role": "user", "content": "add 2 and 3"}]]  # fmt: skip
+    datasets.Dataset.from_dict({"messages": chats}).to_parquet(str(tmp_path / "chats.parquet"))
+    prompts = read_prompts(str(tmp_path / "chats.parquet"))
+    assert [type(p) for p in prompts] == [Chat, Chat] and [len(p.shown()["messages"]) for p in prompts] == [1, 2]
+    (tmp_path / "bad.tsv").write_text('messages\n[{"role": "user", "text": "hi"}]\n')
+    with pytest.raises(ConfigError, match=r"--prompts-file .*bad.tsv row 1: turn 0 has keys \['role', 'text'\]"):
+        read_prompts(str(tmp_path / "bad.tsv"))
