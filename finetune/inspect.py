@@ -194,7 +194,7 @@ def _seq2seq_views(model, tok, texts: list[str], target: str | None) -> list[dic
     in training), the decoder over each target (the pad token it starts from, then the target's
     tokens) and the cross-attention of the one to the other. The first text's target is ``target``
     when given; the others' (and the first's without it) the model's own greedy output."""
-    from finetune.generate import Sampling, generate
+    from finetune.generate import Sampling, _pad_id, generate
     from pretrain.config import ConfigError
     from pretrain.model.inspect import seq2seq_attention_weights
 
@@ -204,8 +204,8 @@ def _seq2seq_views(model, tok, texts: list[str], target: str | None) -> list[dic
     asked = [i for i in range(len(texts)) if i or target is None]
     made = generate(model, tok, [texts[i] for i in asked], Sampling(min(32, limit - 1), 0.0)) if asked else []
     targets = dict(zip(asked, made, strict=True)) | ({0: target} if target is not None else {})
-    start = tok.pad_token_id if tok.pad_token_id is not None else 0
-    decoded = [[start] + tok(targets[i], add_special_tokens=False)["input_ids"][: limit - 1] for i in range(len(texts))]
+    decoded = [[_pad_id(tok)] + tok(targets[i], add_special_tokens=False)["input_ids"][: limit - 1]
+               for i in range(len(texts))]  # the decoder starts from the pad token, as in training
     if target is not None and len(decoded[0]) == 1:
         raise ConfigError(f"--target {target!r} gives no tokens with this model's tokenizer")
     src, src_mask = _padded(sources, tok)
@@ -221,8 +221,9 @@ def _seq2seq_views(model, tok, texts: list[str], target: str | None) -> list[dic
 
 
 def _padded(encoded: list[list[int]], tok) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(e) for e in encoded)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    from finetune.generate import _pad_id
+
+    width, pad = max(len(e) for e in encoded), _pad_id(tok)
     ids = torch.tensor([e + [pad] * (width - len(e)) for e in encoded])
     mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded])
     return ids, mask

@@ -43,7 +43,7 @@ def _fonts() -> tuple[tuple[str, ...], frozenset[int]]:
 
 def labels(tokens: list[str]) -> list[str]:
     """Token labels as they can be drawn: a character no installed font has is written as its code
-    point (U+65E5) rather than drawn as an empty box, with a warning per character."""
+    point (U+65E5); matplotlib would draw an empty box and warn once per such character."""
     covered = _fonts()[1]
     return ["".join(c if ord(c) in covered or c.isspace() else f"U+{ord(c):04X}" for c in t) for t in tokens]
 
