@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 from finetune.answers import QACollator, QALoss, qa_metrics, qa_rows, stride_for
 from finetune.config import FinetuneConfig
-from finetune.data import check_labels, check_task_sources, require_labels, task_labels, task_tables
+from finetune.data import check_labels, check_task_sources, require_labels, task_labels, task_sources, task_tables
 from finetune.prompts import task_template
 from finetune.tagging import TagCollator, TagLoss, are_entity_tags, tag_metrics, tag_rows
 from finetune.weights import Pretrained, load_pretrained
@@ -276,6 +277,7 @@ class FinetuneTask:
         self.tokenizer = self.pretrained.tokenizer
         self.kind = cfg.task.kind
         self.labels: list[str] = []
+        self._rows = None  # made by check_data
         arch = self.pretrained.model_cfg.arch
         check_task_fits(cfg.task, arch, f"init_from={cfg.init_from!r} ({self.pretrained.source})")
         if self.kind in ("generate", "seq2seq") and self.pretrained.body_only:
@@ -315,9 +317,16 @@ class FinetuneTask:
     # -- data
 
     def check_data(self) -> None:
+        """Every example read, checked and made into rows, before any process group exists: a bad
+        file, a label training lacks, a target over task.target_len or an answer no window holds is
+        one line from here, and the launcher's preflight runs this same check before it starts a
+        process. What the rows' making says is said again by ``prepare``, in the run's log."""
         check_task_sources(self.cfg)
+        self._said: list[str] = []
+        self._rows, self._collate = self._examples(self._said.append)
 
-    def prepare(self, rank: int, world: int, run_dir: Path, say) -> None:
+    def _examples(self, say) -> tuple[dict, Callable]:
+        """{"train": rows, "validation": rows (absent without validation data)} and their collator."""
         tables = task_tables(self.cfg, say)
         if tables["validation"] is None:
             say("warning: no validation data (data.validation_fraction=0 and no source gives validation_files or "
@@ -328,22 +337,24 @@ class FinetuneTask:
             raise DataError(f"the task has {n_train} training and {n_val} validation examples; both need at "
                             "least one (add data, or give validation_files)")  # fmt: skip
         if self.kind == "classify":
-            rows = self._classification_rows(tables)
-            collate = ClassifyCollator(self.tokenizer.pad_token_id)
-        elif self.kind == "tag":
-            rows = self._tag_rows(tables)
-            collate = TagCollator(self.tokenizer.pad_token_id)
-        elif self.kind == "qa":
-            rows = self._qa_rows(tables, say)
-            collate = QACollator(self.tokenizer.pad_token_id)
-        elif self.kind == "seq2seq":
+            return self._classification_rows(tables), ClassifyCollator(self.tokenizer.pad_token_id)
+        if self.kind == "tag":
+            return self._tag_rows(tables), TagCollator(self.tokenizer.pad_token_id)
+        if self.kind == "qa":
+            return self._qa_rows(tables, say), QACollator(self.tokenizer.pad_token_id)
+        if self.kind == "seq2seq":
             rows = {split: seq2seq_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len,
                                         self.cfg.target_len, f"the {split} data")
                     for split, table in tables.items()}  # fmt: skip
-            collate = Seq2SeqCollator(self.tokenizer.pad_token_id)
-        else:
-            rows = self._sft_rows(tables, say)
-            collate = SFTCollator(self.tokenizer.pad_token_id)
+            return rows, Seq2SeqCollator(self.tokenizer.pad_token_id)
+        return self._sft_rows(tables, say), SFTCollator(self.tokenizer.pad_token_id)
+
+    def prepare(self, rank: int, world: int, run_dir: Path, say) -> None:
+        if self._rows is None:
+            self.check_data()
+        for line in self._said:
+            say(line)
+        rows, collate = self._rows, self._collate
         micro, seed = self.cfg.train.micro_batch_size, self.cfg.train.seed
         self.train_batches = Batches(ExampleDataset(rows["train"]), collate, micro, rank, world, seed,
                                      shuffle=True, num_workers=self.cfg.data.num_workers)  # fmt: skip
@@ -369,7 +380,7 @@ class FinetuneTask:
         self.labels = sorted({str(x) for x in tables["train"][t.label_column]})
         require_labels(self.labels, t.label_column)
         if "validation" in tables:
-            check_labels(tables["validation"], t.label_column, self.labels, "the validation data")
+            check_labels(tables["validation"], t.label_column, self.labels, self._validation_named())
         with_types = self.pretrained.model_cfg.type_vocab_size > 0
         return {split: classification_rows(self.tokenizer, table, t, self.labels, self.cfg.data.seq_len, with_types)
                 for split, table in tables.items()}  # fmt: skip
@@ -379,7 +390,7 @@ class FinetuneTask:
         self.labels = sorted(task_labels(tables["train"], t))
         require_labels(self.labels, t.tags_column, "tags_column")
         if "validation" in tables:
-            check_labels(tables["validation"], t.tags_column, self.labels, "the validation data", tags=True)
+            check_labels(tables["validation"], t.tags_column, self.labels, self._validation_named(), tags=True)
         self.loss_fn, self.eval_metrics = TagLoss(self.labels), tag_metrics
         self.select_metric = ("val_entity_f1", max) if are_entity_tags(self.labels) else ("val_accuracy", max)
         with_types = self.pretrained.model_cfg.type_vocab_size > 0
@@ -401,6 +412,13 @@ class FinetuneTask:
                     "out")  # fmt: skip
         self.loss_fn = QALoss([r["example"] for r in rows.get("validation", [])])  # an example by its best window
         return rows
+
+    def _validation_named(self) -> str:
+        """The validation data, said with where it comes from when a share of training was held out."""
+        if all(src.names("validation") for src in task_sources(self.cfg)):
+            return "the validation data"
+        share = self.cfg.data.validation_fraction
+        return f"the validation data (held out of training: data.validation_fraction={share})"
 
     def _sft_rows(self, tables, say) -> dict:
         return {split: sft_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len, f"the {split} data", say)

@@ -78,36 +78,38 @@ def model_config(program: str, cfg):
 
 def check_data(program: str, cfg) -> None:
     """The job's local data files read in their formats with the columns the job needs (a
-    DataError, so one line and exit 2, naming the first that does not)."""
+    DataError, so one line and exit 2, naming the first that does not); for fine-tuning, its
+    examples made from them as every rank will make them (labels, target lengths, answers)."""
     if program == "pretrain":
         from pretrain.data.sources import check_local_sources
 
         check_local_sources(cfg.data)
-    else:
+        print("preflight: data files read and their columns found")
+    elif cfg.task.builtin or all(src.files for src in cfg.data.sources):  # every rank's checks, made once here
+        from finetune.tasks import FinetuneTask
+
+        FinetuneTask(cfg).check_data()
+        print("preflight: data files read, their examples made and checked")
+    else:  # hub data is read by the processes
         from finetune.data import check_task_sources
 
         check_task_sources(cfg)
-    print("preflight: data files read and their columns found")
+        print("preflight: local data files read and their columns found")
 
 
 def check_resume(program: str, cfg, world: int) -> None:
     """The checkpoint the job would resume from, compared with its config as the processes will
     (pretrain.checkpoint.compare_for_resume): a new model shape, or a ZeRO stage or precision that
     checkpoint cannot be loaded at, or the run still training on this host, is one line here instead
-    of once every process has started. The tag is found without reading its files through (the
-    ranks verify them and may fall back to an older tag of the same run, whose config is the same)."""
+    of once every process has started. The tag is chosen as the processes choose it
+    (pretrain.run.choose_resume), reading each checkpoint's record but not its files through (the
+    processes verify those and may fall back to an older tag of the same run, whose config is the same)."""
     from pretrain import checkpoint as ckpt
-    from pretrain.run import check_run_folders, refuse_if_running
+    from pretrain.run import choose_resume
 
-    check_run_folders(cfg)
-    refuse_if_running(cfg)
-    if cfg.train.resume == "never":
-        return  # the ranks refuse an existing checkpoint themselves, before anything is written
-    where = Path(cfg.run_dir if cfg.train.resume == "auto" else cfg.train.resume)
-    resume = newest_tag(where)
+    resume = choose_resume(cfg, files=False, warn=lambda m: print(f"preflight: {m}"))
     if resume is None:
         return
-    ckpt.check_format(resume)
     if program == "finetune":
         cfg.check_resume(resume)
         model = model_config(program, cfg)

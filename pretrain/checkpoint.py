@@ -69,16 +69,17 @@ def check_format(tag_dir: Path) -> Path:
                       f"(it reads {', '.join(map(str, READS))}): {MIGRATION}")  # fmt: skip
 
 
-def resolve(path: str | Path, warn=print, best: bool = False) -> Path:
+def resolve(path: str | Path, warn=print, best: bool = False, files: bool = True) -> Path:
     """A run directory, its checkpoints folder, or a tag folder -> the complete, intact tag folder
     to use. Given a run, a damaged newest checkpoint is skipped (``warn`` says why) for the newest
     intact one; given a damaged tag, the error names the bad file and the newest intact tag.
-    ``best`` (commands that use a run's weights): the checkpoint named ``best`` where there is one."""
+    ``best`` (commands that use a run's weights): the checkpoint named ``best`` where there is one.
+    ``files=False`` (a preflight): only each checkpoint's record is read, not its files (see verify)."""
     path = Path(path)
     if (path / COMPLETE).is_file():
-        problem = verify(path)
+        problem = verify(path, files)
         if problem:
-            other = newest_intact(path.parent, warn=lambda _: None)
+            other = newest_intact(path.parent, warn=lambda _: None, files=files)
             hint = f"the newest intact checkpoint is {other}" if other else "there is no intact checkpoint beside it"
             raise ConfigError(f"checkpoint {path} is damaged: {problem}; {hint}")
         return check_format(path)
@@ -86,11 +87,11 @@ def resolve(path: str | Path, warn=print, best: bool = False) -> Path:
         if complete_tags(root):
             chosen = best_tag(root) if best else None
             if chosen is not None:
-                problem = verify(chosen) if is_complete(chosen) else f"{chosen} is incomplete"
+                problem = verify(chosen, files) if is_complete(chosen) else f"{chosen} is incomplete"
                 if problem is None:
                     return check_format(chosen)
                 warn(f"warning: not using the best checkpoint {chosen.name}: {problem}")
-            found = newest_intact(root, warn)
+            found = newest_intact(root, warn, files)
             if found is None:
                 raise ConfigError(f"no intact checkpoint in {root}: every complete one failed its check (see above)")
             return check_format(found)
@@ -146,14 +147,18 @@ def manifest(tag_dir: Path, names: list[str]) -> dict[str, list]:
     return out
 
 
-def verify(tag_dir: Path) -> str | None:
+def verify(tag_dir: Path, files: bool = True) -> str | None:
     """What is wrong with a complete checkpoint's files, or None. Checkpoints of earlier versions
-    (no file list in complete.json) are taken as they are."""
+    (no file list in complete.json) are taken as they are. ``files=False``: only its record
+    (complete.json) is read, not the files it lists (a launcher's check of a large checkpoint;
+    the processes read them through)."""
     try:
-        files = saved_info(tag_dir).get("files")
+        listed = saved_info(tag_dir).get("files")
     except (OSError, ValueError) as e:
         return f"{tag_dir / COMPLETE} cannot be read ({e})"
-    for name, (size, digest) in (files or {}).items():
+    if not files:
+        return None
+    for name, (size, digest) in (listed or {}).items():
         path = tag_dir / name
         if not path.is_file():
             return f"{path} is missing"
@@ -164,13 +169,14 @@ def verify(tag_dir: Path) -> str | None:
     return None
 
 
-def newest_intact(root: Path, warn=print) -> Path | None:
-    """The newest complete checkpoint whose files pass ``verify``; each one skipped is warned about."""
+def newest_intact(root: Path, warn=print, files: bool = True) -> Path | None:
+    """The newest complete checkpoint that passes ``verify`` (``files``: its files too, else its
+    record); each one skipped is warned about."""
     first = newest_complete(root)
     candidates = [first] if first is not None else []
     candidates += [root / t for t in reversed(complete_tags(root)) if first is None or t != first.name]
     for tag_dir in candidates:
-        problem = verify(tag_dir)
+        problem = verify(tag_dir, files)
         if problem is None:
             return tag_dir
         warn(f"warning: skipping checkpoint {tag_dir.name}: {problem}")
@@ -201,7 +207,18 @@ def set_aside_newer(resume: Path, warn=print) -> Path | None:
 
 
 def saved_info(tag_dir: Path) -> dict:
-    return json.loads((tag_dir / COMPLETE).read_text())
+    """What complete.json records (step, world size, each file's size and checksum); a ValueError
+    when it is not such a record (edited, or another program's file of that name)."""
+    info = json.loads((tag_dir / COMPLETE).read_text())
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), int) for k in ("step", "world_size")):
+        raise ValueError(f"not a checkpoint's record: a JSON object with whole-number 'step' and 'world_size' "
+                         f"expected, it holds {json.dumps(info)[:80]}")  # fmt: skip
+    files = info.get("files")  # absent in checkpoints of earlier versions
+    if files is not None and not (isinstance(files, dict) and all(
+            isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and isinstance(v[1], str)
+            for v in files.values())):  # fmt: skip
+        raise ValueError(f"its 'files' is not {{name: [size, checksum]}}: {json.dumps(files)[:80]}")
+    return info
 
 
 def saved_config(tag_dir: Path) -> RunConfig:

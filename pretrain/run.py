@@ -116,7 +116,7 @@ def find_resume(cfg: RunConfig, rank: int = 0, world: int = 1):
     choice: list = [None]
     if rank == 0:
         try:
-            choice[0] = ("ok", _choose_resume(cfg))
+            choice[0] = ("ok", choose_resume(cfg))
         except ConfigError as e:
             choice[0] = ("error", str(e))
     if world > 1:
@@ -162,7 +162,10 @@ def _resumes_here(cfg: RunConfig, resume) -> bool:
     return resume is not None and resume.parent.resolve() == ckpt.checkpoints_dir(cfg.run_dir).resolve()
 
 
-def _choose_resume(cfg: RunConfig):
+def choose_resume(cfg: RunConfig, files: bool = True, warn=print):
+    """The checkpoint train.resume names (auto: the run's newest intact one; never: none, and a
+    refusal if one exists), or None; ``files=False`` (the launcher's preflight) reads each
+    checkpoint's record but not its files through."""
     check_run_folders(cfg)
     refuse_if_running(cfg)
     root = ckpt.checkpoints_dir(cfg.run_dir)
@@ -177,13 +180,13 @@ def _choose_resume(cfg: RunConfig):
     if cfg.train.resume == "auto":
         if not ckpt.complete_tags(root):
             return None
-        resume = ckpt.newest_intact(root)
+        resume = ckpt.newest_intact(root, warn, files)
         if resume is None:
             raise ConfigError(f"every checkpoint in {root} is damaged (see the warnings above); "
                               "set train.resume=never with another name= to start over")  # fmt: skip
         ckpt.check_format(resume)
     else:
-        resume = ckpt.resolve(cfg.train.resume)
+        resume = ckpt.resolve(cfg.train.resume, warn, files=files)
     return resume
 
 

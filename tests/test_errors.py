@@ -57,6 +57,15 @@ def _files(tmp):
     info = ckpt.saved_info(older)
     info["files"].update(ckpt.manifest(older, ["config.yaml"]))
     (older / ckpt.COMPLETE).write_text(json.dumps(info))
+    garbled = tmp / "garbled" / "checkpoints" / "step_00000010"  # a record cut off (or edited) by hand
+    shutil.copytree(GOLDEN, garbled)
+    (garbled / ckpt.COMPLETE).write_text('{"format": 1, "step": 10, "wor')
+    # a label only the validation share held out of training has (data.validation_fraction=0.15)
+    from pretrain.data.sources import held_out
+
+    rows = [f"film {i} was {'good' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}" for i in range(40)]
+    rows += [t + ",neutral" for t in (f"film {i} was fine" for i in range(200)) if held_out(t, 0.15)][:3]
+    (tmp / "held.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
     # what a classifier's checkpoint says of itself (its labels and task), without its weights
     cls = tmp / "cls" / "step_00000010"
     shutil.copytree(GOLDEN, cls)
@@ -136,6 +145,10 @@ CASES = [
                                                  "output_dir={tmp}/runs", "data.cache_dir={tmp}/cache",
                                                  f"train.resume={GOLDEN}", "deepspeed.zero_stage=3"],
      "config error: deepspeed.zero_stage changed 0 -> 3: a ZeRO-0 checkpoint holds the whole optimizer"),
+    ("checkpoint: a record that does not read, under the launcher (a traceback before)",
+     ["launch", "local", DEBUG, "--nproc-per-node", "2", "output_dir={tmp}/runs", "data.cache_dir={tmp}/cache",
+      "train.resume={tmp}/garbled"],
+     "config error: no intact checkpoint in {tmp}/garbled/checkpoints: every complete one failed its check"),
     *([("config: a precision this machine has no kernels for, under the launcher",
         ["launch", "local", DEBUG, "--nproc-per-node", "2", "cluster.gpus=false", "output_dir={tmp}/runs",
          "deepspeed.precision=fp16"],
@@ -153,6 +166,12 @@ CASES = [
      ["launch", "local", "configs/finetune/stdlib-packages.yaml", "--nproc-per-node", "2", "init_from={tmp}/nowhere",
       "output_dir={tmp}/runs"],
      "config error: init_from='{tmp}/nowhere': no such file or directory"),
+    ("fine-tuning: a label only the held-out validation share has, under the launcher (before any process starts)",
+     ["launch", "local", "configs/finetune/stdlib-packages.yaml", "--nproc-per-node", "2", "cluster.gpus=false",
+      f"init_from={GOLDEN}", "task.builtin=null", "data.sources=[{files: '{tmp}/held.csv'}]", "output_dir={tmp}/runs",
+      "data.cache_dir={tmp}/cache"],
+     "config error: labels ['neutral'] appear in the validation data (held out of training: "
+     "data.validation_fraction=0.15) but never in training (training has ['neg', 'pos'])"),
     ("fine-tuning: resumed with another classification head, under the launcher",
      ["launch", "local", "configs/finetune/stdlib-packages.yaml", "--nproc-per-node", "2", f"init_from={GOLDEN}",
       "train.resume={tmp}/cls/step_00000010", "output_dir={tmp}/runs"],

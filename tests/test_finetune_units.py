@@ -302,3 +302,28 @@ def test_evaluations_greedy_completions_stop_where_a_learned_position_model_runs
     assert [len(g.split()) for g in got] == [6, 4, 6, 0]  # "de" shares its batch (and its 6 tokens) with "abc"
     for i, n in ((0, 6), (1, 4), (2, 6)):
         assert got[i] == generate(model, tok, [prompts[i]], Sampling(max_new_tokens=n, temperature=0.0))[0]
+
+
+def test_the_launchers_preflight_makes_every_ranks_examples_and_refuses_what_a_rank_would(tmp_path, capsys):
+    """`python -m launch.preflight --data` (which `launch` runs before it starts a process) makes the
+    task's examples as each rank does: a seq2seq target longer than task.target_len is one line
+    here, not once every rank has started; with room for it the same data passes."""
+    from launch.preflight import main
+    from tests.test_inspect import export_folder
+
+    folder = export_folder(tmp_path, ModelConfig(arch="encoder-decoder", vocab_size=512, d_model=32, num_layers=2,
+                                                 num_heads=2, max_seq_len=256, position="relative"))  # fmt: skip
+    rows = [f"reverse: a b {i},{i} b a" for i in range(30)] + ["repeat: x,x x x x x x x x x x x x x x x x x x x x"]
+    (tmp_path / "pairs.csv").write_text("source,target\n" + "\n".join(rows) + "\n")
+    argv = ["--program", "finetune", "--data", "--no-memory", "configs/finetune/stdlib-names.yaml",
+            f"init_from={folder}", "task.builtin=null", f"data.sources=[{{files: '{tmp_path}/pairs.csv'}}]",
+            "task.prompt_column=source", "task.response_column=target", "data.validation_fraction=0",
+            f"output_dir={tmp_path}/runs", f"data.cache_dir={tmp_path}/cache"]  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "task.target_len=16"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("config error:") == 1, err
+    assert "config error: task.target_len=16: 1 of the 31 targets in the train data are longer (the longest has " in err
+    main([*argv, "task.target_len=64"])
+    assert "preflight: data files read, their examples made and checked" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()

@@ -95,6 +95,34 @@ def test_checkpoint_files_are_listed_with_sizes_and_checksums_and_verified(tmp_p
         ckpt.resolve(root / "step_00000020")
 
 
+@pytest.mark.parametrize("record, why", [
+    ('{"format": 1, "step": 20, "wor', "cannot be read (Unterminated string"),  # cut off mid-write by hand
+    ("[1, 2]", "a JSON object with whole-number 'step' and 'world_size' expected, it holds [1, 2]"),
+    ('{"step": "20", "world_size": 1}', "whole-number 'step' and 'world_size' expected"),
+    ('{"step": 20, "world_size": 1, "files": {"config.yaml": 123}}', "its 'files' is not {name: [size, checksum]}"),
+])  # fmt: skip
+def test_a_checkpoint_whose_record_is_not_one_is_skipped_by_its_file_check_and_by_the_record_check_alone(
+        tmp_path, record, why):  # fmt: skip
+    """A complete.json that is not JSON, or JSON of another shape, makes its checkpoint damaged:
+    skipped with the reason for the intact one before it (a traceback before), and so by the
+    launcher's preflight too, which reads records only (files=False) and never a shard."""
+    s = saver(tmp_path, keep=3)
+    for step in (10, 20):
+        s.save(FakeEngine(), step, {}, RunConfig(), tokenizer=None)
+    root = tmp_path / "checkpoints"
+    (root / "step_00000010" / "mp_rank_00_model_states.pt").write_text("sh")  # only a file check finds this
+    (root / "step_00000020" / ckpt.COMPLETE).write_text(record)
+    for files, chosen in ((True, None), (False, root / "step_00000010")):
+        warnings = []
+        if chosen is None:
+            with pytest.raises(ConfigError, match="no intact checkpoint in .*every complete one failed its check"):
+                ckpt.resolve(tmp_path, warn=warnings.append, files=files)
+        else:
+            assert ckpt.resolve(tmp_path, warn=warnings.append, files=files) == chosen
+        assert why in warnings[0] and warnings[0].startswith("warning: skipping checkpoint step_00000020: "), warnings
+        assert len(warnings) == (2 if files else 1)
+
+
 def test_resuming_from_an_older_tag_moves_the_newer_timeline_aside_and_never_rewrites_a_tag(tmp_path):
     s = saver(tmp_path, keep=5)
     for step in (10, 20):

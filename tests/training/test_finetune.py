@@ -484,7 +484,8 @@ def test_bad_task_data_and_wrong_checkpoints_are_named(make_config, tmp_path, to
         ("dec", {"kind": "classify"}, {"sources": [{"files": str(bad["missing_label"])}]},
          "task.label_column='label': no such column in data.sources[0] (train data); the data has ['text', 'tag']"),
         ("dec", {"kind": "classify"}, {"sources": [{"files": str(bad["unseen_label"])}]},
-         "labels ['never-trained'] appear in the validation data but never in training"),
+         "labels ['never-trained'] appear in the validation data (held out of training: data.validation_fraction=0.2) "
+         "but never in training"),
         ("enc", {"kind": "generate"}, {"sources": [{"files": str(bad["unseen_label"])}]},
          "task.kind=generate needs a decoder (causal) checkpoint"),
         ("dec", {"kind": "classify"}, {"sources": [{"files": str(bad["unseen_label"])}],
