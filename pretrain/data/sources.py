@@ -193,7 +193,9 @@ def _load_files(src: SourceConfig, files: list[str], where: str):
     suffixes = {kind_suffix(f) for f in files}
     kinds = {src.kind} if src.kind else {BUILDERS.get(x) for x in suffixes}
     if None in kinds or len(kinds) > 1:
-        raise DataError(f"{where}: found {sorted(suffixes)}; one source takes files of one kind: text (.txt, .md, "
+        bare = sorted(Path(f).name for f in files if not kind_suffix(f))  # a README, a LICENSE: named, not ''
+        found = sorted(suffixes - {""}) + ([f"{bare[0]} (no suffix)"] if bare else [])
+        raise DataError(f"{where}: found {found}; one source takes files of one kind: text (.txt, .md, "
                         f".py), json (.json, .jsonl), csv (.csv, .tsv), .parquet, .arrow, .conll or .conllu (text, "
                         f"json, csv and conll also as {', '.join(COMPRESSED)}); kind: text reads files of any name as "
                         "text")  # fmt: skip
@@ -428,14 +430,19 @@ def check_local_sources(cfg: DataConfig) -> None:
                 pass
 
 
-def load_source(src: SourceConfig, part: str, where: str, num_proc: int = 1):
+def load_source(src: SourceConfig, part: str, where: str, num_proc: int = 1, log=None):
     """One source's ``part`` as a datasets.Dataset with the single column ``text``, empty texts
-    dropped and long ones cut (chunk_chars)."""
+    dropped (``log`` says how many, unless a text file is read by line or paragraph, where blank
+    ones are layout) and long ones cut (chunk_chars)."""
     ds = text_table(src, part, where)
     ds = ds.select_columns([src.text_column])
     if src.text_column != "text":
         ds = ds.rename_column(src.text_column, "text")
+    given = len(ds)
     ds = ds.filter(lambda t: bool(t and t.strip()), input_columns="text", num_proc=_procs(num_proc, ds))
+    if log is not None and len(ds) < given and src.sample_by == "document":
+        log(f"{where}: {given - len(ds):,} of the {given:,} documents of its {part} data have no text (null, "
+            f"absent or blank {src.text_column!r}): left out")  # fmt: skip
     if src.chunk_chars:
         ds = ds.map(Chunks(src.chunk_chars), batched=True, input_columns="text", num_proc=_procs(num_proc, ds))
     return ds
@@ -559,7 +566,8 @@ def load_corpus(cfg: DataConfig, split: str, seed: int = 0, log=None):
         own = src.names("validation")
         if split == "validation" and not own and cfg.validation_fraction == 0:
             continue
-        ds = load_source(src, split if own else "train", where, cfg.num_proc)  # never empty (text_table)
+        said = log if own or split == "train" else None  # a held-out share's source was counted for training
+        ds = load_source(src, split if own else "train", where, cfg.num_proc, said)  # never empty (text_table)
         if not own and cfg.validation_fraction > 0:
             ds = hold_out(ds, cfg.validation_fraction, split, where, cfg.num_proc, log)
         parts.append(ds)

@@ -161,6 +161,28 @@ def test_a_source_without_a_non_empty_document_is_found_by_the_preflight_check(t
         check_local_sources(cfg)
 
 
+def test_documents_without_text_are_left_out_and_counted_once_but_blank_lines_are_layout(tmp_path):
+    """Null, absent and blank texts of a table are left out of pretraining and the log says how
+    many, once (not again for the validation share held out of the same rows); blank lines of a
+    text file read a line a document are its layout, and are not counted."""
+    docs = [{"text": f"document {i} says something"} for i in range(40)]
+    lines = [json.dumps(d) for d in docs[:20]] + ['{"text": null}', '{"text": " \\n "}', '{"id": 7}']
+    (tmp_path / "holes.jsonl").write_text("\n".join(lines + [json.dumps(d) for d in docs[20:]]) + "\n")
+    said = []
+    cfg = DataConfig(sources=[SourceConfig(files=str(tmp_path / "holes.jsonl"))], validation_fraction=0.1, num_proc=1)
+    train, validation = load_corpus(cfg, "train", log=said.append), load_corpus(cfg, "validation", log=said.append)
+    assert len(train) + len(validation) == 40
+    left_out = [m for m in said if "left out" in m]
+    assert left_out == ["data.sources[0]: 3 of the 43 documents of its train data have no text (null, absent or "
+                        "blank 'text'): left out"]  # fmt: skip
+    (tmp_path / "lines.txt").write_text("one line\n\n  \nanother line\n")
+    said.clear()
+    cfg = DataConfig(sources=[SourceConfig(files=str(tmp_path / "lines.txt"), sample_by="line")],
+                     validation_fraction=0.0, num_proc=1)  # fmt: skip
+    assert list(load_corpus(cfg, "train", log=said.append)["text"]) == ["one line", "another line"]
+    assert not [m for m in said if "left out" in m]
+
+
 def test_predict_reads_a_compressed_text_file_one_text_per_line(tmp_path):
     import gzip
 

@@ -142,6 +142,10 @@ def test_a_code_folder_is_read_as_text_with_kind_text_and_its_hidden_folders_lef
                                   "say), or another kind")  # fmt: skip
     with pytest.raises(DataError, match=r"found \['.c', '.h'\]; one source takes files of one kind: text .*kind: text"):
         load_table(SourceConfig(files=str(repo / "src" / "*")), "train", "data.sources[0]")
+    (repo / "src" / "README").write_text("how to build\n")  # a file without a suffix is named, not shown as ''
+    with pytest.raises(DataError, match=r"found \['.c', '.h', 'README \(no suffix\)'\]; one source takes files"):
+        load_table(SourceConfig(files=str(repo / "src" / "*")), "train", "data.sources[0]")
+    (repo / "src" / "README").unlink()
     texts = load_corpus(cfg_for(0.0, files=str(repo), kind="text"), "train")["text"]
     assert sorted(texts) == sorted(sources.values())  # each file one document; .git left out
     notes = tmp_path / "notes"
