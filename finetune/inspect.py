@@ -175,12 +175,21 @@ def check_numbers(top: int, positions: int) -> None:
         raise ConfigError(f"--positions {positions}: must be >= 2")
 
 
+def _cut(ids: list[int], limit: int, what: str, positions: int) -> list[int]:
+    """The first ``limit`` tokens of ``what``, saying so on standard error when there are more."""
+    if len(ids) > limit:
+        print(f"warning: {what} has {len(ids)} tokens; the first {limit} are shown (model.max_seq_len={positions})",
+              file=sys.stderr)  # fmt: skip
+    return ids[:limit]
+
+
 def _views(model, tok, texts: list[str]) -> list[dict]:
     """A decoder's or encoder's self-attention over the texts (padded on the right)."""
     from pretrain.config import ConfigError
     from pretrain.model.inspect import attention_weights
 
-    encoded = [tok(t, truncation=True, max_length=model.cfg.max_seq_len)["input_ids"] for t in texts]
+    limit = model.cfg.max_seq_len
+    encoded = [_cut(tok(t)["input_ids"], limit, f"text {i + 1}", limit) for i, t in enumerate(texts)]
     if not encoded[0]:
         raise ConfigError(f"the text {texts[0]!r} gives no tokens with this model's tokenizer")
     ids, mask = _padded(encoded, tok)
@@ -200,11 +209,13 @@ def _seq2seq_views(model, tok, texts: list[str], target: str | None) -> list[dic
 
     limit = model.cfg.max_seq_len
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    sources = [tok(t, add_special_tokens=False)["input_ids"][: limit - len(eos)] + eos for t in texts]
+    sources = [_cut(tok(t, add_special_tokens=False)["input_ids"], limit - len(eos), f"text {i + 1}", limit) + eos
+               for i, t in enumerate(texts)]  # fmt: skip
     asked = [i for i in range(len(texts)) if i or target is None]
     made = generate(model, tok, [texts[i] for i in asked], Sampling(min(32, limit - 1), 0.0)) if asked else []
     targets = dict(zip(asked, made, strict=True)) | ({0: target} if target is not None else {})
-    decoded = [[_pad_id(tok)] + tok(targets[i], add_special_tokens=False)["input_ids"][: limit - 1]
+    decoded = [[_pad_id(tok)] + _cut(tok(targets[i], add_special_tokens=False)["input_ids"], limit - 1,
+                                     f"the target of text {i + 1}", limit)
                for i in range(len(texts))]  # the decoder starts from the pad token, as in training
     if target is not None and len(decoded[0]) == 1:
         raise ConfigError(f"--target {target!r} gives no tokens with this model's tokenizer")

@@ -113,6 +113,19 @@ def test_a_performer_shows_the_attention_it_estimates_and_a_linformer_is_refused
     assert code == 2 and "no token-by-token attention to draw" in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_text_longer_than_the_model_is_cut_to_its_positions_and_said(tmp_path, capsys):
+    from pretrain import checkpoint as ckpt
+    from pretrain.data.tokenizer import load_tokenizer
+
+    positions, text = ckpt.saved_config(GOLDEN).model.max_seq_len, "x = 1; " * 100
+    n = len(load_tokenizer(GOLDEN / "tokenizer")(text)["input_ids"])
+    code, _, err = run(capsys, GOLDEN, "--text", text, "--heads", "0", "--out", tmp_path / "p")
+    assert code == 0, err
+    assert n > positions and f"warning: text 1 has {n} tokens; the first {positions} are shown (model.max_seq_len=" \
+        f"{positions})" in err  # fmt: skip
+    assert len(json.loads((tmp_path / "p" / "attention.json").read_text())["tokens"]) == positions
+
+
 def test_characters_split_over_byte_tokens_are_labelled_with_the_character():
     """Byte-level BPE spells a CJK character or an emoji with several tokens, each of which decodes to
     U+FFFD alone: the pictures' axes were rows of replacement characters for any non-Latin text."""
