@@ -20,8 +20,9 @@ def last_train_record(run_dir: Path) -> dict | None:
         lines = f.read().decode(errors="replace").splitlines()
     for line in reversed(lines):  # the first may be cut by the seek, the last torn by a kill
         rec = parse_record(line)
-        if rec is not None and rec.get("kind") == "train":
-            return rec
+        if rec is not None and rec.get("kind") == "train" and "step" in rec:
+            loss = rec.get("loss")
+            return {**rec, "loss": loss if isinstance(loss, (int, float)) else None}  # "nan" as text is no loss
     return None
 
 

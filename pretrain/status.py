@@ -33,12 +33,13 @@ def metric_records(run_dir: str | Path, kind: str | None = None) -> list[dict]:
 
 def parse_record(line: str) -> dict | None:
     """One line of metrics.jsonl as its record; None for a blank line or one that is not a whole
-    record (the tail written by a process killed mid-write, or when the disk filled up)."""
+    record (the tail written by a process killed mid-write, or when the disk filled up) or not one
+    of ours (its step not a whole number: a line edited by hand or another program's)."""
     try:
         record = json.loads(line)
     except ValueError:
         return None
-    return record if isinstance(record, dict) else None
+    return record if isinstance(record, dict) and isinstance(record.get("step", 0), int) else None
 
 FILE = "status.json"
 STATES = ("running", "finished", "failed", "stopped")
@@ -75,7 +76,7 @@ def stalled_rank(run_dir: str | Path, quiet_s: float = 5.0) -> str | None:
     """Which rank stopped, from the heartbeats: every rank writes one every few seconds and a last
     one when it fails (a collective timing out, say), so the rank that went silent is the one
     heard from longest before the others; None when no rank was silent for ``quiet_s`` more."""
-    beats = [b for b in (_load(p) for p in sorted((Path(run_dir) / HEARTBEATS).glob("rank_*.json"))) if b]
+    beats = [b for b in (_load(p, BEAT_FIELDS) for p in sorted((Path(run_dir) / HEARTBEATS).glob("rank_*.json"))) if b]
     if len(beats) < 2:
         return None
     beats.sort(key=lambda b: b["time"])
@@ -124,11 +125,28 @@ def load_status(run_dir: str | Path) -> dict | None:
     return _load(Path(run_dir) / FILE)
 
 
-def _load(path: Path) -> dict | None:
+NUMBER = (int, float)
+STATUS_FIELDS = {"state": str, "host": str, "pid": int, "step": int, "error": str, "started": NUMBER,
+                 "updated": NUMBER}  # fmt: skip
+BEAT_FIELDS = {"rank": int, "step": int, "host": str, "pid": int, "time": NUMBER}
+
+
+def _load(path: Path, fields: dict = STATUS_FIELDS) -> dict | None:
+    """The JSON object in ``path`` with its ``fields`` of the types given, else None: a file that is
+    torn, edited by hand or another program's reads as no record, and a field of another type as
+    absent (a status's state must be one of STATES; a heartbeat needs every field)."""
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(record, dict):
+        return None
+    record = {k: v for k, v in record.items() if k not in fields or isinstance(v, fields[k])}
+    if fields is STATUS_FIELDS and record.get("state") not in STATES:
+        return None
+    if fields is BEAT_FIELDS and not all(k in record for k in fields):
+        return None
+    return record
 
 
 def pid_alive(pid: int) -> bool:

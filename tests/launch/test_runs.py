@@ -54,6 +54,39 @@ def test_states_steps_losses_and_checkpoints(tmp_path):
     assert rows["e-elsewhere"]["state"] == "failed" and "no sign of life" in rows["e-elsewhere"]["error"]
 
 
+def test_status_and_metrics_files_of_another_shape_read_as_no_record_not_a_traceback(tmp_path):
+    """A status.json, heartbeat or metrics line edited by hand (or another program's file of that
+    name) made `launch runs` raise (KeyError, TypeError on a format) and a resume's trim of the
+    replayed records compare a text step with a number."""
+    from pretrain.monitor import _drop_records_after
+    from pretrain.status import HEARTBEATS, metric_records, stalled_rank
+
+    runs = {"list": ("[1, 2]", ['{"kind": "train", "step": 3, "loss": 1.5}']),
+            "state-number": ('{"state": 3}', ['{"kind": "train", "step": "7", "loss": 1.0}']),
+            "error-number": ('{"state": "failed", "error": 5, "pid": "x"}', ['{"kind": "train", "loss": 2.0}']),
+            "text-loss": ("garbage{", ['{"kind": "train", "step": 4, "loss": "nan"}'])}  # fmt: skip
+    for name, (status, lines) in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "status.json").write_text(status)
+        (tmp_path / name / "config.yaml").write_text(f"name: {name}\n")
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    rows = {r["name"]: r for r in list_runs(tmp_path)}
+    assert {n: (r["state"], r["step"], r["loss"], r["error"]) for n, r in rows.items()} == {
+        "list": ("unknown", 3, 1.5, None), "state-number": ("unknown", 0, None, None),
+        "error-number": ("failed", 0, None, None), "text-loss": ("unknown", 4, None, None)}  # fmt: skip
+    assert "failed" in subprocess.run([sys.executable, "-m", "launch", "runs", str(tmp_path)], capture_output=True,
+                                      text=True, check=True).stdout  # fmt: skip
+    run = tmp_path / "state-number"
+    assert metric_records(run) == []
+    _drop_records_after(run / "metrics.jsonl", 2)  # what a resume does first: the line not ours goes, no TypeError
+    assert (run / "metrics.jsonl").read_text() == ""
+    (run / HEARTBEATS).mkdir()
+    for rank, beat in enumerate(['{"rank": 0, "step": 5, "host": "a", "pid": 1, "time": 100.0}',
+                                 '{"rank": 1, "step": 2, "host": "b", "pid": 2, "time": "late"}', "[]"]):  # fmt: skip
+        (run / HEARTBEATS / f"rank_{rank:05d}.json").write_text(beat)
+    assert stalled_rank(run) is None  # one readable heartbeat names no rank
+
+
 def test_write_status_keeps_the_start_and_clears_an_old_error(tmp_path):
     write_status(tmp_path, "failed", error="x")
     write_status(tmp_path, "running", world_size=2)
