@@ -80,10 +80,10 @@ def check_data(program: str, cfg) -> None:
     """The job's local data files read in their formats with the columns the job needs (a
     DataError, so one line and exit 2, naming the first that does not); for fine-tuning, its
     examples made from them as every rank will make them (labels, target lengths, answers)."""
-    if program == "pretrain":
-        from pretrain.data.sources import check_local_sources
+    if program == "pretrain":  # the checks every rank makes before its process group, made once here
+        from pretrain.run import LanguageModelTask
 
-        check_local_sources(cfg.data)
+        LanguageModelTask.for_run(cfg).check_data()
         print("preflight: data files read and their columns found")
     elif cfg.task.builtin or all(src.files for src in cfg.data.sources):  # every rank's checks, made once here
         from finetune.tasks import FinetuneTask

@@ -55,15 +55,15 @@ class LanguageModelTask:
 
     select_metric = None
 
-    def __init__(self, model: ModelConfig, data: DataConfig, train: TrainConfig):
+    def __init__(self, model: ModelConfig, data: DataConfig, train: TrainConfig, run_dir: Path | None = None):
         from pretrain.trainer import lm_loss, seq2seq_loss
 
-        self.model_cfg, self.data, self.train = model, data, train
+        self.model_cfg, self.data, self.train, self.run_dir = model, data, train, run_dir
         self.loss_fn = seq2seq_loss if model.arch == "encoder-decoder" else lm_loss
 
     @classmethod
     def for_run(cls, cfg: RunConfig) -> LanguageModelTask:
-        return cls(cfg.model, cfg.data, cfg.train)
+        return cls(cfg.model, cfg.data, cfg.train, Path(cfg.run_dir))
 
     def prepare(self, rank: int, world: int, run_dir, say) -> None:
         from pretrain.data.pipeline import batches, run_tokenizer
@@ -83,6 +83,17 @@ class LanguageModelTask:
         from pretrain.data.sources import check_local_sources
 
         check_local_sources(self.data)
+        if self._takes_configured_tokenizer():  # a trained tokenizer is checked as it is made
+            from pretrain.data.pipeline import configured_tokenizer
+
+            configured_tokenizer(self.data, self.model_cfg.arch, self.model_cfg.vocab_size)
+
+    def _takes_configured_tokenizer(self) -> bool:
+        """Whether this start loads data.tokenizer.path: a new run does; a resume takes the tokenizer
+        its run or checkpoint saved, even where the configured file has gone since."""
+        if not self.data.tokenizer.path or self.run_dir is None or self.train.resume not in ("auto", "never"):
+            return False
+        return not (self.run_dir / "tokenizer").exists() and not ckpt.complete_tags(ckpt.checkpoints_dir(self.run_dir))
 
     def build_model(self, gather=None):
         """The model, initialised; ``gather`` (ZeRO-3) when it is built partitioned, see

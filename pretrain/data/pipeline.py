@@ -28,7 +28,7 @@ def run_tokenizer(cfg: DataConfig, arch: str, vocab_size: int, run_dir: str | Pa
     saved = Path(run_dir) / "tokenizer"
     tok = load_saved_tokenizer(saved, log)
     if tok is None and cfg.tokenizer.path:
-        tok = load_tokenizer(cfg.tokenizer.path)
+        tok = configured_tokenizer(cfg, arch, vocab_size)
         save_tokenizer(tok, saved)
     elif tok is None:
         size = cfg.tokenizer.vocab_size or vocab_size
@@ -47,6 +47,18 @@ def run_tokenizer(cfg: DataConfig, arch: str, vocab_size: int, run_dir: str | Pa
     check_vocab(tok, vocab_size, arch)
     if arch == "encoder-decoder":
         collator(cfg, tok)  # the objective's tokens are there
+    return tok
+
+
+def configured_tokenizer(cfg: DataConfig, arch: str, vocab_size: int):
+    """data.tokenizer.path loaded and checked against the model (its vocabulary, an encoder's mask
+    token, an encoder-decoder objective's tokens): a DataError naming what does not fit. Run before
+    any process group (pretrain.run.LanguageModelTask.check_data, the launcher's preflight) and again
+    where the run takes it."""
+    tok = load_tokenizer(cfg.tokenizer.path)
+    check_vocab(tok, vocab_size, arch)
+    if arch == "encoder-decoder":
+        collator(cfg, tok)
     return tok
 
 

@@ -3,6 +3,7 @@ transformers PreTrainedTokenizerFast so that what a run saves loads anywhere."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -163,14 +164,29 @@ def load_tokenizer(path: str | Path, what: str = "data.tokenizer.path"):
     if path.is_dir():
         if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
             raise DataError(f"{what}={str(path)!r}: a directory without tokenizer.json")
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        with _not_a_tokenizer(path, what):
+            return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if path.is_file():
-        tok = PreTrainedTokenizerFast(tokenizer_file=str(path))
+        with _not_a_tokenizer(path, what):
+            tok = PreTrainedTokenizerFast(tokenizer_file=str(path))
         vocab = tok.get_vocab()
         for specials in SPECIALS.values():  # recognise our own and the common conventions
             tok.add_special_tokens({k: v for k, v in specials.items() if v in vocab and getattr(tok, k) is None})
         return tok
     raise DataError(f"{what}={str(path)!r}: no such file or directory (give a tokenizer.json or a folder)")
+
+
+@contextlib.contextmanager
+def _not_a_tokenizer(path: Path, what: str):
+    """A file or folder that does not load as a tokenizer (another JSON, one cut short, a
+    tokenizer.json of a newer format) as one DataError naming it, not tokenizers' bare error."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - tokenizers (Rust), json and transformers each fail their own way
+        message = str(e).splitlines()[0][:200] if str(e) else ""
+        raise DataError(f"{what}={str(path)!r} does not load as a tokenizer ({type(e).__name__}: {message}); give a "
+                        "tokenizer.json written by tokenizers or transformers, or the folder save_pretrained "
+                        "wrote") from None  # fmt: skip
 
 
 def save_tokenizer(tok, directory: str | Path) -> Path:

@@ -98,3 +98,31 @@ def test_tokenizer_larger_than_model_vocab_is_refused(bpe):
 def test_missing_tokenizer_path_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no such file or directory"):
         load_tokenizer(tmp_path / "nope.json")
+
+
+def test_a_configured_tokenizer_that_does_not_load_or_fit_is_refused_before_the_process_group(bpe, corpus_dir,
+                                                                                             tmp_path):
+    """data.tokenizer.path naming a file that is not a tokenizer was tokenizers' bare "expected `,`
+    or `}`" traceback in rank 0 after the process group formed; it is one DataError from the task's
+    check_data (which the launcher's preflight runs too), with the model's vocabulary and mask token
+    checked there. A resume takes its run's saved tokenizer, so a configured file gone since is
+    not refused then."""
+    from pretrain.config import RunConfig
+    from pretrain.model import ModelConfig
+    from pretrain.run import LanguageModelTask
+
+    (tmp_path / "list.json").write_text("[1, 2]")
+    bpe.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    cases = [("list.json", "decoder", 512, r"data.tokenizer.path='.*list.json' does not load as a tokenizer \("),
+             ("tokenizer.json", "decoder", 256, r"the tokenizer has 400 tokens but model.vocab_size=256"),
+             ("tokenizer.json", "encoder", 512, r"masked-LM training needs a tokenizer with a mask_token")]  # fmt: skip
+    for name, arch, vocab, message in cases:
+        cfg = RunConfig(model=ModelConfig(arch=arch, vocab_size=vocab), output_dir=str(tmp_path / "runs"),
+                        data=data_cfg(corpus_dir, tmp_path, tokenizer=TokenizerConfig(path=str(tmp_path / name))))
+        with pytest.raises(DataError, match=message):
+            LanguageModelTask.for_run(cfg).check_data()
+    cfg.model = ModelConfig(vocab_size=512)
+    LanguageModelTask.for_run(cfg).check_data()  # it fits a decoder of 512
+    save_tokenizer(bpe, tmp_path / "runs" / cfg.name / "tokenizer")  # the run started, and saved it
+    cfg.data.tokenizer.path = str(tmp_path / "moved-since.json")
+    LanguageModelTask.for_run(cfg).check_data()
