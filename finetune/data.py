@@ -289,7 +289,8 @@ def file_table(file: str, args, columns: dict[str, str] | None = None, where: st
             return load_table(src, "train", where or file)
         return source_table(src, "train", columns, where or file, template)
     except DataError as e:
-        raise DataError(as_flags(str(e))) from None
+        said = as_flags(str(e))
+        raise DataError(said if where else said.replace(f"{file}: {file}", file, 1)) from None  # named once
 
 
 def override_columns(cfg, args) -> None:

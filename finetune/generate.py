@@ -307,11 +307,19 @@ def read_prompts(path: str) -> list:
 
         flags = SimpleNamespace(no_header=False, column_names=None, quoting="minimal", delimiter=None, field=None,
                                 kind=None)  # fmt: skip
-        records = [{k: v for k, v in row.items() if v is not None} for row in file_table(path, flags)]
+        table = file_table(path, flags, where="--prompts-file")
+        records = [{k: v for k, v in row.items() if v is not None} for row in table]
         return [_prompt_of(r, f"--prompts-file {path} row {i}") for i, r in enumerate(records, 1)]
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--prompts-file {path} is not UTF-8 text (byte {e.start}); convert it, e.g. iconv -f "
+                          "latin1 -t utf-8") from None  # fmt: skip
     prompts = []
-    for number, line in enumerate(open(path, encoding="utf-8-sig"), 1):
-        line = line.rstrip("\n")
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")  # \r\n (a Windows editor's) ends a line as \n does
+        if not line.strip():
+            continue  # a blank line is no prompt (an empty one is --prompt "")
         if not line.startswith("{"):
             prompts.append(line.replace("\\n", "\n"))
             continue
@@ -320,6 +328,9 @@ def read_prompts(path: str) -> list:
         except ValueError as e:
             raise ConfigError(f"--prompts-file {path} line {number}: {e}") from None
         prompts.append(_prompt_of(record, f"--prompts-file {path} line {number}"))
+    if not prompts:
+        raise ConfigError(f"--prompts-file {path} holds no prompts (it is empty, or its lines are blank); write a "
+                          "prompt a line")  # fmt: skip
     return prompts
 
 

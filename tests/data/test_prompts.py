@@ -168,3 +168,30 @@ def test_a_table_of_conversations_gives_conversations(tmp_path):
     (tmp_path / "bad.tsv").write_text('messages\n[{"role": "user", "text": "hi"}]\n')
     with pytest.raises(ConfigError, match=r"--prompts-file .*bad.tsv row 1: turn 0 has keys \['role', 'text'\]"):
         read_prompts(str(tmp_path / "bad.tsv"))
+
+
+def test_a_prompts_file_of_windows_lines_blank_lines_or_latin_1_reads_as_its_prompts_or_one_line(tmp_path):
+    """A Windows editor's prompts file gave prompts ending in a carriage return, blank lines were
+    prompted as empty documents, an empty file said "give --prompt TEXT or --prompts-file FILE" to
+    someone who gave one, and Latin-1 bytes were a UnicodeDecodeError traceback."""
+    from finetune.generate import read_prompts
+
+    (tmp_path / "crlf.txt").write_bytes(b'def add(a, b):\r\n\r\n{"prompt": "class Stack:"}\r\n  \r\nline\\nbreak\r\n')
+    assert read_prompts(str(tmp_path / "crlf.txt")) == ["def add(a, b):", {"prompt": "class Stack:"}, "line\nbreak"]
+    cases = [("empty.txt", b"", r"empty.txt holds no prompts \(it is empty, or its lines are blank"),
+             ("blank.txt", b"\n \n\t\n", r"blank.txt holds no prompts"),
+             ("latin.txt", b"caf\xe9\n", r"latin.txt is not UTF-8 text \(byte 3\); convert it"),
+             ("head.csv", b"prompt\n", r"--prompts-file: .*head.csv: no examples in it")]  # fmt: skip
+    for name, data, message in cases:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ConfigError, match=message):
+            read_prompts(str(tmp_path / name))
+    from types import SimpleNamespace
+
+    from finetune.data import file_table
+
+    flags = SimpleNamespace(no_header=False, column_names=None, quoting="minimal", delimiter=None, field=None,
+                            kind=None)  # fmt: skip
+    with pytest.raises(ConfigError) as refused:  # predict's FILE: the file named once, not "FILE: FILE: ..."
+        file_table(str(tmp_path / "head.csv"), flags)
+    assert str(refused.value).startswith(f"{tmp_path / 'head.csv'}: no examples in it")
