@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     from finetune.data import add_file_arguments
     from pretrain import checkpoint as ckpt
     from pretrain.config import ConfigError, exit_on_config_error
+    from pretrain.files import writable_file
 
     ap = argparse.ArgumentParser(description="Score a fine-tuned checkpoint on labeled examples.")
     ap.add_argument("checkpoint", help="a fine-tuning run directory (its best checkpoint) or checkpoint")
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     @exit_on_config_error
     def run() -> None:
         say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        if args.out:  # before the scoring, whose result would have nowhere to go
+            writable_file("--out", args.out)
         tag_dir = ckpt.resolve(args.checkpoint, warn=say, best=True)
         say(f"scoring {ckpt.describe(tag_dir)}")
         if (tag_dir / "labels.json").exists():
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         result["checkpoint"] = str(tag_dir)
         _show(result)
         if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
             print(f"wrote {args.out}")
 

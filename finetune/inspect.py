@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
         if not texts:  # before loading anything
             raise ConfigError('give the text to look at: --text "The cat sat on the mat" (or --texts-file FILE)')
         check_numbers(args.top, args.positions)
+        from pretrain.files import writable_folder
+
+        writable_folder("--out", args.out)
         model, tok, source = load_body(args.checkpoint)
         record = inspect(model, tok, texts, args.layer, args.heads, Path(args.out), args.top, args.positions, source,
                          args.target)  # fmt: skip

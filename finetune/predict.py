@@ -202,8 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     def run() -> None:
         say = lambda m: print(m, file=sys.stderr)  # noqa: E731
         from pretrain import checkpoint as ckpt
-        from pretrain.files import results_stdout
+        from pretrain.files import results_stdout, writable_file
 
+        if args.out:  # before the predictions, which would have nowhere to go
+            writable_file("--out", args.out)
         results = None if args.out else results_stdout()  # JSON lines alone: what loading prints goes to stderr
 
         tag_dir = ckpt.resolve(args.checkpoint, warn=say, best=True)
@@ -226,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             rows = predict(model, tok, labels, texts, pairs, max_length=cfg.data.seq_len)
         lines = "".join(json.dumps(r) + "\n" for r in rows)
         if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(lines)
             print(f"wrote {len(rows)} predictions to {args.out}")
         else:

@@ -367,6 +367,9 @@ def main(argv: list[str] | None = None) -> None:
     ns = ap.parse_args(sys.argv[1:] if argv is None else argv)
     if ns.max_shard_mib <= 0:
         raise ConfigError(f"--max-shard-mib {ns.max_shard_mib}: must be > 0")
+    from pretrain.files import writable_folder
+
+    writable_folder("OUT", ns.out)
     for what, path in export(ns.source, ns.out, int(ns.max_shard_mib * 2**20)).items():
         print(f"{what}: {path}")
 

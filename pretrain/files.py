@@ -98,3 +98,30 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def writable_folder(field: str, folder: str | Path, given: str | Path | None = None) -> None:
+    """``folder`` is, or can be made, a folder this process may write in; else a ConfigError naming
+    ``field`` (a config key or a command's flag) and the value ``given`` (default: the folder), before
+    any work whose result would have nowhere to go."""
+    from pretrain.config import ConfigError
+
+    folder = Path(folder)
+    here = folder
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    named = f"{field}={str(given or folder)!r}"
+    if not here.is_dir():
+        raise ConfigError(f"{named}: {here} is a file, not a folder; choose another {field}")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise ConfigError(f"{named}: {here} is not writable by this user; choose another {field}")
+
+
+def writable_file(field: str, path: str | Path) -> None:
+    """``path`` can be written as a file (its folder is, or can be made, writable; it is no folder)."""
+    from pretrain.config import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{field}={str(path)!r} is a folder; give a file's name (in it, say)")
+    writable_folder(field, path.parent, path)

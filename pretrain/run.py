@@ -39,6 +39,7 @@ from pretrain.engine import (
     partitioned_construction,
     repair_loaded_optimizer,
 )
+from pretrain.files import writable_folder
 from pretrain.hostmem import keep_freed_memory
 from pretrain.model.config import ModelConfig
 from pretrain.status import running_here, write_heartbeat, write_status
@@ -154,18 +155,7 @@ def check_run_folders(cfg: RunConfig) -> None:
     """A ConfigError when the run's folders (the run directory, the data cache) cannot be made
     where they are asked for."""
     for field, folder in (("output_dir", cfg.output_dir), ("data.cache_dir", cfg.data.cache_dir)):
-        _writable_folder(field, Path(folder))
-
-
-def _writable_folder(field: str, folder: Path) -> None:
-    """``folder`` is, or can be made, a folder this process may write in."""
-    here = folder
-    while not here.exists() and here != here.parent:
-        here = here.parent
-    if not here.is_dir():
-        raise ConfigError(f"{field}={str(folder)!r}: {here} is a file, not a folder; choose another {field}")
-    if not os.access(here, os.W_OK | os.X_OK):
-        raise ConfigError(f"{field}={str(folder)!r}: {here} is not writable by this user; choose another {field}")
+        writable_folder(field, folder)
 
 
 def _resumes_here(cfg: RunConfig, resume) -> bool:
