@@ -177,10 +177,12 @@ class Monitor:
 
         units = {"entropy": "nats", "distance": "tokens"}
         for name, values in stats.items():
+            if self._tb is None:  # switched off by a failed write: no figure drawn for nothing
+                return
             unit = units.get(name.rsplit("_", 1)[-1], "")  # an encoder-decoder's: encoder_entropy, cross_entropy, ...
             figure = pictures.matrix(values.cpu(), f"attention {name.replace('_', ' ')} at step {step}", unit)
-            self._tb.add_figure(f"attention/{name}", figure, step)  # closes the figure
-        self._tb.flush()
+            self._to_tensorboard(lambda n=name, f=figure: self._tb.add_figure(f"attention/{n}", f, step))  # closes it
+        self._to_tensorboard(lambda: self._tb.flush())
 
     def note(self, text: str) -> None:
         if self.rank == 0:
@@ -194,16 +196,28 @@ class Monitor:
         self._jsonl.flush()
         step = record["step"]
         scalars = {f"{kind}/{k}": v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
-        if self._tb is not None:
-            for k, v in scalars.items():
-                self._tb.add_scalar(k, v, step)
-            self._tb.flush()
+        for k, v in scalars.items():
+            self._to_tensorboard(lambda k=k, v=v: self._tb.add_scalar(k, v, step))
+        self._to_tensorboard(lambda: self._tb.flush())
         if self._wandb is not None:
             try:
                 self._wandb.log(scalars, step=step)
             except Exception as e:  # noqa: BLE001
                 warnings.warn(f"wandb switched off: {e}", stacklevel=2)
                 self._wandb = None
+
+    def _to_tensorboard(self, write: Callable) -> None:
+        """One write to TensorBoard; one that fails (its folder removed, a full disk: the writer's
+        thread raises at the next flush) switches TensorBoard off with one warning, as a failing
+        wandb does: a dashboard never stops training. metrics.jsonl is written as before."""
+        if self._tb is None:
+            return
+        try:
+            write()
+        except Exception as e:  # noqa: BLE001 - the event writer's thread re-raises whatever it met
+            warnings.warn(f"TensorBoard switched off ({type(e).__name__}: {str(e)[:200]}); training goes on and "
+                          f"metrics.jsonl is still written", stacklevel=2)  # fmt: skip
+            self._tb = None
 
     def restart_clock(self) -> None:
         """Time spent outside training steps (sinks, eval, checkpoints) stays out of tokens/s."""
@@ -216,8 +230,8 @@ class Monitor:
         if self._bar is not None:
             self._bar.close()
         lines = [f"metrics: {self.run_dir / 'metrics.jsonl'}"]
+        self._to_tensorboard(lambda: self._tb.close())
         if self._tb is not None:
-            self._tb.close()
             lines.append(
                 f"TensorBoard: {self.run_dir / 'tensorboard'} (open with: python -m launch dashboard "
                 f"{self.run_dir.parent}, or tensorboard --logdir {self.run_dir})"
