@@ -196,9 +196,13 @@ class Monitor:
         self._jsonl.flush()
         step = record["step"]
         scalars = {f"{kind}/{k}": v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
-        for k, v in scalars.items():
-            self._to_tensorboard(lambda k=k, v=v: self._tb.add_scalar(k, v, step))
-        self._to_tensorboard(lambda: self._tb.flush())
+
+        def to_tensorboard() -> None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+        self._to_tensorboard(to_tensorboard)
         if self._wandb is not None:
             try:
                 self._wandb.log(scalars, step=step)
