@@ -299,7 +299,7 @@ def read_prompts(path: str) -> list:
     from pretrain.data.sources import BUILDERS, kind_suffix
 
     if not Path(path).is_file():
-        raise ConfigError(f"--prompts-file {path}: no such file")
+        raise ConfigError(f"--prompts-file {path}: {'a folder, not a file' if Path(path).is_dir() else 'no such file'}")
     if BUILDERS.get(kind_suffix(path)) in ("csv", "parquet", "arrow"):
         from types import SimpleNamespace
 
@@ -315,6 +315,8 @@ def read_prompts(path: str) -> list:
     except UnicodeDecodeError as e:
         raise ConfigError(f"--prompts-file {path} is not UTF-8 text (byte {e.start}); convert it, e.g. iconv -f "
                           "latin1 -t utf-8") from None  # fmt: skip
+    except OSError as e:  # a folder, a file this user may not read
+        raise ConfigError(f"--prompts-file {path}: cannot be read ({e.strerror})") from None
     prompts = []
     for number, line in enumerate(text.split("\n"), 1):
         line = line.removesuffix("\r")  # \r\n (a Windows editor's) ends a line as \n does

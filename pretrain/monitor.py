@@ -220,7 +220,7 @@ class Monitor:
             write()
         except Exception as e:  # noqa: BLE001 - the event writer's thread re-raises whatever it met
             warnings.warn(f"TensorBoard switched off ({type(e).__name__}: {str(e)[:200]}); training goes on and "
-                          f"metrics.jsonl is still written", stacklevel=2)  # fmt: skip
+                          "metrics.jsonl is still written", stacklevel=2)  # fmt: skip
             self._tb = None
 
     def restart_clock(self) -> None:
