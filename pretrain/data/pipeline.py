@@ -71,6 +71,7 @@ def load_saved_tokenizer(folder: Path, log=print, then: str = "made again"):
     try:
         return load_tokenizer(folder)
     except Exception as e:  # noqa: BLE001 - json, tokenizers and transformers each fail their own way
+        e = e.__cause__ or e  # what the file itself gave, not load_tokenizer's words about a setting
         aside = set_aside(folder)
         if aside is not None:  # else another process moved it first, and says so
             log(f"warning: the run's tokenizer {folder} does not load ({type(e).__name__}: {str(e)[:150]}); "

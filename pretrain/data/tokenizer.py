@@ -186,7 +186,7 @@ def _not_a_tokenizer(path: Path, what: str):
         message = str(e).splitlines()[0][:200] if str(e) else ""
         raise DataError(f"{what}={str(path)!r} does not load as a tokenizer ({type(e).__name__}: {message}); give a "
                         "tokenizer.json written by tokenizers or transformers, or the folder save_pretrained "
-                        "wrote") from None  # fmt: skip
+                        "wrote") from e  # fmt: skip
 
 
 def save_tokenizer(tok, directory: str | Path) -> Path:
