@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.data.batches import IGNORE
-from pretrain.data.sources import DataError, rewritten
+from pretrain.data.sources import DataError, column_texts, column_values, rewritten
 
 MAX_ANSWER_TOKENS = 30
 """The longest span decoding considers, in tokens (SQuAD's scripts use 30)."""
@@ -33,7 +33,8 @@ def answer_column(table, question: str, context: str, answers: str | None, where
     if answers is None:
         return table
     written = []
-    for i, (q, c, value) in enumerate(zip(table[question], table[context], table[answers], strict=True)):
+    given = zip(*(column_values(table, c) for c in (question, context, answers)), strict=True)
+    for i, (q, c, value) in enumerate(given):
         what = f"task.answers_column={answers!r}: example {i} of {where}"
         if not isinstance(q, str) or not q.strip() or not isinstance(c, str) or not c.strip():
             raise DataError(f"{what}: its question or context is blank or not text")
@@ -94,9 +95,9 @@ def qa_rows(tok, table, t, seq_len: int, with_types: bool, training: bool) -> tu
     the first answer's start and end tokens where the window holds all of it, else 0 and 0, as for
     no answer. An answer no window holds (longer than a window) cannot be learned: in training its
     example is left out; elsewhere it is kept and not scored (its spans are IGNORE)."""
-    questions, contexts = [str(x) for x in table[t.question_column]], [str(x) for x in table[t.context_column]]
+    questions, contexts = column_texts(table, t.question_column), column_texts(table, t.context_column)
     enc, spans = encode(tok, questions, contexts, seq_len, with_types, stride_for(t, seq_len))
-    answers = [json.loads(a) for a in table[t.answers_column]]
+    answers = [json.loads(a) for a in column_values(table, t.answers_column)]
     rows, held = [], set()
     for w, (i, cover) in enumerate(zip(enc["overflow_to_sample_mapping"], spans, strict=True)):
         start = end = 0  # no answer here: the first token

@@ -12,7 +12,7 @@ import json
 from bisect import bisect_left
 from pathlib import Path
 
-from pretrain.data.sources import DataError, rewritten
+from pretrain.data.sources import DataError, column_values, rewritten
 
 ROLES = ("system", "user", "assistant", "tool")
 ALIASES = {"human": "user", "gpt": "assistant", "function_call": "assistant", "observation": "tool"}
@@ -142,7 +142,7 @@ def conversation_column(table, column: str, where: str):
     turns (one type for every source, and text that hold-out can hash); a null stays null. A
     DataError names the first example that is not a conversation."""
     written = []
-    for i, value in enumerate(table[column]):
+    for i, value in enumerate(column_values(table, column)):
         try:
             written.append(None if value is None else json.dumps(turns(value), ensure_ascii=False))
         except ValueError as e:
@@ -155,7 +155,7 @@ def tools_column(table, column: str, where: str):
     """``table`` with each conversation's tools in ``column`` checked and written as JSON text (null:
     none). A DataError names the first example whose tools are not a list of tool definitions."""
     written = []
-    for i, value in enumerate(table[column]):
+    for i, value in enumerate(column_values(table, column)):
         try:
             tools = tool_list(value)
         except ValueError as e:
@@ -233,9 +233,9 @@ def chat_rows(tok, table, column: str, seq_len: int, what: str, tools: str | Non
     token spans of its assistant turns (a token counts when it starts inside one). A conversation
     left with no assistant token (none in it, or all past the length) is left out. ``tools``: the
     column of each conversation's tools, where the table has one."""
-    given = table[tools] if tools in table.column_names else [None] * len(table)
+    given = column_values(table, tools) if tools in table.column_names else [None] * len(table)
     written = [render(tok, json.loads(value), f"example {i} of {what}", json.loads(t) if t else None)
-               for i, (value, t) in enumerate(zip(table[column], given, strict=True))]  # fmt: skip
+               for i, (value, t) in enumerate(zip(column_values(table, column), given, strict=True))]  # fmt: skip
     encoded = tok([text for text, _ in written], add_special_tokens=False, return_offsets_mapping=True)
     rows = []
     for (_, chars), ids, offsets in zip(written, encoded["input_ids"], encoded["offset_mapping"], strict=True):

@@ -9,7 +9,16 @@ from pathlib import Path
 
 from finetune.prompts import task_template
 from pretrain.data.config import SourceConfig
-from pretrain.data.sources import DataError, aligned, first_value, hold_out, load_table, require_columns
+from pretrain.data.sources import (
+    DataError,
+    aligned,
+    column_texts,
+    column_values,
+    first_value,
+    hold_out,
+    load_table,
+    require_columns,
+)
 
 
 def task_columns(cfg) -> dict[str, str]:
@@ -173,14 +182,17 @@ def check_task_sources(cfg) -> None:
 def task_labels(table, task) -> set[str]:
     """The labels of a classification table, or the tags of a tagging one (empty for other kinds)."""
     if task.kind == "tag":
-        return {tag for tags in table[task.tags_column] for tag in json.loads(tags)}
-    return {str(x) for x in table[task.label_column]} if task.kind == "classify" else set()
+        return {tag for tags in column_values(table, task.tags_column) for tag in json.loads(tags)}
+    return set(column_texts(table, task.label_column)) if task.kind == "classify" else set()
 
 
 def check_labels(table, column: str, labels: list[str], what: str, tags: bool = False) -> None:
     """A DataError naming the labels of ``table`` (``tags``: the tags of its words) that the
     classifier was not trained on."""
-    given = {tag for x in table[column] for tag in json.loads(x)} if tags else {str(x) for x in table[column]}
+    if tags:
+        given = {tag for x in column_values(table, column) for tag in json.loads(x)}
+    else:
+        given = set(column_texts(table, column))
     unseen = sorted(given - set(labels))
     if unseen:
         raise DataError(f"{'tags' if tags else 'labels'} {unseen[:10]} appear in {what} but never in training "

@@ -84,14 +84,15 @@ def evaluate_answers(model, tok, cfg, table, what: str, batch_size: int) -> dict
     token, as training scores them, then each example's answer (that span's text) against every
     reference answer as SQuAD's script scores it (exact match and F1, 0-1)."""
     from finetune.answers import QACollator, QALoss, predict_answers, qa_metrics, qa_rows, text_scores
+    from pretrain.data.sources import column_texts, column_values
 
     t = cfg.task
     rows, _ = qa_rows(tok, table, t, cfg.data.seq_len, model.cfg.type_vocab_size > 0, training=False)
     metrics = qa_metrics(score(model, rows, QACollator(tok.pad_token_id), QALoss([r["example"] for r in rows]),
                                batch_size))  # fmt: skip
-    questions, contexts = [str(x) for x in table[t.question_column]], [str(x) for x in table[t.context_column]]
+    questions, contexts = column_texts(table, t.question_column), column_texts(table, t.context_column)
     found = predict_answers(model, tok, t, questions, contexts, cfg.data.seq_len, batch_size)
-    wanted = [[text for _, text in json.loads(a)] for a in table[t.answers_column]]
+    wanted = [[text for _, text in json.loads(a)] for a in column_values(table, t.answers_column)]
     scores = [text_scores(got, refs) for (got, _), refs in zip(found, wanted, strict=True)]
     n = max(len(scores), 1)
     out = {k.removeprefix("val_"): v for k, v in metrics.items()}

@@ -308,7 +308,7 @@ def read_prompts(path: str) -> list:
         flags = SimpleNamespace(no_header=False, column_names=None, quoting="minimal", delimiter=None, field=None,
                                 kind=None)  # fmt: skip
         table = file_table(path, flags, where="--prompts-file")
-        records = [{k: v for k, v in row.items() if v is not None} for row in table]
+        records = [{k: v for k, v in row.items() if v is not None} for row in table.to_list()]
         return [_prompt_of(r, f"--prompts-file {path} row {i}") for i, r in enumerate(records, 1)]
     try:
         text = Path(path).read_text(encoding="utf-8-sig")

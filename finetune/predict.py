@@ -73,7 +73,7 @@ def read_texts(file: str, args, cfg) -> tuple[list[str], list[str] | None]:
     and a line that holds a tab (text and a label?) is refused: such a file is a table (.tsv)."""
     from finetune.data import file_table
     from pretrain.config import ConfigError
-    from pretrain.data.sources import kind_suffix, open_bytes
+    from pretrain.data.sources import column_texts, kind_suffix, open_bytes
 
     path = Path(file)
     if not path.is_file():
@@ -96,8 +96,7 @@ def read_texts(file: str, args, cfg) -> tuple[list[str], list[str] | None]:
     for flag, column in (("--text-column", text_column), ("--pair-column", pair_column)):
         if column and column not in table.column_names:
             raise ConfigError(f"{file}: no column {column!r} ({flag}); the file has {table.column_names}")
-    texts = [str(x) for x in table[text_column]]
-    return texts, [str(x) for x in table[pair_column]] if pair_column else None
+    return column_texts(table, text_column), column_texts(table, pair_column) if pair_column else None
 
 
 def read_words(file: str, args, cfg) -> list[list[str]]:
@@ -106,7 +105,7 @@ def read_words(file: str, args, cfg) -> list[list[str]]:
     from finetune.data import file_table
     from finetune.tagging import word_column
     from pretrain.config import ConfigError
-    from pretrain.data.sources import DataError, kind_suffix, open_bytes
+    from pretrain.data.sources import DataError, column_values, kind_suffix, open_bytes
 
     path = Path(file)
     if not path.is_file():
@@ -124,7 +123,7 @@ def read_words(file: str, args, cfg) -> list[list[str]]:
         table = word_column(table, column, None, file)
     except DataError as e:
         raise ConfigError(str(e).replace("task.tokens_column", "--tokens-column")) from None
-    return [json.loads(x) for x in table[column]]
+    return [json.loads(x) for x in column_values(table, column)]
 
 
 def read_questions(file: str, args, cfg) -> tuple[list[str], list[str]]:
@@ -132,6 +131,7 @@ def read_questions(file: str, args, cfg) -> tuple[list[str], list[str]]:
     --context-column)."""
     from finetune.data import file_table
     from pretrain.config import ConfigError
+    from pretrain.data.sources import column_texts
 
     if not Path(file).is_file():
         raise ConfigError(f"{file}: no such file")
@@ -141,7 +141,7 @@ def read_questions(file: str, args, cfg) -> tuple[list[str], list[str]]:
     for flag, column in columns:
         if column not in table.column_names:
             raise ConfigError(f"{file}: no column {column!r} ({flag}); the file has {table.column_names}")
-    return [str(x) for x in table[columns[0][1]]], [str(x) for x in table[columns[1][1]]]
+    return column_texts(table, columns[0][1]), column_texts(table, columns[1][1])
 
 
 @torch.no_grad()

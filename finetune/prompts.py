@@ -102,8 +102,11 @@ class PromptTemplate:
 
     def prompts(self, table) -> list[str]:
         """Every example's prompt (a datasets table)."""
+        from pretrain.data.sources import column_values
+
         n = len(table)
-        columns = {name: list(table[name]) if name in table.column_names else [None] * n for name in self.columns}
+        columns = {name: column_values(table, name) if name in table.column_names else [None] * n
+                   for name in self.columns}  # fmt: skip
         return [self.write({name: values[i] for name, values in columns.items()}) for i in range(n)]
 
     def written(self, table):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.data.batches import IGNORE
-from pretrain.data.sources import DataError, rewritten
+from pretrain.data.sources import DataError, column_values, rewritten
 
 
 def word_column(table, words: str, tags: str | None, where: str):
@@ -24,7 +24,8 @@ def word_column(table, words: str, tags: str | None, where: str):
     a table's cell holds a list (``_listed``). A DataError names the first example that is not one."""
     names = _class_names(table.features[tags]) if tags else None
     columns = {words: [], **({tags: []} if tags else {})}
-    for i, (value, marked) in enumerate(zip(table[words], table[tags] if tags else [None] * len(table), strict=True)):
+    marks = column_values(table, tags) if tags else [None] * len(table)
+    for i, (value, marked) in enumerate(zip(column_values(table, words), marks, strict=True)):
         said = _words(value, f"task.tokens_column={words!r}: example {i} of {where}")
         columns[words].append(json.dumps(said, ensure_ascii=False))
         if tags:
@@ -114,10 +115,10 @@ def tag_rows(tok, table, t, labels: list[str], seq_len: int, with_types: bool) -
     """Tokenized examples: input ids with, at each word's first token, its tag's index (IGNORE at
     the other tokens, and where a word lies past seq_len)."""
     index = {name: i for i, name in enumerate(labels)}
-    words = [json.loads(x) for x in table[t.tokens_column]]
+    words = [json.loads(x) for x in column_values(table, t.tokens_column)]
     enc, firsts = first_tokens(tok, words, seq_len, with_types)
     rows = []
-    for i, (tags, first) in enumerate(zip(table[t.tags_column], firsts, strict=True)):
+    for i, (tags, first) in enumerate(zip(column_values(table, t.tags_column), firsts, strict=True)):
         ids = enc["input_ids"][i]
         marks = [IGNORE] * len(ids)
         for tag, position in zip(json.loads(tags), first, strict=True):

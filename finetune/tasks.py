@@ -19,7 +19,7 @@ from finetune.prompts import task_template
 from finetune.tagging import TagCollator, TagLoss, are_entity_tags, tag_metrics, tag_rows
 from finetune.weights import Pretrained, load_pretrained
 from pretrain.data.batches import IGNORE, Batches
-from pretrain.data.sources import DataError
+from pretrain.data.sources import DataError, column_texts
 from pretrain.data.tokenizer import tokenizer_hash
 from pretrain.export import load_weights
 from pretrain.model import Transformer, build_model, pool
@@ -172,12 +172,13 @@ def classification_metrics(sums: dict) -> dict:
 def classification_rows(tok, table, t, labels: list[str], seq_len: int, with_types: bool) -> list[dict]:
     """Tokenized examples (text or text pair, cut to seq_len) with their label's index."""
     index = {name: i for i, name in enumerate(labels)}
-    pairs = table[t.text_pair_column] if t.text_pair_column else None
-    enc = tok([str(x) for x in table[t.text_column]], [str(x) for x in pairs] if pairs is not None else None,
+    pairs = column_texts(table, t.text_pair_column) if t.text_pair_column else None
+    enc = tok(column_texts(table, t.text_column), pairs,
               truncation=True, max_length=seq_len, return_token_type_ids=with_types)  # fmt: skip
-    return [{"input_ids": ids, "label": index[str(label)],
+    labelled = zip(enc["input_ids"], column_texts(table, t.label_column), strict=True)
+    return [{"input_ids": ids, "label": index[label],
              **({"token_type_ids": enc["token_type_ids"][i]} if with_types else {})}
-            for i, (ids, label) in enumerate(zip(enc["input_ids"], table[t.label_column], strict=True))]  # fmt: skip
+            for i, (ids, label) in enumerate(labelled)]  # fmt: skip
 
 
 def sft_rows(tok, table, t, seq_len: int, what: str, say=print) -> list[dict]:
@@ -194,8 +195,8 @@ def sft_rows(tok, table, t, seq_len: int, what: str, say=print) -> list[dict]:
                  "conversations an assistant turn")  # fmt: skip
         some = f"have no assistant turn within data.seq_len={seq_len} tokens"
     else:
-        prompts = tok([str(x) for x in table[t.prompt_column]], add_special_tokens=False)["input_ids"]
-        responses = tok([str(x) for x in table[t.response_column]], add_special_tokens=False)["input_ids"]
+        prompts = tok(column_texts(table, t.prompt_column), add_special_tokens=False)["input_ids"]
+        responses = tok(column_texts(table, t.response_column), add_special_tokens=False)["input_ids"]
         rows = []
         for p, r in zip(prompts, responses, strict=True):
             ids = (p + r + [tok.eos_token_id])[: seq_len + 1]
@@ -217,8 +218,8 @@ def seq2seq_rows(tok, table, t, seq_len: int, target_len: int, what: str) -> lis
     """Source and target token ids, each ending in end-of-text; sources cut to seq_len. A target
     longer than target_len is refused (DataError): cut, it would never learn to end."""
     eos = [tok.eos_token_id]
-    sources = tok([str(x) for x in table[t.prompt_column]], add_special_tokens=False)["input_ids"]
-    targets = [r + eos for r in tok([str(x) for x in table[t.response_column]], add_special_tokens=False)["input_ids"]]
+    sources = tok(column_texts(table, t.prompt_column), add_special_tokens=False)["input_ids"]
+    targets = [r + eos for r in tok(column_texts(table, t.response_column), add_special_tokens=False)["input_ids"]]
     long = [len(r) for r in targets if len(r) > target_len]
     if long:
         raise DataError(f"task.target_len={target_len}: {len(long)} of the {len(targets)} targets in {what} are longer "
@@ -377,7 +378,7 @@ class FinetuneTask:
 
     def _classification_rows(self, tables) -> dict:
         t = self.cfg.task
-        self.labels = sorted({str(x) for x in tables["train"][t.label_column]})
+        self.labels = sorted(set(column_texts(tables["train"], t.label_column)))
         require_labels(self.labels, t.label_column)
         if "validation" in tables:
             check_labels(tables["validation"], t.label_column, self.labels, self._validation_named())

@@ -385,11 +385,23 @@ def _is_list(feature) -> bool:
     return isinstance(feature, (list, datasets.Sequence))
 
 
+def column_values(ds, column: str) -> list:
+    """Every value of ``column`` of a datasets table, as one list read in one batch. Iterating
+    ``ds[column]`` itself (datasets' lazy Column) formats the examples one at a time: 2.9 s against
+    0.02 s for 200,000 labels here."""
+    return ds[column][:]
+
+
+def column_texts(ds, column: str) -> list[str]:
+    """``column_values`` as text (a number read as its digits)."""
+    return [str(x) for x in column_values(ds, column)]
+
+
 def first_value(ds, column: str, unfit) -> tuple[int, object] | None:
     """(index, value) of the first value of ``column`` for which ``unfit(value)`` holds, among the
     first 100,000 examples; None when there is none (a column's type says too little: datasets'
     Json feature for values of mixed kinds, a float column of labels)."""
-    head = ds.select(range(min(len(ds), 100_000)))[column]
+    head = column_values(ds.select(range(min(len(ds), 100_000))), column)
     return next(((i, v) for i, v in enumerate(head) if unfit(v)), None)
 
 
@@ -593,7 +605,7 @@ def rewritten(table, columns: dict[str, list], order: list[str] | None = None):
     order = order or [*table.column_names, *(c for c in columns if c not in table.column_names)]
     features = datasets.Features({c: datasets.Value("large_string") if c in columns else table.features[c]
                                   for c in order})  # fmt: skip
-    return datasets.Dataset.from_dict({c: columns[c] if c in columns else list(table[c]) for c in order},
+    return datasets.Dataset.from_dict({c: columns[c] if c in columns else column_values(table, c) for c in order},
                                       features=features)  # fmt: skip
 
 

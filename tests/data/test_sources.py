@@ -289,3 +289,16 @@ def test_files_that_passed_the_check_are_not_read_again_until_they_change(tmp_pa
     (corpus / "a.txt").write_text("fixed\n")
     with pytest.raises(DataError, match=r"text_column='text': no such column"):
         sources.check_local_sources(cfg)
+
+
+def test_column_values_read_in_one_batch_are_the_examples_values_in_their_order():
+    """A shuffled, cut and held-out table reads through its index: the values as example by example."""
+    import datasets
+
+    from pretrain.data.sources import column_texts, column_values
+
+    table = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(50)], "label": list(range(50))})
+    table = table.shuffle(seed=3).select(range(20)).filter(lambda row: row["label"] % 3)
+    assert column_values(table, "label") == [row["label"] for row in table] != sorted(column_values(table, "label"))
+    assert column_texts(table, "label") == [str(row["label"]) for row in table]
+    assert column_values(table.select([]), "text") == []
