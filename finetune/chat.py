@@ -205,7 +205,7 @@ def render(tok, messages: list[dict], where: str, tools: list[dict] | None = Non
         if turn["role"] != "assistant" or k == 0:
             continue
         asked = _apply(tok, messages[:k], True, where, tools)
-        through = _apply(tok, messages[: k + 1], False, where, tools)
+        through = text if k == len(messages) - 1 else _apply(tok, messages[: k + 1], False, where, tools)
         if not (through.startswith(asked) and text.startswith(through)):
             raise DataError(f"{where}: the chat template writes the start of a conversation differently once more "
                             f"turns follow (turn {k}), so the assistant's turns cannot be told apart; set "
