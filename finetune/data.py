@@ -156,17 +156,20 @@ def _label_names(table, column: str):
                                              for i in batch[column]]}, batched=True, features=features)  # fmt: skip
 
 
-def check_task_sources(cfg) -> None:
+def check_task_sources(cfg) -> dict:
     """Every local file of the task's sources (training, validation, test) reads in its format
     and has the task's columns: a DataError naming the first that does not (before any process
-    group exists; the launcher runs it too). Built-in tasks and hub data are left to the run."""
+    group exists; the launcher runs it too). Built-in tasks and hub data are left to the run.
+    Returns the tables read, by (source index, part), for ``task_tables`` to take instead of
+    making them again (a tagging or chat table's rows are checked and rewritten one by one)."""
+    read = {}
     if cfg.task.builtin:
-        return
+        return read
     columns, template = task_columns(cfg), task_template(cfg.task)
     labels, named = set(), []
     for i, src in enumerate(cfg.data.sources):
         for part in src.local_parts():
-            table = source_table(src, part, columns, f"data.sources[{i}]", template)
+            table = read[i, part] = source_table(src, part, columns, f"data.sources[{i}]", template)
             if part == "train":
                 labels |= task_labels(table, cfg.task)
             else:
@@ -177,6 +180,7 @@ def check_task_sources(cfg) -> None:
         require_labels(sorted(labels), getattr(cfg.task, field), field)
         for table, what in named:  # a label the classifier never learns is refused here, not once ranks run
             check_labels(table, getattr(cfg.task, field), sorted(labels), what, tags)
+    return read
 
 
 def task_labels(table, task) -> set[str]:
@@ -206,21 +210,27 @@ def require_labels(labels: list[str], column: str, field: str = "label_column") 
                         "classifier needs examples of two or more")  # fmt: skip
 
 
-def task_tables(cfg, say=print) -> dict:
+def task_tables(cfg, say=print, read: dict | None = None) -> dict:
     """{"train": table, "validation": table or None}: validation from each source's own
     validation data, else held out of its training data (pretrain.data.sources.hold_out, whole
-    examples); max_train_examples cuts training only."""
+    examples); max_train_examples cuts training only. ``read``: the tables check_task_sources
+    returned, taken as they are."""
     import datasets
 
     t, frac, columns, template = cfg.task, cfg.data.validation_fraction, task_columns(cfg), task_template(cfg.task)
     key = {"classify": t.text_column, "tag": t.tokens_column, "qa": t.question_column}.get(t.kind)
     key = key or t.messages_column or t.prompt_column
     parts = {"train": [], "validation": []}
+    read = read or {}
+
+    def table(i, src, part):
+        return read[i, part] if (i, part) in read else source_table(src, part, columns, f"data.sources[{i}]", template)
+
     for i, src in enumerate(task_sources(cfg)):
         where = f"data.sources[{i}]"
-        train = source_table(src, "train", columns, where, template)
+        train = table(i, src, "train")
         if src.names("validation"):
-            parts["validation"].append(source_table(src, "validation", columns, where, template))
+            parts["validation"].append(table(i, src, "validation"))
         elif frac > 0 and len(train):
             parts["validation"].append(hold_out(train, frac, "validation", where, log=say, key=key, whole_rows=True))
             train = hold_out(train, frac, "train", where, key=key, whole_rows=True)

@@ -322,13 +322,14 @@ class FinetuneTask:
         file, a label training lacks, a target over task.target_len or an answer no window holds is
         one line from here, and the launcher's preflight runs this same check before it starts a
         process. What the rows' making says is said again by ``prepare``, in the run's log."""
-        check_task_sources(self.cfg)
+        read = check_task_sources(self.cfg)
         self._said: list[str] = []
-        self._rows, self._collate = self._examples(self._said.append)
+        self._rows, self._collate = self._examples(self._said.append, read)
 
-    def _examples(self, say) -> tuple[dict, Callable]:
-        """{"train": rows, "validation": rows (absent without validation data)} and their collator."""
-        tables = task_tables(self.cfg, say)
+    def _examples(self, say, read: dict) -> tuple[dict, Callable]:
+        """{"train": rows, "validation": rows (absent without validation data)} and their collator;
+        ``read``: the tables check_task_sources read."""
+        tables = task_tables(self.cfg, say, read)
         if tables["validation"] is None:
             say("warning: no validation data (data.validation_fraction=0 and no source gives validation_files or "
                 "validation_split): evaluation is off")  # fmt: skip
