@@ -127,3 +127,22 @@ def test_labels_written_with_spaces_around_them_are_the_same_labels(tmp_path):
                                                                                "validation": ["neg", "pos"]}
     rows = [dict(r, label=" 1 ") for r in ROWS[:3]] + ROWS  # numbers in text in one file: the same labels
     assert {str(x) for x in task_tables(task(jsonl(tmp_path / "t.jsonl", rows)))["train"]["label"]} == {"0", "1"}
+
+
+def test_the_tables_the_check_made_are_the_ones_the_examples_are_made_from(tmp_path, monkeypatch):
+    """A tagging or chat table's rows are checked and rewritten one by one: the launcher's and each
+    rank's check make each source's tables once, not once more for the examples."""
+    import finetune.data as data
+
+    made, make = [], data.source_table
+    monkeypatch.setattr(data, "source_table", lambda src, part, *a, **k: made.append(part) or make(src, part, *a, **k))
+    a, b, dev = (jsonl(tmp_path / f"{name}.jsonl", rows) for name, rows in (("a", ROWS), ("b", ROWS[::-1]),
+                                                                           ("dev", ROWS[:6])))  # fmt: skip
+    cfg = load_finetune_config(None, ["init_from=somewhere", "task.kind=classify", "data.validation_fraction=0.2",
+                                      f"data.sources=[{{files: {a}}}, {{files: {b}, validation_files: {dev}}}]"])
+    read = check_task_sources(cfg)
+    tables = task_tables(cfg, read=read)
+    assert made == ["train", "train", "validation"] and sorted(read) == [(0, "train"), (1, "train"), (1, "validation")]
+    assert len(tables["train"]) + len(tables["validation"]) == 30 + 30 + 6 and 6 < len(tables["validation"]) < 30
+    task_tables(cfg)  # without them: made again
+    assert made[3:] == ["train", "train", "validation"]
