@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,17 +89,28 @@ def classify_head(model_cfg, task) -> dict:
 
 
 class ExampleDataset(torch.utils.data.Dataset):
-    """Tokenized examples for the resumable Batches: (stream position, index) -> dict."""
+    """Tokenized examples for the resumable Batches: (stream position, index) -> dict. Lists of
+    token ids (and of tags) are held as int32 arrays and given back as lists: as Python ints a token
+    costs 36 bytes, not 4, in every process for the whole run, and DataLoader workers that read
+    Python objects write their reference counts, so copying the pages that hold them."""
 
     def __init__(self, rows: list[dict]):
-        self.rows = rows
+        self.rows = [{k: _as_array(v) for k, v in row.items()} for row in rows]
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, item):
         position, index = item
-        return {**self.rows[index], "position": position}
+        row = self.rows[index]
+        return {**{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in row.items()}, "position": position}
+
+
+def _as_array(value):
+    """A non-empty list of ints as an int32 array; anything else as it is."""
+    if isinstance(value, list) and value and type(value[0]) is int:
+        return np.asarray(value, dtype=np.int32)
+    return value
 
 
 def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
@@ -357,6 +369,7 @@ class FinetuneTask:
         for line in self._said:
             say(line)
         rows, collate = self._rows, self._collate
+        self._rows = None  # the batches hold the examples from here, as arrays: these lists are let go
         micro, seed = self.cfg.train.micro_batch_size, self.cfg.train.seed
         self.train_batches = Batches(ExampleDataset(rows["train"]), collate, micro, rank, world, seed,
                                      shuffle=True, num_workers=self.cfg.data.num_workers)  # fmt: skip

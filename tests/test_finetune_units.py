@@ -327,3 +327,23 @@ def test_the_launchers_preflight_makes_every_ranks_examples_and_refuses_what_a_r
     main([*argv, "task.target_len=64"])
     assert "preflight: data files read, their examples made and checked" in capsys.readouterr().out
     assert not (tmp_path / "runs").exists()
+
+
+def test_examples_are_held_as_int32_arrays_and_given_back_as_the_rows_they_were():
+    """Every row kind the tasks make (classification, SFT spans, seq2seq targets, tags with IGNORE,
+    QA windows) comes back from the dataset as it went in, plus its stream position."""
+    import numpy as np
+
+    from finetune.tasks import ExampleDataset
+
+    rows = [{"input_ids": [5, 70000, 2], "label": 1, "token_type_ids": [0, 0, 1]},
+            {"input_ids": [9, 8, 7, 6], "spans": [(1, 3)]},
+            {"input_ids": [3], "target": [4, 1]},
+            {"input_ids": [2, 3, 4], "labels": [-100, 2, -100], "example": 7, "start": 0, "end": 0},
+            {"input_ids": [], "spans": []}]  # fmt: skip
+    data = ExampleDataset(rows)
+    assert [data[(10 + i, i)] for i in range(len(rows))] == [{**r, "position": 10 + i} for i, r in enumerate(rows)]
+    assert all(type(v[0]) is int for i in range(len(rows)) for v in data[(0, i)].values() if isinstance(v, list) and v
+               and not isinstance(v[0], tuple))  # fmt: skip
+    held = data.rows[0]
+    assert held["input_ids"].dtype == np.int32 and held["label"] == 1 and data.rows[1]["spans"] == [(1, 3)]
