@@ -38,7 +38,7 @@ def score(model, rows: list[dict], collate, loss_fn, batch_size: int) -> dict:
 
 def examples(cfg, args, say):
     """The labeled table the command scores: --data FILE, or the run's validation or test data."""
-    from finetune.data import file_table, named_part, override_columns, task_columns, task_tables
+    from finetune.data import file_table, named_part, override_columns, task_columns, task_sources, task_tables
     from finetune.prompts import task_template
     from pretrain.config import ConfigError
 
@@ -47,6 +47,8 @@ def examples(cfg, args, say):
         return file_table(args.data, args, task_columns(cfg), "--data", task_template(cfg.task)), args.data
     if args.split == "test":
         return named_part(cfg, "test"), "the run's test data"
+    if all(src.names("validation") for src in task_sources(cfg)):  # no share held out: training is not read
+        return named_part(cfg, "validation"), "the run's validation data"
     table = task_tables(cfg, say)["validation"]
     if table is None:
         raise ConfigError("--split validation: this run had no validation data; give --data FILE")

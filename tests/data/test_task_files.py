@@ -146,3 +146,25 @@ def test_the_tables_the_check_made_are_the_ones_the_examples_are_made_from(tmp_p
     assert len(tables["train"]) + len(tables["validation"]) == 30 + 30 + 6 and 6 < len(tables["validation"]) < 30
     task_tables(cfg)  # without them: made again
     assert made[3:] == ["train", "train", "validation"]
+
+
+def test_evaluating_on_validation_files_reads_no_training_data(tmp_path, monkeypatch):
+    """`finetune.evaluate RUN` scores the run's validation data; where every source names its own,
+    the training tables (a million rows, say) are not read; where a share is held out, they are."""
+    from types import SimpleNamespace
+
+    import finetune.data as data
+    from finetune.evaluate import examples
+
+    made, make = [], data.source_table
+    monkeypatch.setattr(data, "source_table", lambda src, part, *a, **k: made.append(part) or make(src, part, *a, **k))
+    train, dev = jsonl(tmp_path / "train.jsonl", ROWS), jsonl(tmp_path / "dev.jsonl", ROWS[:6])
+    args = SimpleNamespace(data=None, split="validation")
+    named = load_finetune_config(None, ["init_from=somewhere", "task.kind=classify", "data.validation_fraction=0.2",
+                                        f"data.sources=[{{files: {train}, validation_files: {dev}}}]"])  # fmt: skip
+    table, what = examples(named, args, print)
+    assert made == ["validation"] and list(table["text"]) == [r["text"] for r in ROWS[:6]]
+    held = task(train, fraction=0.2)
+    made.clear()
+    table, what = examples(held, args, print)
+    assert made == ["train"] and 0 < len(table) < 30 and what == "the run's validation data"
