@@ -5,8 +5,10 @@ that holds a command's results alone, and a free TCP port."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import sys
 import uuid
@@ -80,6 +82,37 @@ def abandoned(folder: Path) -> int | None:
     except OSError:  # running, as another user
         return None
     return None
+
+
+@contextlib.contextmanager
+def write_folder(final: Path):
+    """A hidden folder beside ``final``, marked with its owner, to fill in the block; renamed to
+    ``final`` when the block ends, removed when it raises (a signal, a full disk). A reader sees
+    ``final`` whole or not at all; when another process renamed the same folder into place first,
+    theirs is as good and ours is removed."""
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        mark_owner(tmp)
+        yield tmp
+        (tmp / OWNER).unlink()
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_abandoned(folder: Path, log) -> None:
+    """Folders begun under ``folder`` on this host (write_folder) by a process that was killed before
+    it finished (SIGKILL, the OOM killer, a lost node) hold as much as a cache: removed, and said."""
+    for tmp in folder.glob(".*.tmp-*"):
+        pid = abandoned(tmp)
+        if pid is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log(f"removed {tmp}: filling it was begun by process {pid}, which ended before it finished")
 
 
 def results_stdout():

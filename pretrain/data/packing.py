@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import numpy as np
 from pretrain.data.config import DataConfig
 from pretrain.data.sources import DataError, file_stats, load_corpus, source_files
 from pretrain.data.tokenizer import separator_id, tokenizer_hash
-from pretrain.files import OWNER, abandoned, mark_owner, set_aside
+from pretrain.files import remove_abandoned, set_aside, write_folder
 
 FORMAT_VERSION = 1
 LATER_OPTIONS = ("field", "kind")
@@ -88,45 +87,27 @@ def pack(cfg: DataConfig, tok, arch: str, split: str = "train", seed: int = 0, l
     need = total * np.dtype(dtype).itemsize + 8 * len(lengths) + 2**16  # shards, document starts, index
     cache = Path(cfg.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(cache, log)
+    remove_abandoned(cache, log)
     if shutil.disk_usage(cache).free < need:
         raise DataError(_no_space(cache, split, need))
-    tmp = cache / f".{split}-{fp}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        mark_owner(tmp)
-        shards = _write_shards(tmp, tokenized, total, sep, dtype)
-        doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        np.save(tmp / "doc_starts.npy", doc_starts)
-        index = {
-            "version": FORMAT_VERSION, "fingerprint": fp, "split": split, "seq_len": cfg.seq_len,
-            "dtype": np.dtype(dtype).name, "num_tokens": total, "num_documents": len(lengths),
-            "num_sequences": (total - 1) // cfg.seq_len, "separator_id": sep, "vocab_size": len(tok),
-            "shards": shards, "seconds": round(time.time() - start, 2),
-        }  # fmt: skip
-        _write_json(tmp / "index.json", index)
-        (tmp / OWNER).unlink()
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same cache first: theirs is as good
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # filled while writing
+        with write_folder(final) as tmp:
+            shards = _write_shards(tmp, tokenized, total, sep, dtype)
+            doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            np.save(tmp / "doc_starts.npy", doc_starts)
+            index = {
+                "version": FORMAT_VERSION, "fingerprint": fp, "split": split, "seq_len": cfg.seq_len,
+                "dtype": np.dtype(dtype).name, "num_tokens": total, "num_documents": len(lengths),
+                "num_sequences": (total - 1) // cfg.seq_len, "separator_id": sep, "vocab_size": len(tok),
+                "shards": shards, "seconds": round(time.time() - start, 2),
+            }  # fmt: skip
+            _write_json(tmp / "index.json", index)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # filled while writing
             raise DataError(_no_space(cache, split, need)) from None
         raise
     log(f"packed {split}: {total:,} tokens from {len(lengths):,} documents in {time.time() - start:.1f}s -> {final}")
     return final
-
-
-def _remove_abandoned(cache: Path, log) -> None:
-    """Folders of packing begun on this host by a process that was killed before it finished
-    (SIGKILL, the OOM killer, a lost node) hold as much as a cache: removed, and said."""
-    for folder in cache.glob(".*.tmp-*"):
-        pid = abandoned(folder)
-        if pid is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-            log(f"removed {folder}: packing begun by process {pid}, which ended before it finished")
 
 
 def _no_space(cache: Path, split: str, need: int) -> str:

@@ -227,8 +227,8 @@ def test_packing_left_by_a_killed_process_is_removed_and_others_are_left_to_thei
     final = pack(cfg, bpe, "decoder", "train", log=said.append)
     left = sorted(p.name for p in cache.glob(".*.tmp-*"))
     assert left == [".train-elsewhere.tmp-0000", ".train-running.tmp-0000", ".train-unowned.tmp-0000"]
-    assert said[0] == (f"removed {cache / '.train-dead.tmp-0000'}: packing begun by process {dead.pid}, which ended "
-                       "before it finished")  # fmt: skip
+    assert said[0] == (f"removed {cache / '.train-dead.tmp-0000'}: filling it was begun by process {dead.pid}, "
+                       "which ended before it finished")  # fmt: skip
     assert sorted(p.name for p in final.iterdir()) == ["doc_starts.npy", "index.json", "tokens-00000.bin"]
 
 
