@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+import os
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +15,7 @@ from torch import nn
 from finetune.answers import QACollator, QALoss, qa_metrics, qa_rows, stride_for
 from finetune.config import FinetuneConfig
 from finetune.data import check_labels, check_task_sources, require_labels, task_labels, task_sources, task_tables
+from finetune.examples import Examples, cached
 from finetune.prompts import task_template
 from finetune.tagging import TagCollator, TagLoss, are_entity_tags, tag_metrics, tag_rows
 from finetune.weights import Pretrained, load_pretrained
@@ -89,28 +89,18 @@ def classify_head(model_cfg, task) -> dict:
 
 
 class ExampleDataset(torch.utils.data.Dataset):
-    """Tokenized examples for the resumable Batches: (stream position, index) -> dict. Lists of
-    token ids (and of tags) are held as int32 arrays and given back as lists: as Python ints a token
-    costs 36 bytes, not 4, in every process for the whole run, and DataLoader workers that read
-    Python objects write their reference counts, so copying the pages that hold them."""
+    """Tokenized examples (finetune.examples.Examples) for the resumable Batches: (stream position,
+    index) -> the row with its position."""
 
-    def __init__(self, rows: list[dict]):
-        self.rows = [{k: _as_array(v) for k, v in row.items()} for row in rows]
+    def __init__(self, examples: Examples):
+        self.examples = examples
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.examples)
 
     def __getitem__(self, item):
         position, index = item
-        row = self.rows[index]
-        return {**{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in row.items()}, "position": position}
-
-
-def _as_array(value):
-    """A non-empty list of ints as an int32 array; anything else as it is."""
-    if isinstance(value, list) and value and type(value[0]) is int:
-        return np.asarray(value, dtype=np.int32)
-    return value
+        return {**self.examples[index], "position": position}
 
 
 def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
@@ -276,11 +266,6 @@ def check_task_fits(task, arch: str, what: str) -> None:
                         "stack's layers); use 1.0, or LoRA (task.lora_rank)")  # fmt: skip
 
 
-def _examples(rows: list[dict]) -> int:
-    """How many examples ``rows`` hold: a QA example read in several windows is a row a window."""
-    return len({r.get("example", k) for k, r in enumerate(rows)})
-
-
 class FinetuneTask:
     """Builds data, model and loss for `python -m finetune` (see pretrain.run.run for the loop)."""
 
@@ -290,7 +275,7 @@ class FinetuneTask:
         self.tokenizer = self.pretrained.tokenizer
         self.kind = cfg.task.kind
         self.labels: list[str] = []
-        self._rows = None  # made by check_data
+        self._examples = None  # made by check_data
         arch = self.pretrained.model_cfg.arch
         check_task_fits(cfg.task, arch, f"init_from={cfg.init_from!r} ({self.pretrained.source})")
         if self.kind in ("generate", "seq2seq") and self.pretrained.body_only:
@@ -333,14 +318,27 @@ class FinetuneTask:
         """Every example read, checked and made into rows, before any process group exists: a bad
         file, a label training lacks, a target over task.target_len or an answer no window holds is
         one line from here, and the launcher's preflight runs this same check before it starts a
-        process. What the rows' making says is said again by ``prepare``, in the run's log."""
-        read = check_task_sources(self.cfg)
-        self._said: list[str] = []
-        self._rows, self._collate = self._examples(self._said.append, read)
+        process. The examples are cached under data.cache_dir (finetune.examples): the preflight,
+        or a host's first rank, makes them; the ranks after it read them. What the making said is
+        said again by ``prepare``, in the run's log."""
 
-    def _examples(self, say, read: dict) -> tuple[dict, Callable]:
-        """{"train": rows, "validation": rows (absent without validation data)} and their collator;
-        ``read``: the tables check_task_sources read."""
+        def make():
+            said = []
+            rows = self._rows(said.append, check_task_sources(self.cfg))
+            return rows, self.labels, said
+
+        status = []
+        write = int(os.environ.get("LOCAL_RANK", "0")) == 0  # a host's other ranks start with it: one writes
+        with_types = self.pretrained.model_cfg.type_vocab_size > 0
+        self._examples, made = cached(self.cfg, self.tokenizer, task_sources(self.cfg), with_types, make,
+                                      status.append, write)  # fmt: skip
+        self.labels, self.examples_status = made["labels"], status[-1]
+        self._said = [*made["said"], *status]
+        self._derive(self._examples)
+
+    def _rows(self, say, read: dict) -> dict:
+        """{"train": rows, "validation": rows (absent without validation data)}; ``read``: the
+        tables check_task_sources read."""
         tables = task_tables(self.cfg, say, read)
         if tables["validation"] is None:
             say("warning: no validation data (data.validation_fraction=0 and no source gives validation_files or "
@@ -351,37 +349,51 @@ class FinetuneTask:
             raise DataError(f"the task has {n_train} training and {n_val} validation examples; both need at "
                             "least one (add data, or give validation_files)")  # fmt: skip
         if self.kind == "classify":
-            return self._classification_rows(tables), ClassifyCollator(self.tokenizer.pad_token_id)
+            return self._classification_rows(tables)
         if self.kind == "tag":
-            return self._tag_rows(tables), TagCollator(self.tokenizer.pad_token_id)
+            return self._tag_rows(tables)
         if self.kind == "qa":
-            return self._qa_rows(tables, say), QACollator(self.tokenizer.pad_token_id)
+            return self._qa_rows(tables, say)
         if self.kind == "seq2seq":
-            rows = {split: seq2seq_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len,
+            return {split: seq2seq_rows(self.tokenizer, table, self.cfg.task, self.cfg.data.seq_len,
                                         self.cfg.target_len, f"the {split} data")
                     for split, table in tables.items()}  # fmt: skip
-            return rows, Seq2SeqCollator(self.tokenizer.pad_token_id)
-        return self._sft_rows(tables, say), SFTCollator(self.tokenizer.pad_token_id)
+        return self._sft_rows(tables, say)
+
+    def _derive(self, examples: dict) -> None:
+        """What follows from the labels and examples: tagging's loss, metrics and the metric to select
+        by (the tags the data has), question answering's loss (an example by its best window)."""
+        if self.kind == "tag":
+            self.loss_fn, self.eval_metrics = TagLoss(self.labels), tag_metrics
+            self.select_metric = ("val_entity_f1", max) if are_entity_tags(self.labels) else ("val_accuracy", max)
+        if self.kind == "qa":
+            held = examples["validation"].column("example").tolist() if "validation" in examples else []
+            self.loss_fn = QALoss(held)
+
+    def collator(self):
+        pad_id = self.tokenizer.pad_token_id
+        return {"classify": ClassifyCollator, "tag": TagCollator, "qa": QACollator, "seq2seq": Seq2SeqCollator,
+                "generate": SFTCollator}[self.kind](pad_id)  # fmt: skip
 
     def prepare(self, rank: int, world: int, run_dir: Path, say) -> None:
-        if self._rows is None:
+        if self._examples is None:
             self.check_data()
         for line in self._said:
             say(line)
-        rows, collate = self._rows, self._collate
-        self._rows = None  # the batches hold the examples from here, as arrays: these lists are let go
+        examples, collate = self._examples, self.collator()
         micro, seed = self.cfg.train.micro_batch_size, self.cfg.train.seed
-        self.train_batches = Batches(ExampleDataset(rows["train"]), collate, micro, rank, world, seed,
+        self.train_batches = Batches(ExampleDataset(examples["train"]), collate, micro, rank, world, seed,
                                      shuffle=True, num_workers=self.cfg.data.num_workers)  # fmt: skip
-        self.val_batches = Batches(ExampleDataset(rows["validation"]), collate, micro, rank, world, seed,
-                                   shuffle=False, num_workers=0) if "validation" in rows else None  # fmt: skip
+        val = examples.get("validation")
+        self.val_batches = Batches(ExampleDataset(val), collate, micro, rank, world, seed,
+                                   shuffle=False, num_workers=0) if val is not None else None  # fmt: skip
         trained, runs = self.pretrained.model_cfg.attention, self.model_cfg.attention
         if trained != runs:
             why = f"the checkpoint's {trained} takes no padding mask" if self.cfg.task.attention == "auto" else (
                 f"task.attention; the checkpoint's is {trained}")  # fmt: skip
             say(f"attention: {runs} ({why}; the weights are the same)")
-        n_train, n_val = _examples(rows.get("train", [])), _examples(rows.get("validation", []))
-        windows = len(rows["train"]) + len(rows.get("validation", []))
+        n_train, n_val = examples["train"].count(), val.count() if val is not None else 0
+        windows = len(examples["train"]) + (len(val) if val is not None else 0)
         say(
             f"task {self.kind}: {n_train} training and {n_val} validation examples"
             + (f", {len(self.labels)} labels" if self.kind in ("classify", "tag") else "")
@@ -406,8 +418,6 @@ class FinetuneTask:
         require_labels(self.labels, t.tags_column, "tags_column")
         if "validation" in tables:
             check_labels(tables["validation"], t.tags_column, self.labels, self._validation_named(), tags=True)
-        self.loss_fn, self.eval_metrics = TagLoss(self.labels), tag_metrics
-        self.select_metric = ("val_entity_f1", max) if are_entity_tags(self.labels) else ("val_accuracy", max)
         with_types = self.pretrained.model_cfg.type_vocab_size > 0
         return {split: tag_rows(self.tokenizer, table, t, self.labels, self.cfg.data.seq_len, with_types)
                 for split, table in tables.items()}  # fmt: skip
@@ -425,7 +435,6 @@ class FinetuneTask:
                 say(f"warning: {left_out} of {len(table)} examples of the {split} data have an answer longer than the "
                     f"context a window of data.seq_len={self.cfg.data.seq_len} tokens holds beside its question: left "
                     "out")  # fmt: skip
-        self.loss_fn = QALoss([r["example"] for r in rows.get("validation", [])])  # an example by its best window
         return rows
 
     def _validation_named(self) -> str:

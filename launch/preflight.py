@@ -79,7 +79,8 @@ def model_config(program: str, cfg):
 def check_data(program: str, cfg) -> None:
     """The job's local data files read in their formats with the columns the job needs (a
     DataError, so one line and exit 2, naming the first that does not); for fine-tuning, its
-    examples made from them as every rank will make them (labels, target lengths, answers)."""
+    examples made from them as every rank will make them (labels, target lengths, answers) and cached
+    for the ranks (finetune.examples)."""
     if program == "pretrain":  # the checks every rank makes before its process group, made once here
         from pretrain.run import LanguageModelTask
 
@@ -88,8 +89,9 @@ def check_data(program: str, cfg) -> None:
     elif cfg.task.builtin or all(src.files for src in cfg.data.sources):  # every rank's checks, made once here
         from finetune.tasks import FinetuneTask
 
-        FinetuneTask(cfg).check_data()
-        print("preflight: data files read, their examples made and checked")
+        task = FinetuneTask(cfg)
+        task.check_data()
+        print(f"preflight: {task.examples_status}")
     else:  # hub data is read by the processes
         from finetune.data import check_task_sources
 

@@ -329,21 +329,97 @@ def test_the_launchers_preflight_makes_every_ranks_examples_and_refuses_what_a_r
     assert not (tmp_path / "runs").exists()
 
 
-def test_examples_are_held_as_int32_arrays_and_given_back_as_the_rows_they_were():
-    """Every row kind the tasks make (classification, SFT spans, seq2seq targets, tags with IGNORE,
-    QA windows) comes back from the dataset as it went in, plus its stream position."""
+def test_examples_are_held_in_int32_columns_and_given_back_as_the_rows_they_were(tmp_path):
+    """Every row kind the tasks make (classification with token types, SFT spans, seq2seq targets,
+    tags with IGNORE, QA windows) comes back as it went in: from the rows, from the files they are
+    saved to (memory-mapped, and pickled to a worker without their data), plus a stream position."""
+    import pickle
+
     import numpy as np
 
+    from finetune.examples import Examples
     from finetune.tasks import ExampleDataset
 
-    rows = [{"input_ids": [5, 70000, 2], "label": 1, "token_type_ids": [0, 0, 1]},
-            {"input_ids": [9, 8, 7, 6], "spans": [(1, 3)]},
-            {"input_ids": [3], "target": [4, 1]},
-            {"input_ids": [2, 3, 4], "labels": [-100, 2, -100], "example": 7, "start": 0, "end": 0},
-            {"input_ids": [], "spans": []}]  # fmt: skip
-    data = ExampleDataset(rows)
-    assert [data[(10 + i, i)] for i in range(len(rows))] == [{**r, "position": 10 + i} for i, r in enumerate(rows)]
-    assert all(type(v[0]) is int for i in range(len(rows)) for v in data[(0, i)].values() if isinstance(v, list) and v
-               and not isinstance(v[0], tuple))  # fmt: skip
-    held = data.rows[0]
-    assert held["input_ids"].dtype == np.int32 and held["label"] == 1 and data.rows[1]["spans"] == [(1, 3)]
+    kinds = [[{"input_ids": [5, 70000, 2], "label": 1, "token_type_ids": [0, 0, 1]},
+              {"input_ids": [7], "label": 0, "token_type_ids": [0]}],
+             [{"input_ids": [9, 8, 7, 6], "spans": [(1, 3)]}, {"input_ids": [4, 4], "spans": [(0, 1), (1, 2)]}],
+             [{"input_ids": [3], "target": [4, 1]}, {"input_ids": [], "target": [2]}],
+             [{"input_ids": [2, 3, 4], "tags": [-100, 2, -100]}],
+             [{"input_ids": [2, 3], "start": 0, "end": 0, "example": 7, "context": [0, 1]},
+              {"input_ids": [3, 4], "start": 1, "end": 1, "example": 7, "context": [0, 1]},
+              {"input_ids": [5, 6], "start": -100, "end": -100, "example": 9, "context": [1, 1]}]]  # fmt: skip
+    for k, rows in enumerate(kinds):
+        made = Examples.from_rows(rows)
+        assert made.arrays["input_ids.values"].dtype == np.int32
+        made.save(tmp_path / str(k))
+        opened = Examples.open(tmp_path / str(k), {"rows": len(rows), "columns": made.kinds})
+        assert isinstance(opened.arrays["input_ids.values"].base, np.memmap)  # read from the file as asked for
+        sent = pickle.dumps(opened)
+        assert len(sent) < 1000  # the files' names, not their contents
+        for examples in (made, opened, pickle.loads(sent)):
+            data = ExampleDataset(examples)
+            assert [data[(10 + i, i)] for i in range(len(rows))] == [{**r, "position": 10 + i} for i, r in
+                                                                     enumerate(rows)]  # fmt: skip
+            assert all(type(v[0]) is int for i in range(len(rows)) for v in data[(0, i)].values()
+                       if isinstance(v, list) and v and not isinstance(v[0], tuple))  # fmt: skip
+    assert Examples.from_rows(kinds[4]).count() == 2 and Examples.from_rows(kinds[1]).count() == 2
+
+
+def test_a_tasks_examples_are_made_once_and_read_by_every_later_process_of_the_same_data(tmp_path, monkeypatch):
+    """The first check of a task's data makes its examples and caches them under data.cache_dir; a
+    later one (each rank after the launcher's preflight) reads them without reading a table, with
+    the labels and what the making said. A changed file makes them again; a damaged cache is set
+    aside and made again; a host's other ranks (LOCAL_RANK > 0) write nothing."""
+    import finetune.tasks as tasks
+    from finetune.config import load_finetune_config
+    from tests.test_errors import GOLDEN
+
+    data = tmp_path / "films.csv"
+    data.write_text("text,label\n" + "".join(f"film {i} was {'good' if i % 3 else 'bad'},{i % 3 > 0}\n"
+                                             for i in range(60)))  # fmt: skip
+    cfg = load_finetune_config("configs/finetune/stdlib-packages.yaml", [
+        f"init_from={GOLDEN}", "task.builtin=null", f"data.sources=[{{files: '{data}'}}]",
+        f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'runs'}",
+        "data.validation_fraction=0"])  # fmt: skip
+
+    def check():
+        task = tasks.FinetuneTask(cfg)
+        task.check_data()
+        rows = {split: [e[i] for i in range(len(e))] for split, e in task._examples.items()}
+        return task, rows
+
+    first, rows = check()
+    assert first.examples_status.startswith("data files read, their examples made and checked, and cached in ")
+    (cache,) = (tmp_path / "cache").glob("examples-*")
+    assert first.labels == ["False", "True"] and list(rows) == ["train"] and len(rows["train"]) == 60
+    assert first._said[0].startswith("warning: no validation data (data.validation_fraction=0 ")
+
+    def no_tables(*args, **kwargs):
+        raise AssertionError("a table was read")
+
+    with monkeypatch.context() as m:
+        m.setattr(tasks, "task_tables", no_tables)
+        second, again = check()
+    assert again == rows and second.labels == first.labels
+    assert second.examples_status == (f"the task's examples (60 train rows) read from {cache}, made before from the "
+                                      "same data files, task and tokenizer")  # fmt: skip
+    assert second._said[:-1] == first._said[:-1]  # what the making said, said again
+
+    data.write_text(data.read_text() + "film 60 was bad,False\n")
+    third, more = check()
+    assert third.examples_status.startswith("data files read")
+    assert len(list((tmp_path / "cache").glob("examples-*"))) == 2 and len(more["train"]) == 61
+
+    fresh = next(p for p in (tmp_path / "cache").glob("examples-*") if p != cache)
+    shard = fresh / "train" / "input_ids.values.npy"
+    shard.write_bytes(shard.read_bytes()[:-8])
+    fourth, remade = check()
+    assert remade == more
+    assert fourth._said[-2].startswith(f"warning: the examples cached in {fresh} are damaged (")
+    assert len(list((tmp_path / "cache").glob(f"{fresh.name}.damaged-*"))) == 1
+
+    data.write_text(data.read_text() + "film 61 was bad,False\n")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    fifth, _ = check()
+    assert fifth.examples_status == "data files read, their examples made and checked"
+    assert len([p for p in (tmp_path / "cache").glob("examples-*") if ".damaged-" not in p.name]) == 2

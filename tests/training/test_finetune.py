@@ -178,9 +178,18 @@ def test_tagging_words_with_an_encoder_on_two_processes_then_evaluate_and_predic
                             for i, r in enumerate(rows)))  # fmt: skip
     cfg = finetune_config(make_config, "ner", pretrained_encoder, {"kind": "tag"},
                           data={"sources": [{"files": str(data)}], "seq_len": 48}, train={"micro_batch_size": 8})
-    out = launch(2, cfg, module="finetune").stdout
+    # through the launcher: its preflight makes the examples and caches them, the ranks read them
+    proc = subprocess.run([sys.executable, "-m", "launch", "local", str(cfg), "--nproc-per-node", "2",
+                           "cluster.gpus=false"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
     val = sum(held_out(json.dumps(r["tokens"]), 0.2) for r in rows)  # held out by the words' JSON text
     assert f"task tag: {len(rows) - val} training and {val} validation examples, 3 labels; weights from" in out
+    cached = re.search(r"preflight: data files read, their examples made and checked, and cached in (\S+)", out)
+    assert cached, out[-4000:]
+    assert (f"the task's examples ({len(rows) - val} train, {val} validation rows) read from {cached[1]}, made before "
+            "from the same data files, task and tokenizer") in out  # fmt: skip
     run_dir = tmp_path / "runs" / "ner"
     final = metrics(run_dir, "eval")[8]
     assert 0.0 <= final["val_entity_f1"] <= 1.0 and final["val_entity_f1"] > 0.0
