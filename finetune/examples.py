@@ -175,11 +175,17 @@ def cached(cfg, tok, sources, token_types: bool, make, log=print, write: bool = 
     if not write:
         log("data files read, their examples made and checked")
         return examples, {"labels": labels, "said": said}
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(final.parent, log)
-    with write_folder(final) as tmp:
-        splits = {split: e.save(tmp / split) for split, e in examples.items()}
-        index = {"version": FORMAT_VERSION, "fingerprint": fp, "splits": splits, "labels": labels, "said": said}
-        (tmp / "index.json").write_text(json.dumps(index, indent=1))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(final.parent, log)
+        with write_folder(final) as tmp:
+            splits = {split: e.save(tmp / split) for split, e in examples.items()}
+            index = {"version": FORMAT_VERSION, "fingerprint": fp, "splits": splits, "labels": labels, "said": said}
+            (tmp / "index.json").write_text(json.dumps(index, indent=1))
+    except OSError as e:  # a full disk, a folder not ours to write: the run has its examples all the same
+        log(f"warning: the examples could not be cached in {final} ({type(e).__name__}: {e.strerror or e}); each "
+            "rank makes them itself (free space there, or set data.cache_dir to a folder this user can write)")
+        log("data files read, their examples made and checked")
+        return examples, {"labels": labels, "said": said}
     log(f"data files read, their examples made and checked, and cached in {final}")
     return examples, {"labels": labels, "said": said}

@@ -419,7 +419,17 @@ def test_a_tasks_examples_are_made_once_and_read_by_every_later_process_of_the_s
     assert len(list((tmp_path / "cache").glob(f"{fresh.name}.damaged-*"))) == 1
 
     data.write_text(data.read_text() + "film 61 was bad,False\n")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    fifth, _ = check()
+    with monkeypatch.context() as m:
+        m.setenv("LOCAL_RANK", "1")
+        fifth, _ = check()
     assert fifth.examples_status == "data files read, their examples made and checked"
     assert len([p for p in (tmp_path / "cache").glob("examples-*") if ".damaged-" not in p.name]) == 2
+
+    (tmp_path / "file").write_text("")  # a cache folder that cannot be made: a warning, and the examples all the same
+    cfg.data.cache_dir = str(tmp_path / "file" / "cache")
+    sixth, made = check()
+    assert len(made["train"]) == 62 and made["train"][:61] == more["train"]
+    assert sixth._said[-2].startswith(f"warning: the examples could not be cached in {tmp_path / 'file' / 'cache'}/"
+                                      "examples-")  # fmt: skip
+    assert "(NotADirectoryError: Not a directory); each rank makes them itself" in sixth._said[-2]
+    assert sixth.examples_status == "data files read, their examples made and checked"
