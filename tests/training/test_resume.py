@@ -1,6 +1,6 @@
-"""Checkpoints under fire: a run killed with SIGKILL resumes to exactly the uninterrupted losses;
-a 2-process checkpoint resumes on 1 process through DeepSpeed's universal format, and so does a
-checkpoint resumed in another precision (at another ZeRO stage of the same layout)."""
+"""Checkpoints under fire: a run killed with SIGKILL resumes to exactly the uninterrupted losses; a
+checkpoint resumed in another precision (at another ZeRO stage of the same layout) loads through
+DeepSpeed's universal format. (A 2-process checkpoint resumed on 1 process: test_zero_parity.)"""
 
 import pytest
 
@@ -28,27 +28,6 @@ def test_resume_after_sigkill_matches_uninterrupted_run(make_config, tmp_path):
         assert got[step] == pytest.approx(reference[step], rel=1e-6, abs=0), f"step {step}"
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step_"))
     assert kept == ["step_00000025", "step_00000030"]  # keep_last=2, nothing half-written left
-
-
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
-def test_two_process_checkpoint_resumes_on_one_process(make_config, tmp_path, stage):
-    """ZeRO-1-3 through DeepSpeed's universal checkpoint; ZeRO-0's single file loads as it is."""
-    two = make_config(name=f"two{stage}", family="llama", deepspeed={"zero_stage": stage},
-                      checkpoint={"every_steps": 6})  # fmt: skip
-    launch(2, two)
-    reference = losses(tmp_path / "runs" / f"two{stage}")
-    saved = tmp_path / "runs" / f"two{stage}" / "checkpoints" / "step_00000006"
-    one = make_config(name=f"one{stage}", family="llama", deepspeed={"zero_stage": stage},
-                      train={"micro_batch_size": 8, "resume": str(saved)})  # fmt: skip
-    out = launch(1, one).stdout
-    assert "saved by 2 process(es), now 1" in out
-    assert (saved.parent / "step_00000006_universal").is_dir() == (stage > 0)
-    got = losses(tmp_path / "runs" / f"one{stage}")
-    assert sorted(got) == [7, 8, 9, 10]
-    for step in got:
-        # 1e-5, tighter than the 1e-4 asked for: DeepSpeed's ZeRO-3 loader giving norms and embeddings
-        # weight decay (see engine.repair_loaded_optimizer) shows as 4e-5 by step 8; both stages match to ~5e-7
-        assert got[step] == pytest.approx(reference[step], abs=1e-5), f"step {step}"
 
 
 def test_a_checkpoint_resumes_in_another_precision_and_zero_stage_through_its_universal_form(make_config, tmp_path):
