@@ -188,4 +188,6 @@ def cached(cfg, tok, sources, token_types: bool, make, log=print, write: bool = 
         log("data files read, their examples made and checked")
         return examples, {"labels": labels, "said": said}
     log(f"data files read, their examples made and checked, and cached in {final}")
-    return examples, {"labels": labels, "said": said}
+    # read back from the files: the pages are shared with the ranks that open them after this one
+    opened = {split: Examples.open(final / split, entry) for split, entry in splits.items()}
+    return opened, {"labels": labels, "said": said}
