@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.data.sources import file_stats, source_files
+from pretrain.data.sources import source_files
 from pretrain.data.tokenizer import tokenizer_hash
 from pretrain.files import remove_abandoned, set_aside, write_folder
 
@@ -114,11 +114,13 @@ class Examples:
 
 def fingerprint(cfg, tok, sources, token_types: bool) -> str:
     """Everything that changes a task's examples: its sources (local files by size and modification
-    time), the task section, the lengths and hold-out share, the tokenizer (and its chat template)."""
+    time in nanoseconds), the task section, the lengths and hold-out share, the tokenizer (and its chat template)."""
     entries = []
     for i, src in enumerate(sources):
         entry = dataclasses.asdict(src)
-        entry["file_stats"] = file_stats(source_files(src, f"data.sources[{i}]"))
+        # to the nanosecond: a file written again within the same second (a fix to a bad row) is new
+        entry["file_stats"] = [(f, st.st_size, st.st_mtime_ns) for f in source_files(src, f"data.sources[{i}]")
+                               for st in [os.stat(f)]]  # fmt: skip
         entries.append(entry)
     payload = {
         "version": FORMAT_VERSION, "sources": entries, "task": dataclasses.asdict(cfg.task),

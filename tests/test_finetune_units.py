@@ -1,5 +1,7 @@
 """Fine-tuning pieces that need no processes: heads, parameter groups, metrics."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -409,8 +411,14 @@ def test_a_tasks_examples_are_made_once_and_read_by_every_later_process_of_the_s
     third, more = check()
     assert third.examples_status.startswith("data files read")
     assert len(list((tmp_path / "cache").glob("examples-*"))) == 2 and len(more["train"]) == 61
+    same_size = data.read_text().replace("film 0 was bad,False", "film 0 was bad,Fals3")  # within the same second
+    data.write_text(same_size)
+    assert tasks.FinetuneTask(cfg).labels == [] and check()[0].labels == ["Fals3", "False", "True"]
+    data.write_text(same_size.replace("Fals3", "False"))
+    third, more = check()
+    assert third.labels == ["False", "True"]
 
-    fresh = next(p for p in (tmp_path / "cache").glob("examples-*") if p != cache)
+    fresh = Path(third.examples_status.rsplit(" ", 1)[1])  # "... and cached in FOLDER"
     shard = fresh / "train" / "input_ids.values.npy"
     shard.write_bytes(shard.read_bytes()[:-8])
     fourth, remade = check()
@@ -419,11 +427,12 @@ def test_a_tasks_examples_are_made_once_and_read_by_every_later_process_of_the_s
     assert len(list((tmp_path / "cache").glob(f"{fresh.name}.damaged-*"))) == 1
 
     data.write_text(data.read_text() + "film 61 was bad,False\n")
+    before = sorted((tmp_path / "cache").iterdir())
     with monkeypatch.context() as m:
         m.setenv("LOCAL_RANK", "1")
         fifth, _ = check()
     assert fifth.examples_status == "data files read, their examples made and checked"
-    assert len([p for p in (tmp_path / "cache").glob("examples-*") if ".damaged-" not in p.name]) == 2
+    assert sorted((tmp_path / "cache").iterdir()) == before
 
     (tmp_path / "file").write_text("")  # a cache folder that cannot be made: a warning, and the examples all the same
     cfg.data.cache_dir = str(tmp_path / "file" / "cache")
