@@ -3,9 +3,10 @@ memory-mapped by every process that reads them.
 
 Making the examples (reading the task's tables, tokenizing them, cutting windows) is most of a
 fine-tuning job's start on a large set, and every rank used to make all of them after the
-launcher's preflight had made them too. The first process that makes them on a host (the
-preflight, else local rank 0) writes them to ``{data.cache_dir}/examples-{fingerprint}``; a later
-process with the same fingerprint opens them instead, its arrays shared through the page cache.
+launcher's preflight had made them too. The process that makes them (the preflight, else rank 0
+while the others wait for it: finetune.tasks.FinetuneTask.check_data) writes them to
+``{data.cache_dir}/examples-{fingerprint}``; a later process with the same fingerprint opens them
+instead, its arrays shared through the page cache.
 The folder follows the packed cache's rules (pretrain.data.packing): filled under a temporary name
 and renamed when complete, found damaged by its sizes, then set aside and made again.
 
@@ -150,6 +151,12 @@ def damage(folder: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         return f"it does not read ({type(e).__name__}: {str(e)[:100]})"
     return None
+
+
+def is_cached(cfg, tok, sources, token_types: bool) -> bool:
+    """Whether the examples are cached, whole, for ``cached`` to read."""
+    final = Path(cfg.data.cache_dir) / f"examples-{fingerprint(cfg, tok, sources, token_types)}"
+    return final.exists() and damage(final) is None
 
 
 def cached(cfg, tok, sources, token_types: bool, make, log=print, write: bool = True) -> tuple[dict, dict]:

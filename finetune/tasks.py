@@ -15,7 +15,7 @@ from torch import nn
 from finetune.answers import QACollator, QALoss, qa_metrics, qa_rows, stride_for
 from finetune.config import FinetuneConfig
 from finetune.data import check_labels, check_task_sources, require_labels, task_labels, task_sources, task_tables
-from finetune.examples import Examples, cached
+from finetune.examples import Examples, cached, is_cached
 from finetune.prompts import task_template
 from finetune.tagging import TagCollator, TagLoss, are_entity_tags, tag_metrics, tag_rows
 from finetune.weights import Pretrained, load_pretrained
@@ -319,16 +319,25 @@ class FinetuneTask:
         file, a label training lacks, a target over task.target_len or an answer no window holds is
         one line from here, and the launcher's preflight runs this same check before it starts a
         process. The examples are cached under data.cache_dir (finetune.examples): the preflight,
-        or a host's first rank, makes them; the ranks after it read them. What the making said is
-        said again by ``prepare``, in the run's log."""
+        else rank 0, makes them; a rank that finds them cached reads them, and where they are not
+        (no preflight, or hub data) the other ranks check their files here and read the examples in
+        ``prepare``, once rank 0 has made them. What the making said is said again by ``prepare``,
+        in the run's log."""
+        with_types = self.pretrained.model_cfg.type_vocab_size > 0
+        sources = task_sources(self.cfg)
+        if int(os.environ.get("RANK", "0")) > 0 and not is_cached(self.cfg, self.tokenizer, sources, with_types):
+            check_task_sources(self.cfg)
+            return
+        self._make_or_read()
 
+    def _make_or_read(self) -> None:
         def make():
             said = []
             rows = self._rows(said.append, check_task_sources(self.cfg))
             return rows, self.labels, said
 
         status = []
-        write = int(os.environ.get("LOCAL_RANK", "0")) == 0  # a host's other ranks start with it: one writes
+        write = int(os.environ.get("LOCAL_RANK", "0")) == 0  # a node's ranks, making them at once: one writes
         with_types = self.pretrained.model_cfg.type_vocab_size > 0
         self._examples, made = cached(self.cfg, self.tokenizer, task_sources(self.cfg), with_types, make,
                                       status.append, write)  # fmt: skip
@@ -376,8 +385,8 @@ class FinetuneTask:
                 "generate": SFTCollator}[self.kind](pad_id)  # fmt: skip
 
     def prepare(self, rank: int, world: int, run_dir: Path, say) -> None:
-        if self._examples is None:
-            self.check_data()
+        if self._examples is None:  # rank 0 made them before this rank's turn (pretrain.run's _prepare_data)
+            self._make_or_read()
         for line in self._said:
             say(line)
         examples, collate = self._examples, self.collator()

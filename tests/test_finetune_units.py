@@ -442,3 +442,47 @@ def test_a_tasks_examples_are_made_once_and_read_by_every_later_process_of_the_s
                                       "examples-")  # fmt: skip
     assert "(NotADirectoryError: Not a directory); each rank makes them itself" in sixth._said[-2]
     assert sixth.examples_status == "data files read, their examples made and checked"
+
+
+def test_without_a_preflight_rank_0_makes_the_examples_and_the_other_ranks_read_them_after_it(tmp_path, monkeypatch):
+    """Started without the launcher (torchrun, or hub data the preflight leaves to the ranks), a rank
+    other than 0 checks its files before the process group and leaves the examples to rank 0, whose
+    turn in pretrain.run's _prepare_data comes first: it reads them from the cache in ``prepare``.
+    A bad file is still one line from every rank before the process group."""
+    import finetune.tasks as tasks
+    from finetune.config import load_finetune_config
+    from pretrain.data.sources import DataError
+    from tests.test_errors import GOLDEN
+
+    data = tmp_path / "films.csv"
+    data.write_text("text,label\n" + "".join(f"film {i} was {'good' if i % 3 else 'bad'},{i % 3 > 0}\n"
+                                             for i in range(60)))  # fmt: skip
+    argv = [f"init_from={GOLDEN}", "task.builtin=null", f"data.sources=[{{files: '{data}'}}]",
+            f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'runs'}", "train.micro_batch_size=4"]
+    cfg = load_finetune_config("configs/finetune/stdlib-packages.yaml", argv)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    later = tasks.FinetuneTask(cfg)
+    later.check_data()
+    assert later._examples is None and not (tmp_path / "cache").exists()
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    first = tasks.FinetuneTask(cfg)
+    first.check_data()
+    said = []
+    first.prepare(0, 2, tmp_path, said.append)
+    assert said[-2].startswith("data files read, their examples made and checked, and cached in ")
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    said = []
+    later.prepare(1, 2, tmp_path, said.append)
+    assert said[-2].startswith("the task's examples (") and later.labels == first.labels == ["False", "True"]
+    assert len(later.train_batches.dataset) == len(first.train_batches.dataset) > 0
+
+    (tmp_path / "latin.csv").write_bytes(b"text,label\ncaf\xe9,1\n")
+    bad = load_finetune_config("configs/finetune/stdlib-packages.yaml",
+                               [*argv, f"data.sources=[{{files: '{tmp_path / 'latin.csv'}'}}]"])  # fmt: skip
+    with pytest.raises(DataError, match="latin.csv is not UTF-8 text"):
+        tasks.FinetuneTask(bad).check_data()
