@@ -100,13 +100,13 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "voc
 
 def _from_hf_dir(path: Path) -> Pretrained:
     """An HF folder: our config from its config.json, our tensors made from its safetensors one at a
-    time (pretrain.model.hf.FromHF). Weights only in a pickle-based file (pytorch_model.bin), and
-    encoder-decoders (T5, BART), are read by transformers' own class, whole."""
+    time (pretrain.model.hf.FromHF; t5_tensors, bart_tensors for encoder-decoders). Weights only in a
+    pickle-based file (pytorch_model.bin) are read by transformers' own class, whole."""
     import transformers
 
     from pretrain.model.hf import MODEL_TYPES, FromHF, config_from_hf, from_hf
-    from pretrain.model.hf_bart import bart_from_hf
-    from pretrain.model.hf_t5 import t5_from_hf
+    from pretrain.model.hf_bart import bart_config_from_hf, bart_from_hf, bart_tensors
+    from pretrain.model.hf_t5 import t5_config_from_hf, t5_from_hf, t5_tensors
 
     hf_cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     if not any((path / name).exists() for name in TOKENIZER_FILES):
@@ -115,11 +115,16 @@ def _from_hf_dir(path: Path) -> Pretrained:
                           "(tokenizer.save_pretrained(FOLDER))")  # fmt: skip
     tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     source = f"HF {hf_cfg.model_type} model {path}"
-    seq2seq = {"t5": t5_from_hf, "bart": bart_from_hf}.get(hf_cfg.model_type)
+    seq2seq = {"t5": (t5_config_from_hf, t5_tensors, t5_from_hf),
+               "bart": (bart_config_from_hf, bart_tensors, bart_from_hf)}.get(hf_cfg.model_type)  # fmt: skip
     try:
         if seq2seq is not None:
+            config_of, tensors_of, whole = seq2seq
+            if has_weights(path):
+                model_cfg = config_of(hf_cfg)
+                return _opened(model_cfg, tensors_of(model_cfg, hf_cfg, ShardedWeights(path)), tok, source)
             auto = transformers.AutoModelForSeq2SeqLM
-            model_cfg, model = seq2seq(auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32))
+            model_cfg, model = whole(auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32))
             state = model.state_dict()
             return Pretrained(model_cfg, lambda: state, tok, source)
         model_cfg = config_from_hf(hf_cfg)
@@ -133,6 +138,6 @@ def _from_hf_dir(path: Path) -> Pretrained:
         hf_model = auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
         model_cfg, model = from_hf(hf_model)
     except (ValueError, KeyError) as e:
-        raise ConfigError(f"init_from={str(path)!r}: {e}") from None
+        raise ConfigError(f"init_from={str(path)!r}: {e.args[0] if isinstance(e, KeyError) else e}") from None
     state = model.state_dict()
     return Pretrained(model_cfg, lambda: state, tok, source)

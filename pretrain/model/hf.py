@@ -310,54 +310,47 @@ def config_from_hf(hf_cfg) -> ModelConfig:
     return cfg
 
 
-class FromHF(Mapping):
+class Renamed(Mapping):
     """Our tensors by name, each made when asked from an HF state dict or a lazy source of one (such
-    as pretrain.shards.ShardedWeights over an HF folder): fused matrices concatenated, GPT-2's
-    transposed ones turned. Names saved without the base model's prefix (``h.0...`` for
-    ``transformer.h.0...``, as older hub checkpoints have them) are found too. A tied output matrix
-    is not listed. ``hf_cfg``: the HF config, where the names or the position rows differ from the
-    family's own (RoBERTa)."""
+    as pretrain.shards.ShardedWeights over an HF folder). ``table``: our name -> (the HF tensors it
+    concatenates row-wise, whether each is stored transposed); ``skip``: HF name -> rows before
+    position 0 (left out); ``scale``: our name -> a factor on its first HF tensor (in fp32). A name
+    saved without the base model's prefix (``h.0...`` for ``transformer.h.0...``, as older hub
+    checkpoints have them) is found too."""
 
-    def __init__(self, cfg: ModelConfig, hf: Mapping, hf_cfg=None):
-        self._hf, self._width = hf, cfg.d_model
-        kind = hf_cfg.model_type if hf_cfg is not None else None
-        if kind == "deberta-v2" and "cls.predictions.bias" in hf:  # transformers' legacy=True head
-            kind = "deberta-legacy"
-        self._table = {name: (hf_names, transposed) for name, hf_names, transposed in _table(family_of(cfg), cfg, kind)
-                       if name not in cfg.tied_output_keys}  # fmt: skip
-        heads = [name for name in self._table if name.startswith("head.")]
-        self.body_only = bool(heads) and not any(self._has(h) for name in heads for h in self._table[name][0])
-        """The folder holds the stack without its LM head (BertModel, BertForSequenceClassification,
-        LlamaModel): ``head.*`` is not listed."""
-        if self.body_only:
-            self._table = {name: v for name, v in self._table.items() if name not in heads}
-        offset = position_offset(hf_cfg) if hf_cfg is not None else 0
-        positions = self._table.get("embed.positions.weight")
-        self._skip = {positions[0][0]: offset} if positions and offset else {}  # HF rows before position 0
-
-    def pooler(self) -> dict | None:
-        """The folder's dense layer on the first token, {"weight", "bias"}, or None: BERT's and
-        RoBERTa's pooler (pretrained with next-sentence prediction, or a classifier's), a DeBERTa
-        classifier's ContextPooler. transformers' XForSequenceClassification starts from it."""
-        name = next((k for k in self._hf if k.endswith("pooler.dense.weight")), None)
-        if name is None or tuple(self._hf[name].shape) != (self._width, self._width):  # a wider ContextPooler: not ours
-            return None
-        return {"weight": self._hf[name], "bias": self._hf[name.removesuffix("weight") + "bias"]}
+    def __init__(self, hf: Mapping, table: dict[str, tuple[tuple[str, ...], bool]], skip: dict[str, int] | None = None,
+                 scale: dict[str, float] | None = None):  # fmt: skip
+        self._hf, self._table, self._skip, self._scale = hf, table, skip or {}, scale or {}
 
     def _key(self, hf_name: str) -> str:
-        """The name as the source has it: with the base model's prefix, or without (a KeyError
-        reading it names what is missing)."""
-        return hf_name if hf_name in self._hf else hf_name.split(".", 1)[1]
+        """The name as the source has it: with the base model's prefix, or without; a KeyError
+        naming it where it has neither."""
+        short = hf_name.split(".", 1)[-1]
+        if hf_name in self._hf or short not in self._hf:
+            if hf_name not in self._hf:
+                raise KeyError(f"the weights have no {hf_name}")
+            return hf_name
+        return short
 
-    def _has(self, hf_name: str) -> bool:
-        return self._key(hf_name) in self._hf
+    def has_hf(self, hf_name: str) -> bool:
+        try:
+            return bool(self._key(hf_name))
+        except KeyError:
+            return False
 
-    def _get(self, hf_name: str) -> torch.Tensor:
+    def __contains__(self, name: object) -> bool:  # Mapping's would make the tensor
+        return name in self._table
+
+    def hf(self, hf_name: str) -> torch.Tensor:
+        """The source's tensor of that HF name (its rows before position 0 left out)."""
         return self._hf[self._key(hf_name)][self._skip.get(hf_name, 0) :]
 
     def __getitem__(self, name: str) -> torch.Tensor:
         hf_names, transposed = self._table[name]
-        parts = [self._get(h).t() if transposed else self._get(h) for h in hf_names]
+        parts = [self.hf(h).t() if transposed else self.hf(h) for h in hf_names]
+        if name in self._scale:
+            parts = [p.float() for p in parts]
+            parts[0] = parts[0] * self._scale[name]
         return (torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]).contiguous()
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -377,6 +370,39 @@ class FromHF(Mapping):
 
     def __len__(self) -> int:
         return len(self._table)
+
+
+class FromHF(Renamed):
+    """The tensors of our decoder or encoder (GPT-2, LLaMA, BERT, DeBERTa families) from theirs: fused
+    matrices concatenated, GPT-2's transposed ones turned. A tied output matrix is not listed.
+    ``hf_cfg``: the HF config, where the names or the position rows differ from the family's own
+    (RoBERTa)."""
+
+    def __init__(self, cfg: ModelConfig, hf: Mapping, hf_cfg=None):
+        self._width = cfg.d_model
+        kind = hf_cfg.model_type if hf_cfg is not None else None
+        if kind == "deberta-v2" and "cls.predictions.bias" in hf:  # transformers' legacy=True head
+            kind = "deberta-legacy"
+        table = {name: (hf_names, transposed) for name, hf_names, transposed in _table(family_of(cfg), cfg, kind)
+                 if name not in cfg.tied_output_keys}  # fmt: skip
+        offset = position_offset(hf_cfg) if hf_cfg is not None else 0
+        positions = table.get("embed.positions.weight")
+        super().__init__(hf, table, skip={positions[0][0]: offset} if positions and offset else None)
+        heads = [name for name in table if name.startswith("head.")]
+        self.body_only = bool(heads) and not any(self.has_hf(h) for name in heads for h in table[name][0])
+        """The folder holds the stack without its LM head (BertModel, BertForSequenceClassification,
+        LlamaModel): ``head.*`` is not listed."""
+        if self.body_only:
+            self._table = {name: v for name, v in table.items() if name not in heads}
+
+    def pooler(self) -> dict | None:
+        """The folder's dense layer on the first token, {"weight", "bias"}, or None: BERT's and
+        RoBERTa's pooler (pretrained with next-sentence prediction, or a classifier's), a DeBERTa
+        classifier's ContextPooler. transformers' XForSequenceClassification starts from it."""
+        name = next((k for k in self._hf if k.endswith("pooler.dense.weight")), None)
+        if name is None or tuple(self._hf[name].shape) != (self._width, self._width):  # a wider ContextPooler: not ours
+            return None
+        return {"weight": self._hf[name], "bias": self._hf[name.removesuffix("weight") + "bias"]}
 
 
 def from_hf(hf_model) -> tuple[ModelConfig, Transformer]:

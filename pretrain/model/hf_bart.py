@@ -18,9 +18,12 @@ EncoderDecoder with that config computes the same function; the differences are 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from .config import ModelConfig
+from .hf import Renamed
 from .seq2seq import EncoderDecoder
 
 ACTS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -81,23 +84,31 @@ def _pairs(cfg: ModelConfig) -> list[tuple[str, list[str]]]:
     return out
 
 
+def bart_tensors(cfg: ModelConfig, hf_cfg, sd: Mapping) -> Renamed:
+    """Our EncoderDecoder's tensors by name, each made when asked from BartForConditionalGeneration's
+    (``sd``: its state dict, or an HF folder's safetensors read lazily, with names from BartModel
+    too); a ValueError, reading only the tensors it is about, for what ours cannot hold."""
+    table = {name: (tuple(keys), False) for name, keys in _pairs(cfg)}
+    positions = [k for keys, _ in table.values() for k in keys if k.endswith("embed_positions.weight")]
+    tensors = Renamed(sd, table, skip=dict.fromkeys(positions, OFFSET))
+    if "final_logits_bias" in sd and sd["final_logits_bias"].any():
+        raise ValueError("this BART adds a nonzero final_logits_bias to its logits; our output layer has no bias")
+    shared = None
+    for stack in ("encoder", "decoder"):  # transformers unties them too when tie_word_embeddings is false
+        name = f"model.{stack}.embed_tokens.weight"
+        if tensors.has_hf(name):
+            shared = tensors.hf("model.shared.weight") if shared is None else shared
+            if not torch.equal(tensors.hf(name), shared):
+                raise ValueError(f"this BART's {stack} looks tokens up in a table of its own (model.{stack}."
+                                 "embed_tokens differs from model.shared); ours has one token table for both stacks")
+    return tensors
+
+
 def bart_from_hf(hf_model) -> tuple[ModelConfig, EncoderDecoder]:
     """A BartForConditionalGeneration -> (our config, our EncoderDecoder with its weights)."""
     cfg = bart_config_from_hf(hf_model.config)
-    sd = hf_model.state_dict()
-    bias = sd.get("final_logits_bias")
-    if bias is not None and bias.any():
-        raise ValueError("this BART adds a nonzero final_logits_bias to its logits; our output layer has no bias")
-    for stack in ("encoder", "decoder"):  # transformers unties them too when tie_word_embeddings is false
-        table = sd.get(f"model.{stack}.embed_tokens.weight")
-        if table is not None and not torch.equal(table, sd["model.shared.weight"]):
-            raise ValueError(f"this BART's {stack} looks tokens up in a table of its own (model.{stack}.embed_tokens "
-                             "differs from model.shared); ours has one token table for both stacks")  # fmt: skip
-    ours = {}
-    for name, keys in _pairs(cfg):
-        parts = [sd[k][OFFSET:] if k.endswith("embed_positions.weight") else sd[k] for k in keys]
-        ours[name] = torch.cat(parts, dim=0)
-    model = EncoderDecoder(cfg).to(sd["model.shared.weight"].dtype)
+    ours = dict(bart_tensors(cfg, hf_model.config, hf_model.state_dict()))
+    model = EncoderDecoder(cfg).to(ours["embed.tokens.weight"].dtype)
     if cfg.tie_embeddings:
         ours["head.weight"] = ours["embed.tokens.weight"]
     model.load_state_dict(ours, strict=True)

@@ -17,10 +17,12 @@ compute the same function:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 
 from .config import ModelConfig
+from .hf import Renamed
 from .seq2seq import EncoderDecoder
 
 ACTS = {"relu": "relu", "gated-gelu": "geglu_tanh"}
@@ -74,20 +76,25 @@ def _pairs(cfg: ModelConfig) -> list[tuple[str, list[str], float]]:
     return out
 
 
+def t5_tensors(cfg: ModelConfig, hf_cfg, sd: Mapping) -> Renamed:
+    """Our EncoderDecoder's tensors by name, each made when asked from T5ForConditionalGeneration's
+    (``sd``: its state dict, or an HF folder's safetensors read lazily). The output layer is the
+    shared embedding where T5 ties them (a tied folder stores only ``shared.weight``)."""
+    table = {name: (tuple(keys), False) for name, keys, _ in _pairs(cfg)}
+    scale = {name: first for name, _, first in _pairs(cfg) if first != 1.0}
+    if hf_cfg.tie_word_embeddings:
+        table["head.weight"] = (("shared.weight",), False)
+    if getattr(hf_cfg, "scale_decoder_outputs", hf_cfg.tie_word_embeddings):  # the original T5's output scale
+        scale["head.weight"] = cfg.d_model**-0.5
+    return Renamed(sd, table, scale=scale)
+
+
 def t5_from_hf(hf_model) -> tuple[ModelConfig, EncoderDecoder]:
     """A T5ForConditionalGeneration -> (our config, our EncoderDecoder with its weights)."""
     cfg = t5_config_from_hf(hf_model.config)
     sd = hf_model.state_dict()
-    hf_cfg = hf_model.config
-    if getattr(hf_cfg, "scale_decoder_outputs", hf_cfg.tie_word_embeddings):  # the original T5's output scale
-        sd = {**sd, "lm_head.weight": sd.get("lm_head.weight", sd["shared.weight"]) * cfg.d_model**-0.5}
     model = EncoderDecoder(cfg).to(sd["shared.weight"].dtype)
-    ours = {}
-    for name, keys, first in _pairs(cfg):
-        parts = [sd[k] for k in keys]
-        parts[0] = parts[0] * first
-        ours[name] = torch.cat(parts, dim=0)
-    model.load_state_dict(ours, strict=True)
+    model.load_state_dict(dict(t5_tensors(cfg, hf_model.config, sd)), strict=True)  # copied in the model's dtype
     return cfg, model.eval()
 
 

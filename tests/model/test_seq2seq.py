@@ -297,6 +297,71 @@ def test_what_bart_cannot_hold_is_refused_by_name():
         bart_from_hf(hf)
 
 
+@pytest.mark.parametrize("family, variant", [("t5", (True, False)), ("t5", (False, True)),
+                                             ("bart", ("gelu", True, False)), ("bart", ("relu", False, True))])
+def test_init_from_an_hf_encoder_decoder_folder_reads_it_tensor_by_tensor(family, variant, tmp_path, monkeypatch):
+    """`init_from: FOLDER` of T5 or BART (finetune.weights.load_pretrained, in every rank and in the
+    launcher's preflight) reads the safetensors one tensor at a time, as for decoders and encoders:
+    transformers' whole model is never built (it was, in each of those processes). The tensors are
+    t5_from_hf's and bart_from_hf's, bit for bit, and give HF's logits; BART's names saved from
+    BartModel (no ``model.`` prefix) are found too, and what ours cannot hold is named first."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models
+
+    from finetune.weights import load_pretrained
+    from pretrain.config import ConfigError
+    from pretrain.export import load_weights
+    from pretrain.model.hf_bart import bart_from_hf
+    from pretrain.model.hf_t5 import t5_from_hf
+
+    hf = hf_t5(*variant) if family == "t5" else hf_bart(*variant)
+    cfg, whole = (t5_from_hf if family == "t5" else bart_from_hf)(hf)
+    expected = whole.state_dict()
+    state = {k: v.contiguous().clone() for k, v in hf.state_dict().items()}
+    tied = [k for k in state if k != "shared.weight" and k.endswith(("embed_tokens.weight", "lm_head.weight"))
+            and hf.config.tie_word_embeddings]  # fmt: skip
+    vocab = {f"t{i}": i for i in range(61)}
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t3")),
+                                               pad_token="t1", eos_token="t2")  # fmt: skip
+
+    def folder(name: str, tensors: dict):
+        path = tmp_path / name
+        hf.config.save_pretrained(path)
+        tok.save_pretrained(path)
+        save_file({k: v for k, v in tensors.items() if k not in tied}, str(path / "model.safetensors"))
+        return path
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("transformers' whole model was built")
+
+    monkeypatch.setattr(transformers.AutoModelForSeq2SeqLM, "from_pretrained", refuse)
+    names = [state] if family == "t5" else [state, {k.removeprefix("model."): v for k, v in state.items()}]
+    for i, tensors in enumerate(names):
+        pre = load_pretrained(str(folder(f"hf{i}", tensors)))
+        assert pre.model_cfg == cfg and pre.source.startswith(f"HF {family} model ")
+        lazy = pre.tensors()
+        assert set(lazy) == set(expected) - cfg.tied_output_keys
+        for key in lazy:
+            assert lazy.shape(key) == tuple(expected[key].shape), key
+            torch.testing.assert_close(lazy[key], expected[key], atol=0, rtol=0, msg=key)
+    model = EncoderDecoder(pre.model_cfg).eval()
+    load_weights(model, lazy)
+    src, tgt, src_mask = batch(torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = hf(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt).logits
+        got = model(src, tgt, src_mask)
+    assert torch.allclose(got, want, atol=1e-4)
+    if family == "bart":
+        biased = {**state, "final_logits_bias": torch.full_like(state["final_logits_bias"], 0.5)}
+        with pytest.raises(ConfigError, match="init_from=.*: this BART adds a nonzero final_logits_bias"):
+            load_pretrained(str(folder("biased", biased)))
+    else:
+        gone = {k: v for k, v in state.items() if k != "decoder.final_layer_norm.weight"}
+        with pytest.raises(ConfigError, match="init_from=.*cut': the weights have no decoder.final_layer_norm.weight$"):
+            load_pretrained(str(folder("cut", gone)))
+
+
 def test_bart_base_has_the_shape_of_facebooks_bart_base():
     """configs/model/bart-base.yaml against transformers' BART of the same config (both on the meta
     device): the same parameters but BART's two unused position rows per stack."""
