@@ -14,7 +14,7 @@ from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError
 from pretrain.export import BodyWeights, body_lacks
 from pretrain.model import ModelConfig
-from pretrain.shards import ShardedWeights, has_weights
+from pretrain.shards import PickledWeights, ShardedWeights, has_pickled_weights, has_weights
 
 
 @dataclass
@@ -62,7 +62,7 @@ def load_pretrained(init_from: str, best: bool = False) -> Pretrained:
 
         cfg = load_config(path / "config.yaml")
         tok = load_tokenizer(path / "tokenizer", what=f"the tokenizer of export {path}")
-        return _opened(cfg.model, ShardedWeights(path), tok, f"consolidated export {path}")
+        return _opened(cfg.model, lambda: ShardedWeights(path), tok, f"consolidated export {path}")
     if (path / "config.json").exists():  # an HF transformers directory
         return _from_hf_dir(path)
     tag_dir = ckpt.resolve(path, best=best)  # names the newest complete checkpoint when given a partial one
@@ -71,7 +71,7 @@ def load_pretrained(init_from: str, best: bool = False) -> Pretrained:
     cfg = ckpt.saved_config(tag_dir)
     tensors = consolidated_tensors(tag_dir)  # opened (memory-mapped) now: a refused or unfit file stops us here
     tok = load_tokenizer(tag_dir / "tokenizer", what=f"the tokenizer of checkpoint {tag_dir}")
-    pre = _opened(cfg.model, tensors, tok, ckpt.describe(tag_dir))
+    pre = _opened(cfg.model, lambda: tensors, tok, ckpt.describe(tag_dir))
     task = ckpt.saved_task(tag_dir)
     pre.prompt_template = task.get("prompt_template")
     if task.get("kind") in ("generate", "seq2seq"):
@@ -79,18 +79,27 @@ def load_pretrained(init_from: str, best: bool = False) -> Pretrained:
     return pre
 
 
-def _opened(model_cfg: ModelConfig, tensors: Mapping, tok, source: str, body_only: bool = False) -> Pretrained:
-    """Checked against the model's names and shapes now, before any process starts. ``body_only``:
-    the weights are known to lack the LM head (an HF folder of a base model or a classifier)."""
+def _opened(model_cfg: ModelConfig, open_tensors: Callable[[], Mapping], tok, source: str,
+            body_only: bool = False) -> Pretrained:  # fmt: skip
+    """Checked against the model's names and shapes now, before any process starts. ``open_tensors``
+    opens the weights, here and for each reader after (afresh where the source maps files, so the
+    pages one reader touched are let go when it is done). ``body_only``: the weights are known to
+    lack the LM head (an HF folder of a base model or a classifier)."""
     from pretrain.export import check_fits
 
+    tensors = open_tensors()
     if any(k.startswith("body.") for k in tensors):
-        tensors, body_only = BodyWeights(tensors), True
+        whole, body_only = open_tensors, True
+
+        def open_tensors():
+            return BodyWeights(whole())
+
+        tensors = BodyWeights(tensors)
     try:
         check_fits(tensors, model_cfg, skip=body_lacks(model_cfg) if body_only else ())
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    return Pretrained(model_cfg, lambda: tensors, tok, source, body_only)
+    return Pretrained(model_cfg, open_tensors, tok, source, body_only)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
@@ -99,45 +108,39 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "voc
 
 
 def _from_hf_dir(path: Path) -> Pretrained:
-    """An HF folder: our config from its config.json, our tensors made from its safetensors one at a
-    time (pretrain.model.hf.FromHF; t5_tensors, bart_tensors for encoder-decoders). Weights only in a
-    pickle-based file (pytorch_model.bin) are read by transformers' own class, whole."""
+    """An HF folder: our config from its config.json, our tensors made from its weights one at a time
+    (pretrain.model.hf.FromHF; t5_tensors and bart_tensors for encoder-decoders), read from its
+    safetensors, or memory-mapped from its pickled ``pytorch_model.bin`` files."""
     import transformers
 
-    from pretrain.model.hf import MODEL_TYPES, FromHF, config_from_hf, from_hf
-    from pretrain.model.hf_bart import bart_config_from_hf, bart_from_hf, bart_tensors
-    from pretrain.model.hf_t5 import t5_config_from_hf, t5_from_hf, t5_tensors
+    from pretrain.model.hf import FromHF, config_from_hf
+    from pretrain.model.hf_bart import bart_config_from_hf, bart_tensors
+    from pretrain.model.hf_t5 import t5_config_from_hf, t5_tensors
 
     hf_cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    if not has_weights(path) and not has_pickled_weights(path):
+        raise ConfigError(f"init_from={str(path)!r}: the folder has a config.json but no weights (model.safetensors, "
+                          "pytorch_model.bin, or an index of their shards)")  # fmt: skip
+
+    def weights():
+        return ShardedWeights(path) if has_weights(path) else PickledWeights(path)
+
     if not any((path / name).exists() for name in TOKENIZER_FILES):
         raise ConfigError(f"init_from={str(path)!r}: the folder has weights but no tokenizer (none of "
                           f"{list(TOKENIZER_FILES)}); save the model's tokenizer beside them "
                           "(tokenizer.save_pretrained(FOLDER))")  # fmt: skip
     tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     source = f"HF {hf_cfg.model_type} model {path}"
-    seq2seq = {"t5": (t5_config_from_hf, t5_tensors, t5_from_hf),
-               "bart": (bart_config_from_hf, bart_tensors, bart_from_hf)}.get(hf_cfg.model_type)  # fmt: skip
+    seq2seq = {"t5": (t5_config_from_hf, t5_tensors), "bart": (bart_config_from_hf, bart_tensors)}
     try:
-        if seq2seq is not None:
-            config_of, tensors_of, whole = seq2seq
-            if has_weights(path):
-                model_cfg = config_of(hf_cfg)
-                return _opened(model_cfg, tensors_of(model_cfg, hf_cfg, ShardedWeights(path)), tok, source)
-            auto = transformers.AutoModelForSeq2SeqLM
-            model_cfg, model = whole(auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32))
-            state = model.state_dict()
-            return Pretrained(model_cfg, lambda: state, tok, source)
+        if hf_cfg.model_type in seq2seq:
+            config_of, tensors_of = seq2seq[hf_cfg.model_type]
+            model_cfg = config_of(hf_cfg)
+            return _opened(model_cfg, lambda: tensors_of(model_cfg, hf_cfg, weights()), tok, source)
         model_cfg = config_from_hf(hf_cfg)
-        if has_weights(path):
-            tensors = FromHF(model_cfg, ShardedWeights(path), hf_cfg)
-            pre = _opened(model_cfg, tensors, tok, source, tensors.body_only)
-            pre.pooler = tensors.pooler()
-            return pre
-        masked = MODEL_TYPES.get(hf_cfg.model_type) in ("bert", "deberta")
-        auto = transformers.AutoModelForMaskedLM if masked else transformers.AutoModelForCausalLM
-        hf_model = auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-        model_cfg, model = from_hf(hf_model)
+        tensors = FromHF(model_cfg, weights(), hf_cfg)
+        pre = _opened(model_cfg, lambda: FromHF(model_cfg, weights(), hf_cfg), tok, source, tensors.body_only)
+        pre.pooler = tensors.pooler()
+        return pre
     except (ValueError, KeyError) as e:
         raise ConfigError(f"init_from={str(path)!r}: {e.args[0] if isinstance(e, KeyError) else e}") from None
-    state = model.state_dict()
-    return Pretrained(model_cfg, lambda: state, tok, source)

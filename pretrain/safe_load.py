@@ -48,7 +48,8 @@ def load(path: str | Path, map_location=None, **kwargs):
         with torch.serialization.safe_globals(_allowed()):
             return _torch_load(path, map_location=map_location, weights_only=True, **kwargs)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # "Unsupported global: GLOBAL x.y" for a class; "unsupported GLOBAL x.y whose module x is blocked" (os, posix)
+        found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(e), re.IGNORECASE)
         what = f"it asks for {found.group(1)}" if found else str(e).splitlines()[-1][:200]
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it holds more than tensors and plain data ({what}); "

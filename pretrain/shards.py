@@ -1,6 +1,8 @@
 """Weights as safetensors files of a bounded size with an index, the layout transformers writes
 (``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``),
-written one shard at a time and read back one tensor at a time (memory-mapped)."""
+written one shard at a time and read back one tensor at a time (memory-mapped); and transformers'
+older layout of pickled files (``pytorch_model.bin``, or shards + ``pytorch_model.bin.index.json``),
+read the same way."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import torch
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+PICKLED_INDEX = "pytorch_model.bin.index.json"
+PICKLED = "pytorch_model.bin"
 
 
 def write_sharded(tensors: Iterable[tuple[str, Callable[[], torch.Tensor]]], folder: Path,
@@ -70,7 +74,22 @@ def has_weights(folder: Path) -> bool:
     return (folder / SINGLE).is_file() or (folder / INDEX).is_file()
 
 
-class ShardedWeights(Mapping):
+class _FolderWeights(Mapping):
+    """A folder's tensors by name; ``_where``: name -> the file that holds it."""
+
+    _where: dict[str, str]
+
+    def __contains__(self, name: object) -> bool:  # Mapping's would read the tensor
+        return name in self._where
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+class ShardedWeights(_FolderWeights):
     """The tensors of a folder written as above (or by transformers), by name, each read when asked.
     A file is mapped only while one of its tensors is read, so what was read does not stay resident."""
 
@@ -97,11 +116,40 @@ class ShardedWeights(Mapping):
         with safe_open(str(self._folder / self._where[name]), framework="pt") as f:
             return tuple(f.get_slice(name).get_shape())
 
-    def __contains__(self, name: object) -> bool:  # Mapping's would read the tensor
-        return name in self._where
 
-    def __iter__(self):
-        return iter(self._where)
+def has_pickled_weights(folder: Path) -> bool:
+    return (folder / PICKLED).is_file() or (folder / PICKLED_INDEX).is_file()
 
-    def __len__(self) -> int:
-        return len(self._where)
+
+class PickledWeights(_FolderWeights):
+    """The tensors of a folder in transformers' pickled layout, by name. Each file is opened with
+    ``torch.load(weights_only=True, mmap=True)`` through pretrain.safe_load (a file that holds more
+    than tensors is refused, naming it), so a tensor's bytes are read from disk when it is used; a
+    file saved in torch's format before 1.6, which cannot be mapped, is read whole."""
+
+    def __init__(self, folder: Path):
+        self._folder = Path(folder)
+        self._open: dict[str, dict] = {}
+        if (self._folder / PICKLED_INDEX).is_file():
+            self._where = json.loads((self._folder / PICKLED_INDEX).read_text())["weight_map"]
+        else:
+            self._where = dict.fromkeys(self._file(PICKLED), PICKLED)
+
+    def _file(self, name: str) -> dict:
+        from pretrain import safe_load
+
+        if name not in self._open:
+            path = self._folder / name
+            try:
+                self._open[name] = safe_load.load(path, map_location="cpu", mmap=True)
+            except RuntimeError as e:  # torch's legacy (non-zip) format has no mapping
+                if "mmap" not in str(e):
+                    raise
+                self._open[name] = safe_load.load(path, map_location="cpu")
+        return self._open[name]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._file(self._where[name])[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self[name].shape)  # a mapped tensor's shape reads no data

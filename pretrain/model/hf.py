@@ -310,6 +310,10 @@ def config_from_hf(hf_cfg) -> ModelConfig:
     return cfg
 
 
+LEGACY_NAMES = {"LayerNorm.weight": "LayerNorm.gamma", "LayerNorm.bias": "LayerNorm.beta"}
+"""What transformers renames in every model it loads: older BERT files' names for a LayerNorm's tensors."""
+
+
 class Renamed(Mapping):
     """Our tensors by name, each made when asked from an HF state dict or a lazy source of one (such
     as pretrain.shards.ShardedWeights over an HF folder). ``table``: our name -> (the HF tensors it
@@ -323,14 +327,16 @@ class Renamed(Mapping):
         self._hf, self._table, self._skip, self._scale = hf, table, skip or {}, scale or {}
 
     def _key(self, hf_name: str) -> str:
-        """The name as the source has it: with the base model's prefix, or without; a KeyError
-        naming it where it has neither."""
-        short = hf_name.split(".", 1)[-1]
-        if hf_name in self._hf or short not in self._hf:
-            if hf_name not in self._hf:
-                raise KeyError(f"the weights have no {hf_name}")
-            return hf_name
-        return short
+        """The name as the source has it: with the base model's prefix or without, and a LayerNorm's
+        ``weight``/``bias`` also as the ``gamma``/``beta`` of older BERT files (transformers renames
+        them as it loads); a KeyError naming it where it has none of these."""
+        for name in dict.fromkeys((hf_name, hf_name.split(".", 1)[-1])):
+            if name in self._hf:
+                return name
+            for ours, older in LEGACY_NAMES.items():
+                if name.endswith(ours) and name.removesuffix(ours) + older in self._hf:
+                    return name.removesuffix(ours) + older
+        raise KeyError(f"the weights have no {hf_name}")
 
     def has_hf(self, hf_name: str) -> bool:
         try:

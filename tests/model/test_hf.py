@@ -3,6 +3,10 @@ models are converted both ways and must give the same logits (fp32, 1e-4) with p
 batch. RoBERTa is read as a BERT-family model and written back as BERT; a DeBERTa with
 transformers' legacy (BERT-named) MLM head is read too and written with DeBERTa's own."""
 
+import json
+import os
+import re
+
 import pytest
 import torch
 
@@ -220,6 +224,60 @@ def test_init_from_an_hf_encoder_folder_reads_its_weights_as_from_hf_does(name, 
     assert set(ours.state_dict()) - set(weights) == cfg.tied_output_keys
     for key, tensor in weights.items():
         torch.testing.assert_close(tensor, ours.state_dict()[key], atol=0, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa", "bert"])
+def test_init_from_an_hf_folder_of_pickled_files_maps_them_tensor_by_tensor(name, tmp_path, monkeypatch):
+    """A hub folder with only ``pytorch_model.bin`` (or its shards and index; older BERT files name a
+    LayerNorm's tensors gamma and beta) is memory-mapped with weights-only loading and read tensor by
+    tensor, as safetensors are: transformers' whole model is never built. One that holds more than
+    tensors is refused by name, its payload never run."""
+    from finetune.weights import load_pretrained
+    from pretrain.config import ConfigError
+
+    hf = hf_models()[name]()
+    perturb(hf)
+    cfg, ours = from_hf(hf)
+    expected = ours.state_dict()
+    state = {k: v.contiguous().clone() for k, v in hf.state_dict().items()}
+    if name == "bert":
+        state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+                 for k, v in state.items()}  # fmt: skip
+    for auto in (tf.AutoModelForCausalLM, tf.AutoModelForMaskedLM, tf.AutoModel):
+        monkeypatch.setattr(auto, "from_pretrained", lambda *a, **k: pytest.fail("transformers' model was built"))
+    names = sorted(state)
+    for layout in ("one file", "shards"):
+        folder = tmp_path / layout.replace(" ", "-")
+        hf.config.save_pretrained(folder)
+        _word_tokenizer(folder)
+        if layout == "one file":
+            torch.save(state, folder / "pytorch_model.bin")
+        else:
+            halves = {"pytorch_model-00001-of-00002.bin": names[::2], "pytorch_model-00002-of-00002.bin": names[1::2]}
+            for file, keys in halves.items():
+                torch.save({k: state[k] for k in keys}, folder / file)
+            where = {k: file for file, keys in halves.items() for k in keys}
+            (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": where}))
+        pre = load_pretrained(str(folder))
+        assert pre.model_cfg == cfg
+        weights = pre.state_dict()
+        assert set(expected) - set(weights) == cfg.tied_output_keys
+        for key, tensor in weights.items():
+            torch.testing.assert_close(tensor, expected[key], atol=0, rtol=0, msg=key)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    torch.save({**state, "extra": Payload()}, tmp_path / "one-file" / "pytorch_model.bin")
+    refused = f"refusing to load {tmp_path / 'one-file' / 'pytorch_model.bin'}: it holds more than tensors and plain " \
+              "data (it asks for posix.system)"  # fmt: skip
+    with pytest.raises(ConfigError, match=re.escape(refused)):
+        load_pretrained(str(tmp_path / "one-file"))
+    assert not (tmp_path / "PWNED").exists()
+    (tmp_path / "one-file" / "pytorch_model.bin").unlink()
+    with pytest.raises(ConfigError, match="the folder has a config.json but no weights"):
+        load_pretrained(str(tmp_path / "one-file"))
 
 
 def _word_tokenizer(folder):
