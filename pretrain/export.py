@@ -179,7 +179,7 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
         labels = json.loads((tag_dir / "labels.json").read_text())
         return {**written, **_export_t5_tagger(tensors, cfg, tok, labels, task, out / "hf")}
     if cfg.model.arch == "encoder-decoder":
-        return {**written, **_export_seq2seq(cons, cfg, tok, out / "hf")}
+        return {**written, **_export_seq2seq(cons, cfg, tok, out / "hf", max_shard_bytes)}
     try:
         family_of(cfg.model)
     except ValueError as e:
@@ -270,26 +270,36 @@ def head_tensors(model_cfg, tensors: Mapping, kind: str):
         yield f"{head}.{part}", lambda part=part: materialize(tensors[f"classifier.{part}"])
 
 
-def _export_seq2seq(consolidated: Path, cfg, tok, hf_dir: Path) -> dict[str, Path]:
+def _export_seq2seq(consolidated: Path, cfg, tok, hf_dir: Path, max_shard_bytes: int) -> dict[str, Path]:
     """An encoder-decoder as T5ForConditionalGeneration (relative positions) or
-    BartForConditionalGeneration (learned positions), built whole in memory."""
-    from pretrain.model.hf_bart import bart_to_hf
-    from pretrain.model.hf_t5 import t5_to_hf
-    from pretrain.shards import ShardedWeights
+    BartForConditionalGeneration (learned positions), streamed as the other families are: each
+    tensor made from the consolidated weights when its turn comes, under the names (and in the
+    order) transformers saves them."""
+    import transformers
 
-    model = load_model({k: materialize(v) for k, v in ShardedWeights(consolidated).items()}, cfg.model)
-    convert = bart_to_hf if cfg.model.position == "learned" else t5_to_hf
+    from pretrain.model.hf import saved_names
+    from pretrain.model.hf_bart import bart_hf_weights
+    from pretrain.model.hf_t5 import t5_hf_weights
+    from pretrain.shards import ShardedWeights, write_sharded
+
+    bart = cfg.model.position == "learned"
+    cls = transformers.BartForConditionalGeneration if bart else transformers.T5ForConditionalGeneration
     try:
-        hf = convert(model)
+        hf_cfg, makes = (bart_hf_weights if bart else t5_hf_weights)(cfg.model, ShardedWeights(consolidated),
+                                                                     materialize)  # fmt: skip
     except ValueError as e:
         print(f"no HF export: {e}")
         return {}
     ids = special_token_ids(tok)
     for name, value in ids.items():
-        setattr(hf.config, name, value)
-    hf.config.decoder_start_token_id = ids.get("pad_token_id", 0)
-    hf.generation_config.update(**ids, decoder_start_token_id=hf.config.decoder_start_token_id)
-    hf.save_pretrained(str(hf_dir))
+        setattr(hf_cfg, name, value)
+    hf_cfg.decoder_start_token_id = ids.get("pad_token_id", 0)
+    hf_cfg.architectures, hf_cfg.dtype = [cls.__name__], torch.float32  # the consolidated weights' dtype
+    hf_cfg.save_pretrained(str(hf_dir))
+    generation = transformers.GenerationConfig.from_model_config(hf_cfg)
+    generation.update(**ids, decoder_start_token_id=hf_cfg.decoder_start_token_id)
+    generation.save_pretrained(str(hf_dir))
+    write_sharded(((name, makes[name]) for name in saved_names(cls, hf_cfg)), hf_dir, max_shard_bytes)
     tok.save_pretrained(str(hf_dir))
     return {"hf": hf_dir}
 

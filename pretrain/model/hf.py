@@ -450,6 +450,36 @@ def hf_tensors(cfg: ModelConfig, ours: Mapping, take: Callable = lambda t: t,
         yield "bert.embeddings.token_type_embeddings.weight", lambda: torch.zeros(1, cfg.d_model)
 
 
+def row_part(ours: Mapping, name: str, index: int, count: int, take: Callable = lambda t: t,
+             then: Callable = lambda t: t) -> Callable[[], torch.Tensor]:  # fmt: skip
+    """Makes, when called, part ``index`` of our tensor ``name`` cut row-wise into ``count`` equal
+    parts (one of the HF tensors a fused matrix holds), ``then`` applied; ``take`` turns what
+    ``ours`` holds into a tensor (a lazy source's)."""
+
+    def make() -> torch.Tensor:
+        whole = take(ours[name])
+        return then(whole.split(whole.shape[0] // count, dim=0)[index]).contiguous()
+
+    return make
+
+
+def filled(hf_cls, hf_cfg, makes: Mapping[str, Callable], dtype: torch.dtype):
+    """A model of ``hf_cls`` holding what ``makes`` makes for each name of its state dict, in eval mode."""
+    hf = hf_cls(hf_cfg)
+    hf.load_state_dict({k: makes[k]() for k in hf.state_dict()}, strict=True)
+    return hf.to(dtype).eval()
+
+
+def saved_names(hf_cls, hf_cfg) -> list[str]:
+    """The names transformers saves a model of ``hf_cls`` under, in its order: each parameter once
+    (a tied one under its first name), then the buffers it keeps in its state dict. Read from a
+    model built on the meta device, so nothing is allocated."""
+    with torch.device("meta"):
+        model = hf_cls(hf_cfg)
+    kept = model.state_dict()
+    return [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers() if n in kept]
+
+
 def _class_prefix(cfg: ModelConfig, family: str) -> str:
     if family == "llama" and cfg.sliding_window:
         return "Mistral"

@@ -18,12 +18,12 @@ EncoderDecoder with that config computes the same function; the differences are 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
 from .config import ModelConfig
-from .hf import Renamed
+from .hf import Renamed, filled, row_part
 from .seq2seq import EncoderDecoder
 
 ACTS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -129,22 +129,32 @@ def bart_config_to_hf(cfg: ModelConfig):
                       tie_word_embeddings=cfg.tie_embeddings, forced_eos_token_id=None)  # fmt: skip
 
 
-def bart_to_hf(model: EncoderDecoder):
-    """Our EncoderDecoder of BART's shape (learned positions, post-norm LayerNorm, biases) ->
-    BartForConditionalGeneration."""
-    from transformers import BartForConditionalGeneration
+def bart_hf_weights(cfg: ModelConfig, ours: Mapping,
+                    take: Callable = lambda t: t) -> tuple[object, dict[str, Callable]]:  # fmt: skip
+    """BartForConditionalGeneration's config for our encoder-decoder of BART's shape (learned
+    positions, post-norm LayerNorm, biases), and its tensors each made when asked (every name of its
+    state dict -> make) from ours by name, ``take`` turning what ``ours`` holds into a tensor: an
+    export streams them (see pretrain.model.hf.saved_names). A ValueError names what BART has no
+    equivalent of."""
+    hf_cfg = bart_config_to_hf(cfg)
 
-    cfg = model.cfg
-    hf = BartForConditionalGeneration(bart_config_to_hf(cfg))
-    ours = model.state_dict()
-    sd = {"final_logits_bias": torch.zeros(1, cfg.vocab_size)}
+    def padded(positions: torch.Tensor) -> torch.Tensor:
+        return torch.cat([positions.new_zeros(OFFSET, cfg.d_model), positions])
+
+    makes = {"final_logits_bias": lambda: torch.zeros(1, cfg.vocab_size)}
     for name, keys in _pairs(cfg):
-        for key, part in zip(keys, ours[name].split(ours[name].shape[0] // len(keys), dim=0), strict=True):
-            if key.endswith("embed_positions.weight"):
-                part = torch.cat([part.new_zeros(OFFSET, cfg.d_model), part])
-            sd[key] = part.contiguous()
+        for i, key in enumerate(keys):
+            positions = key.endswith("embed_positions.weight")  # zero rows before position 0, which no input reads
+            makes[key] = row_part(ours, name, i, len(keys), take, padded if positions else (lambda t: t))
     tied = ["model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"]
     tied += ["lm_head.weight"] if cfg.tie_embeddings else []
-    sd.update({k: sd["model.shared.weight"] for k in tied})
-    hf.load_state_dict(sd, strict=True)
-    return hf.to(ours["embed.tokens.weight"].dtype).eval()
+    makes.update(dict.fromkeys(tied, makes["model.shared.weight"]))
+    return hf_cfg, makes
+
+
+def bart_to_hf(model: EncoderDecoder):
+    """Our EncoderDecoder of BART's shape -> BartForConditionalGeneration."""
+    from transformers import BartForConditionalGeneration
+
+    hf_cfg, makes = bart_hf_weights(model.cfg, model.state_dict())
+    return filled(BartForConditionalGeneration, hf_cfg, makes, next(model.parameters()).dtype)

@@ -17,12 +17,12 @@ compute the same function:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
 from .config import ModelConfig
-from .hf import Renamed
+from .hf import Renamed, filled, row_part
 from .seq2seq import EncoderDecoder
 
 ACTS = {"relu": "relu", "gated-gelu": "geglu_tanh"}
@@ -118,16 +118,18 @@ def t5_config(cfg: ModelConfig, **options):
                     layer_norm_epsilon=cfg.norm_eps, feed_forward_proj=act, **options)  # fmt: skip
 
 
-def _to_t5_names(cfg: ModelConfig, ours, names) -> dict:
-    """T5's tensors of ours (name -> tensor) for our parameters ``names`` (the scale on T5's query
-    rows undone, the fused matrices split)."""
-    sd = {}
+def _t5_makes(cfg: ModelConfig, ours: Mapping, names, take: Callable = lambda t: t) -> dict[str, Callable]:
+    """T5's tensors of ours, each made when asked (T5 name -> make), for our parameters ``names``:
+    the scale on T5's query rows undone, the fused matrices split; ``take`` turns what ``ours``
+    holds into a tensor (a lazy source's)."""
+    makes = {}
     for name, keys, first in _pairs(cfg):
-        if name in names:
-            parts = list(ours[name].split([ours[name].shape[0] // len(keys)] * len(keys), dim=0))
-            parts[0] = parts[0] / first
-            sd.update(zip(keys, parts, strict=True))
-    return sd
+        if name not in names:
+            continue
+        for i, key in enumerate(keys):
+            unscale = (lambda t, first=first: t / first) if i == 0 else (lambda t: t)
+            makes[key] = row_part(ours, name, i, len(keys), take, unscale)
+    return makes
 
 
 def t5_token_classifier_tensors(cfg: ModelConfig, body, head) -> dict:
@@ -136,19 +138,19 @@ def t5_token_classifier_tensors(cfg: ModelConfig, body, head) -> dict:
     (``head``: weight and bias). T5's class reads the encoder's output as ours does."""
     t5_config(cfg)  # what T5 has no equivalent of is a ValueError
     encoder = {n for n, _, _ in _pairs(cfg) if n.startswith(("embed.", "encoder"))}
-    sd = {f"transformer.{k}": v for k, v in _to_t5_names(cfg, body, encoder).items()}
+    sd = {f"transformer.{k}": make() for k, make in _t5_makes(cfg, body, encoder).items()}
     sd["transformer.encoder.embed_tokens.weight"] = sd["transformer.shared.weight"]
     return {**sd, "classifier.weight": head["weight"], "classifier.bias": head["bias"]}
 
 
-def t5_to_hf(model: EncoderDecoder):
-    """Our EncoderDecoder (relative positions, RMSNorm, no biases) -> T5ForConditionalGeneration."""
-    from transformers import T5ForConditionalGeneration
-
-    cfg = model.cfg
+def t5_hf_weights(cfg: ModelConfig, ours: Mapping, take: Callable = lambda t: t) -> tuple[object, dict[str, Callable]]:
+    """T5ForConditionalGeneration's config for our encoder-decoder (relative positions, RMSNorm, no
+    biases), and its tensors each made when asked (every name of its state dict -> make) from ours
+    by name, ``take`` turning what ``ours`` holds into a tensor: an export streams them (see
+    pretrain.model.hf.saved_names). A ValueError names what T5 has no equivalent of."""
     t5_config(cfg)  # what T5 has no equivalent of, before anything else
-    ours = model.state_dict()
-    embedding, head = ours["embed.tokens.weight"], ours["head.weight"]
+    embedding = take(ours["embed.tokens.weight"])
+    head = embedding if "head.weight" in cfg.tied_output_keys else take(ours["head.weight"])
     if torch.equal(head, embedding):
         scaled = False
     elif torch.allclose(head, embedding * cfg.d_model**-0.5, rtol=1e-6, atol=0.0):
@@ -156,10 +158,17 @@ def t5_to_hf(model: EncoderDecoder):
     else:
         raise ValueError("transformers' T5 ties its output layer to the shared embedding (times d_model**-0.5 "
                          "or not); this model's output layer is neither, so it has no T5 form")  # fmt: skip
+    del embedding, head
     hf_cfg = t5_config(cfg, tie_word_embeddings=scaled, decoder_start_token_id=0, pad_token_id=0)
-    hf = T5ForConditionalGeneration(hf_cfg)
-    sd = _to_t5_names(cfg, ours, {n for n, _, _ in _pairs(cfg)} - {"head.weight"})  # the head: the shared embedding
+    makes = _t5_makes(cfg, ours, {n for n, _, _ in _pairs(cfg)} - {"head.weight"}, take)  # the head: the embedding
     for tied in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"):
-        sd[tied] = sd["shared.weight"]
-    hf.load_state_dict({k: v.contiguous() for k, v in sd.items()}, strict=True)
-    return hf.to(next(iter(ours.values())).dtype).eval()
+        makes[tied] = makes["shared.weight"]
+    return hf_cfg, makes
+
+
+def t5_to_hf(model: EncoderDecoder):
+    """Our EncoderDecoder (relative positions, RMSNorm, no biases) -> T5ForConditionalGeneration."""
+    from transformers import T5ForConditionalGeneration
+
+    hf_cfg, makes = t5_hf_weights(model.cfg, model.state_dict())
+    return filled(T5ForConditionalGeneration, hf_cfg, makes, next(model.parameters()).dtype)

@@ -362,6 +362,66 @@ def test_init_from_an_hf_encoder_decoder_folder_reads_it_tensor_by_tensor(family
             load_pretrained(str(folder("cut", gone)))
 
 
+@pytest.mark.parametrize("family, tied", [("t5", True), ("t5", False), ("bart", True), ("bart", False)])
+def test_an_encoder_decoder_export_streams_what_save_pretrained_writes(family, tied, tmp_path):
+    """pretrain.export writes T5's and BART's safetensors a tensor at a time from the consolidated
+    weights, in shards, as for the other families (it used to build both whole models in memory):
+    the same names and values as transformers' save_pretrained of t5_to_hf's or bart_to_hf's model,
+    the same config, and AutoModelForSeq2SeqLM computes our logits from it."""
+    import json
+    import types
+
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer, models
+
+    from pretrain.export import _export_seq2seq, special_token_ids
+    from pretrain.model.hf_bart import bart_to_hf
+    from pretrain.model.hf_t5 import t5_to_hf
+    from pretrain.shards import write_sharded
+
+    bart = dict(position="learned", norm="layernorm", norm_position="post", mlp="gelu", bias=True, norm_eps=1e-5)
+    torch.manual_seed(0)
+    cfg = tiny(tie_embeddings=tied, **(bart if family == "bart" else {}))
+    model = EncoderDecoder(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+        if family == "t5" and not tied:  # the original T5's output layer: the embedding times d_model**-0.5
+            model.head.weight.copy_(model.embed.tokens.weight * cfg.d_model**-0.5)
+    vocab = {f"t{i}": i for i in range(61)}
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t3")),
+                                               pad_token="t0", eos_token="t1")  # fmt: skip
+    cons = tmp_path / "consolidated"
+    write_sharded(((k, lambda v=v: v) for k, v in model.state_dict().items() if k not in cfg.tied_output_keys), cons)
+    written = _export_seq2seq(cons, types.SimpleNamespace(model=cfg), tok, tmp_path / "hf", 30_000)
+    assert len(list((tmp_path / "hf").glob("model-*-of-*.safetensors"))) > 1  # in shards of at most 30 KB
+
+    whole = (bart_to_hf if family == "bart" else t5_to_hf)(model)  # what export did before
+    ids = special_token_ids(tok)
+    for name, value in ids.items():
+        setattr(whole.config, name, value)
+    whole.config.decoder_start_token_id = ids["pad_token_id"]
+    whole.generation_config.update(**ids, decoder_start_token_id=ids["pad_token_id"])
+    whole.save_pretrained(tmp_path / "whole", max_shard_size="30KB")
+    stream, before = {}, {}
+    for folder, into in ((written["hf"], stream), (tmp_path / "whole", before)):
+        for file in folder.glob("*.safetensors"):
+            into.update(load_file(file))
+    assert sorted(stream) == sorted(before)
+    for name, tensor in before.items():
+        torch.testing.assert_close(stream[name], tensor, atol=0, rtol=0, msg=name)
+    for file in ("config.json", "generation_config.json"):
+        got, want = (json.loads((folder / file).read_text()) for folder in (written["hf"], tmp_path / "whole"))
+        assert got == want, file
+
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(written["hf"]).eval()
+    src, tgt, src_mask = batch(torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got = hf(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt).logits
+        assert torch.allclose(got, model(src, tgt, src_mask), atol=1e-4)
+
+
 def test_bart_base_has_the_shape_of_facebooks_bart_base():
     """configs/model/bart-base.yaml against transformers' BART of the same config (both on the meta
     device): the same parameters but BART's two unused position rows per stack."""
