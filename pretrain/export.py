@@ -177,7 +177,7 @@ def export(source: str | Path, out: str | Path, max_shard_bytes: int = 5 * 2**30
                   "answerer reads the encoder's")  # fmt: skip
             return written
         labels = json.loads((tag_dir / "labels.json").read_text())
-        return {**written, **_export_t5_tagger(tensors, cfg, tok, labels, task, out / "hf")}
+        return {**written, **_export_t5_tagger(tensors, cfg, tok, labels, task, out / "hf", max_shard_bytes)}
     if cfg.model.arch == "encoder-decoder":
         return {**written, **_export_seq2seq(cons, cfg, tok, out / "hf", max_shard_bytes)}
     try:
@@ -304,12 +304,15 @@ def _export_seq2seq(consolidated: Path, cfg, tok, hf_dir: Path, max_shard_bytes:
     return {"hf": hf_dir}
 
 
-def _export_t5_tagger(tensors: Mapping, cfg, tok, labels: list[str], task: dict, hf_dir: Path) -> dict[str, Path]:
-    """An encoder-decoder's tagger as T5ForTokenClassification: T5's encoder, then a linear layer,
-    as ours."""
+def _export_t5_tagger(tensors: Mapping, cfg, tok, labels: list[str], task: dict, hf_dir: Path,
+                      max_shard_bytes: int) -> dict[str, Path]:  # fmt: skip
+    """An encoder-decoder's tagger as T5ForTokenClassification (T5's encoder, then a linear layer,
+    as ours), streamed tensor by tensor."""
     from transformers import T5ForTokenClassification
 
-    from pretrain.model.hf_t5 import t5_config, t5_token_classifier_tensors
+    from pretrain.model.hf import saved_names
+    from pretrain.model.hf_t5 import t5_config, t5_tagger_weights
+    from pretrain.shards import write_sharded
 
     try:
         hf_cfg = t5_config(cfg.model, architectures=["T5ForTokenClassification"], id2label=dict(enumerate(labels)),
@@ -319,12 +322,12 @@ def _export_t5_tagger(tensors: Mapping, cfg, tok, labels: list[str], task: dict,
     except ValueError as e:
         print(f"no HF export: {e}")
         return {}
-    body = BodyWeights(tensors)
-    head = {part: materialize(tensors[f"classifier.{part}"]) for part in ("weight", "bias")}
-    model = T5ForTokenClassification(hf_cfg)
-    model.load_state_dict(t5_token_classifier_tensors(cfg.model, {n: materialize(body[n]) for n in body}, head),
-                          strict=True)  # fmt: skip
-    model.save_pretrained(str(hf_dir))
+    head = {part: tensors[f"classifier.{part}"] for part in ("weight", "bias")}
+    makes = t5_tagger_weights(cfg.model, BodyWeights(tensors), head, materialize)
+    hf_cfg.dtype = torch.float32  # the consolidated weights'
+    hf_cfg.save_pretrained(str(hf_dir))
+    write_sharded(((name, makes[name]) for name in saved_names(T5ForTokenClassification, hf_cfg)), hf_dir,
+                  max_shard_bytes)  # fmt: skip
     tok.save_pretrained(str(hf_dir))
     return {"hf": hf_dir}
 

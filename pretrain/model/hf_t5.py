@@ -78,11 +78,12 @@ def _pairs(cfg: ModelConfig) -> list[tuple[str, list[str], float]]:
 
 def t5_tensors(cfg: ModelConfig, hf_cfg, sd: Mapping) -> Renamed:
     """Our EncoderDecoder's tensors by name, each made when asked from T5ForConditionalGeneration's
-    (``sd``: its state dict, or an HF folder's safetensors read lazily). The output layer is the
-    shared embedding where T5 ties them (a tied folder stores only ``shared.weight``)."""
+    (``sd``: its state dict, or an HF folder's weights read lazily). The output layer is the
+    folder's ``lm_head.weight`` where it has one (T5 v1.1, FLAN-T5), else the shared embedding, as
+    transformers loads it."""
     table = {name: (tuple(keys), False) for name, keys, _ in _pairs(cfg)}
     scale = {name: first for name, _, first in _pairs(cfg) if first != 1.0}
-    if hf_cfg.tie_word_embeddings:
+    if "lm_head.weight" not in sd:  # a tied folder stores only shared.weight
         table["head.weight"] = (("shared.weight",), False)
     if getattr(hf_cfg, "scale_decoder_outputs", hf_cfg.tie_word_embeddings):  # the original T5's output scale
         scale["head.weight"] = cfg.d_model**-0.5
@@ -132,15 +133,18 @@ def _t5_makes(cfg: ModelConfig, ours: Mapping, names, take: Callable = lambda t:
     return makes
 
 
-def t5_token_classifier_tensors(cfg: ModelConfig, body, head) -> dict:
-    """T5ForTokenClassification's state dict for our encoder-decoder's tagger (task.kind tag): its
-    encoder (``body``, our names -> tensors; the decoder is not part of it) and its linear layer
-    (``head``: weight and bias). T5's class reads the encoder's output as ours does."""
+def t5_tagger_weights(cfg: ModelConfig, body: Mapping, head: Mapping, take: Callable = lambda t: t) -> dict:
+    """T5ForTokenClassification's tensors, each made when asked (every name of its state dict ->
+    make), for our encoder-decoder's tagger (task.kind tag): its encoder (``body``, our names ->
+    tensors; the decoder is not part of it) and its linear layer (``head``: weight and bias), ``take``
+    turning what they hold into tensors. T5's class reads the encoder's output as ours does."""
     t5_config(cfg)  # what T5 has no equivalent of is a ValueError
     encoder = {n for n, _, _ in _pairs(cfg) if n.startswith(("embed.", "encoder"))}
-    sd = {f"transformer.{k}": make() for k, make in _t5_makes(cfg, body, encoder).items()}
-    sd["transformer.encoder.embed_tokens.weight"] = sd["transformer.shared.weight"]
-    return {**sd, "classifier.weight": head["weight"], "classifier.bias": head["bias"]}
+    makes = {f"transformer.{k}": make for k, make in _t5_makes(cfg, body, encoder, take).items()}
+    makes["transformer.encoder.embed_tokens.weight"] = makes["transformer.shared.weight"]
+    for part in ("weight", "bias"):
+        makes[f"classifier.{part}"] = row_part(head, part, 0, 1, take)
+    return makes
 
 
 def t5_hf_weights(cfg: ModelConfig, ours: Mapping, take: Callable = lambda t: t) -> tuple[object, dict[str, Callable]]:

@@ -119,12 +119,19 @@ def test_t5_both_ways_gives_the_same_logits_on_padded_batches(gated, tied):
 
 
 @pytest.mark.parametrize("gated", [True, False])
-def test_a_tagger_of_the_encoder_is_t5_for_token_classification(gated):
+def test_a_tagger_of_the_encoder_is_t5_for_token_classification(gated, tmp_path):
     """task.kind=tag on an encoder-decoder reads the encoder's output, then a linear layer: T5's
-    token classifier, so the export gives its class the same logits, padding included."""
+    token classifier, so the export gives its class the same logits, padding included. The export
+    streams it in shards, under the names save_pretrained writes."""
+    import types
+
     transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer, models
+
     from finetune.tasks import Classifier
-    from pretrain.model.hf_t5 import t5_config, t5_token_classifier_tensors
+    from pretrain.export import _export_t5_tagger
+    from pretrain.model.hf_t5 import t5_config, t5_tagger_weights
 
     torch.manual_seed(0)
     cfg = tiny(mlp="geglu_tanh" if gated else "relu", ffn_hidden_size=48, relative_num_buckets=8,
@@ -136,7 +143,7 @@ def test_a_tagger_of_the_encoder_is_t5_for_token_classification(gated):
     body = {k.removeprefix("body."): v for k, v in ours.state_dict().items() if k.startswith("body.")}
     head = {"weight": ours.classifier.weight.detach(), "bias": ours.classifier.bias.detach()}
     hf = transformers.T5ForTokenClassification(t5_config(cfg, num_labels=5, classifier_dropout=0.0)).eval()
-    hf.load_state_dict(t5_token_classifier_tensors(cfg, body, head), strict=True)
+    hf.load_state_dict({k: make() for k, make in t5_tagger_weights(cfg, body, head).items()}, strict=True)
     src, _, src_mask = batch(torch.Generator().manual_seed(4))
     with torch.no_grad():
         want = hf(input_ids=src, attention_mask=src_mask).logits
@@ -144,13 +151,27 @@ def test_a_tagger_of_the_encoder_is_t5_for_token_classification(gated):
     assert got.shape == want.shape == (2, 7, 5)
     assert torch.allclose(got[0], want[0], atol=1e-5) and torch.allclose(got[1, :4], want[1, :4], atol=1e-5)
 
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"t0": 0, "t1": 1},
+                                               unk_token="t1")), pad_token="t0")  # fmt: skip
+    labels = [f"L{i}" for i in range(5)]
+    written = _export_t5_tagger(ours.state_dict(), types.SimpleNamespace(model=cfg), tok, labels,
+                                {"classifier_dropout": 0.0}, tmp_path / "hf", 20_000)  # fmt: skip
+    assert len(list(written["hf"].glob("model-*-of-*.safetensors"))) > 1
+    hf.save_pretrained(tmp_path / "whole")
+    saved = set(load_file(tmp_path / "whole" / "model.safetensors"))
+    assert {k for f in written["hf"].glob("*.safetensors") for k in load_file(f)} == saved
+    exported = transformers.AutoModelForTokenClassification.from_pretrained(written["hf"]).eval()
+    assert exported.config.id2label == dict(enumerate(labels))
+    with torch.no_grad():
+        assert torch.allclose(exported(input_ids=src, attention_mask=src_mask).logits, want, atol=1e-6)
+
 
 def test_a_tagger_t5_cannot_hold_is_refused_by_name():
     pytest.importorskip("transformers")
-    from pretrain.model.hf_t5 import t5_token_classifier_tensors
+    from pretrain.model.hf_t5 import t5_tagger_weights
 
     with pytest.raises(ValueError, match="T5 has no equivalent of {'position': 'learned'}"):
-        t5_token_classifier_tensors(tiny(position="learned"), {}, {})
+        t5_tagger_weights(tiny(position="learned"), {}, {})
 
 
 def test_an_output_layer_of_its_own_has_no_t5_form():
@@ -305,6 +326,8 @@ def test_init_from_an_hf_encoder_decoder_folder_reads_it_tensor_by_tensor(family
     transformers' whole model is never built (it was, in each of those processes). The tensors are
     t5_from_hf's and bart_from_hf's, bit for bit, and give HF's logits; BART's names saved from
     BartModel (no ``model.`` prefix) are found too, and what ours cannot hold is named first."""
+    import json
+
     transformers = pytest.importorskip("transformers")
     from safetensors.torch import save_file
     from tokenizers import Tokenizer, models
@@ -325,11 +348,11 @@ def test_init_from_an_hf_encoder_decoder_folder_reads_it_tensor_by_tensor(family
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t3")),
                                                pad_token="t1", eos_token="t2")  # fmt: skip
 
-    def folder(name: str, tensors: dict):
+    def folder(name: str, tensors: dict, drop=tuple(tied)):
         path = tmp_path / name
         hf.config.save_pretrained(path)
         tok.save_pretrained(path)
-        save_file({k: v for k, v in tensors.items() if k not in tied}, str(path / "model.safetensors"))
+        save_file({k: v for k, v in tensors.items() if k not in drop}, str(path / "model.safetensors"))
         return path
 
     def refuse(*args, **kwargs):
@@ -356,7 +379,17 @@ def test_init_from_an_hf_encoder_decoder_folder_reads_it_tensor_by_tensor(family
         biased = {**state, "final_logits_bias": torch.full_like(state["final_logits_bias"], 0.5)}
         with pytest.raises(ConfigError, match="init_from=.*: this BART adds a nonzero final_logits_bias"):
             load_pretrained(str(folder("biased", biased)))
-    else:
+    else:  # T5 v1.1's and FLAN-T5's folders hold an output layer of their own, which transformers reads
+        own = folder("own-head", {**state, "lm_head.weight": torch.randn(61, cfg.d_model)},
+                     drop=("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"))  # fmt: skip
+        written = json.loads((own / "config.json").read_text())
+        written.pop("scale_decoder_outputs", None)  # as their config.json says it: not tied, so not scaled
+        (own / "config.json").write_text(json.dumps({**written, "tie_word_embeddings": False}))
+        hf = transformers.T5ForConditionalGeneration.from_pretrained(own).eval()  # (the Auto class refuses here)
+        load_weights(model, load_pretrained(str(own)).tensors())
+        with torch.no_grad():
+            assert torch.allclose(model(src, tgt, src_mask), hf(input_ids=src, attention_mask=src_mask,
+                                                                 decoder_input_ids=tgt).logits, atol=1e-4)
         gone = {k: v for k, v in state.items() if k != "decoder.final_layer_norm.weight"}
         with pytest.raises(ConfigError, match="init_from=.*cut': the weights have no decoder.final_layer_norm.weight$"):
             load_pretrained(str(folder("cut", gone)))
