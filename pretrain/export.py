@@ -299,7 +299,7 @@ def _export_seq2seq(consolidated: Path, cfg, tok, hf_dir: Path, max_shard_bytes:
     generation = transformers.GenerationConfig.from_model_config(hf_cfg)
     generation.update(**ids, decoder_start_token_id=hf_cfg.decoder_start_token_id)
     generation.save_pretrained(str(hf_dir))
-    write_sharded(((name, makes[name]) for name in saved_names(cls, hf_cfg)), hf_dir, max_shard_bytes)
+    write_sharded(((name, makes[name]) for name in saved_names(cls, hf_cfg, makes)), hf_dir, max_shard_bytes)
     tok.save_pretrained(str(hf_dir))
     return {"hf": hf_dir}
 

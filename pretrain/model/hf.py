@@ -464,20 +464,40 @@ def row_part(ours: Mapping, name: str, index: int, count: int, take: Callable = 
 
 
 def filled(hf_cls, hf_cfg, makes: Mapping[str, Callable], dtype: torch.dtype):
-    """A model of ``hf_cls`` holding what ``makes`` makes for each name of its state dict, in eval mode."""
+    """A model of ``hf_cls`` holding what ``makes`` makes for each name of its state dict, in eval
+    mode; a tied parameter that ``makes`` gives a tensor of its own is untied (see saved_names)."""
     hf = hf_cls(hf_cfg)
+    for name in _untied(hf, makes):
+        module, attr = name.rsplit(".", 1)
+        setattr(hf.get_submodule(module), attr, torch.nn.Parameter(makes[name]()))
     hf.load_state_dict({k: makes[k]() for k in hf.state_dict()}, strict=True)
     return hf.to(dtype).eval()
 
 
-def saved_names(hf_cls, hf_cfg) -> list[str]:
+def saved_names(hf_cls, hf_cfg, makes: Mapping[str, Callable] | None = None) -> list[str]:
     """The names transformers saves a model of ``hf_cls`` under, in its order: each parameter once
-    (a tied one under its first name), then the buffers it keeps in its state dict. Read from a
-    model built on the meta device, so nothing is allocated."""
+    (a tied one under its first name; under each of its names where ``makes`` gives them tensors of
+    their own, which transformers then reads untied), then the buffers it keeps in its state dict.
+    Read from a model built on the meta device, so nothing is allocated."""
     with torch.device("meta"):
         model = hf_cls(hf_cfg)
     kept = model.state_dict()
-    return [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers() if n in kept]
+    untied = _untied(model, makes or {})
+    return [n for n, _ in model.named_parameters() if n not in untied] + untied + \
+        [n for n, _ in model.named_buffers() if n in kept]  # fmt: skip
+
+
+def _untied(model, makes: Mapping[str, Callable]) -> list[str]:
+    """The names of ``model``'s tied parameters that ``makes`` makes apart from the name they are
+    tied to (the first under which the model lists the parameter)."""
+    first: dict[int, str] = {}
+    untied = []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) not in first:
+            first[id(param)] = name
+        elif name in makes and makes[name] is not makes.get(first[id(param)]):
+            untied.append(name)
+    return untied
 
 
 def _class_prefix(cfg: ModelConfig, family: str) -> str:

@@ -9,8 +9,9 @@ compute the same function:
   T5's times sqrt(head_dim).
 - The original T5 multiplies the decoder's output by d_model**-0.5 before its output layer
   (transformers: config.scale_decoder_outputs; T5 v1.1 does not): we keep that scale in our output
-  matrix. transformers ties T5's output layer to the shared embedding, so a model whose output
-  layer is neither the embedding nor the embedding times d_model**-0.5 has no T5 form.
+  matrix. An output layer that is neither the embedding nor the embedding times d_model**-0.5 (T5
+  v1.1's and FLAN-T5's are their own) is written as T5's own ``lm_head.weight``, unscaled, which
+  transformers reads untied.
 - T5's relative bias lives in the first block of each stack; ours is each stack's position module.
 """
 
@@ -151,22 +152,20 @@ def t5_hf_weights(cfg: ModelConfig, ours: Mapping, take: Callable = lambda t: t)
     """T5ForConditionalGeneration's config for our encoder-decoder (relative positions, RMSNorm, no
     biases), and its tensors each made when asked (every name of its state dict -> make) from ours
     by name, ``take`` turning what ``ours`` holds into a tensor: an export streams them (see
-    pretrain.model.hf.saved_names). A ValueError names what T5 has no equivalent of."""
+    pretrain.model.hf.saved_names: an output layer of its own is saved as ``lm_head.weight``). A
+    ValueError names what T5 has no equivalent of."""
     t5_config(cfg)  # what T5 has no equivalent of, before anything else
     embedding = take(ours["embed.tokens.weight"])
     head = embedding if "head.weight" in cfg.tied_output_keys else take(ours["head.weight"])
-    if torch.equal(head, embedding):
-        scaled = False
-    elif torch.allclose(head, embedding * cfg.d_model**-0.5, rtol=1e-6, atol=0.0):
-        scaled = True
-    else:
-        raise ValueError("transformers' T5 ties its output layer to the shared embedding (times d_model**-0.5 "
-                         "or not); this model's output layer is neither, so it has no T5 form")  # fmt: skip
+    scaled = not torch.equal(head, embedding) and torch.allclose(head, embedding * cfg.d_model**-0.5, rtol=1e-6,
+                                                                 atol=0.0)  # fmt: skip
+    own = not scaled and not torch.equal(head, embedding)  # T5 v1.1's and FLAN-T5's output layer
     del embedding, head
     hf_cfg = t5_config(cfg, tie_word_embeddings=scaled, decoder_start_token_id=0, pad_token_id=0)
-    makes = _t5_makes(cfg, ours, {n for n, _, _ in _pairs(cfg)} - {"head.weight"}, take)  # the head: the embedding
+    names = {n for n, _, _ in _pairs(cfg)} - (set() if own else {"head.weight"})  # a tied head: the embedding
+    makes = _t5_makes(cfg, ours, names, take)
     for tied in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"):
-        makes[tied] = makes["shared.weight"]
+        makes.setdefault(tied, makes["shared.weight"])
     return hf_cfg, makes
 
 

@@ -174,12 +174,20 @@ def test_a_tagger_t5_cannot_hold_is_refused_by_name():
         t5_tagger_weights(tiny(position="learned"), {}, {})
 
 
-def test_an_output_layer_of_its_own_has_no_t5_form():
+def test_an_output_layer_of_its_own_is_t5_v1_1s_lm_head():
+    """Neither the embedding nor the embedding times d_model**-0.5 (FLAN-T5's, fine-tuned from its
+    folder): T5's own lm_head, unscaled, untied from the shared embedding."""
     from pretrain.model.hf_t5 import t5_to_hf
 
     pytest.importorskip("transformers")
-    with pytest.raises(ValueError, match="this model's output layer is neither"):
-        t5_to_hf(EncoderDecoder(tiny()))  # untied, drawn apart from the embedding
+    torch.manual_seed(0)
+    ours = EncoderDecoder(tiny()).eval()  # untied, drawn apart from the embedding
+    hf = t5_to_hf(ours)
+    assert not hf.config.scale_decoder_outputs and hf.lm_head.weight is not hf.shared.weight
+    src, tgt, src_mask = batch(torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = ours(src, tgt, src_mask)
+        assert torch.allclose(hf(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt).logits, want, atol=1e-5)
 
 
 @pytest.mark.parametrize("kernel", ["flash", "flash_attn"])
@@ -395,7 +403,8 @@ def test_init_from_an_hf_encoder_decoder_folder_reads_it_tensor_by_tensor(family
             load_pretrained(str(folder("cut", gone)))
 
 
-@pytest.mark.parametrize("family, tied", [("t5", True), ("t5", False), ("bart", True), ("bart", False)])
+@pytest.mark.parametrize("family, tied", [("t5", True), ("t5", "scaled"), ("t5", False), ("bart", True),
+                                          ("bart", False)])  # fmt: skip
 def test_an_encoder_decoder_export_streams_what_save_pretrained_writes(family, tied, tmp_path):
     """pretrain.export writes T5's and BART's safetensors a tensor at a time from the consolidated
     weights, in shards, as for the other families (it used to build both whole models in memory):
@@ -415,13 +424,13 @@ def test_an_encoder_decoder_export_streams_what_save_pretrained_writes(family, t
 
     bart = dict(position="learned", norm="layernorm", norm_position="post", mlp="gelu", bias=True, norm_eps=1e-5)
     torch.manual_seed(0)
-    cfg = tiny(tie_embeddings=tied, **(bart if family == "bart" else {}))
+    cfg = tiny(tie_embeddings=tied is True, **(bart if family == "bart" else {}))
     model = EncoderDecoder(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.3)
-        if family == "t5" and not tied:  # the original T5's output layer: the embedding times d_model**-0.5
-            model.head.weight.copy_(model.embed.tokens.weight * cfg.d_model**-0.5)
+        if tied == "scaled":  # the original T5's output layer: the embedding times d_model**-0.5
+            model.head.weight.copy_(model.embed.tokens.weight * cfg.d_model**-0.5)  # (False: T5 v1.1's, its own)
     vocab = {f"t{i}": i for i in range(61)}
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t3")),
                                                pad_token="t0", eos_token="t1")  # fmt: skip
